@@ -1,0 +1,38 @@
+"""hf_modular: decompose a trained CNN classifier into one reusable module per class, share the modules on the
+Hugging Face Hub, and compose new classifiers from them without retraining.
+
+Importing the package registers `ModularResNetConfig` and the models with transformers' Auto classes and the
+`modular_resnet*` architectures with timm's registry.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+
+from . import timm_models  # noqa: F401  (registers the timm architectures)
+from .configuration_modular_resnet import PRESETS, ModularResNetConfig
+from .modeling_modular_resnet import (
+    ModularResNet,
+    ModularResNetForImageClassification,
+    ModularResNetModel,
+    ModularResNetPreTrainedModel,
+)
+
+try:
+    __version__ = version("hf_modular")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
+
+AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
+AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
+AutoModelForImageClassification.register(ModularResNetConfig, ModularResNetForImageClassification, exist_ok=True)
+
+__all__ = [
+    "PRESETS",
+    "ModularResNet",
+    "ModularResNetConfig",
+    "ModularResNetForImageClassification",
+    "ModularResNetModel",
+    "ModularResNetPreTrainedModel",
+    "__version__",
+]

@@ -1,0 +1,231 @@
+"""Configuration of ModularResNet: the CIFAR ResNets of He et al. and timm's ImageNet ResNets in one config.
+
+A saved `config.json` is read by two libraries:
+
+* transformers reads the typed fields below (`model_type="modular_resnet"`);
+* timm reads `architecture`, `num_classes`, `pretrained_cfg`, `model_args` and `label_names`, which
+  `to_dict()` derives from the typed fields, so `timm.create_model("hf-hub:org/repo")` rebuilds the same network.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Fields that describe the network's shape. They travel to timm as `model_args`.
+ARCHITECTURE_FIELDS = (
+    "block_type",
+    "layers",
+    "widths",
+    "stem_type",
+    "stem_width",
+    "shortcut",
+    "num_channels",
+    "image_size",
+    "mask_shapes",
+)
+
+# Keys that only timm reads from config.json; they are derived from the typed fields, so they are dropped on load.
+_TIMM_KEYS = ("architecture", "num_classes", "num_features", "pretrained_cfg", "model_args", "label_names")
+
+
+def _cifar(blocks_per_stage: int) -> dict[str, Any]:
+    """He et al.'s CIFAR ResNet-(6n+2): 3x3 stem, three stages of 16/32/64 channels, option-A shortcuts."""
+    return {
+        "block_type": "basic",
+        "layers": [blocks_per_stage] * 3,
+        "widths": [16, 32, 64],
+        "stem_type": "cifar",
+        "stem_width": 16,
+        "shortcut": "A",
+        "image_size": 32,
+        "image_mean": list(IMAGENET_MEAN),
+        "image_std": list(IMAGENET_STD),
+    }
+
+
+def _imagenet(block_type: str, layers: list[int], *, cifar_stem: bool = False) -> dict[str, Any]:
+    """timm's ResNet-18/34/50 layout; with `cifar_stem`, a 3x3 stride-1 stem and no max-pool for 32x32 input."""
+    return {
+        "block_type": block_type,
+        "layers": layers,
+        "widths": [64, 128, 256, 512],
+        "stem_type": "cifar" if cifar_stem else "imagenet",
+        "stem_width": 64,
+        "shortcut": "B",
+        "image_size": 32 if cifar_stem else 224,
+        "image_mean": list(CIFAR_MEAN if cifar_stem else IMAGENET_MEAN),
+        "image_std": list(CIFAR_STD if cifar_stem else IMAGENET_STD),
+    }
+
+
+# The akamaster CIFAR checkpoints were trained with ImageNet statistics, so the CIFAR presets use them too.
+PRESETS: dict[str, dict[str, Any]] = {
+    "modular_resnet20": _cifar(3),
+    "modular_resnet32": _cifar(5),
+    "modular_resnet44": _cifar(7),
+    "modular_resnet56": _cifar(9),
+    "modular_resnet110": _cifar(18),
+    "modular_resnet18": _imagenet("basic", [2, 2, 2, 2]),
+    "modular_resnet34": _imagenet("basic", [3, 4, 6, 3]),
+    "modular_resnet50": _imagenet("bottleneck", [3, 4, 6, 3]),
+    "modular_resnet18_cifar": _imagenet("basic", [2, 2, 2, 2], cifar_stem=True),
+    "modular_resnet34_cifar": _imagenet("basic", [3, 4, 6, 3], cifar_stem=True),
+    "modular_resnet50_cifar": _imagenet("bottleneck", [3, 4, 6, 3], cifar_stem=True),
+}
+
+
+@strict
+class ModularResNetConfig(PreTrainedConfig):
+    r"""
+    Configuration of a [`ModularResNetForImageClassification`]: a ResNet whose every ReLU is an observable *site*
+    that a class module can mask.
+
+    Args:
+        block_type (`str`, defaults to `"basic"`):
+            `"basic"` (two 3x3 convs, ResNet-18/34 and the CIFAR ResNets) or `"bottleneck"` (1x1-3x3-1x1, expansion 4,
+            ResNet-50 and up).
+        layers (`list[int]`, defaults to `[3, 3, 3]`):
+            Number of blocks in each stage. The first stage keeps the stem's resolution, each later one halves it.
+        widths (`list[int]`, defaults to `[16, 32, 64]`):
+            Channels of each stage's 3x3 convs (a bottleneck stage outputs 4x as many). Same length as `layers`.
+        stem_type (`str`, defaults to `"cifar"`):
+            `"cifar"`: one 3x3 stride-1 conv, no max-pool (32x32 input). `"imagenet"`: a 7x7 stride-2 conv and a
+            3x3 stride-2 max-pool (224x224 input).
+        stem_width (`int`, defaults to `16`):
+            Output channels of the stem conv.
+        shortcut (`str`, defaults to `"A"`):
+            How a block's shortcut changes shape. `"A"`: parameter-free, stride-2 subsampling and zero-padded
+            channels (He et al. on CIFAR). `"B"`: 1x1 conv + batch norm projection (timm's `downsample`).
+        num_channels (`int`, defaults to `3`):
+            Input channels.
+        image_size (`int`, defaults to `32`):
+            Height and width of the input the model was trained on; the image processor resizes to it.
+        image_mean, image_std (`list[float]`):
+            Per-channel normalisation applied to images scaled to [0, 1].
+        preset (`str`, *optional*):
+            Name of the preset this config was built from (`"modular_resnet20"`, ...). Also the timm architecture
+            name written to `config.json`.
+        mask_shapes (`dict[str, list[int]]`, *optional*):
+            Sites (ReLU module names such as `"layer2.0.act1"`) that carry a 0/1 mask, with the mask's shape
+            `[channels, height, width]`. Set on class modules; `None` on a plain classifier.
+        module (`dict`, *optional*):
+            Provenance of a class module (target class, parent, dataset, method and parameters). `None` on a
+            plain classifier.
+
+    Example:
+
+    ```python
+    >>> from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+    >>> config = ModularResNetConfig.from_preset("modular_resnet20", num_labels=10)
+    >>> model = ModularResNetForImageClassification(config)
+    ```
+    """
+
+    model_type = "modular_resnet"
+    block_types: ClassVar[tuple[str, ...]] = ("basic", "bottleneck")
+    stem_types: ClassVar[tuple[str, ...]] = ("cifar", "imagenet")
+    shortcuts: ClassVar[tuple[str, ...]] = ("A", "B")
+
+    block_type: str = "basic"
+    layers: list[int] | tuple[int, ...] = (3, 3, 3)
+    widths: list[int] | tuple[int, ...] = (16, 32, 64)
+    stem_type: str = "cifar"
+    stem_width: int = 16
+    shortcut: str = "A"
+    num_channels: int = 3
+    image_size: int = 32
+    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    preset: str | None = None
+    mask_shapes: dict[str, list[int]] | None = None
+    module: dict[str, Any] | None = None
+
+    def __post_init__(self, **kwargs):
+        for key in _TIMM_KEYS:  # derived from the typed fields; see `to_dict`
+            kwargs.pop(key, None)
+        self.layers = [int(n) for n in self.layers]
+        self.widths = [int(w) for w in self.widths]
+        self.image_mean = [float(m) for m in self.image_mean]
+        self.image_std = [float(s) for s in self.image_std]
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Reject inconsistent shapes with a message that says what to change."""
+        super().validate_architecture()
+        if self.block_type not in self.block_types:
+            raise ValueError(f"block_type={self.block_type!r} is not one of {self.block_types}.")
+        if self.stem_type not in self.stem_types:
+            raise ValueError(f"stem_type={self.stem_type!r} is not one of {self.stem_types}.")
+        if self.shortcut not in self.shortcuts:
+            raise ValueError(f"shortcut={self.shortcut!r} is not one of {self.shortcuts}.")
+        if len(self.layers) != len(self.widths) or not self.layers:
+            raise ValueError(
+                f"layers={list(self.layers)} and widths={list(self.widths)} must be non-empty lists of the same "
+                "length: one block count and one width per stage."
+            )
+        if min(self.layers) < 1 or min(self.widths) < 1 or self.stem_width < 1:
+            raise ValueError("Every stage needs at least one block, and every width must be positive.")
+        if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
+            raise ValueError(
+                f"image_mean and image_std need one value per input channel (num_channels={self.num_channels})."
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModularResNetConfig:
+        """Build the config of a named architecture (see `PRESETS`), with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}. Choose one of: {', '.join(PRESETS)}.")
+        return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name, **overrides})
+
+    @property
+    def num_features(self) -> int:
+        """Channels entering the classifier head (4x the last width for bottleneck blocks)."""
+        return self.widths[-1] * (4 if self.block_type == "bottleneck" else 1)
+
+    @property
+    def is_module(self) -> bool:
+        """Whether this config describes a class module rather than a plain classifier."""
+        return self.module is not None
+
+    def architecture_args(self) -> dict[str, Any]:
+        """The fields that determine the network's tensors, as keyword arguments for timm."""
+        return {key: copy.deepcopy(getattr(self, key)) for key in ARCHITECTURE_FIELDS}
+
+    def timm_config(self) -> dict[str, Any]:
+        """The keys timm reads from `config.json` to rebuild this network with `timm.create_model`."""
+        labels = [self.id2label[i] for i in range(self.num_labels)] if self.id2label else None
+        pretrained_cfg = {
+            "input_size": [self.num_channels, self.image_size, self.image_size],
+            "fixed_input_size": True,
+            "interpolation": "bilinear",
+            "crop_pct": 1.0 if self.stem_type == "cifar" else 0.875,
+            "crop_mode": "center",
+            "mean": list(self.image_mean),
+            "std": list(self.image_std),
+            "num_classes": self.num_labels,
+            "first_conv": "conv1",
+            "classifier": "fc",
+        }
+        return {
+            "architecture": self.preset if self.preset in PRESETS else "modular_resnet",
+            "num_classes": self.num_labels,
+            "num_features": self.num_features,
+            "label_names": labels,
+            "model_args": self.architecture_args(),
+            "pretrained_cfg": pretrained_cfg,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), **self.timm_config()}
+
+
+__all__ = ["ModularResNetConfig", "PRESETS", "ARCHITECTURE_FIELDS"]

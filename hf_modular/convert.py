@@ -1,0 +1,144 @@
+"""Bring existing ResNets into ModularResNet: timm models, and CIFAR checkpoints from the wild."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .configuration_modular_resnet import ModularResNetConfig
+from .modeling_modular_resnet import ModularResNetForImageClassification
+
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def from_timm(name_or_model: str | nn.Module, **create_kwargs: Any) -> ModularResNetForImageClassification:
+    """Convert a timm ResNet (a `timm.models.resnet.ResNet`, or one of our `modular_resnet*` timm models) into a
+    `ModularResNetForImageClassification` with the same weights and the same logits.
+
+    `name_or_model` is a model or a name for `timm.create_model` (e.g. `"resnet18"`, `"hf-hub:timm/resnet18.a1_in1k"`),
+    which then receives `create_kwargs` (e.g. `pretrained=True`, `num_classes=10`).
+    """
+    import timm
+    from timm.models.resnet import ResNet
+
+    model = timm.create_model(name_or_model, **create_kwargs) if isinstance(name_or_model, str) else name_or_model
+    if isinstance(model, ModularResNetForImageClassification):
+        config = ModularResNetConfig.from_dict(model.config.to_dict())
+    elif isinstance(model, ResNet):
+        config = _config_from_timm_resnet(model)
+    else:
+        raise TypeError(
+            f"from_timm converts timm ResNets; got {type(model).__name__}. Use a `timm.models.resnet.ResNet` "
+            "(resnet18/34/50, ...) or a `modular_resnet*` model."
+        )
+    converted = ModularResNetForImageClassification(config)
+    _load_exactly(converted, model.state_dict(), f"timm model {type(model).__name__}")
+    return converted.train(model.training)
+
+
+def _config_from_timm_resnet(model: nn.Module) -> ModularResNetConfig:
+    from timm.models.resnet import BasicBlock, Bottleneck
+
+    if not isinstance(model.conv1, nn.Conv2d):
+        raise ValueError("This timm ResNet has a deep stem (resnet*d/c/s variants); ModularResNet does not model it.")
+    stages = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
+    first_block = stages[0][0]
+    block_type = {BasicBlock: "basic", Bottleneck: "bottleneck"}.get(type(first_block))
+    if block_type is None:
+        raise ValueError(f"Unsupported timm block {type(first_block).__name__}; expected BasicBlock or Bottleneck.")
+    if block_type == "bottleneck" and first_block.conv2.groups != 1:
+        raise ValueError("Grouped-convolution ResNets (ResNeXt) are not supported.")
+    kernel, stride = model.conv1.kernel_size[0], model.conv1.stride[0]
+    imagenet_stem = kernel == 7 and stride == 2 and isinstance(model.maxpool, nn.MaxPool2d)
+    cifar_stem = kernel == 3 and stride == 1 and not isinstance(model.maxpool, nn.MaxPool2d)
+    if not (imagenet_stem or cifar_stem):
+        raise ValueError(f"Unsupported stem: {kernel}x{kernel} conv, stride {stride}, max-pool {model.maxpool}.")
+    pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
+    input_size = pretrained_cfg.get("input_size", (3, 224 if imagenet_stem else 32, 224 if imagenet_stem else 32))
+    labels = pretrained_cfg.get("label_names")
+    fields: dict[str, Any] = {
+        "block_type": block_type,
+        "layers": [len(stage) for stage in stages],
+        "widths": [stage[0].conv1.out_channels for stage in stages],
+        "stem_type": "imagenet" if imagenet_stem else "cifar",
+        "stem_width": model.conv1.out_channels,
+        "shortcut": "B",
+        "num_channels": model.conv1.in_channels,
+        "image_size": int(input_size[-1]),
+        "num_labels": model.num_classes,
+    }
+    if pretrained_cfg.get("mean") is not None:
+        fields["image_mean"], fields["image_std"] = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
+    if labels is not None and len(labels) == model.num_classes:
+        fields["id2label"] = dict(enumerate(labels))
+    return ModularResNetConfig(**fields)
+
+
+def import_cifar_resnet(
+    checkpoint: str | os.PathLike,
+    *,
+    labels: list[str] | tuple[str, ...] = CIFAR10_LABELS,
+) -> ModularResNetForImageClassification:
+    """Import a CIFAR ResNet checkpoint in the layout of akamaster/pytorch_resnet_cifar10.
+
+    The file is a torch pickle (`{"state_dict": ..., "best_prec1": ...}`, keys prefixed `module.`, head named
+    `linear`). It is read with `torch.load(weights_only=True)`, which refuses arbitrary objects, and becomes an
+    option-A ModularResNet-(6n+2) whose depth is read from the keys.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError by corruption type
+        raise ValueError(
+            f"{path} is not a readable weights-only torch checkpoint ({type(error).__name__}: {error}). "
+            "Only tensors and plain containers are accepted."
+        ) from error
+    state_dict = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors.")
+    state_dict = {_timm_key(key): value for key, value in state_dict.items()}
+    blocks_per_stage = len({key.split(".")[1] for key in state_dict if key.startswith("layer1.")})
+    if blocks_per_stage == 0 or "fc.weight" not in state_dict:
+        raise ValueError(f"{path} does not look like a CIFAR ResNet (no layer1 blocks or no linear head).")
+    num_classes = state_dict["fc.weight"].shape[0]
+    if len(labels) != num_classes:
+        raise ValueError(f"{path} has {num_classes} outputs but {len(labels)} labels were given.")
+    depth = 6 * blocks_per_stage + 2
+    preset = f"modular_resnet{depth}"
+    config = (
+        ModularResNetConfig.from_preset(preset)
+        if depth in (20, 32, 44, 56, 110)
+        else ModularResNetConfig(layers=[blocks_per_stage] * 3)
+    )
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: index for index, label in enumerate(labels)}
+    model = ModularResNetForImageClassification(config)
+    _load_exactly(model, state_dict, str(path))
+    return model.eval()
+
+
+def _timm_key(key: str) -> str:
+    key = key.removeprefix("module.")
+    return "fc." + key.removeprefix("linear.") if key.startswith("linear.") else key
+
+
+def _load_exactly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    expected = model.state_dict()
+    # Checkpoints from before PyTorch 0.4.1 have no batch-norm step counters; they do not affect inference.
+    state_dict = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state_dict}
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"The tensors of {source} do not match a ModularResNet of this shape: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}, other shape {mismatched[:3]}. "
+            "The architecture is probably a variant that ModularResNet does not model."
+        )
+    model.load_state_dict(state_dict)

@@ -1,0 +1,98 @@
+"""Dataset adapters: find the image and label columns, load local or Hub datasets, batch them through a processor."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from transformers import BaseImageProcessor
+
+
+def load_image_dataset(
+    name_or_path: str | os.PathLike | datasets.Dataset, split: str = "train", **load_kwargs: Any
+) -> datasets.Dataset:
+    """A `datasets.Dataset` from a Dataset, a Hub name, a `.parquet` file, or a folder of parquet files or images.
+
+    A parquet file's split is taken from its name when it is `train.parquet`/`test.parquet`; any other name is
+    loaded as the requested split.
+    """
+    if isinstance(name_or_path, datasets.Dataset):
+        return name_or_path
+    path = Path(name_or_path)
+    if path.suffix == ".parquet" and path.is_file():
+        return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, **load_kwargs)
+    if path.is_dir():
+        parquet = sorted(path.glob(f"{split}*.parquet")) or sorted(path.glob(f"*/{split}*.parquet"))
+        if parquet:
+            files = [str(p) for p in parquet]
+            return datasets.load_dataset("parquet", data_files={split: files}, split=split, **load_kwargs)
+        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
+    return datasets.load_dataset(str(name_or_path), split=split, **load_kwargs)
+
+
+def find_columns(
+    dataset: datasets.Dataset, image_column: str | None = None, label_column: str | None = None
+) -> tuple[str, str]:
+    """The image column (an `Image` feature) and the label column (a `ClassLabel`), unless given."""
+    features = dataset.features
+    for given, kind in ((image_column, "image"), (label_column, "label")):
+        if given is not None and given not in features:
+            raise ValueError(f"The dataset has no {kind} column {given!r}; its columns are {list(features)}.")
+    if image_column is None:
+        images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+        if not images:
+            raise ValueError(
+                f"No image column found among {list(features)} (none has the datasets.Image feature). "
+                "Pass image_column=... or cast the column with dataset.cast_column(name, datasets.Image())."
+            )
+        image_column = images[0]
+    if label_column is None:
+        labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
+        if not labels:
+            raise ValueError(
+                f"No label column found among {list(features)} (none has the datasets.ClassLabel feature). "
+                "Pass label_column=... or run dataset.class_encode_column(name)."
+            )
+        label_column = labels[0]
+    return image_column, label_column
+
+
+def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
+    """The class names of a `ClassLabel` column, or the sorted distinct values of a plain one as strings."""
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names)
+    return [str(value) for value in sorted(set(dataset[label_column]))]
+
+
+def iterate_batches(
+    dataset: datasets.Dataset,
+    processor: BaseImageProcessor,
+    *,
+    image_column: str,
+    label_column: str,
+    batch_size: int = 256,
+    image_mode: str = "RGB",
+    num_workers: int = 0,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `(pixel_values (B, C, H, W), labels (B,))` in dataset order, preprocessed by `processor`.
+
+    Images are converted to `image_mode` first ("RGB" for 3 input channels, "L" for 1).
+    """
+
+    def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = [row[image_column].convert(image_mode) for row in rows]
+        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        return pixel_values, torch.tensor([row[label_column] for row in rows])
+
+    loader = torch.utils.data.DataLoader(
+        dataset.select_columns([image_column, label_column]),
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=num_workers,
+    )
+    yield from loader

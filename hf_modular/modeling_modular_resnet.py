@@ -1,0 +1,354 @@
+"""ModularResNet: a ResNet whose ReLUs are named, maskable *sites*, with timm's parameter names.
+
+Layout (timm's `models/resnet.py` names, so a timm state dict loads unchanged):
+
+    conv1 -> bn1 -> act1 [-> maxpool]             stem       (B, stem_width, H', W')
+    layer1 ... layerN                             stages     each a list of blocks
+        block: conv1/bn1/act1 -> conv2/bn2 [-> act2 -> conv3/bn3] -> + shortcut -> act2 (act3)
+        shortcut: identity, "A" (subsample + zero-pad) or "B" (`downsample.0` 1x1 conv, `downsample.1` bn)
+    global_pool -> fc                             head       (B, num_features) -> (B, num_labels)
+
+Every ReLU is a `MaskedReLU`. The value it receives (after batch norm, and after the residual add for the last one
+of a block) is what decomposition observes; a class module carries a 0/1 mask of shape (C, H, W) on some sites and
+zeroes the masked positions after the ReLU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPoolingAndNoAttention,
+    ImageClassifierOutputWithNoAttention,
+)
+
+from .configuration_modular_resnet import ModularResNetConfig
+
+
+class MaskedReLU(nn.Module):
+    """ReLU with an optional boolean mask over (C, H, W): masked positions are forced to 0.
+
+    Shapes: input and output (B, C, H, W); `mask` (C, H, W), True where the node is kept.
+    """
+
+    mask: torch.Tensor | None
+
+    def __init__(self, mask_shape: list[int] | None = None):
+        super().__init__()
+        if mask_shape is None:
+            self.register_buffer("mask", None)
+        else:
+            self.register_buffer("mask", torch.ones(mask_shape, dtype=torch.bool))
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        hidden_state = F.relu(hidden_state)
+        if self.mask is not None:
+            hidden_state = hidden_state * self.mask
+        return hidden_state
+
+
+class ShortcutA(nn.Module):
+    """He et al.'s parameter-free option-A shortcut: subsample by `stride`, zero-pad channels on both sides."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        extra = out_channels - in_channels
+        self.pad = (extra // 2, extra - extra // 2)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            hidden_state = hidden_state[:, :, :: self.stride, :: self.stride]
+        return F.pad(hidden_state, (0, 0, 0, 0, *self.pad))
+
+
+def _conv_bn_shortcut(
+    config: ModularResNetConfig, in_channels: int, out_channels: int, stride: int
+) -> nn.Module | None:
+    """The shortcut of a block whose shape changes, or None when it is the identity."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    if config.shortcut == "A":
+        return ShortcutA(in_channels, out_channels, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+def _masked_relu(config: ModularResNetConfig, name: str) -> MaskedReLU:
+    return MaskedReLU((config.mask_shapes or {}).get(name))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs. (B, in_channels, H, W) -> (B, width, H / stride, W / stride)."""
+
+    expansion = 1
+
+    def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = _masked_relu(config, f"{name}.act1")
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act2 = _masked_relu(config, f"{name}.act2")
+        self.downsample = _conv_bn_shortcut(config, in_channels, width, stride)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
+        hidden_state = self.act1(self.bn1(self.conv1(hidden_state)))
+        hidden_state = self.bn2(self.conv2(hidden_state))
+        return self.act2(hidden_state + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride, as in timm), 1x1 expand to 4 * width."""
+
+    expansion = 4
+
+    def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
+        super().__init__()
+        out_channels = width * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act1 = _masked_relu(config, f"{name}.act1")
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act2 = _masked_relu(config, f"{name}.act2")
+        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.act3 = _masked_relu(config, f"{name}.act3")
+        self.downsample = _conv_bn_shortcut(config, in_channels, out_channels, stride)
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
+        hidden_state = self.act1(self.bn1(self.conv1(hidden_state)))
+        hidden_state = self.act2(self.bn2(self.conv2(hidden_state)))
+        hidden_state = self.bn3(self.conv3(hidden_state))
+        return self.act3(hidden_state + shortcut)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+class ModularResNetPreTrainedModel(PreTrainedModel):
+    """Weight init and loading concerns shared by the ModularResNet models."""
+
+    config: ModularResNetConfig
+    config_class = ModularResNetConfig
+    base_model_prefix = "modular_resnet"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["BasicBlock", "Bottleneck"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # `transformers.initialization` skips tensors already loaded from a checkpoint, so this never clobbers them.
+        if isinstance(module, nn.Conv2d):
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=0.01)
+            init.zeros_(module.bias)
+        elif isinstance(module, MaskedReLU) and module.mask is not None:
+            init.ones_(module.mask)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """Write `config.json`, `model.safetensors` and `preprocessor_config.json`, atomically.
+
+        Everything is written to a temporary directory first, so a failure leaves `save_directory` as it was.
+        """
+        from .processing import image_processor_for
+        from .saving import atomic_directory
+
+        if kwargs.get("push_to_hub"):
+            raise ValueError("Save first, then call `push_to_hub(repo_id)`: pushing from save_pretrained is disabled.")
+        if not kwargs.get("is_main_process", True):
+            return
+        with atomic_directory(save_directory) as staging:
+            super().save_pretrained(staging, *args, **kwargs)
+            image_processor_for(self.config).save_pretrained(staging)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        """Load from a local directory or a Hub repo id. Only safetensors weights load, unless the caller opts in
+        to pickle checkpoints with `use_safetensors=False`; missing or mismatched tensors raise."""
+        kwargs.setdefault("use_safetensors", True)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        source = str(pretrained_model_name_or_path)
+        _refuse_pickle_only_directory(source, kwargs["use_safetensors"])
+        try:
+            model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
+        except RuntimeError as error:
+            if "mismatch" not in str(error):
+                raise
+            raise ValueError(
+                f"The weights in {source} do not match its config (a tensor has another shape; the table above "
+                "lists them). Fix config.json so it describes the checkpoint, or re-save the model."
+            ) from error
+        # A trunk-only checkpoint may get a fresh head (transformers reports it); any other gap is an error.
+        missing = [key for key in info["missing_keys"] if not key.startswith("fc.")]
+        if missing:
+            raise ValueError(
+                f"The checkpoint in {source} lacks {len(missing)} tensors that {cls.__name__} needs "
+                f"(e.g. {', '.join(sorted(missing)[:3])}). Is it a ModularResNet saved with this config?"
+            )
+        return (model, info) if output_loading_info else model
+
+
+class ModularResNetModel(ModularResNetPreTrainedModel):
+    """The convolutional trunk: (B, num_channels, H, W) -> features (B, num_features, H / s, W / s), pooled (B, F)."""
+
+    def __init__(self, config: ModularResNetConfig):
+        super().__init__(config)
+        if config.stem_type == "imagenet":
+            self.conv1 = nn.Conv2d(config.num_channels, config.stem_width, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(config.num_channels, config.stem_width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(config.stem_width)
+        self.act1 = _masked_relu(config, "act1")
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem_type == "imagenet" else nn.Identity()
+
+        block_cls = BLOCKS[config.block_type]
+        in_channels = config.stem_width
+        self.stage_names: list[str] = []
+        for stage_index, (depth, width) in enumerate(zip(config.layers, config.widths, strict=True)):
+            stage_name = f"layer{stage_index + 1}"
+            blocks = []
+            for block_index in range(depth):
+                stride = 2 if stage_index > 0 and block_index == 0 else 1
+                blocks.append(block_cls(config, f"{stage_name}.{block_index}", in_channels, width, stride))
+                in_channels = width * block_cls.expansion
+            self.add_module(stage_name, nn.Sequential(*blocks))
+            self.stage_names.append(stage_name)
+        self.num_features = in_channels
+        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.post_init()
+
+    def forward_features(
+        self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Stem and stages. Appends the stem's and each stage's output to `hidden_states` when given."""
+        hidden_state = self.maxpool(self.act1(self.bn1(self.conv1(pixel_values))))
+        if hidden_states is not None:
+            hidden_states.append(hidden_state)
+        for stage_name in self.stage_names:
+            hidden_state = getattr(self, stage_name)(hidden_state)
+            if hidden_states is not None:
+                hidden_states.append(hidden_state)
+        return hidden_state
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
+        hidden_states = [] if output_hidden_states else None
+        last_hidden_state = self.forward_features(pixel_values, hidden_states)
+        pooled = self.global_pool(last_hidden_state)
+        output = BaseModelOutputWithPoolingAndNoAttention(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+        return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
+
+    def _resolve(self, value: bool | None, name: str) -> bool:
+        return bool(getattr(self.config, name) if value is None else value)
+
+    def sites(self) -> dict[str, MaskedReLU]:
+        """Every ReLU site by module name (e.g. `"layer2.0.act1"`), in forward order."""
+        return {name: module for name, module in self.named_modules() if isinstance(module, MaskedReLU)}
+
+
+class ModularResNetForImageClassification(ModularResNetModel):
+    """The trunk plus a linear head: (B, num_channels, H, W) -> logits (B, num_labels).
+
+    The head is `fc`, directly beside the trunk's layers, so the state dict has exactly timm's keys. A class module
+    is this model with `num_labels=2` (own class, rest) and masks on some sites.
+    """
+
+    def __init__(self, config: ModularResNetConfig):
+        super().__init__(config)
+        self.fc = nn.Linear(self.num_features, config.num_labels)
+        self.post_init()
+
+    @classmethod
+    def from_timm(cls, name_or_model: str | nn.Module, **create_kwargs: Any) -> ModularResNetForImageClassification:
+        """Convert a timm ResNet (or a name for `timm.create_model`) into this class; see `hf_modular.convert`."""
+        from .convert import from_timm
+
+        return from_timm(name_or_model, **create_kwargs)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_features, h, w) -> logits (B, num_labels), or pooled features (B, num_features)."""
+        pooled = self.global_pool(features)
+        return pooled if pre_logits else self.fc(pooled)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutputWithNoAttention | tuple:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
+            Normalised images, as the model's image processor returns them.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class indices in `[0, num_labels)`; when given, the output carries the cross-entropy loss.
+        """
+        output_hidden_states = self._resolve(output_hidden_states, "output_hidden_states")
+        hidden_states = [] if output_hidden_states else None
+        logits = self.forward_head(self.forward_features(pixel_values, hidden_states))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
+        output = ImageClassifierOutputWithNoAttention(
+            loss=loss,
+            logits=logits,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+        return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
+
+
+def _refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
+    """A local directory with only a pickle checkpoint gets an error that explains the opt-in."""
+    directory = Path(source)
+    if not use_safetensors or not directory.is_dir() or any(directory.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".th", ".ckpt"})
+    if pickles:
+        raise OSError(
+            f"{directory} holds only pickle checkpoints ({', '.join(pickles)}), which can run code when loaded. "
+            "Re-save the model as safetensors, or pass use_safetensors=False if you trust the file."
+        )
+    raise OSError(f"{directory} has no model.safetensors: it holds no weights. Save a model there first.")
+
+
+# The plain name, for users who think of it as "the model".
+ModularResNet = ModularResNetForImageClassification
+
+__all__ = [
+    "MaskedReLU",
+    "ModularResNet",
+    "ModularResNetForImageClassification",
+    "ModularResNetModel",
+    "ModularResNetPreTrainedModel",
+]

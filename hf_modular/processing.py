@@ -1,0 +1,28 @@
+"""The stock transformers image processor that matches a ModularResNet config (no hand-written preprocessing)."""
+
+from __future__ import annotations
+
+from transformers import BaseImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+
+from .configuration_modular_resnet import ModularResNetConfig
+
+
+def image_processor_for(config: ModularResNetConfig) -> BaseImageProcessor:
+    """Resize, scale to [0, 1] and normalise with the config's mean and std.
+
+    Small-input models (CIFAR stem) resize straight to `image_size`, which leaves 32x32 images untouched. ImageNet
+    models follow timm's evaluation recipe: resize the shorter side to `image_size / 0.875`, center-crop
+    `image_size`.
+    """
+    if config.stem_type == "imagenet":
+        return ConvNextImageProcessor(
+            size={"shortest_edge": config.image_size},
+            crop_pct=0.875,
+            image_mean=list(config.image_mean),
+            image_std=list(config.image_std),
+        )
+    return ViTImageProcessor(
+        size={"height": config.image_size, "width": config.image_size},
+        image_mean=list(config.image_mean),
+        image_std=list(config.image_std),
+    )

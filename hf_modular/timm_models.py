@@ -1,0 +1,143 @@
+"""timm registry entries: `timm.create_model("modular_resnet20", num_classes=10)` after `import hf_modular`.
+
+Each preset is a one-line `@register_model` entry point built through timm's `build_model_with_cfg`, so timm's own
+machinery (pretrained configs, `hf-hub:` and `local-dir:` loading, `num_classes`/`in_chans` overrides) applies. The
+network is `ModularResNetForImageClassification` itself, constructed from timm-style keyword arguments and
+returning plain logits, so the state dict is the same one transformers saves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from .configuration_modular_resnet import ARCHITECTURE_FIELDS, PRESETS, ModularResNetConfig
+from .modeling_modular_resnet import ModularResNetForImageClassification
+
+
+class TimmModularResNet(ModularResNetForImageClassification):
+    """`ModularResNetForImageClassification` with timm's constructor and call conventions.
+
+    `forward(x)` returns logits (B, num_classes) rather than a transformers output object.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        preset: str | None = None,
+        img_size: int | None = None,
+        **architecture: Any,
+    ):
+        unknown = set(architecture) - set(ARCHITECTURE_FIELDS) - {"image_mean", "image_std"}
+        if unknown:
+            raise TypeError(f"Unknown ModularResNet arguments for timm: {sorted(unknown)}.")
+        fields = {**(PRESETS[preset] if preset else {}), **architecture}
+        fields["num_channels"] = in_chans
+        if img_size is not None:  # timm passes the pretrained config's input size for fixed-size models
+            fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
+        super().__init__(ModularResNetConfig(num_labels=num_classes, preset=preset, **fields))
+        self.num_classes = num_classes
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(pixel_values))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
+def _cfg(preset: str) -> dict[str, Any]:
+    fields = PRESETS[preset]
+    size = fields["image_size"]
+    cifar = fields["stem_type"] == "cifar"
+    return {
+        "num_classes": 10 if cifar else 1000,
+        "input_size": (3, size, size),
+        "fixed_input_size": True,
+        "pool_size": (size // 4, size // 4) if cifar else (7, 7),
+        "crop_pct": 1.0 if cifar else 0.875,
+        "interpolation": "bilinear",
+        "mean": tuple(fields["image_mean"]),
+        "std": tuple(fields["image_std"]),
+        "first_conv": "conv1",
+        "classifier": "fc",
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {preset: _cfg(preset) for preset in PRESETS} | {"modular_resnet": _cfg("modular_resnet20")}
+)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    if variant in PRESETS:
+        kwargs.setdefault("preset", variant)
+    return build_model_with_cfg(TimmModularResNet, variant, pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    """Any ModularResNet shape, given as config fields (`layers`, `widths`, `block_type`, ...)."""
+    return _create("modular_resnet", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet20(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet20", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet32(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet32", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet44(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet44", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet56(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet56", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet110(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet110", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet18(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet18", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet34(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet34", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet50(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet50", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet18_cifar(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet18_cifar", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet34_cifar(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet34_cifar", pretrained, **kwargs)
+
+
+@register_model
+def modular_resnet50_cifar(pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
+    return _create("modular_resnet50_cifar", pretrained, **kwargs)
