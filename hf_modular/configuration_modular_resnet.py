@@ -35,6 +35,9 @@ ARCHITECTURE_FIELDS = (
 
 # Keys that only timm reads from config.json; they are derived from the typed fields, so they are dropped on load.
 _TIMM_KEYS = ("architecture", "num_classes", "num_features", "pretrained_cfg", "model_args", "label_names")
+# transformers treats a local config.json holding `pretrained_cfg` as a timm checkpoint and looks there for the image
+# processor's class; naming it sends AutoImageProcessor (and pipelines) on to preprocessor_config.json.
+_DERIVED_KEYS = (*_TIMM_KEYS, "image_processor_type")
 
 
 def _cifar(blocks_per_stage: int) -> dict[str, Any]:
@@ -150,7 +153,7 @@ class ModularResNetConfig(PreTrainedConfig):
     module: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
-        for key in _TIMM_KEYS:  # derived from the typed fields; see `to_dict`
+        for key in _DERIVED_KEYS:  # derived from the typed fields; see `to_dict`
             kwargs.pop(key, None)
         self.layers = [int(n) for n in self.layers]
         self.widths = [int(w) for w in self.widths]
@@ -225,7 +228,10 @@ class ModularResNetConfig(PreTrainedConfig):
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), **self.timm_config()}
+        from .processing import image_processor_for
+
+        image_processor_type = type(image_processor_for(self)).__name__
+        return {**super().to_dict(), **self.timm_config(), "image_processor_type": image_processor_type}
 
 
 __all__ = ["ModularResNetConfig", "PRESETS", "ARCHITECTURE_FIELDS"]
