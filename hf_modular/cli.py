@@ -74,6 +74,51 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"  {label:<20} {100 * recall:6.2f}%")
 
 
+def _decompose(args: argparse.Namespace) -> None:
+    from accelerate import Accelerator
+
+    from .data import load_image_dataset
+    from .decompose.output import decompose_to_directory
+    from .modeling_modular_resnet import ModularResNetForImageClassification
+
+    accelerator = Accelerator(cpu=args.cpu)
+    model = ModularResNetForImageClassification.from_pretrained(args.model, revision=args.revision)
+    eval_dataset = None
+    if args.eval_split:
+        eval_dataset = load_image_dataset(args.dataset, split=args.eval_split)
+        if args.eval_limit:
+            eval_dataset = eval_dataset.select(range(min(args.eval_limit, len(eval_dataset))))
+    strategy_options = {"backtrack": args.backtrack, "delta": args.delta, "backtrack_input": args.backtrack_input}
+    report = decompose_to_directory(
+        model,
+        load_image_dataset(args.dataset, split=args.split),
+        args.output,
+        eval_dataset=eval_dataset,
+        classes=args.classes.split(",") if args.classes else None,
+        accelerator=accelerator,
+        progress=not args.quiet,
+        samples_per_class=args.samples_per_class,
+        negatives_ratio=args.negatives_ratio,
+        split=args.split,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        **strategy_options,
+    )
+    if not accelerator.is_main_process:
+        return
+    print(f"{len(report['modules'])} modules in {args.output}  (mean Jaccard {report['mean_jaccard_index']:.3f})")
+    evaluation = report.get("evaluation")
+    if evaluation:
+        parent, composed = evaluation["parent"], evaluation["composed"]
+        print(f"on {args.eval_split} ({evaluation['images']} images):")
+        print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
+        print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
+    print(f"{'module':<20} {'masked':>8} {'Jaccard':>8} {'binary acc':>10}")
+    for label, row in report["modules"].items():
+        binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
+        print(f"{label:<20} {100 * row['masked_fraction']:7.2f}% {row['jaccard_index']:8.3f} {binary}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -101,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     imp.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
     imp.set_defaults(run=_import)
+
+    dec = command("decompose", "decompose a classifier into one module per class (the paper's method)")
+    dec.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
+    dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
+    dec.add_argument("--split", default="train", help="split observed by the statistics pass")
+    dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
+    dec.add_argument("--eval-limit", type=int, default=None, help="measure on the first N rows of the eval split")
+    dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
+    dec.add_argument("--samples-per-class", type=int, default=1000, help="own-class inputs per module")
+    dec.add_argument("--negatives-ratio", type=float, default=1.0, help="negative inputs per own input")
+    dec.add_argument("--backtrack", default="text", choices=["text", "pseudocode", "none"], help="MC-BLN reading")
+    dec.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold")
+    dec.add_argument("--backtrack-input", action="store_true", help="also run MC-BI")
+    dec.add_argument("--batch-size", type=int, default=128)
+    dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling")
+    dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    dec.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
+    dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
+    dec.set_defaults(run=_decompose)
 
     ev = command("evaluate", "top-1/top-5 and per-class accuracy of a model on a dataset split")
     ev.add_argument("model", metavar="PATH_OR_REPO")

@@ -73,3 +73,94 @@ def evaluate(
         raise ValueError("The dataset is empty: nothing to evaluate.")
     per_class = {model.config.id2label[i]: float(hits_top1[i] / totals[i]) for i in range(num_labels) if totals[i] > 0}
     return Accuracy(float(hits_top1.sum() / count), float(hits_top5.sum() / count), count, per_class)
+
+
+@dataclass
+class CompositionAccuracy:
+    """The parent and its composed modules measured on the same images.
+
+    `module_binary_accuracy` maps label -> share of images where the module's own/rest decision was right.
+    """
+
+    parent: Accuracy
+    composed: Accuracy
+    module_binary_accuracy: dict[str, float]
+
+
+@torch.inference_mode()
+def evaluate_composition(
+    parent: ModularResNetForImageClassification,
+    modules: dict[str, ModularResNetForImageClassification],
+    dataset: datasets.Dataset,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> CompositionAccuracy:
+    """Top-1/top-5 of the parent and of the modules composed by the paper's vote, plus each module's binary accuracy.
+
+    Images whose label has no module are skipped, so a composition of a subset of classes is measured on those classes.
+    """
+    from .compose import top_k, vote
+
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    to_model = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
+    module_classes = torch.tensor([modules[label].config.module["target_index"] for label in modules])
+    parent.eval()
+    tallies = torch.zeros(5)  # parent top-1, top-5, composed top-1, top-5, count
+    binary_hits = torch.zeros(len(modules))
+    per_class = {label: torch.zeros(3) for label in modules}  # parent hits, composed hits, count
+    batches = iterate_batches(
+        dataset,
+        image_processor_for(parent.config),
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        image_mode="RGB" if parent.config.num_channels == 3 else "L",
+    )
+    for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
+        labels = to_model[labels]
+        keep = torch.isin(labels, module_classes)
+        pixel_values, labels = pixel_values[keep], labels[keep]
+        if len(labels) == 0:
+            continue
+        parent_top = parent(pixel_values).logits.topk(min(5, parent.config.num_labels), dim=1).indices
+        module_logits = torch.stack([module.eval()(pixel_values).logits for module in modules.values()], dim=1)
+        composed_top1 = module_classes[vote(module_logits)]
+        composed_top = module_classes[top_k(module_logits)]
+        tallies += torch.tensor(
+            [
+                (parent_top[:, 0] == labels).sum(),
+                (parent_top == labels[:, None]).any(1).sum(),
+                (composed_top1 == labels).sum(),
+                (composed_top == labels[:, None]).any(1).sum(),
+                len(labels),
+            ],
+            dtype=torch.float,
+        )
+        claims = module_logits[..., 0] > module_logits[..., 1]
+        binary_hits += (claims == (labels[:, None] == module_classes[None, :])).sum(0)
+        for m, label in enumerate(modules):
+            mine = labels == module_classes[m]
+            per_class[label] += torch.tensor(
+                [(parent_top[mine, 0] == labels[mine]).sum(), (composed_top1[mine] == labels[mine]).sum(), mine.sum()],
+                dtype=torch.float,
+            )
+    count = int(tallies[4])
+    if count == 0:
+        raise ValueError("No image of the dataset belongs to a module's class: nothing to evaluate.")
+    parent_accuracy = Accuracy(
+        float(tallies[0] / count),
+        float(tallies[1] / count),
+        count,
+        {k: float(v[0] / v[2]) for k, v in per_class.items() if v[2]},
+    )
+    composed_accuracy = Accuracy(
+        float(tallies[2] / count),
+        float(tallies[3] / count),
+        count,
+        {k: float(v[1] / v[2]) for k, v in per_class.items() if v[2]},
+    )
+    binary = {label: float(binary_hits[m] / count) for m, label in enumerate(modules)}
+    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary)

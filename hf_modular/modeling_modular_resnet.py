@@ -205,6 +205,7 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
                 f"The checkpoint in {source} lacks {len(missing)} tensors that {cls.__name__} needs "
                 f"(e.g. {', '.join(sorted(missing)[:3])}). Is it a ModularResNet saved with this config?"
             )
+        model.source_revision = _resolved_revision(source, kwargs)
         return (model, info) if output_loading_info else model
 
 
@@ -241,6 +242,12 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Stem and stages. Appends the stem's and each stage's output to `hidden_states` when given."""
+        size = self.config.image_size
+        if self.config.mask_shapes and tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"This module's masks are defined on {size}x{size} inputs but got "
+                f"{tuple(pixel_values.shape[-2:])}. Resize the images with the module's image processor."
+            )
         hidden_state = self.maxpool(self.act1(self.bn1(self.conv1(pixel_values))))
         if hidden_states is not None:
             hidden_states.append(hidden_state)
@@ -274,6 +281,24 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def sites(self) -> dict[str, MaskedReLU]:
         """Every ReLU site by module name (e.g. `"layer2.0.act1"`), in forward order."""
         return {name: module for name, module in self.named_modules() if isinstance(module, MaskedReLU)}
+
+    def site_shapes(self) -> dict[str, torch.Size]:
+        """Every site's (C, H, W) at the config's `image_size`, read off one forward pass of a blank image."""
+        shapes: dict[str, torch.Size] = {}
+        handles = [
+            site.register_forward_pre_hook(
+                lambda module, inputs, name=name: shapes.__setitem__(name, inputs[0].shape[1:])
+            )
+            for name, site in self.sites().items()
+        ]
+        size, parameter = self.config.image_size, next(self.parameters())
+        try:
+            with torch.inference_mode():
+                self.forward_features(torch.zeros(1, self.config.num_channels, size, size, device=parameter.device))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return shapes
 
 
 class ModularResNetForImageClassification(ModularResNetModel):
@@ -326,6 +351,19 @@ class ModularResNetForImageClassification(ModularResNetModel):
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
         return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
+
+
+def _resolved_revision(source: str, kwargs: dict[str, Any]) -> str | None:
+    """The commit sha a Hub repo was loaded at (its cached snapshot folder's name); None for local directories."""
+    if Path(source).exists():
+        return None
+    from huggingface_hub import hf_hub_download
+
+    hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+    try:
+        return Path(hf_hub_download(source, "config.json", **hub_kwargs)).parent.name
+    except Exception:  # provenance is best effort; the model itself loaded fine
+        return None
 
 
 def _refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:

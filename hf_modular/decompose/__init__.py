@@ -1,0 +1,181 @@
+"""Decompose a trained ModularResNet classifier into one binary module per class.
+
+    modules = hf_modular.decompose(model, dataset)          # {"cat": <module>, ...}
+
+The data flows one way: dataset -> sample plan -> statistics pass (sharded with Accelerate) -> strategy -> modules.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+
+from ..data import find_columns, label_names, load_image_dataset
+from ..evaluation import dataset_to_model_labels
+from ..modeling_modular_resnet import ModularResNetForImageClassification
+from .activation import ActivationStrategy, ModuleSpec
+from .modules import build_module, jaccard_index, masked_fraction, weights_sha256
+from .sampling import plan_samples
+from .statistics import collect_activation_counts
+
+STRATEGIES = {"activation": ActivationStrategy}
+
+__all__ = ["STRATEGIES", "ActivationStrategy", "ModuleSpec", "decompose"]
+
+
+def decompose(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset | str | os.PathLike,
+    *,
+    classes: list[str] | None = None,
+    samples_per_class: int = 1000,
+    negatives_ratio: float = 1.0,
+    strategy: str = "activation",
+    split: str = "train",
+    image_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+    **strategy_options: Any,
+) -> dict[str, ModularResNetForImageClassification]:
+    """Build one module per class of `model` from the training inputs in `dataset`.
+
+    Args:
+        model: the parent classifier; its `id2label` names must match the dataset's label names.
+        dataset: a `datasets.Dataset`, or anything `load_image_dataset` takes (Hub name, parquet file, folder).
+        classes: label names to build modules for (default: all of the model's classes).
+        samples_per_class: own-class inputs observed per module (fewer when the class has fewer).
+        negatives_ratio: negatives per own input, spread evenly over the other classes (the paper: 1.0).
+        strategy: `"activation"` (the paper's method); `strategy_options` go to its class (e.g. `backtrack="text"`,
+            `delta=0.5`, `backtrack_input=False`; see `ActivationStrategy`).
+        accelerator: an `accelerate.Accelerator` to shard the statistics pass across processes (default: one
+            process). Every process returns the same modules.
+
+    Returns:
+        `{label: module}` in the model's class order; each module is a `ModularResNetForImageClassification` with
+        two outputs (`label`, `"rest"`) whose `config.module` records its provenance.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}.")
+    method = STRATEGIES[strategy](**strategy_options)
+    dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
+    dataset = load_image_dataset(dataset, split=split)
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    model_labels = model.config.id2label
+    names = label_names(dataset, label_column)
+    if len(names) != model.config.num_labels:
+        raise ValueError(
+            f"The model has {model.config.num_labels} outputs but the dataset's {label_column!r} column has "
+            f"{len(names)} classes. Decompose a model with the dataset it was trained on."
+        )
+    to_model = dataset_to_model_labels(names, model_labels)
+    class_indices = _resolve_classes(classes, model_labels)
+    _check_image_size(dataset, image_column, model.config.image_size)
+
+    plan = plan_samples(
+        to_model[torch.tensor(dataset[label_column])],
+        class_indices,
+        model.config.num_labels,
+        samples_per_class=samples_per_class,
+        negatives_ratio=negatives_ratio,
+        seed=seed,
+        class_names=[model_labels[i] for i in range(model.config.num_labels)],
+    )
+    started = time.perf_counter()
+    counts = collect_activation_counts(
+        model,
+        dataset,
+        plan,
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        progress=progress,
+    )
+    statistics_seconds = time.perf_counter() - started
+
+    model = model.cpu().eval()
+    provenance = {
+        "parent": _parent_provenance(model),
+        "dataset": _dataset_provenance(dataset, dataset_source, split, image_column, label_column),
+        "method": {"strategy": method.name, **method.parameters()},
+        "sampling": {"samples_per_class": samples_per_class, "negatives_ratio": negatives_ratio, "seed": seed},
+    }
+    modules = {}
+    for m, class_index in enumerate(class_indices):
+        spec = method.build(model, counts, m, class_index)
+        label = model_labels[class_index]
+        metadata = {
+            "target_label": label,
+            "target_index": class_index,
+            **provenance,
+            "samples": {"own": int(counts.own_samples[m]), "negative": int(counts.negative_samples[m])},
+            "masked_fraction": masked_fraction(spec.keep),
+            "jaccard_index": jaccard_index(model, spec.keep),
+            "details": spec.details,
+            "statistics_seconds": statistics_seconds,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        modules[label] = build_module(model, spec, metadata)
+    return modules
+
+
+def _resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
+    if classes is None:
+        return sorted(model_labels)
+    by_name = {name: index for index, name in model_labels.items()}
+    unknown = [name for name in classes if name not in by_name]
+    if unknown:
+        raise ValueError(f"Unknown classes {unknown}: the model's labels are {list(by_name)}.")
+    if not classes:
+        raise ValueError("classes=[] selects nothing; pass None for every class.")
+    return [by_name[name] for name in dict.fromkeys(classes)]
+
+
+def _check_image_size(dataset: datasets.Dataset, image_column: str, image_size: int) -> None:
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty.")
+    width, height = dataset[0][image_column].size
+    if (width, height) != (image_size, image_size):
+        raise ValueError(
+            f"The dataset's images are {width}x{height} but the model takes {image_size}x{image_size}. The "
+            "statistics describe the model at its own input size: use a dataset of that size, or resize it first "
+            "(dataset.map with the model's image processor)."
+        )
+
+
+def _parent_provenance(model: ModularResNetForImageClassification) -> dict[str, Any]:
+    source = model.config.name_or_path or None
+    is_local = source is None or Path(source).exists()
+    return {
+        "repo_id": None if is_local else source,
+        "revision": getattr(model, "source_revision", None),
+        "path": source if is_local else None,
+        "weights_sha256": weights_sha256(model),
+        "architecture": model.config.preset or "modular_resnet",
+        "labels": [model.config.id2label[i] for i in range(model.config.num_labels)],
+    }
+
+
+def _dataset_provenance(
+    dataset: datasets.Dataset, source: Any, split: str, image_column: str, label_column: str
+) -> dict[str, Any]:
+    name = str(source) if source is not None else (dataset.info.dataset_name or None)
+    return {
+        "name_or_path": name,
+        "split": split,
+        "revision": getattr(dataset.info, "version", None) and str(dataset.info.version),
+        "fingerprint": dataset._fingerprint,
+        "image_column": image_column,
+        "label_column": label_column,
+        "rows": len(dataset),
+    }

@@ -1,0 +1,166 @@
+"""The paper's strategy (`strategy="activation"`): Pan & Rajan, ICSE 2022, as specified in the method document.
+
+For module m of class c:
+1. Concern + tangling identification: a site node joins the map (is masked) when it was <= 0 for every own-class
+   input and every negative input observed by the statistics pass.
+2. Channeling: the n-way head becomes 2-way. Row 0 (own class) keeps class c's weights and bias; row 1 (rest) is
+   the mean of the other classes' weights and biases.
+3. MC-BLN: features that only argue for one side of the channeled head by at least `delta` are removed, i.e. their
+   whole channel at the last site (the one feeding global average pooling) is masked. The paper's text and its
+   pseudocode disagree on which side; `backtrack` picks the reading.
+4. MC-BI (optional): walk back through each convolution; an input node is masked when no kept node consumes it
+   (through the convs and the shortcuts that read it).
+
+Residual consistency holds by construction: our sites are the values entering each ReLU, and the one after a
+residual add is a single node shared by both branches, so masking it removes the same node from both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..modeling_modular_resnet import ModularResNetForImageClassification, ShortcutA
+from .statistics import ActivationCounts
+
+BACKTRACK_READINGS = ("text", "pseudocode", "none")
+
+
+@dataclass
+class ModuleSpec:
+    """A strategy's decision for one class: the site nodes to keep and the binary head.
+
+    Attributes:
+        class_index: the parent's index of the module's class.
+        keep: site name -> (C, H, W) bool, True where the node is kept.
+        head_weight: (2, num_features): row 0 own class, row 1 the rest.
+        head_bias: (2,).
+        details: numbers worth recording (e.g. features removed by backtracking).
+    """
+
+    class_index: int
+    keep: dict[str, torch.Tensor]
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ActivationStrategy:
+    """Options of the paper's method; see the module docstring.
+
+    Args:
+        backtrack: MC-BLN reading. `"text"` removes feature i when `W[rest, i] >= delta and W[own, i] <= -delta`
+            (it only argues "not my class"); `"pseudocode"` is Algorithm 2's literal test
+            `W[rest, i] <= -delta and W[own, i] >= delta`; `"none"` skips backtracking.
+        delta: MC-BLN threshold on the channeled head's weights.
+        backtrack_input: also run MC-BI, backtracking the maps through every convolution.
+    """
+
+    backtrack: str = "text"
+    delta: float = 0.5
+    backtrack_input: bool = False
+    name: str = field(default="activation", init=False)
+
+    def __post_init__(self):
+        if self.backtrack not in BACKTRACK_READINGS:
+            raise ValueError(f"backtrack={self.backtrack!r} is not one of {BACKTRACK_READINGS}.")
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "sites": "relu",
+            "backtrack": self.backtrack,
+            "delta": self.delta,
+            "backtrack_input": self.backtrack_input,
+        }
+
+    def build(
+        self, parent: ModularResNetForImageClassification, counts: ActivationCounts, module_index: int, class_index: int
+    ) -> ModuleSpec:
+        keep = {site: (counts.own[site][module_index] + counts.negative[site][module_index]) > 0 for site in counts.own}
+        head_weight, head_bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
+        removed = backtrack_features(head_weight, self.backtrack, self.delta)
+        last_site = list(keep)[-1]  # forward order: the last site feeds global average pooling and the head
+        keep[last_site] = keep[last_site] & ~removed[:, None, None]
+        details = {"features_removed_by_backtracking": int(removed.sum())}
+        if self.backtrack_input:
+            before = sum(int(k.sum()) for k in keep.values())
+            keep = backtrack_to_input(parent, keep)
+            details["nodes_removed_by_input_backtracking"] = before - sum(int(k.sum()) for k in keep.values())
+        return ModuleSpec(class_index, keep, head_weight, head_bias, details)
+
+
+def channel_head(weight: torch.Tensor, bias: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, F) weights and (n,) biases -> the 2-way head: (2, F) and (2,), own class first, then the others' mean."""
+    others = [k for k in range(weight.shape[0]) if k != class_index]
+    own_weight, own_bias = weight[class_index], bias[class_index]
+    rest_weight, rest_bias = weight[others].mean(0), bias[others].mean(0)
+    return torch.stack([own_weight, rest_weight]).clone(), torch.stack([own_bias, rest_bias]).clone()
+
+
+def backtrack_features(head_weight: torch.Tensor, reading: str, delta: float) -> torch.Tensor:
+    """MC-BLN: (F,) bool, True for features the channeled head says to remove."""
+    own, rest = head_weight[0], head_weight[1]
+    if reading == "text":
+        return (rest >= delta) & (own <= -delta)
+    if reading == "pseudocode":
+        return (rest <= -delta) & (own >= delta)
+    return torch.zeros_like(own, dtype=torch.bool)
+
+
+def backtrack_to_input(
+    model: ModularResNetForImageClassification, keep: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """MC-BI: mask every site node that no kept node downstream reads.
+
+    Walks the blocks from last to first. A block's input site is read by the block's first conv and by its
+    shortcut; a node is needed when some kept output node covers it through either. The stem's site is left as is
+    when a max-pool follows it (the pool's windows overlap).
+    """
+    keep = {site: mask.clone() for site, mask in keep.items()}
+    blocks = [(f"{stage}.{i}", block) for stage in model.stage_names for i, block in enumerate(getattr(model, stage))]
+    for index in range(len(blocks) - 1, -1, -1):
+        name, block = blocks[index]
+        input_site = blocks[index - 1][0] + "." + _last_act(blocks[index - 1][1]) if index else "act1"
+        if index == 0 and not isinstance(model.maxpool, nn.Identity):
+            continue
+        acts = [f"{name}.act{k}" for k in range(1, 4) if hasattr(block, f"act{k}")]
+        convs = [getattr(block, f"conv{k}") for k in range(1, len(acts) + 1)]
+        # Inside the block: conv k reads act k-1 and writes act k (the last conv writes through the residual add).
+        for k in range(len(acts) - 1, 0, -1):
+            keep[acts[k - 1]] &= _needed_inputs(convs[k], keep[acts[k]], keep[acts[k - 1]].shape)
+        needed = _needed_inputs(convs[0], keep[acts[0]], keep[input_site].shape)
+        needed |= _needed_by_shortcut(block.downsample, keep[acts[-1]], keep[input_site].shape)
+        keep[input_site] &= needed
+    return keep
+
+
+def _last_act(block: nn.Module) -> str:
+    return "act3" if hasattr(block, "act3") else "act2"
+
+
+def _needed_inputs(conv: nn.Conv2d, kept_outputs: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+    """(C_in, H, W) bool: input nodes inside the window of at least one kept output node of `conv`."""
+    ones = torch.ones(conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
+    reach = torch.nn.grad.conv2d_input(
+        (1, *input_shape), ones, kept_outputs[None].float(), stride=conv.stride, padding=conv.padding
+    )
+    return reach[0] > 0
+
+
+def _needed_by_shortcut(
+    shortcut: nn.Module | None, kept_outputs: torch.Tensor, input_shape: torch.Size
+) -> torch.Tensor:
+    """(C_in, H, W) bool: input nodes that the shortcut carries into a kept node after the residual add."""
+    if shortcut is None:
+        return kept_outputs.clone()
+    if isinstance(shortcut, ShortcutA):
+        front, _ = shortcut.pad
+        needed = torch.zeros(input_shape, dtype=torch.bool)
+        carried = kept_outputs[front : front + input_shape[0]]
+        needed[:, :: shortcut.stride, :: shortcut.stride] = carried
+        return needed
+    return _needed_inputs(shortcut[0], kept_outputs, input_shape)

@@ -1,0 +1,153 @@
+"""Decompose into a directory: one complete module directory per class, a `decomposition.json` report, and resume.
+
+    out/
+      cat-module/            config.json, model.safetensors (weights + masks), preprocessor_config.json
+      dog-module/
+      decomposition.json     per-module binary accuracy, masked fraction, Jaccard; composed vs parent; timings
+
+Each module directory is written atomically, so an interrupted run leaves only complete ones. Running again with
+the same output skips the classes whose module was built from the same parent with the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import datasets
+from accelerate import Accelerator
+
+from ..configuration_modular_resnet import ModularResNetConfig
+from ..evaluation import evaluate_composition
+from ..modeling_modular_resnet import ModularResNetForImageClassification
+from . import STRATEGIES, decompose
+from .modules import weights_sha256
+
+logger = logging.getLogger(__name__)
+REPORT_NAME = "decomposition.json"
+
+
+def module_directory_name(label: str) -> str:
+    """`{label}-module`, with characters that are unsafe in paths and repo names replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") + "-module"
+
+
+def decompose_to_directory(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset | str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    eval_dataset: datasets.Dataset | None = None,
+    classes: list[str] | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any]:
+    """Decompose `model` into `output` (see the module docstring) and return the report that was written.
+
+    `options` are `decompose`'s keyword arguments. With `eval_dataset`, the report has each module's binary accuracy
+    and the composition's top-1/top-5 next to the parent's on it.
+    """
+    accelerator = accelerator or Accelerator(cpu=True)
+    output = Path(output)
+    started = time.perf_counter()
+    wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    parent_sha = weights_sha256(model)
+    done = [label for label in wanted if _is_complete(output, label, parent_sha, options)]
+    todo = [label for label in wanted if label not in done]
+    if done:
+        logger.info("Resuming: %d module(s) already built with the same parameters: %s", len(done), ", ".join(done))
+
+    timings: dict[str, float] = {}
+    if todo:
+        modules = decompose(model, dataset, classes=todo, accelerator=accelerator, progress=progress, **options)
+        timings["decompose_seconds"] = time.perf_counter() - started
+        timings["statistics_seconds"] = next(iter(modules.values())).config.module["statistics_seconds"]
+        with accelerator.split_between_processes(list(modules)) as mine:  # each process saves its share of classes
+            for label in mine:
+                modules[label].save_pretrained(output / module_directory_name(label))
+        accelerator.wait_for_everyone()
+
+    report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
+    if not accelerator.is_main_process:
+        return report
+    modules = {
+        label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label))
+        for label in wanted
+    }
+    for label, module in modules.items():
+        info = module.config.module
+        report["modules"][label] = {
+            "directory": module_directory_name(label),
+            "masked_fraction": info["masked_fraction"],
+            "jaccard_index": info["jaccard_index"],
+            "samples": info["samples"],
+            "resumed": label in done,
+        }
+    report["method"] = next(iter(modules.values())).config.module["method"]
+    report["mean_jaccard_index"] = sum(m["jaccard_index"] for m in report["modules"].values()) / len(modules)
+    if eval_dataset is not None:
+        evaluation_started = time.perf_counter()
+        result = evaluate_composition(model, modules, eval_dataset, progress=progress)
+        timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
+        for label, accuracy in result.module_binary_accuracy.items():
+            report["modules"][label]["binary_accuracy"] = accuracy
+        report["evaluation"] = {
+            "images": result.parent.count,
+            "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
+            "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
+            "per_class": {
+                label: {"parent": result.parent.per_class[label], "composed": result.composed.per_class[label]}
+                for label in result.parent.per_class
+            },
+        }
+    timings["total_seconds"] = time.perf_counter() - started
+    _write_json_atomically(output / REPORT_NAME, report)
+    return report
+
+
+def _is_complete(output: Path, label: str, parent_sha: str, options: dict[str, Any]) -> bool:
+    """Whether `output` already holds this class's module, built from the same parent with the same parameters."""
+    directory = output / module_directory_name(label)
+    if not (directory / "model.safetensors").is_file():
+        return False
+    try:
+        info = ModularResNetConfig.from_pretrained(directory).module or {}
+    except (OSError, ValueError):
+        return False
+    return (
+        info.get("parent", {}).get("weights_sha256") == parent_sha
+        and info.get("target_label") == label
+        and info.get("method") == _method_record(options)
+        and info.get("sampling") == _sampling_record(options)
+    )
+
+
+_DECOMPOSE_ARGUMENTS = {"samples_per_class", "negatives_ratio", "strategy", "split", "image_column", "label_column"}
+_DECOMPOSE_ARGUMENTS |= {"batch_size", "seed"}
+
+
+def _method_record(options: dict[str, Any]) -> dict[str, Any]:
+    """What `decompose` records as `method` for these options (the strategy's full parameters, defaults included)."""
+    name = options.get("strategy", "activation")
+    strategy_options = {k: v for k, v in options.items() if k not in _DECOMPOSE_ARGUMENTS}
+    return {"strategy": name, **STRATEGIES[name](**strategy_options).parameters()}
+
+
+def _sampling_record(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "samples_per_class": options.get("samples_per_class", 1000),
+        "negatives_ratio": options.get("negatives_ratio", 1.0),
+        "seed": options.get("seed", 0),
+    }
+
+
+def _write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(temporary, path)

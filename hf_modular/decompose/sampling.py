@@ -1,0 +1,90 @@
+"""Which training inputs each module observes: its own class (concern identification) and, at a fixed ratio,
+negatives spread evenly over the other classes (tangling identification).
+
+Every class's rows are shuffled once with the seed. A module takes the first `samples_per_class` rows of its class,
+and the first rows of each other class as negatives, so the modules' inputs overlap as much as possible and one
+forward pass over their union serves all modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SamplePlan:
+    """The rows of the dataset to observe and, for each, which modules use it.
+
+    Attributes:
+        rows: dataset row indices to run, in a fixed order; shape (U,).
+        own: (U, M) bool, row u is an own-class input of module m.
+        negative: (U, M) bool, row u is a negative input of module m.
+        classes: the model class index of each module, (M,).
+    """
+
+    rows: torch.Tensor
+    own: torch.Tensor
+    negative: torch.Tensor
+    classes: list[int]
+
+    @property
+    def own_counts(self) -> list[int]:
+        return self.own.sum(0).tolist()
+
+    @property
+    def negative_counts(self) -> list[int]:
+        return self.negative.sum(0).tolist()
+
+
+def plan_samples(
+    labels: torch.Tensor,
+    classes: list[int],
+    num_classes: int,
+    *,
+    samples_per_class: int,
+    negatives_ratio: float,
+    seed: int,
+    class_names: list[str] | None = None,
+) -> SamplePlan:
+    """Plan the observed rows for modules of `classes`, given every row's model class index in `labels` (N,)."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class = []
+    for k in range(num_classes):
+        members = (labels == k).nonzero().flatten()
+        by_class.append(members[torch.randperm(len(members), generator=generator)])
+    for c in classes:
+        if len(by_class[c]) == 0:
+            name = class_names[c] if class_names else c
+            raise ValueError(
+                f"Class {name!r} has no examples in the dataset, so its module cannot be built. Drop it with "
+                "classes=[...] or use a split that contains it."
+            )
+
+    others = num_classes - 1
+    # take[k, m]: how many of class k's shuffled rows module m uses.
+    take = torch.zeros(num_classes, len(classes), dtype=torch.long)
+    for m, c in enumerate(classes):
+        own = min(samples_per_class, len(by_class[c]))
+        take[c, m] = own
+        wanted = round(negatives_ratio * own)
+        if others == 0 or wanted == 0:
+            continue
+        # Spread evenly; the remainder goes to the classes that follow c, so no class is always favoured.
+        order = [(c + 1 + i) % num_classes for i in range(others)]
+        for i, k in enumerate(order):
+            take[k, m] = min(wanted // others + (1 if i < wanted % others else 0), len(by_class[k]))
+
+    rows, own_rows, negative_rows = [], [], []
+    for k in range(num_classes):
+        needed = int(take[k].max())
+        if needed == 0:
+            continue
+        rank = torch.arange(needed)[:, None]
+        uses = rank < take[k][None, :]  # (needed, M)
+        is_own = torch.tensor([c == k for c in classes])[None, :]
+        rows.append(by_class[k][:needed])
+        own_rows.append(uses & is_own)
+        negative_rows.append(uses & ~is_own)
+    return SamplePlan(torch.cat(rows), torch.cat(own_rows), torch.cat(negative_rows), list(classes))
