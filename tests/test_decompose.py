@@ -1,0 +1,313 @@
+"""Decomposition: masks worked out by hand, heads, backtracking, voting, round trips, processes, bad input, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import hf_modular  # noqa: F401
+from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.compose import top_k, vote
+from hf_modular.decompose import decompose
+from hf_modular.decompose.activation import backtrack_features, backtrack_to_input, channel_head
+from hf_modular.decompose.output import decompose_to_directory
+from hf_modular.processing import image_processor_for
+
+LABELS = ["dark", "bright", "mid"]
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+def tiny_config(**overrides) -> ModularResNetConfig:
+    fields = dict(layers=[1, 1], widths=[4, 8], stem_width=4, image_size=8, id2label=dict(enumerate(LABELS)))
+    return ModularResNetConfig(**{**fields, **overrides})
+
+
+def image_dataset(values: list[int], labels: list[int], size: int = 8, noise: int = 0, seed: int = 0):
+    """One flat grey image per row (value +- noise), with a ClassLabel column."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for value in values:
+        pixels = np.clip(value + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255).astype(np.uint8)
+        images.append(Image.fromarray(pixels))
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
+    return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+@pytest.fixture
+def brightness_model() -> ModularResNetForImageClassification:
+    """A model whose stem site is hand-set: channel 0 is > 0 exactly on bright images, channel 1 is always < 0,
+    channel 2 always > 0, channel 3 follows channel 0's sign flipped."""
+    torch.manual_seed(0)
+    model = ModularResNetForImageClassification(tiny_config()).eval()
+    with torch.no_grad():
+        model.conv1.weight.zero_()
+        model.conv1.weight[0, :, 1, 1] = 1.0  # centre tap: the normalised pixel itself, > 0 iff the pixel is bright
+        model.conv1.weight[3, :, 1, 1] = -1.0
+        model.bn1.weight.fill_(1.0)
+        model.bn1.bias.copy_(torch.tensor([0.0, -1.0, 1.0, 0.0]))
+        model.bn1.running_mean.zero_()
+        model.bn1.running_var.fill_(1.0)
+    return model
+
+
+def dark_bright_dataset():
+    # Normalised with ImageNet mean/std, 0 is below every channel's mean and 255 above it.
+    return image_dataset([0] * 6 + [255] * 6 + [128] * 6, [0] * 6 + [1] * 6 + [2] * 6)
+
+
+def stem_keep(module: ModularResNetForImageClassification) -> torch.Tensor:
+    mask = module.act1.mask
+    return torch.ones(4, 8, 8, dtype=torch.bool) if mask is None else mask
+
+
+def test_concern_identification_masks_nodes_inactive_for_every_own_input(brightness_model):
+    modules = decompose(
+        brightness_model, dark_bright_dataset(), samples_per_class=6, negatives_ratio=0.0, progress=False
+    )
+    dark, bright = stem_keep(modules["dark"]), stem_keep(modules["bright"])
+    assert not dark[1].any() and not bright[1].any()  # negative for every input: masked in every module
+    assert dark[2].all() and bright[2].all()  # positive for every input: kept
+    assert not dark[0].any() and bright[0].all()  # own-class only (no negatives): dark images never light it
+    assert dark[3].all() and not bright[3].any()
+
+
+def test_tangling_identification_keeps_nodes_used_by_negatives(brightness_model):
+    modules = decompose(brightness_model, dark_bright_dataset(), samples_per_class=6, progress=False)
+    dark, bright = stem_keep(modules["dark"]), stem_keep(modules["bright"])
+    # Dark's negatives include bright images, which light channel 0: it must stay.
+    assert dark[0].all() and bright[3].all()
+    assert not dark[1].any() and not bright[1].any()
+    info = modules["dark"].config.module
+    assert info["samples"] == {"own": 6, "negative": 6}
+
+
+def test_masking_nodes_that_were_never_active_leaves_observed_outputs_unchanged():
+    torch.manual_seed(1)
+    parent = ModularResNetForImageClassification(tiny_config()).eval()
+    data = image_dataset([40, 90, 200, 30, 180, 120] * 4, [0, 1, 2] * 8, noise=40)
+    modules = decompose(parent, data, samples_per_class=8, negatives_ratio=0.0, backtrack="none", progress=False)
+    pixel_values = image_processor_for(parent.config)([row["image"] for row in data], return_tensors="pt")[
+        "pixel_values"
+    ]
+    labels = torch.tensor(data["label"])
+    with torch.no_grad():
+        features = parent(pixel_values, output_hidden_states=True).hidden_states[-1].mean((2, 3))
+        for index, label in enumerate(LABELS):
+            module = modules[label]
+            assert module.config.mask_shapes, "expected some masked nodes on random weights"
+            weight, bias = channel_head(parent.fc.weight, parent.fc.bias, index)
+            own = labels == index  # the module observed exactly its own class's rows here
+            expected = features[own] @ weight.T + bias
+            torch.testing.assert_close(module(pixel_values[own]).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_channel_head_keeps_own_row_and_averages_the_rest():
+    weight = torch.tensor([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0]])
+    bias = torch.tensor([0.5, 1.0, -2.0])
+    head_weight, head_bias = channel_head(weight, bias, 1)
+    assert torch.equal(head_weight, torch.tensor([[3.0, -4.0], [3.0, 1.0]]))
+    assert torch.equal(head_bias, torch.tensor([1.0, -0.75]))
+
+
+def test_backtracking_readings():
+    head = torch.tensor([[-0.6, 0.7, 0.1, -0.5], [0.6, -0.8, 0.9, 0.5]])  # row 0 own, row 1 rest
+    assert backtrack_features(head, "text", 0.5).tolist() == [True, False, False, True]
+    assert backtrack_features(head, "pseudocode", 0.5).tolist() == [False, True, False, False]
+    assert not backtrack_features(head, "none", 0.5).any()
+
+
+def test_mc_bln_masks_whole_channels_of_the_last_site():
+    torch.manual_seed(2)
+    parent = ModularResNetForImageClassification(tiny_config()).eval()
+    with torch.no_grad():
+        parent.fc.weight.zero_()
+        parent.fc.weight[0, 5] = -1.0  # feature 5 argues against "dark" and for the others: text reading removes it
+        parent.fc.weight[1:, 5] = 1.0
+    data = image_dataset([60, 200, 128] * 3, [0, 1, 2] * 3, noise=60)
+    modules = decompose(parent, data, samples_per_class=3, progress=False)
+    last = modules["dark"].layer2[0].act2.mask
+    assert last is not None and not last[5].any()
+    assert modules["dark"].config.module["details"]["features_removed_by_backtracking"] == 1
+    assert modules["bright"].config.module["details"]["features_removed_by_backtracking"] == 0
+
+
+def test_mc_bi_removes_inputs_no_kept_node_reads():
+    model = ModularResNetForImageClassification(tiny_config(layers=[1], widths=[4])).eval()
+    shapes = model.site_shapes()
+    keep = {site: torch.ones(shape, dtype=torch.bool) for site, shape in shapes.items()}
+    keep["layer1.0.act1"][:] = False
+    keep["layer1.0.act2"][:] = False
+    keep["layer1.0.act2"][2, 3, 4] = True  # only the identity shortcut reads the block input here
+    result = backtrack_to_input(model, keep)
+    expected = torch.zeros(shapes["act1"], dtype=torch.bool)
+    expected[2, 3, 4] = True
+    assert torch.equal(result["act1"], expected)
+    # conv2 reads act1 through 3x3 windows: a kept act1 node survives only inside the window of a kept act2 node.
+    keep["layer1.0.act2"][2, 3, 4] = False
+    keep["layer1.0.act2"][2, 1, 1] = True
+    keep["layer1.0.act1"][0, 0, 0] = True
+    keep["layer1.0.act1"][0, 7, 7] = True  # outside every kept act2 node's window: removed
+    result = backtrack_to_input(model, keep)
+    expected_act1 = torch.zeros(shapes["layer1.0.act1"], dtype=torch.bool)
+    expected_act1[0, 0, 0] = True
+    assert torch.equal(result["layer1.0.act1"], expected_act1)
+    # The stem site is read by conv1's window at (0, 0) (rows and columns 0-1, every channel) and the identity.
+    expected = torch.zeros(shapes["act1"], dtype=torch.bool)
+    expected[:, 0:2, 0:2] = True
+    expected[2, 1, 1] = True
+    assert torch.equal(result["act1"], expected)
+
+
+def test_vote_rule():
+    logits = torch.tensor(
+        [
+            [[2.0, 0.0], [-1.0, 0.0], [-3.0, 0.0]],  # exactly one claim: module 0
+            [[-1.0, 0.0], [-0.2, 0.0], [-3.0, 0.0]],  # no claim: highest own probability, module 1
+            [[0.5, 0.0], [3.0, 0.0], [1.0, 0.0]],  # several claims: highest own probability, module 1
+        ]
+    )
+    assert vote(logits).tolist() == [0, 1, 1]
+    assert top_k(logits, 2).tolist() == [[0, 1], [1, 0], [1, 2]]
+
+
+def test_module_round_trip_through_transformers_and_timm(tmp_path, brightness_model):
+    from transformers import AutoModelForImageClassification
+
+    module = decompose(brightness_model, dark_bright_dataset(), samples_per_class=6, progress=False)["dark"]
+    module.save_pretrained(tmp_path / "dark")
+    pixel_values = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = module(pixel_values).logits
+        loaded = ModularResNetForImageClassification.from_pretrained(tmp_path / "dark").eval()
+        auto = AutoModelForImageClassification.from_pretrained(tmp_path / "dark").eval()
+        via_timm = timm.create_model(f"local-dir:{tmp_path / 'dark'}", pretrained=True).eval()
+        assert torch.equal(loaded(pixel_values).logits, expected)
+        assert torch.equal(auto(pixel_values).logits, expected)
+        assert torch.equal(via_timm(pixel_values), expected)
+    for name, site in module.sites().items():
+        if site.mask is not None:
+            assert torch.equal(loaded.get_submodule(name).mask, site.mask)
+    assert loaded.config.module == module.config.module
+    assert loaded.config.id2label == {0: "dark", 1: "rest"}
+    stored = load_file(tmp_path / "dark" / "model.safetensors")
+    assert stored["act1.mask"].dtype == torch.bool
+
+
+def test_same_masks_and_heads_on_one_and_two_processes(tmp_path):
+    script = SCRIPTS / "decompose_tiny.py"
+    single = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run([*launcher, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = load_file(tmp_path / "n1.safetensors"), load_file(tmp_path / "n2.safetensors")
+    assert one.keys() == two.keys()
+    assert any(key.endswith("mask") for key in one)
+    for key in one:
+        assert torch.equal(one[key], two[key]), key
+
+
+def test_bad_input_errors(brightness_model):
+    data = dark_bright_dataset()
+    with pytest.raises(ValueError, match="'mid' has no examples"):
+        decompose(brightness_model, data.filter(lambda row: row["label"] != 2), progress=False)
+    with pytest.raises(ValueError, match="does not know"):
+        renamed = data.cast_column("label", datasets.ClassLabel(names=["dark", "bright", "purple"]))
+        decompose(brightness_model, renamed, progress=False)
+    with pytest.raises(ValueError, match="No image column"):
+        no_images = data.remove_columns("image").add_column("path", ["x.png"] * len(data))
+        decompose(brightness_model, no_images, progress=False)
+    with pytest.raises(ValueError, match="No label column"):
+        decompose(brightness_model, data.cast_column("label", datasets.Value("int64")), progress=False)
+    with pytest.raises(ValueError, match="16x16 but the model takes 8x8"):
+        decompose(brightness_model, image_dataset([0, 255, 128], [0, 1, 2], size=16), progress=False)
+    two_labels = ModularResNetForImageClassification(tiny_config(id2label={0: "dark", 1: "bright"}))
+    with pytest.raises(ValueError, match="2 outputs but the dataset's 'label' column has 3 classes"):
+        decompose(two_labels, data, progress=False)
+    with pytest.raises(ValueError, match="Unknown classes"):
+        decompose(brightness_model, data, classes=["zebra"], progress=False)
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        decompose(brightness_model, data, strategy="magic", progress=False)
+    with pytest.raises(ValueError, match="backtrack="):
+        decompose(brightness_model, data, backtrack="sideways", progress=False)
+    module = decompose(brightness_model, data, samples_per_class=6, progress=False)["dark"]
+    with pytest.raises(ValueError, match="defined on 8x8 inputs"):
+        module(torch.zeros(1, 3, 16, 16))
+
+
+def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
+    data = dark_bright_dataset()
+    output = tmp_path / "modules"
+    report = decompose_to_directory(
+        brightness_model, data, output, eval_dataset=data, samples_per_class=6, progress=False
+    )
+    assert sorted(p.name for p in output.iterdir()) == [
+        "bright-module",
+        "dark-module",
+        "decomposition.json",
+        "mid-module",
+    ]
+    assert json.loads((output / "decomposition.json").read_text()) == report
+    evaluation = report["evaluation"]
+    assert evaluation["images"] == len(data)
+    assert 0.0 <= evaluation["composed"]["top1"] <= evaluation["composed"]["top5"] <= 1.0
+    assert all(0.0 <= row["binary_accuracy"] <= 1.0 for row in report["modules"].values())
+    assert not any(row["resumed"] for row in report["modules"].values())
+
+    # An interrupted run leaves complete directories only; the rerun rebuilds just what is missing.
+    weights = output / "dark-module" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    for path in (output / "mid-module").iterdir():
+        path.unlink()
+    (output / "mid-module").rmdir()
+    report = decompose_to_directory(brightness_model, data, output, samples_per_class=6, progress=False)
+    assert {label: row["resumed"] for label, row in report["modules"].items()} == {
+        "dark": True,
+        "bright": True,
+        "mid": False,
+    }
+    assert weights.stat().st_mtime_ns == before
+    # Other parameters: nothing is reused.
+    report = decompose_to_directory(brightness_model, data, output, samples_per_class=5, progress=False)
+    assert not any(row["resumed"] for row in report["modules"].values())
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_cli_decompose(tmp_path, brightness_model, capsys):
+    from hf_modular.cli import main
+
+    brightness_model.save_pretrained(tmp_path / "parent")
+    dark_bright_dataset().to_parquet(str(tmp_path / "train.parquet"))
+    code = main(
+        [
+            "-q",
+            "decompose",
+            str(tmp_path / "parent"),
+            "--dataset",
+            str(tmp_path / "train.parquet"),
+            "--eval-split",
+            "train",
+            "--samples-per-class",
+            "6",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "composed  top-1" in out and "dark" in out
+    module = ModularResNetForImageClassification.from_pretrained(tmp_path / "out" / "dark-module")
+    assert module.config.module["target_label"] == "dark"
+    code = main(["decompose", str(tmp_path / "missing"), "--dataset", "x.parquet", "--output", str(tmp_path / "o")])
+    assert code == 1
+    assert "error" in capsys.readouterr().err
