@@ -11,6 +11,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from . import timm_models  # noqa: F401  (registers the timm architectures)
 from .configuration_modular_resnet import PRESETS, ModularResNetConfig
+from .decompose import decompose
 from .modeling_modular_resnet import (
     ModularResNet,
     ModularResNetForImageClassification,
@@ -22,6 +23,22 @@ try:
     __version__ = version("hf_modular")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
+
+
+
+def load_module(path_or_repo: str, **kwargs) -> ModularResNetForImageClassification:
+    """Load a class module (local directory or Hub repo id); `kwargs` go to `from_pretrained` (e.g. `revision`).
+
+    Raises ValueError when the checkpoint is a plain classifier rather than a module.
+    """
+    model = ModularResNetForImageClassification.from_pretrained(path_or_repo, **kwargs)
+    if not model.config.is_module:
+        raise ValueError(
+            f"{path_or_repo} is a plain classifier, not a class module (its config has no `module` section). "
+            "Decompose it first: hf_modular.decompose(model, dataset)."
+        )
+    return model
+
 
 AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
 AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
@@ -35,4 +52,6 @@ __all__ = [
     "ModularResNetModel",
     "ModularResNetPreTrainedModel",
     "__version__",
+    "decompose",
+    "load_module",
 ]

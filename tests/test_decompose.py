@@ -201,6 +201,10 @@ def test_module_round_trip_through_transformers_and_timm(tmp_path, brightness_mo
     assert loaded.config.id2label == {0: "dark", 1: "rest"}
     stored = load_file(tmp_path / "dark" / "model.safetensors")
     assert stored["act1.mask"].dtype == torch.bool
+    assert torch.equal(hf_modular.load_module(str(tmp_path / "dark"))(pixel_values).logits, expected)
+    brightness_model.save_pretrained(tmp_path / "parent")
+    with pytest.raises(ValueError, match="plain classifier, not a class module"):
+        hf_modular.load_module(str(tmp_path / "parent"))
 
 
 def test_same_masks_and_heads_on_one_and_two_processes(tmp_path):
