@@ -25,7 +25,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0"
 
 
-
 def load_module(path_or_repo: str, **kwargs) -> ModularResNetForImageClassification:
     """Load a class module (local directory or Hub repo id); `kwargs` go to `from_pretrained` (e.g. `revision`).
 

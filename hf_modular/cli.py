@@ -88,7 +88,12 @@ def _decompose(args: argparse.Namespace) -> None:
         eval_dataset = load_image_dataset(args.dataset, split=args.eval_split)
         if args.eval_limit:
             eval_dataset = eval_dataset.select(range(min(args.eval_limit, len(eval_dataset))))
-    strategy_options = {"backtrack": args.backtrack, "delta": args.delta, "backtrack_input": args.backtrack_input}
+    strategy_options = {
+        "sites": args.sites,
+        "backtrack": args.backtrack,
+        "delta": args.delta,
+        "backtrack_input": args.backtrack_input,
+    }
     report = decompose_to_directory(
         model,
         load_image_dataset(args.dataset, split=args.split),
@@ -156,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
     dec.add_argument("--samples-per-class", type=int, default=1000, help="own-class inputs per module")
     dec.add_argument("--negatives-ratio", type=float, default=1.0, help="negative inputs per own input")
+    dec.add_argument("--sites", default="relu", choices=["relu", "conv"], help="observe ReLU inputs or conv outputs")
     dec.add_argument("--backtrack", default="text", choices=["text", "pseudocode", "none"], help="MC-BLN reading")
     dec.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold")
     dec.add_argument("--backtrack-input", action="store_true", help="also run MC-BI")

@@ -54,6 +54,21 @@ class MaskedReLU(nn.Module):
         return hidden_state
 
 
+class MaskedConv2d(nn.Conv2d):
+    """`nn.Conv2d` with an optional boolean mask over its output (C, H, W), for modules whose sites are raw conv
+    outputs (the paper's literal reading, `sites="conv"`). Without a mask it is a plain convolution."""
+
+    mask: torch.Tensor | None
+
+    def __init__(self, *args: Any, mask_shape: list[int] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("mask", None if mask_shape is None else torch.ones(mask_shape, dtype=torch.bool))
+
+    def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
+        hidden_state = super().forward(hidden_state)
+        return hidden_state if self.mask is None else hidden_state * self.mask
+
+
 class ShortcutA(nn.Module):
     """He et al.'s parameter-free option-A shortcut: subsample by `stride`, zero-pad channels on both sides."""
 
@@ -70,7 +85,7 @@ class ShortcutA(nn.Module):
 
 
 def _conv_bn_shortcut(
-    config: ModularResNetConfig, in_channels: int, out_channels: int, stride: int
+    config: ModularResNetConfig, name: str, in_channels: int, out_channels: int, stride: int
 ) -> nn.Module | None:
     """The shortcut of a block whose shape changes, or None when it is the identity."""
     if stride == 1 and in_channels == out_channels:
@@ -78,13 +93,28 @@ def _conv_bn_shortcut(
     if config.shortcut == "A":
         return ShortcutA(in_channels, out_channels, stride)
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+        _conv(config, f"{name}.downsample.0", in_channels, out_channels, 1, stride=stride),
         nn.BatchNorm2d(out_channels),
     )
 
 
 def _masked_relu(config: ModularResNetConfig, name: str) -> MaskedReLU:
     return MaskedReLU((config.mask_shapes or {}).get(name))
+
+
+def _conv(
+    config: ModularResNetConfig, name: str, in_channels: int, out_channels: int, kernel: int, stride: int = 1
+) -> MaskedConv2d:
+    """A bias-free conv with 'same' padding, masked at its output when the config lists `name`."""
+    return MaskedConv2d(
+        in_channels,
+        out_channels,
+        kernel,
+        stride=stride,
+        padding=kernel // 2,
+        bias=False,
+        mask_shape=(config.mask_shapes or {}).get(name),
+    )
 
 
 class BasicBlock(nn.Module):
@@ -94,13 +124,13 @@ class BasicBlock(nn.Module):
 
     def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = _conv(config, f"{name}.conv1", in_channels, width, 3, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = _masked_relu(config, f"{name}.act1")
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.conv2 = _conv(config, f"{name}.conv2", width, width, 3)
         self.bn2 = nn.BatchNorm2d(width)
         self.act2 = _masked_relu(config, f"{name}.act2")
-        self.downsample = _conv_bn_shortcut(config, in_channels, width, stride)
+        self.downsample = _conv_bn_shortcut(config, name, in_channels, width, stride)
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
@@ -117,16 +147,16 @@ class Bottleneck(nn.Module):
     def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
+        self.conv1 = _conv(config, f"{name}.conv1", in_channels, width, 1)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = _masked_relu(config, f"{name}.act1")
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = _conv(config, f"{name}.conv2", width, width, 3, stride)
         self.bn2 = nn.BatchNorm2d(width)
         self.act2 = _masked_relu(config, f"{name}.act2")
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
+        self.conv3 = _conv(config, f"{name}.conv3", width, out_channels, 1)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.act3 = _masked_relu(config, f"{name}.act3")
-        self.downsample = _conv_bn_shortcut(config, in_channels, out_channels, stride)
+        self.downsample = _conv_bn_shortcut(config, name, in_channels, out_channels, stride)
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
@@ -162,7 +192,7 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, std=0.01)
             init.zeros_(module.bias)
-        elif isinstance(module, MaskedReLU) and module.mask is not None:
+        if isinstance(module, (MaskedReLU, MaskedConv2d)) and module.mask is not None:
             init.ones_(module.mask)
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -215,9 +245,9 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def __init__(self, config: ModularResNetConfig):
         super().__init__(config)
         if config.stem_type == "imagenet":
-            self.conv1 = nn.Conv2d(config.num_channels, config.stem_width, 7, stride=2, padding=3, bias=False)
+            self.conv1 = _conv(config, "conv1", config.num_channels, config.stem_width, 7, stride=2)
         else:
-            self.conv1 = nn.Conv2d(config.num_channels, config.stem_width, 3, stride=1, padding=1, bias=False)
+            self.conv1 = _conv(config, "conv1", config.num_channels, config.stem_width, 3)
         self.bn1 = nn.BatchNorm2d(config.stem_width)
         self.act1 = _masked_relu(config, "act1")
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem_type == "imagenet" else nn.Identity()
@@ -278,18 +308,22 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def _resolve(self, value: bool | None, name: str) -> bool:
         return bool(getattr(self.config, name) if value is None else value)
 
-    def sites(self) -> dict[str, MaskedReLU]:
-        """Every ReLU site by module name (e.g. `"layer2.0.act1"`), in forward order."""
-        return {name: module for name, module in self.named_modules() if isinstance(module, MaskedReLU)}
+    def sites(self, kind: str = "relu") -> dict[str, MaskedReLU | MaskedConv2d]:
+        """Every site by module name, in forward order: the ReLUs (`"layer2.0.act1"`, ...) for `kind="relu"`, the
+        convolutions (`"layer2.0.conv1"`, `"layer2.0.downsample.0"`, ...) for `kind="conv"`."""
+        site_type = {"relu": MaskedReLU, "conv": MaskedConv2d}[kind]
+        return {name: module for name, module in self.named_modules() if isinstance(module, site_type)}
 
-    def site_shapes(self) -> dict[str, torch.Size]:
+    def site_shapes(self, kind: str = "relu") -> dict[str, torch.Size]:
         """Every site's (C, H, W) at the config's `image_size`, read off one forward pass of a blank image."""
         shapes: dict[str, torch.Size] = {}
+
+        def record(name: str, output: torch.Tensor) -> None:
+            shapes[name] = output.shape[1:]
+
         handles = [
-            site.register_forward_pre_hook(
-                lambda module, inputs, name=name: shapes.__setitem__(name, inputs[0].shape[1:])
-            )
-            for name, site in self.sites().items()
+            site.register_forward_hook(lambda module, inputs, output, name=name: record(name, output))
+            for name, site in self.sites(kind).items()
         ]
         size, parameter = self.config.image_size, next(self.parameters())
         try:

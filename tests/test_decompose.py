@@ -111,6 +111,42 @@ def test_masking_nodes_that_were_never_active_leaves_observed_outputs_unchanged(
             torch.testing.assert_close(module(pixel_values[own]).logits, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_conv_sites_mask_raw_conv_outputs_and_keep_residual_adds_consistent():
+    torch.manual_seed(3)
+    parent = ModularResNetForImageClassification(tiny_config(shortcut="B")).eval()
+    data = image_dataset([40, 90, 200, 30, 180, 120] * 4, [0, 1, 2] * 8, noise=40)
+    modules = decompose(parent, data, samples_per_class=8, negatives_ratio=0.0, sites="conv", progress=False)
+    pixel_values = image_processor_for(parent.config)([row["image"] for row in data], return_tensors="pt")[
+        "pixel_values"
+    ]
+    outputs = {}
+    hooks = [
+        conv.register_forward_hook(lambda m, i, out, name=name: outputs.__setitem__(name, out.detach()))
+        for name, conv in parent.sites("conv").items()
+    ]
+    with torch.no_grad():
+        parent(pixel_values)
+    for hook in hooks:
+        hook.remove()
+    labels = torch.tensor(data["label"])
+    for index, label in enumerate(LABELS):
+        module = modules[label]
+        assert module.config.module["method"]["sites"] == "conv"
+        for name, conv in module.sites("conv").items():
+            expected_keep = (outputs[name][labels == index] > 0).any(0)
+            kept = conv.mask if conv.mask is not None else torch.ones_like(expected_keep)
+            assert torch.equal(kept, expected_keep), name
+        # The add's output loses every node that either of its inputs' convs lost.
+        last = module.layer2[0]
+        expected = last.conv2.mask & last.downsample[0].mask
+        assert torch.equal(last.act2.mask, expected)
+        identity = module.layer1[0]  # same shape in and out: no projection
+        assert identity.downsample is None
+        assert torch.equal(identity.act2.mask, identity.conv2.mask)
+    with pytest.raises(ValueError, match="sites='relu'"):
+        decompose(parent, data, sites="conv", backtrack_input=True, progress=False)
+
+
 def test_channel_head_keeps_own_row_and_averages_the_rest():
     weight = torch.tensor([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0]])
     bias = torch.tensor([0.5, 1.0, -2.0])

@@ -55,8 +55,8 @@ def decompose(
         classes: label names to build modules for (default: all of the model's classes).
         samples_per_class: own-class inputs observed per module (fewer when the class has fewer).
         negatives_ratio: negatives per own input, spread evenly over the other classes (the paper: 1.0).
-        strategy: `"activation"` (the paper's method); `strategy_options` go to its class (e.g. `backtrack="text"`,
-            `delta=0.5`, `backtrack_input=False`; see `ActivationStrategy`).
+        strategy: `"activation"` (the paper's method). `strategy_options` go to its class: `sites="relu"`,
+            `backtrack="text"`, `delta=0.5`, `backtrack_input=False` (see `ActivationStrategy`).
         accelerator: an `accelerate.Accelerator` to shard the statistics pass across processes (default: one
             process). Every process returns the same modules.
 
@@ -99,6 +99,7 @@ def decompose(
         label_column=label_column,
         batch_size=batch_size,
         accelerator=accelerator,
+        sites=method.sites,
         progress=progress,
     )
     statistics_seconds = time.perf_counter() - started
@@ -119,8 +120,8 @@ def decompose(
             "target_index": class_index,
             **provenance,
             "samples": {"own": int(counts.own_samples[m]), "negative": int(counts.negative_samples[m])},
-            "masked_fraction": masked_fraction(spec.keep),
-            "jaccard_index": jaccard_index(model, spec.keep),
+            "masked_fraction": masked_fraction(spec.node_keep),
+            "jaccard_index": jaccard_index(model, spec.node_keep),
             "details": spec.details,
             "statistics_seconds": statistics_seconds,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

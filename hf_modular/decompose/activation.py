@@ -11,8 +11,14 @@ For module m of class c:
 4. MC-BI (optional): walk back through each convolution; an input node is masked when no kept node consumes it
    (through the convs and the shortcuts that read it).
 
-Residual consistency holds by construction: our sites are the values entering each ReLU, and the one after a
-residual add is a single node shared by both branches, so masking it removes the same node from both.
+Sites (`sites`, a [choice] of the method document): `"relu"` (default) observes the value entering each ReLU, after
+batch norm and after the residual add, so a masked node is one that was <= 0 and masking it changes nothing for the
+observed inputs. `"conv"` observes raw convolution outputs, as the paper literally does (its ResNets had no batch
+norm), and masks them there.
+
+Residual consistency: with `"relu"` sites it holds by construction, because the node after a residual add is one
+node shared by both branches. With `"conv"` sites, a node removed from either input of an add (the block's last conv,
+or its projection shortcut) is removed from the add's output too, so it is gone from both branches.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..modeling_modular_resnet import ModularResNetForImageClassification, Short
 from .statistics import ActivationCounts
 
 BACKTRACK_READINGS = ("text", "pseudocode", "none")
+SITE_KINDS = ("relu", "conv")
 
 
 @dataclass
@@ -35,7 +42,8 @@ class ModuleSpec:
 
     Attributes:
         class_index: the parent's index of the module's class.
-        keep: site name -> (C, H, W) bool, True where the node is kept.
+        keep: site name (a ReLU or conv module) -> (C, H, W) bool, True where the node is kept; installed as masks.
+        node_keep: the same decision at the ReLU sites (where it is measured: masked fraction, Jaccard index).
         head_weight: (2, num_features): row 0 own class, row 1 the rest.
         head_bias: (2,).
         details: numbers worth recording (e.g. features removed by backtracking).
@@ -43,6 +51,7 @@ class ModuleSpec:
 
     class_index: int
     keep: dict[str, torch.Tensor]
+    node_keep: dict[str, torch.Tensor]
     head_weight: torch.Tensor
     head_bias: torch.Tensor
     details: dict[str, Any] = field(default_factory=dict)
@@ -53,13 +62,15 @@ class ActivationStrategy:
     """Options of the paper's method; see the module docstring.
 
     Args:
+        sites: `"relu"` (values entering each ReLU) or `"conv"` (raw conv outputs, the paper's literal reading).
         backtrack: MC-BLN reading. `"text"` removes feature i when `W[rest, i] >= delta and W[own, i] <= -delta`
             (it only argues "not my class"); `"pseudocode"` is Algorithm 2's literal test
             `W[rest, i] <= -delta and W[own, i] >= delta`; `"none"` skips backtracking.
         delta: MC-BLN threshold on the channeled head's weights.
-        backtrack_input: also run MC-BI, backtracking the maps through every convolution.
+        backtrack_input: also run MC-BI, backtracking the maps through every convolution (ReLU sites only).
     """
 
+    sites: str = "relu"
     backtrack: str = "text"
     delta: float = 0.5
     backtrack_input: bool = False
@@ -68,10 +79,14 @@ class ActivationStrategy:
     def __post_init__(self):
         if self.backtrack not in BACKTRACK_READINGS:
             raise ValueError(f"backtrack={self.backtrack!r} is not one of {BACKTRACK_READINGS}.")
+        if self.sites not in SITE_KINDS:
+            raise ValueError(f"sites={self.sites!r} is not one of {SITE_KINDS}.")
+        if self.sites == "conv" and self.backtrack_input:
+            raise ValueError("backtrack_input (MC-BI) walks ReLU sites; use it with sites='relu'.")
 
     def parameters(self) -> dict[str, Any]:
         return {
-            "sites": "relu",
+            "sites": self.sites,
             "backtrack": self.backtrack,
             "delta": self.delta,
             "backtrack_input": self.backtrack_input,
@@ -81,16 +96,52 @@ class ActivationStrategy:
         self, parent: ModularResNetForImageClassification, counts: ActivationCounts, module_index: int, class_index: int
     ) -> ModuleSpec:
         keep = {site: (counts.own[site][module_index] + counts.negative[site][module_index]) > 0 for site in counts.own}
+        if self.sites == "conv":
+            keep.update(_consistent_residual_outputs(parent, keep))
         head_weight, head_bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
         removed = backtrack_features(head_weight, self.backtrack, self.delta)
-        last_site = list(keep)[-1]  # forward order: the last site feeds global average pooling and the head
+        last_site = list(parent.sites())[-1]  # forward order: the last ReLU feeds global average pooling and the head
         keep[last_site] = keep[last_site] & ~removed[:, None, None]
         details = {"features_removed_by_backtracking": int(removed.sum())}
         if self.backtrack_input:
             before = sum(int(k.sum()) for k in keep.values())
             keep = backtrack_to_input(parent, keep)
             details["nodes_removed_by_input_backtracking"] = before - sum(int(k.sum()) for k in keep.values())
-        return ModuleSpec(class_index, keep, head_weight, head_bias, details)
+        node_keep = keep if self.sites == "relu" else _keep_at_relu_sites(parent, keep)
+        return ModuleSpec(class_index, keep, node_keep, head_weight, head_bias, details)
+
+
+def _blocks(model: ModularResNetForImageClassification) -> list[tuple[str, nn.Module]]:
+    return [(f"{stage}.{i}", block) for stage in model.stage_names for i, block in enumerate(getattr(model, stage))]
+
+
+def _consistent_residual_outputs(
+    model: ModularResNetForImageClassification, keep: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Conv sites: each add's output keeps a node only if both of its inputs' convs keep it (an identity keeps all)."""
+    outputs = {}
+    for name, block in _blocks(model):
+        last_conv = "conv3" if hasattr(block, "conv3") else "conv2"
+        kept = keep[f"{name}.{last_conv}"].clone()
+        if f"{name}.downsample.0" in keep:
+            kept &= keep[f"{name}.downsample.0"]
+        outputs[f"{name}.{_last_act(block)}"] = kept
+    return outputs
+
+
+def _keep_at_relu_sites(
+    model: ModularResNetForImageClassification, keep: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Conv-site decisions seen at the ReLU sites: a ReLU's node is gone when the conv feeding it masks it, or,
+    after an add, when the add's output is masked."""
+    nodes = {"act1": keep["conv1"]}
+    for name, block in _blocks(model):
+        last_act = _last_act(block)
+        for k in range(1, 4):
+            if hasattr(block, f"act{k}"):
+                source = last_act if f"act{k}" == last_act else f"conv{k}"
+                nodes[f"{name}.act{k}"] = keep[f"{name}.{source}"]
+    return nodes
 
 
 def channel_head(weight: torch.Tensor, bias: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +172,7 @@ def backtrack_to_input(
     when a max-pool follows it (the pool's windows overlap).
     """
     keep = {site: mask.clone() for site, mask in keep.items()}
-    blocks = [(f"{stage}.{i}", block) for stage in model.stage_names for i, block in enumerate(getattr(model, stage))]
+    blocks = _blocks(model)
     for index in range(len(blocks) - 1, -1, -1):
         name, block = blocks[index]
         input_site = blocks[index - 1][0] + "." + _last_act(blocks[index - 1][1]) if index else "act1"

@@ -46,32 +46,38 @@ def collect_activation_counts(
     label_column: str,
     batch_size: int = 128,
     accelerator: Accelerator | None = None,
+    sites: str = "relu",
     observe: bool = True,
     progress: bool = True,
 ) -> ActivationCounts | None:
     """Run `model` over `dataset.select(plan.rows)`, sharded across `accelerator`'s processes.
 
-    With `observe=False` the same pass runs without counting (a baseline for the pass's overhead) and returns None.
+    `sites="relu"` observes the value entering every ReLU; `sites="conv"` every convolution's raw output. With
+    `observe=False` the same pass runs without counting (a baseline for the pass's overhead) and returns None.
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     model = model.to(device).eval()
-    sites = model.sites()
+    site_kind, sites = sites, model.sites(sites)
     num_modules = len(plan.classes)
     counts = {name: None for name in sites}
     # One (2M, B) usage matrix per batch: rows 0..M-1 select own inputs, M..2M-1 negatives.
     usage = torch.cat([plan.own, plan.negative], dim=1).T.float()
     current: dict[str, torch.Tensor] = {}
 
-    def count_active(module, inputs, name):
-        active = (inputs[0] > 0).flatten(1).float()  # (B, C*H*W): the value entering the ReLU
+    def count_active(values: torch.Tensor, name: str) -> None:
+        active = (values > 0).flatten(1).float()  # (B, C*H*W)
         added = current["usage"] @ active  # (2M, C*H*W); exact for counts below 2**24
         counts[name] = added if counts[name] is None else counts[name] + added
 
     handles = []
     if observe:
         for name, site in sites.items():
-            handles.append(site.register_forward_pre_hook(lambda m, i, name=name: count_active(m, i, name)))
+            if site_kind == "relu":  # before the ReLU: its input is what the rule looks at
+                hook = site.register_forward_pre_hook(lambda module, inputs, name=name: count_active(inputs[0], name))
+            else:
+                hook = site.register_forward_hook(lambda module, inputs, out, name=name: count_active(out, name))
+            handles.append(hook)
     positions = list(range(len(plan.rows)))
     try:
         with accelerator.split_between_processes(positions) as shard:
@@ -104,7 +110,7 @@ def collect_activation_counts(
         return None
 
     # Processes with an empty shard saw nothing: give them zeros of the right shape before the reduction.
-    shapes = model.site_shapes()
+    shapes = model.site_shapes(site_kind)
     flat = torch.cat(
         [
             (counts[name] if counts[name] is not None else torch.zeros(2 * num_modules, shapes[name].numel())).to(
