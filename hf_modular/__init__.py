@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 from . import timm_models  # noqa: F401  (registers the timm architectures)
 from .configuration_modular_resnet import PRESETS, ModularResNetConfig
 from .decompose import decompose
+from .decompose.continual import continuous_learning
 from .modeling_modular_resnet import (
     ModularResNet,
     ModularResNetForImageClassification,
@@ -51,6 +52,7 @@ __all__ = [
     "ModularResNetModel",
     "ModularResNetPreTrainedModel",
     "__version__",
+    "continuous_learning",
     "decompose",
     "load_module",
 ]

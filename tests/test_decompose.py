@@ -32,14 +32,16 @@ def tiny_config(**overrides) -> ModularResNetConfig:
     return ModularResNetConfig(**{**fields, **overrides})
 
 
-def image_dataset(values: list[int], labels: list[int], size: int = 8, noise: int = 0, seed: int = 0):
+def image_dataset(
+    values: list[int], labels: list[int], size: int = 8, noise: int = 0, seed: int = 0, names: list[str] = LABELS
+):
     """One flat grey image per row (value +- noise), with a ClassLabel column."""
     rng = np.random.default_rng(seed)
     images = []
     for value in values:
         pixels = np.clip(value + rng.integers(-noise, noise + 1, (size, size, 3)), 0, 255).astype(np.uint8)
         images.append(Image.fromarray(pixels))
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=LABELS)})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
 
 
@@ -145,6 +147,43 @@ def test_conv_sites_mask_raw_conv_outputs_and_keep_residual_adds_consistent():
         assert torch.equal(identity.act2.mask, identity.conv2.mask)
     with pytest.raises(ValueError, match="sites='relu'"):
         decompose(parent, data, sites="conv", backtrack_input=True, progress=False)
+
+
+def test_continuous_learning_keeps_nodes_that_other_datasets_classes_use(brightness_model):
+    # Module "dark" from the first parent saw only dark images: channel 0 of the stem is masked.
+    dark = decompose(
+        brightness_model,
+        dark_bright_dataset(),
+        classes=["dark"],
+        samples_per_class=6,
+        negatives_ratio=0.0,
+        progress=False,
+    )["dark"]
+    assert not stem_keep(dark)[0].any()
+    # A second parent, on another dataset whose class "sun" is bright images.
+    other_names = ["sun", "night"]
+    other_data = image_dataset([250] * 5 + [10] * 5, [0] * 5 + [1] * 5, names=other_names)
+    torch.manual_seed(4)
+    other_parent = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(other_names)))).eval()
+    sun = decompose(other_parent, other_data, classes=["sun"], samples_per_class=5, progress=False)["sun"]
+
+    adapted_dark, adapted_sun = hf_modular.continuous_learning(
+        [dark, sun], [dark_bright_dataset(), other_data], progress=False
+    )
+    assert stem_keep(adapted_dark)[0].all(), "bright 'sun' negatives light channel 0: it must leave dark's map"
+    for name, site in dark.sites().items():  # only removes nodes from maps
+        if site.mask is not None:
+            after = adapted_dark.get_submodule(name).mask
+            assert after is None or bool((after | ~site.mask).all()), name
+    info = adapted_dark.config.module
+    assert info["continuous_learning"]["negatives"] == {"sun": 5}  # 6 wanted (1:1), capped by the 5 "sun" images
+    assert info["masked_fraction"] < info["continuous_learning"]["masked_fraction_before"]
+    assert not stem_keep(dark)[0].any(), "the input module is unchanged"
+    assert adapted_sun.config.module["continuous_learning"]["negatives"] == {"dark": 5}
+    with pytest.raises(ValueError, match="no class 'sun'"):
+        hf_modular.continuous_learning([dark, sun], [dark_bright_dataset(), dark_bright_dataset()], progress=False)
+    with pytest.raises(ValueError, match="at least two modules"):
+        hf_modular.continuous_learning([dark], dark_bright_dataset(), progress=False)
 
 
 def test_channel_head_keeps_own_row_and_averages_the_rest():

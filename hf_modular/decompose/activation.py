@@ -95,19 +95,34 @@ class ActivationStrategy:
     def build(
         self, parent: ModularResNetForImageClassification, counts: ActivationCounts, module_index: int, class_index: int
     ) -> ModuleSpec:
-        keep = {site: (counts.own[site][module_index] + counts.negative[site][module_index]) > 0 for site in counts.own}
-        if self.sites == "conv":
-            keep.update(_consistent_residual_outputs(parent, keep))
+        observed = {
+            site: (counts.own[site][module_index] + counts.negative[site][module_index]) > 0 for site in counts.own
+        }
         head_weight, head_bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
+        return self.modularize(parent, observed, head_weight, head_bias, class_index)
+
+    def modularize(
+        self,
+        model: ModularResNetForImageClassification,
+        observed: dict[str, torch.Tensor],
+        head_weight: torch.Tensor,
+        head_bias: torch.Tensor,
+        class_index: int,
+    ) -> ModuleSpec:
+        """From the nodes kept by identification (`observed`, per site of this strategy's kind) to the final masks:
+        residual consistency, MC-BLN with the channeled head, and MC-BI when asked."""
+        keep = dict(observed)
+        if self.sites == "conv":
+            keep.update(_consistent_residual_outputs(model, keep))
         removed = backtrack_features(head_weight, self.backtrack, self.delta)
-        last_site = list(parent.sites())[-1]  # forward order: the last ReLU feeds global average pooling and the head
+        last_site = list(model.sites())[-1]  # forward order: the last ReLU feeds global average pooling and the head
         keep[last_site] = keep[last_site] & ~removed[:, None, None]
         details = {"features_removed_by_backtracking": int(removed.sum())}
         if self.backtrack_input:
             before = sum(int(k.sum()) for k in keep.values())
-            keep = backtrack_to_input(parent, keep)
+            keep = backtrack_to_input(model, keep)
             details["nodes_removed_by_input_backtracking"] = before - sum(int(k.sum()) for k in keep.values())
-        node_keep = keep if self.sites == "relu" else _keep_at_relu_sites(parent, keep)
+        node_keep = keep if self.sites == "relu" else _keep_at_relu_sites(model, keep)
         return ModuleSpec(class_index, keep, node_keep, head_weight, head_bias, details)
 
 

@@ -34,7 +34,7 @@ def build_module(
         }
     )
     module = ModularResNetForImageClassification(config)
-    state = {key: value for key, value in parent.state_dict().items() if not key.startswith("fc.")}
+    state = {k: v for k, v in parent.state_dict().items() if not k.startswith("fc.") and not k.endswith(".mask")}
     state["fc.weight"], state["fc.bias"] = spec.head_weight, spec.head_bias
     state.update({f"{site}.mask": keep for site, keep in masked_sites.items()})
     module.load_state_dict(state)

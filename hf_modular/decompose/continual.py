@@ -1,0 +1,153 @@
+"""Continuous learning (the method document, section 5): before modules from different datasets are composed,
+re-run tangling identification for each one with examples of the other modules' classes as negatives.
+
+No gradient step: the parent's values are observed again (the module holds the parent's weights; its masks are
+lifted for the observation), any node the new negatives activate leaves the map, and the concern modularization
+steps (residual consistency, MC-BLN, MC-BI) are applied again as the module's recorded method says.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+
+from ..data import find_columns, label_names, load_image_dataset
+from ..modeling_modular_resnet import ModularResNetForImageClassification
+from . import STRATEGIES
+from .modules import build_module, jaccard_index, masked_fraction
+from .sampling import SamplePlan
+from .statistics import collect_activation_counts
+
+DatasetLike = Dataset | str | os.PathLike
+
+
+@contextmanager
+def masks_lifted(model: ModularResNetForImageClassification) -> Iterator[ModularResNetForImageClassification]:
+    """Run `model` as its parent: every site's mask is set aside inside the block and put back after it."""
+    sites = {**model.sites("relu"), **model.sites("conv")}
+    saved = {name: site.mask for name, site in sites.items()}
+    try:
+        for site in sites.values():
+            site.mask = None
+        yield model
+    finally:
+        for name, site in sites.items():
+            site.mask = saved[name]
+
+
+def continuous_learning(
+    modules: Sequence[ModularResNetForImageClassification],
+    datasets: Sequence[DatasetLike] | DatasetLike,
+    *,
+    split: str = "train",
+    negatives_ratio: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 128,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> list[ModularResNetForImageClassification]:
+    """Adapt modules for composition across datasets; returns new modules (the inputs are not changed).
+
+    Args:
+        modules: class modules, possibly from different parents and datasets.
+        datasets: for each module, the dataset holding examples of its class (by its label name); or one dataset
+            for all. Module i's negatives are examples of every other module's class, taken from that module's
+            dataset: `negatives_ratio` x module i's own sample count, spread evenly over the other classes.
+    """
+    if len(modules) < 2:
+        raise ValueError("Continuous learning needs at least two modules: each one learns from the others' classes.")
+    sources = list(datasets) if isinstance(datasets, Sequence) and not isinstance(datasets, str) else None
+    sources = [load_image_dataset(d, split=split) for d in (sources or [datasets] * len(modules))]
+    if len(sources) != len(modules):
+        raise ValueError(f"Got {len(modules)} modules but {len(sources)} datasets; give one per module, or one.")
+    for module in modules:
+        if not module.config.is_module:
+            raise ValueError("Continuous learning adapts class modules; a plain classifier was given.")
+    shuffled = [_class_rows(module, source, seed) for module, source in zip(modules, sources, strict=True)]
+    return [
+        _relearn(i, modules, sources, shuffled, negatives_ratio, seed, batch_size, accelerator, progress)
+        for i in range(len(modules))
+    ]
+
+
+def _class_rows(module: ModularResNetForImageClassification, dataset: Dataset, seed: int) -> torch.Tensor:
+    """The rows of `dataset` labelled with the module's class, in a seeded random order."""
+    _, label_column = find_columns(dataset)
+    label = module.config.module["target_label"]
+    names = label_names(dataset, label_column)
+    if label not in names:
+        raise ValueError(f"The dataset given for the {label!r} module has no class {label!r}; its classes: {names}.")
+    rows = (torch.tensor(dataset[label_column]) == names.index(label)).nonzero().flatten()
+    return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
+
+
+def _relearn(
+    index: int,
+    modules: Sequence[ModularResNetForImageClassification],
+    sources: list[Dataset],
+    shuffled: list[torch.Tensor],
+    negatives_ratio: float,
+    seed: int,
+    batch_size: int,
+    accelerator: Accelerator | None,
+    progress: bool,
+) -> ModularResNetForImageClassification:
+    module = modules[index]
+    info = module.config.module
+    method = dict(info["method"])
+    strategy = STRATEGIES[method.pop("strategy")](**method)
+    others = [j for j in range(len(modules)) if j != index]
+    wanted = round(negatives_ratio * info["samples"]["own"])
+    observed = {
+        name: (site.mask.clone() if site.mask is not None else torch.ones(shape, dtype=torch.bool))
+        for (name, site), shape in zip(
+            module.sites(strategy.sites).items(), module.site_shapes(strategy.sites).values(), strict=True
+        )
+    }
+    negatives = {}
+    for position, j in enumerate(others):
+        quota = min(wanted // len(others) + (1 if position < wanted % len(others) else 0), len(shuffled[j]))
+        rows = shuffled[j][:quota]
+        negatives[modules[j].config.module["target_label"]] = len(rows)
+        if len(rows) == 0:
+            continue
+        plan = SamplePlan(
+            rows, torch.zeros(len(rows), 1, dtype=torch.bool), torch.ones(len(rows), 1, dtype=torch.bool), [0]
+        )
+        image_column, label_column = find_columns(sources[j])
+        with masks_lifted(module):
+            counts = collect_activation_counts(
+                module,
+                sources[j],
+                plan,
+                image_column=image_column,
+                label_column=label_column,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                sites=strategy.sites,
+                progress=progress,
+            )
+        for name in observed:
+            observed[name] |= counts.negative[name][0] > 0
+    with masks_lifted(module):
+        spec = strategy.modularize(module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0)
+    metadata = {
+        **info,
+        "masked_fraction": masked_fraction(spec.node_keep),
+        "jaccard_index": jaccard_index(module, spec.node_keep),
+        "continuous_learning": {
+            "negatives": negatives,
+            "negatives_ratio": negatives_ratio,
+            "seed": seed,
+            "masked_fraction_before": info["masked_fraction"],
+        },
+    }
+    return build_module(module, spec, metadata)
+
+
+__all__ = ["continuous_learning", "masks_lifted"]
