@@ -8,7 +8,6 @@ The data flows one way: dataset -> sample plan -> statistics pass (sharded with 
 from __future__ import annotations
 
 import os
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data import find_columns, label_names, load_image_dataset
+from ..emissions import measure_compute
 from ..evaluation import dataset_to_model_labels
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from .activation import ActivationStrategy, ModuleSpec
@@ -90,44 +90,52 @@ def decompose(
         seed=seed,
         class_names=[model_labels[i] for i in range(model.config.num_labels)],
     )
-    started = time.perf_counter()
-    counts = collect_activation_counts(
-        model,
-        dataset,
-        plan,
-        image_column=image_column,
-        label_column=label_column,
-        batch_size=batch_size,
-        accelerator=accelerator,
-        sites=method.sites,
-        progress=progress,
-    )
-    statistics_seconds = time.perf_counter() - started
+    with measure_compute() as compute:
+        counts = collect_activation_counts(
+            model,
+            dataset,
+            plan,
+            image_column=image_column,
+            label_column=label_column,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            sites=method.sites,
+            progress=progress,
+        )
+        statistics_seconds = compute.wall_seconds_so_far()
+        model = model.cpu().eval()
+        specs = [method.build(model, counts, m, class_index) for m, class_index in enumerate(class_indices)]
 
-    model = model.cpu().eval()
     provenance = {
         "parent": _parent_provenance(model),
         "dataset": _dataset_provenance(dataset, dataset_source, split, image_column, label_column),
         "method": {"strategy": method.name, **method.parameters()},
         "sampling": {"samples_per_class": samples_per_class, "negatives_ratio": negatives_ratio, "seed": seed},
+        # The whole decomposition's cost (all modules, this process), and the statistics pass's share of it.
+        "compute": {**compute.to_dict(), "statistics_seconds": statistics_seconds, "modules_built": len(specs)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hf_modular_version": _version(),
     }
     modules = {}
-    for m, class_index in enumerate(class_indices):
-        spec = method.build(model, counts, m, class_index)
-        label = model_labels[class_index]
+    for m, spec in enumerate(specs):
+        label = model_labels[spec.class_index]
         metadata = {
             "target_label": label,
-            "target_index": class_index,
+            "target_index": spec.class_index,
             **provenance,
             "samples": {"own": int(counts.own_samples[m]), "negative": int(counts.negative_samples[m])},
             "masked_fraction": masked_fraction(spec.node_keep),
             "jaccard_index": jaccard_index(model, spec.node_keep),
             "details": spec.details,
-            "statistics_seconds": statistics_seconds,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         modules[label] = build_module(model, spec, metadata)
     return modules
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def _resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:

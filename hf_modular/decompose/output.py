@@ -67,7 +67,7 @@ def decompose_to_directory(
     if todo:
         modules = decompose(model, dataset, classes=todo, accelerator=accelerator, progress=progress, **options)
         timings["decompose_seconds"] = time.perf_counter() - started
-        timings["statistics_seconds"] = next(iter(modules.values())).config.module["statistics_seconds"]
+        timings["statistics_seconds"] = next(iter(modules.values())).config.module["compute"]["statistics_seconds"]
         with accelerator.split_between_processes(list(modules)) as mine:  # each process saves its share of classes
             for label in mine:
                 modules[label].save_pretrained(output / module_directory_name(label))
