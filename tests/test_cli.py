@@ -1,0 +1,141 @@
+"""The `hf-modular` command: called in-process through `main`, plus one run of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.utils import logging as transformers_logging
+
+import hf_modular
+from hf_modular import ModularResNetForImageClassification
+from hf_modular.cli import main
+from hf_modular.convert import CIFAR10_LABELS
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_config) -> tuple[Path, ModularResNetForImageClassification]:
+    model = ModularResNetForImageClassification(tiny_config)
+    model.save_pretrained(tmp_path / "model")
+    return tmp_path / "model", model
+
+
+def _assert_one_error_line(stderr: str, command: str, *fragments: str) -> None:
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(f"hf-modular {command}: error: ")]
+    assert len(errors) == 1, stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    # Besides the error, at most the hint about --debug.
+    assert [line for line in lines if line != errors[0]] in ([], ["(run with --debug for the full traceback)"])
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"hf-modular {version('hf_modular')}"
+    assert hf_modular.__version__ == version("hf_modular")
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    assert "usage: hf-modular" in capsys.readouterr().err
+
+
+def test_info_prints_labels_and_parameter_count(capsys, saved):
+    directory, model = saved
+    assert main(["info", str(directory)]) == 0
+    out = capsys.readouterr().out
+    for label in ("cat", "dog", "bird"):
+        assert label in out
+    parameters = sum(p.numel() for p in model.parameters())
+    assert any(line.split()[:2] == ["parameters", str(parameters)] for line in out.splitlines()), out
+
+
+def test_info_json(capsys, saved):
+    directory, model = saved
+    assert main(["info", str(directory), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["labels"] == ["cat", "dog", "bird"]
+    assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    assert summary["layers"] == [1, 1] and summary["widths"] == [4, 8]
+    assert summary["sites"] == len(model.sites())
+    assert summary["masked_sites"] == 0
+    assert summary["input"] == [3, 32, 32]
+
+
+def test_import_writes_a_loadable_directory(capsys, tmp_path, akamaster_checkpoint):
+    path, reference = akamaster_checkpoint(blocks_per_stage=3)
+    output = tmp_path / "imported"
+    assert main(["import", str(path), "--output", str(output)]) == 0
+    assert str(output) in capsys.readouterr().out
+    assert sorted(p.name for p in output.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    model = ModularResNetForImageClassification.from_pretrained(output)
+    assert model.config.preset == "modular_resnet20"
+    assert [model.config.id2label[i] for i in range(10)] == list(CIFAR10_LABELS)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, reference(x), atol=1e-5, rtol=1e-5)
+
+
+def test_quiet_import_with_labels(tmp_path, akamaster_checkpoint):
+    path, _ = akamaster_checkpoint(blocks_per_stage=1, num_classes=3)
+    output = tmp_path / "imported"
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    try:
+        assert main(["-q", "import", str(path), "--output", str(output), "--labels", "red,green,blue"]) == 0
+        assert not transformers_logging.is_progress_bar_enabled()
+    finally:  # -q switches transformers' progress bars off for the whole process
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+    model = ModularResNetForImageClassification.from_pretrained(output)
+    assert model.config.id2label == {0: "red", 1: "green", 2: "blue"}
+
+
+def test_import_with_wrong_label_count_fails_cleanly(capsys, tmp_path, akamaster_checkpoint):
+    path, _ = akamaster_checkpoint(blocks_per_stage=1)
+    output = tmp_path / "imported"
+    assert main(["import", str(path), "--output", str(output), "--labels", "a,b"]) == 1
+    _assert_one_error_line(capsys.readouterr().err, "import", "10 outputs but 2 labels")
+    assert not output.exists()
+
+
+def test_info_on_a_missing_path_fails_cleanly(capsys, tmp_path):
+    missing = tmp_path / "no-such-model"
+    assert main(["info", str(missing)]) == 1
+    _assert_one_error_line(capsys.readouterr().err, "info", str(missing))
+
+
+def test_import_of_a_missing_checkpoint_fails_cleanly(capsys, tmp_path):
+    missing = tmp_path / "no-such-file.th"
+    output = tmp_path / "out"
+    assert main(["import", str(missing), "--output", str(output)]) == 1
+    _assert_one_error_line(capsys.readouterr().err, "import", str(missing))
+    assert not output.exists()
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "import", str(tmp_path / "absent.th"), "--output", str(tmp_path / "out")])
+
+
+def test_console_script_help():
+    script = Path(sys.executable).with_name("hf-modular")
+    executable = str(script) if script.exists() else shutil.which("hf-modular")
+    if executable is None:
+        pytest.skip("the hf-modular console script is not installed")
+    result = subprocess.run([executable, "--help"], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: hf-modular")
+    for command in ("info", "import", "evaluate"):
+        assert command in result.stdout
