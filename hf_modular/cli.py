@@ -5,16 +5,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 logger = logging.getLogger("hf_modular")
 
 
-def _info(args: argparse.Namespace) -> None:
+def _model_source(name: str) -> str:
+    """A local path that does not exist is an error here, not a Hub lookup of a malformed repo id."""
+    looks_local = name.startswith(("/", "./", "../", "~", os.sep))
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"No such directory: {name}. Give a saved model's directory or a Hub repo id.")
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def _load(args: argparse.Namespace):
     from .modeling_modular_resnet import ModularResNetForImageClassification
 
-    model = ModularResNetForImageClassification.from_pretrained(args.model, revision=args.revision)
+    return ModularResNetForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
+
+
+def _info(args: argparse.Namespace) -> None:
+    model = _load(args)
     config = model.config
     summary = {
         "source": args.model,
@@ -52,9 +66,8 @@ def _import(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .data import load_image_dataset
     from .evaluation import evaluate
-    from .modeling_modular_resnet import ModularResNetForImageClassification
 
-    model = ModularResNetForImageClassification.from_pretrained(args.model, revision=args.revision)
+    model = _load(args)
     dataset = load_image_dataset(args.dataset, split=args.split)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
@@ -79,10 +92,9 @@ def _decompose(args: argparse.Namespace) -> None:
 
     from .data import load_image_dataset
     from .decompose.output import decompose_to_directory
-    from .modeling_modular_resnet import ModularResNetForImageClassification
 
     accelerator = Accelerator(cpu=args.cpu)
-    model = ModularResNetForImageClassification.from_pretrained(args.model, revision=args.revision)
+    model = _load(args)
     eval_dataset = None
     if args.eval_split:
         eval_dataset = load_image_dataset(args.dataset, split=args.eval_split)

@@ -228,12 +228,20 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
                 f"The weights in {source} do not match its config (a tensor has another shape; the table above "
                 "lists them). Fix config.json so it describes the checkpoint, or re-save the model."
             ) from error
-        # A trunk-only checkpoint may get a fresh head (transformers reports it); any other gap is an error.
-        missing = [key for key in info["missing_keys"] if not key.startswith("fc.")]
-        if missing:
+
+        # A trunk-only checkpoint may get a fresh head, and a classifier's head is ignored by the trunk model
+        # (transformers reports both); old checkpoints lack batch-norm step counters. Any other gap is an error.
+        def tolerated(key: str) -> bool:
+            return key.startswith("fc.") or key.endswith("num_batches_tracked")
+
+        missing = [key for key in info["missing_keys"] if not tolerated(key)]
+        unexpected = [key for key in info["unexpected_keys"] if not tolerated(key)]
+        if missing or unexpected:
             raise ValueError(
-                f"The checkpoint in {source} lacks {len(missing)} tensors that {cls.__name__} needs "
-                f"(e.g. {', '.join(sorted(missing)[:3])}). Is it a ModularResNet saved with this config?"
+                f"The checkpoint in {source} does not match its config: {len(missing)} tensors missing "
+                f"(e.g. {', '.join(sorted(missing)[:3]) or '-'}), {len(unexpected)} unexpected "
+                f"(e.g. {', '.join(sorted(unexpected)[:3]) or '-'}). Fix config.json (layers, widths, block_type) "
+                "so it describes the checkpoint, or re-save the model."
             )
         model.source_revision = _resolved_revision(source, kwargs)
         return (model, info) if output_loading_info else model

@@ -36,11 +36,16 @@ class TimmModularResNet(ModularResNetForImageClassification):
         if unknown:
             raise TypeError(f"Unknown ModularResNet arguments for timm: {sorted(unknown)}.")
         fields = {**(PRESETS[preset] if preset else {}), **architecture}
+        if len(fields.get("image_mean", ())) not in (0, in_chans):  # e.g. in_chans=1 on an RGB preset
+            fields["image_mean"] = [sum(fields["image_mean"]) / len(fields["image_mean"])] * in_chans
+            fields["image_std"] = [sum(fields["image_std"]) / len(fields["image_std"])] * in_chans
         fields["num_channels"] = in_chans
         if img_size is not None:  # timm passes the pretrained config's input size for fixed-size models
             fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
-        super().__init__(ModularResNetConfig(num_labels=num_classes, preset=preset, **fields))
+        super().__init__(ModularResNetConfig(num_labels=max(num_classes, 1), preset=preset, **fields))
         self.num_classes = num_classes
+        if num_classes == 0:  # timm's convention: no classifier, the model returns pooled features
+            self.fc = nn.Identity()
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(pixel_values))
@@ -49,8 +54,11 @@ class TimmModularResNet(ModularResNetForImageClassification):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads."""
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
 
 
 def _cfg(preset: str) -> dict[str, Any]:

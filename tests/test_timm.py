@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from huggingface_hub.errors import StrictDataclassClassValidationError
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
@@ -66,12 +65,6 @@ def test_generic_architecture_takes_config_fields():
         timm.create_model("modular_resnet", depth=18)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,  # from_pretrained: "do not match its config"
-    reason="package bug: TimmModularResNet.reset_classifier replaces fc but leaves config.num_labels/id2label, "
-    "so save_pretrained writes a config.json that does not describe model.safetensors",
-)
 def test_reset_classifier_then_save_is_loadable(tmp_path):
     model = timm.create_model("modular_resnet20", num_classes=10)
     model.reset_classifier(4)
@@ -80,24 +73,11 @@ def test_reset_classifier_then_save_is_loadable(tmp_path):
     assert loaded.config.num_labels == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="rough edge: timm's num_classes=0 convention (pooled features, no classifier) gives a Linear(F, 0) head "
-    "whose output is (B, 0); reset_classifier(0) does follow the convention",
-)
-@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")
 def test_num_classes_zero_returns_pooled_features():
     model = timm.create_model("modular_resnet20", num_classes=0).eval()
     assert model(_images(32, batch=1)).shape == (1, model.num_features)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StrictDataclassClassValidationError,  # the image_mean/image_std length check, and nothing else
-    reason="package bug: TimmModularResNet sets num_channels=in_chans but keeps the preset's 3-value mean/std, "
-    "so config validation rejects any in_chans != 3",
-)
 def test_create_model_in_chans_override():
     model = timm.create_model("modular_resnet20", num_classes=10, in_chans=1)
     assert model.conv1.in_channels == 1
