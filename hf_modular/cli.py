@@ -90,16 +90,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _decompose(args: argparse.Namespace) -> None:
     from accelerate import Accelerator
 
-    from .data import load_image_dataset
     from .decompose.output import decompose_to_directory
 
     accelerator = Accelerator(cpu=args.cpu)
     model = _load(args)
-    eval_dataset = None
-    if args.eval_split:
-        eval_dataset = load_image_dataset(args.dataset, split=args.eval_split)
-        if args.eval_limit:
-            eval_dataset = eval_dataset.select(range(min(args.eval_limit, len(eval_dataset))))
     strategy_options = {
         "sites": args.sites,
         "backtrack": args.backtrack,
@@ -108,9 +102,11 @@ def _decompose(args: argparse.Namespace) -> None:
     }
     report = decompose_to_directory(
         model,
-        load_image_dataset(args.dataset, split=args.split),
+        args.dataset,
         args.output,
-        eval_dataset=eval_dataset,
+        eval_dataset=args.dataset if args.eval_split else None,
+        eval_split=args.eval_split or "test",
+        eval_limit=args.eval_limit,
         classes=args.classes.split(",") if args.classes else None,
         accelerator=accelerator,
         progress=not args.quiet,

@@ -13,12 +13,15 @@ from transformers import BaseImageProcessor
 
 
 def load_image_dataset(
-    name_or_path: str | os.PathLike | datasets.Dataset, split: str = "train", **load_kwargs: Any
+    name_or_path: str | os.PathLike | datasets.Dataset,
+    split: str = "train",
+    revision: str | None = None,
+    **load_kwargs: Any,
 ) -> datasets.Dataset:
     """A `datasets.Dataset` from a Dataset, a Hub name, a `.parquet` file, or a folder of parquet files or images.
 
     A parquet file's split is taken from its name when it is `train.parquet`/`test.parquet`; any other name is
-    loaded as the requested split.
+    loaded as the requested split. `revision` pins a Hub dataset to a branch, tag or commit.
     """
     if isinstance(name_or_path, datasets.Dataset):
         return name_or_path
@@ -31,7 +34,7 @@ def load_image_dataset(
             files = [str(p) for p in parquet]
             return datasets.load_dataset("parquet", data_files={split: files}, split=split, **load_kwargs)
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
-    return datasets.load_dataset(str(name_or_path), split=split, **load_kwargs)
+    return datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
 
 
 def find_columns(

@@ -23,7 +23,7 @@ DEFAULT_WATTS = 65.0
 
 @dataclass
 class ComputeRecord:
-    """What a measured block cost. `method` is "codecarbon" or "paper formula (assumed watts)"."""
+    """What a measured block cost. `method` is "codecarbon" or "the paper's formula with an assumed power"."""
 
     wall_seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -72,7 +72,7 @@ def measure_compute(use_codecarbon: bool = True) -> Iterator[ComputeRecord]:
         else:
             kwh, co2e, watts = paper_estimate(record.wall_seconds, record.cpu_seconds)
             record.energy_kwh, record.co2e_kg = kwh, co2e
-            record.method = "paper formula (assumed watts)"
+            record.method = "the paper's formula with an assumed power"
             record.details["average_watts"] = watts
 
 

@@ -39,6 +39,7 @@ def decompose(
     negatives_ratio: float = 1.0,
     strategy: str = "activation",
     split: str = "train",
+    dataset_revision: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 128,
@@ -57,6 +58,7 @@ def decompose(
         negatives_ratio: negatives per own input, spread evenly over the other classes (the paper: 1.0).
         strategy: `"activation"` (the paper's method). `strategy_options` go to its class: `sites="relu"`,
             `backtrack="text"`, `delta=0.5`, `backtrack_input=False` (see `ActivationStrategy`).
+        dataset_revision: the Hub dataset's branch, tag or commit to load (recorded in the modules).
         accelerator: an `accelerate.Accelerator` to shard the statistics pass across processes (default: one
             process). Every process returns the same modules.
 
@@ -68,7 +70,7 @@ def decompose(
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}.")
     method = STRATEGIES[strategy](**strategy_options)
     dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
-    dataset = load_image_dataset(dataset, split=split)
+    dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     model_labels = model.config.id2label
     names = label_names(dataset, label_column)
@@ -108,7 +110,7 @@ def decompose(
 
     provenance = {
         "parent": _parent_provenance(model),
-        "dataset": _dataset_provenance(dataset, dataset_source, split, image_column, label_column),
+        "dataset": _dataset_provenance(dataset, dataset_source, split, image_column, label_column, dataset_revision),
         "method": {"strategy": method.name, **method.parameters()},
         "sampling": {"samples_per_class": samples_per_class, "negatives_ratio": negatives_ratio, "seed": seed},
         # The whole decomposition's cost (all modules, this process), and the statistics pass's share of it.
@@ -176,13 +178,21 @@ def _parent_provenance(model: ModularResNetForImageClassification) -> dict[str, 
 
 
 def _dataset_provenance(
-    dataset: datasets.Dataset, source: Any, split: str, image_column: str, label_column: str
+    dataset: datasets.Dataset,
+    source: Any,
+    split: str,
+    image_column: str,
+    label_column: str,
+    dataset_revision: str | None,
 ) -> dict[str, Any]:
-    name = str(source) if source is not None else (dataset.info.dataset_name or None)
+    # A Dataset object only knows its builder's name; "parquet" or "imagefolder" says nothing about the data.
+    builder_name = dataset.info.dataset_name
+    generic = builder_name in (None, "parquet", "imagefolder", "csv", "json", "arrow", "generator", "text")
+    name = str(source) if source is not None else (None if generic else builder_name)
     return {
         "name_or_path": name,
         "split": split,
-        "revision": getattr(dataset.info, "version", None) and str(dataset.info.version),
+        "revision": dataset_revision,
         "fingerprint": dataset._fingerprint,
         "image_column": image_column,
         "label_column": label_column,

@@ -22,9 +22,12 @@ from typing import Any
 import datasets
 from accelerate import Accelerator
 
+from ..cards import module_card
 from ..configuration_modular_resnet import ModularResNetConfig
+from ..data import load_image_dataset
 from ..evaluation import evaluate_composition
 from ..modeling_modular_resnet import ModularResNetForImageClassification
+from ..saving import atomic_directory
 from . import STRATEGIES, decompose
 from .modules import weights_sha256
 
@@ -42,7 +45,9 @@ def decompose_to_directory(
     dataset: datasets.Dataset | str | os.PathLike,
     output: str | os.PathLike,
     *,
-    eval_dataset: datasets.Dataset | None = None,
+    eval_dataset: datasets.Dataset | str | os.PathLike | None = None,
+    eval_split: str = "test",
+    eval_limit: int | None = None,
     classes: list[str] | None = None,
     accelerator: Accelerator | None = None,
     progress: bool = True,
@@ -50,11 +55,17 @@ def decompose_to_directory(
 ) -> dict[str, Any]:
     """Decompose `model` into `output` (see the module docstring) and return the report that was written.
 
-    `options` are `decompose`'s keyword arguments. With `eval_dataset`, the report has each module's binary accuracy
-    and the composition's top-1/top-5 next to the parent's on it.
+    `options` are `decompose`'s keyword arguments. With `eval_dataset` (a Dataset, or a name or path loaded with
+    `eval_split`, optionally its first `eval_limit` rows), the report has each module's binary accuracy and the composition's top-1/top-5 next to the
+    parent's on it; they are also written into each module's config (`module.evaluation`) and model card.
     """
     accelerator = accelerator or Accelerator(cpu=True)
     output = Path(output)
+    eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None
+    if eval_dataset is not None:
+        eval_dataset = load_image_dataset(eval_dataset, split=eval_split)
+        if eval_limit:
+            eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     started = time.perf_counter()
     wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
     parent_sha = weights_sha256(model)
@@ -97,18 +108,39 @@ def decompose_to_directory(
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
         for label, accuracy in result.module_binary_accuracy.items():
             report["modules"][label]["binary_accuracy"] = accuracy
-        report["evaluation"] = {
+        summary = {
+            "dataset": _dataset_name(eval_dataset, eval_source),
+            "split": eval_split,
             "images": result.parent.count,
+            "modules": len(modules),
             "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
             "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
+        }
+        report["evaluation"] = {
+            **summary,
             "per_class": {
                 label: {"parent": result.parent.per_class[label], "composed": result.composed.per_class[label]}
                 for label in result.parent.per_class
             },
         }
+        for label, module in modules.items():  # the measurements travel with each module, in its config and card
+            module.config.module["evaluation"] = {**summary, "binary_accuracy": result.module_binary_accuracy[label]}
+    for label, module in modules.items():
+        write_card(module.config, output / module_directory_name(label))
     timings["total_seconds"] = time.perf_counter() - started
     _write_json_atomically(output / REPORT_NAME, report)
     return report
+
+
+def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None = None) -> None:
+    """Write `config.json` and the model card `README.md` into a module directory, each file replaced atomically."""
+    with atomic_directory(directory) as staging:
+        config.save_pretrained(staging)
+        module_card(config, repo_id).save(staging / "README.md")
+
+
+def _dataset_name(dataset: datasets.Dataset, source: Any) -> str:
+    return str(source) if source is not None else (dataset.info.dataset_name or "dataset")
 
 
 def _is_complete(output: Path, label: str, parent_sha: str, options: dict[str, Any]) -> bool:

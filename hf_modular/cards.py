@@ -1,0 +1,157 @@
+"""Model cards for modules and parents, rendered with `huggingface_hub.ModelCard` from the Jinja templates in
+`model_cards/` (installed as `hf_modular.model_cards`)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_modular_resnet import ModularResNetConfig
+from .modeling_modular_resnet import ModularResNetForImageClassification
+
+TAGS = ["hf-modular", "image-classification"]
+
+
+def template_path(name: str) -> str:
+    """Path of a card template shipped with the package (`module`, `parent`, `composed`)."""
+    try:
+        directory = files("hf_modular.model_cards")
+    except ModuleNotFoundError:  # imported straight from a source checkout: model_cards/ sits beside the package
+        directory = Path(__file__).resolve().parent.parent / "model_cards"
+    return str(directory / f"{name}.md.j2")
+
+
+def module_card(config: ModularResNetConfig, repo_id: str | None = None, *, license: str | None = None) -> ModelCard:
+    """The card of a class module, from its config (provenance in `config.module`, metrics in its `evaluation`).
+
+    `repo_id` is where the module lives (used in the snippets); without it the card refers to a local directory.
+    """
+    info = config.module
+    if not info:
+        raise ValueError("This config has no `module` section: it is a plain classifier. Use parent_card.")
+    parent = info["parent"]
+    evaluation = info.get("evaluation")
+    dataset_name = info["dataset"].get("name_or_path")
+    hub_dataset = dataset_name if _is_repo_id(dataset_name) else None
+    card_data = ModelCardData(
+        library_name="hf_modular",
+        pipeline_tag="image-classification",
+        tags=[*TAGS, "cnn-module", _architecture(config), f"class-{info['target_label']}"],
+        base_model=parent.get("repo_id"),
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy"],
+        license=license,
+        model_name=repo_id or f"{info['target_label']}-module",
+        eval_results=_module_results(info, hub_dataset) if evaluation else None,
+    )
+    return _render(
+        "module",
+        card_data,
+        title=f"{info['target_label']} module of {_parent_name(parent)}",
+        info=info,
+        evaluation=evaluation,
+        repo_id=repo_id or f"path/to/{info['target_label']}-module",
+        parent_link=_parent_link(parent),
+        parent_revision=f"`{parent['revision']}`" if parent.get("revision") else "local weights (see sha256)",
+        dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
+        if hub_dataset
+        else f"`{dataset_name}`",
+        **_input_fields(config),
+    )
+
+
+def parent_card(
+    model: ModularResNetForImageClassification,
+    repo_id: str | None = None,
+    *,
+    evaluation: dict[str, Any] | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The card of a plain ModularResNet classifier (a parent), with optional measured accuracy."""
+    from .decompose.modules import weights_sha256
+
+    config = model.config
+    card_data = ModelCardData(
+        library_name="hf_modular",
+        pipeline_tag="image-classification",
+        tags=[*TAGS, _architecture(config)],
+        metrics=["accuracy"],
+        license=license,
+        model_name=repo_id or _architecture(config),
+    )
+    return _render(
+        "parent",
+        card_data,
+        title=repo_id or _architecture(config),
+        architecture=_architecture(config),
+        labels=[config.id2label[i] for i in range(config.num_labels)],
+        parameters=sum(p.numel() for p in model.parameters()),
+        weights_sha256=weights_sha256(model),
+        evaluation=evaluation,
+        repo_id=repo_id or "path/to/model",
+        license_text=f"`{license}`." if license else "As the weights' original license says.",
+        **_input_fields(config),
+    )
+
+
+def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCard:
+    try:
+        return ModelCard.from_template(card_data, template_path=template_path(template), **context)
+    except Exception as error:  # jinja2's errors do not say which template failed
+        raise ValueError(f"Could not render the {template} card from {template_path(template)}: {error}") from error
+
+
+def _module_results(info: dict[str, Any], hub_dataset: str | None) -> list[EvalResult]:
+    evaluation = info["evaluation"]
+    common = {
+        "task_type": "image-classification",
+        "dataset_type": hub_dataset or "local",
+        "dataset_name": evaluation["dataset"],
+        "dataset_split": evaluation["split"],
+    }
+    label = info["target_label"]
+    metrics = [
+        ("accuracy", evaluation["binary_accuracy"], f"Binary accuracy ({label} vs rest)"),
+        ("accuracy", evaluation["composed"]["top1"], "Composed top-1 accuracy (all sibling modules)"),
+        ("top_5_accuracy", evaluation["composed"]["top5"], "Composed top-5 accuracy (all sibling modules)"),
+        ("accuracy", evaluation["parent"]["top1"], "Parent top-1 accuracy"),
+        ("top_5_accuracy", evaluation["parent"]["top5"], "Parent top-5 accuracy"),
+    ]
+    return [
+        EvalResult(metric_type=kind, metric_value=round(value, 4), metric_name=name, **common)
+        for kind, value, name in metrics
+    ]
+
+
+def _input_fields(config: ModularResNetConfig) -> dict[str, Any]:
+    return {
+        "input_size": f"{config.num_channels}x{config.image_size}x{config.image_size}",
+        "mean": [round(m, 4) for m in config.image_mean],
+        "std": [round(s, 4) for s in config.image_std],
+        "architecture": _architecture(config),
+    }
+
+
+def _architecture(config: ModularResNetConfig) -> str:
+    return (config.preset or "modular_resnet").replace("_", "-")
+
+
+def _parent_name(parent: dict[str, Any]) -> str:
+    source = parent.get("repo_id") or parent.get("path") or parent.get("architecture") or "its parent"
+    return str(source).rstrip("/").split("/")[-1]
+
+
+def _parent_link(parent: dict[str, Any]) -> str:
+    if parent.get("repo_id"):
+        return f"[{parent['repo_id']}](https://huggingface.co/{parent['repo_id']})"
+    return f"a local `{parent.get('architecture', 'modular_resnet')}` (weights sha256 below)"
+
+
+def _is_repo_id(name: str | None) -> bool:
+    """A Hub id looks like `name` or `org/name`; local files and folders do not."""
+    if not name or Path(name).exists() or name.startswith((".", "/", "~")) or name.endswith((".parquet", ".json")):
+        return False
+    return name.count("/") <= 1 and " " not in name
