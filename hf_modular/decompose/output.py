@@ -56,8 +56,9 @@ def decompose_to_directory(
     """Decompose `model` into `output` (see the module docstring) and return the report that was written.
 
     `options` are `decompose`'s keyword arguments. With `eval_dataset` (a Dataset, or a name or path loaded with
-    `eval_split`, optionally its first `eval_limit` rows), the report has each module's binary accuracy and the composition's top-1/top-5 next to the
-    parent's on it; they are also written into each module's config (`module.evaluation`) and model card.
+    `eval_split`; only its first `eval_limit` rows when given), the report has each module's binary accuracy and
+    the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
+    (`module.evaluation`) and model card.
     """
     accelerator = accelerator or Accelerator(cpu=True)
     output = Path(output)
