@@ -119,6 +119,10 @@ def _decompose(args: argparse.Namespace) -> None:
     )
     if not accelerator.is_main_process:
         return
+    if args.push_to:
+        from .hub import push_modules
+
+        _print_pushes(push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private))
     print(f"{len(report['modules'])} modules in {args.output}  (mean Jaccard {report['mean_jaccard_index']:.3f})")
     evaluation = report.get("evaluation")
     if evaluation:
@@ -130,6 +134,58 @@ def _decompose(args: argparse.Namespace) -> None:
     for label, row in report["modules"].items():
         binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
         print(f"{label:<20} {100 * row['masked_fraction']:7.2f}% {row['jaccard_index']:8.3f} {binary}")
+
+
+def _print_pushes(results: dict) -> None:
+    for label, result in results.items():
+        state = "new commit" if result.changed else "unchanged"
+        print(f"{label:<20} {result.repo_id}  commit {result.commit_sha[:12]}  ({state})")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push_modules
+
+    _print_pushes(
+        push_modules(
+            args.directory,
+            args.namespace,
+            name_template=args.name_template,
+            private=args.private,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            license=args.license,
+        )
+    )
+
+
+def _push_parent(args: argparse.Namespace) -> None:
+    from .hub import push_directory
+
+    result = push_directory(
+        _model_source(args.directory),
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        license=args.license,
+    )
+    _print_pushes({"model": result})
+
+
+def _card(args: argparse.Namespace) -> None:
+    from .cards import module_card, parent_card
+    from .configuration_modular_resnet import ModularResNetConfig
+    from .modeling_modular_resnet import ModularResNetForImageClassification
+
+    directory = Path(_model_source(args.directory))
+    config = ModularResNetConfig.from_pretrained(directory)
+    if config.is_module:
+        card = module_card(config, args.repo_id, license=args.license)
+    else:
+        model = ModularResNetForImageClassification.from_pretrained(directory)
+        card = parent_card(model, args.repo_id, license=args.license)
+    card.save(directory / "README.md")
+    print(f"Wrote {directory / 'README.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +234,35 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     dec.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
+    dec.add_argument("--push-to", default=None, metavar="NAMESPACE", help="push every module to this Hub namespace")
+    dec.add_argument("--name-template", default="{parent_name}-{label}-module", help="repo name of each module")
+    dec.add_argument("--private", action="store_true", help="create the module repos private")
     dec.set_defaults(run=_decompose)
+
+    push = command("push", "push every module in a decomposition's output directory to its own Hub repo")
+    push.add_argument("directory", metavar="DIR")
+    push.add_argument("--namespace", required=True, help="Hub user or organisation")
+    push.add_argument("--name-template", default="{parent_name}-{label}-module", help="repo name of each module")
+    push.add_argument("--private", action="store_true", help="create the repos private")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    push.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
+    push.set_defaults(run=_push)
+
+    parent = command("push-parent", "push a plain model directory (a parent) to a Hub repo with its card")
+    parent.add_argument("directory", metavar="DIR")
+    parent.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
+    parent.add_argument("--private", action="store_true", help="create the repo private")
+    parent.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    parent.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    parent.add_argument("--license", default=None, help="license id for the card")
+    parent.set_defaults(run=_push_parent)
+
+    card = command("card", "render the model card (README.md) of a saved model or module directory")
+    card.add_argument("directory", metavar="DIR")
+    card.add_argument("--repo-id", default=None, help="the Hub repo the card's snippets should name")
+    card.add_argument("--license", default=None, help="license id for the card")
+    card.set_defaults(run=_card)
 
     ev = command("evaluate", "top-1/top-5 and per-class accuracy of a model on a dataset split")
     ev.add_argument("model", metavar="PATH_OR_REPO")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -211,6 +212,34 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
             super().save_pretrained(staging, *args, **kwargs)
             image_processor_for(self.config).save_pretrained(staging)
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        commit_message: str | None = None,
+        license: str | None = None,
+    ):
+        """Push this model (a module or a parent) to `repo_id` in one commit, with its model card.
+
+        Returns a `hf_modular.hub.PushResult` (repo id, commit sha, whether the push changed anything).
+        """
+        from .hub import push_model
+
+        return push_model(
+            self,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            license=license,
+        )
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """Load from a local directory or a Hub repo id. Only safetensors weights load, unless the caller opts in
@@ -221,6 +250,11 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
         _refuse_pickle_only_directory(source, kwargs["use_safetensors"])
         try:
             model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"{source}: model.safetensors is corrupt or truncated ({error}). Download or save it again "
+                "(delete the cached copy first when it came from the Hub)."
+            ) from error
         except RuntimeError as error:
             if "mismatch" not in str(error):
                 raise

@@ -1,0 +1,237 @@
+"""Publishing on the Hugging Face Hub: one repo per module (or parent), each push a single commit.
+
+Everything goes through `huggingface_hub.HfApi`, so the token and endpoint come from its usual places (`HF_TOKEN`,
+`hf auth login`, `HF_ENDPOINT`). A push uploads `config.json`, `model.safetensors` (weights and masks),
+`preprocessor_config.json` and a freshly rendered `README.md` card in one commit; files that did not change are not
+sent, and a push that changes nothing makes no commit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .cards import module_card, parent_card
+from .configuration_modular_resnet import ModularResNetConfig
+from .decompose.output import module_directory_name
+from .modeling_modular_resnet import ModularResNetForImageClassification
+
+try:  # the HTTP client huggingface_hub 2.x uses; its transport errors are network failures
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - other huggingface_hub versions
+    from httpx import TransportError
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+DEFAULT_NAME_TEMPLATE = "{parent_name}-{label}-module"
+
+
+@dataclass
+class PushResult:
+    """Where a push went: the repo, the commit now at the head of the pushed revision, and whether it is new."""
+
+    repo_id: str
+    commit_sha: str
+    commit_url: str | None
+    changed: bool
+
+
+def push_model(
+    model: ModularResNetForImageClassification,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    license: str | None = None,
+) -> PushResult:
+    """Push a module or a parent model to `repo_id` (created if missing) in one commit, with its card."""
+    with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
+        model.save_pretrained(staging)
+        return push_directory(
+            staging,
+            repo_id,
+            private=private,
+            revision=revision,
+            token=token,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            license=license,
+            model=None if model.config.is_module else model,
+        )
+
+
+def push_directory(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    license: str | None = None,
+    model: ModularResNetForImageClassification | None = None,
+) -> PushResult:
+    """Push a saved model directory as it is, with a card rendered for `repo_id` (a module's from its config)."""
+    directory = Path(directory)
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} is missing {', '.join(missing)}: it is not a complete saved model. Save it again with "
+            "save_pretrained (or rerun the decomposition) before pushing."
+        )
+    _validate(repo_id)
+    config = ModularResNetConfig.from_pretrained(directory)
+    if config.is_module:
+        card = module_card(config, repo_id, license=license)
+    else:
+        model = model or ModularResNetForImageClassification.from_pretrained(directory)
+        card = parent_card(model, repo_id, license=license)
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
+        for name in REQUIRED_FILES:
+            shutil.copy2(directory / name, Path(staging) / name)
+        card.save(Path(staging) / "README.md")
+        with _explained(repo_id):
+            return _upload(api, staging, repo_id, config, private, revision, create_pr, commit_message)
+
+
+def _upload(
+    api: HfApi,
+    folder: str,
+    repo_id: str,
+    config: ModularResNetConfig,
+    private: bool | None,
+    revision: str | None,
+    create_pr: bool,
+    commit_message: str | None,
+) -> PushResult:
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    head = None if create_pr else api.repo_info(repo_id, revision=revision).sha
+    what = f"{config.module['target_label']} module" if config.is_module else "model"
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=folder,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or f"Upload {what} with hf_modular",
+    )
+    return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
+
+
+def push_modules(
+    modules_or_dir: str | os.PathLike | Mapping[str, ModularResNetForImageClassification] | Iterable,
+    namespace: str,
+    *,
+    name_template: str = DEFAULT_NAME_TEMPLATE,
+    private: bool = False,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    license: str | None = None,
+) -> dict[str, PushResult]:
+    """Push every module to its own repo `{namespace}/{name_template}`; returns `{label: PushResult}`.
+
+    `modules_or_dir` is a decomposition's output directory (each `*-module` folder in it), or module objects (a
+    `{label: module}` dict or any iterable). `name_template` may use `{parent_name}`, `{label}`, `{index}` and
+    `{architecture}`.
+    """
+    results = {}
+    for directory, config in _module_directories(modules_or_dir):
+        info = config.module
+        name = name_template.format(
+            parent_name=_parent_name(info["parent"]),
+            label=module_directory_name(info["target_label"]).removesuffix("-module"),
+            index=info["target_index"],
+            architecture=(config.preset or "modular_resnet").replace("_", "-"),
+        )
+        results[info["target_label"]] = push_directory(
+            directory,
+            f"{namespace}/{name}",
+            private=private,
+            revision=revision,
+            token=token,
+            create_pr=create_pr,
+            license=license,
+        )
+    return results
+
+
+def _module_directories(modules_or_dir) -> Iterable[tuple[Path, ModularResNetConfig]]:
+    if isinstance(modules_or_dir, (str, os.PathLike)):
+        root = Path(modules_or_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"No such directory: {root}.")
+        found = []
+        for child in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+            config = ModularResNetConfig.from_pretrained(child)
+            if config.is_module:
+                found.append((child, config))
+        if not found:
+            raise ValueError(f"{root} holds no module directories (folders with a module's config.json).")
+        yield from found
+        return
+    modules = modules_or_dir.values() if isinstance(modules_or_dir, Mapping) else modules_or_dir
+    with tempfile.TemporaryDirectory(prefix="hf-modular-modules-") as staging:
+        for module in modules:
+            if not module.config.is_module:
+                raise ValueError("push_modules pushes class modules; push a plain model with push_model.")
+            directory = Path(staging) / module_directory_name(module.config.module["target_label"])
+            module.save_pretrained(directory)
+            yield directory, module.config
+
+
+def _parent_name(parent: dict) -> str:
+    source = parent.get("repo_id") or parent.get("path") or parent.get("architecture") or "model"
+    return Path(str(source).rstrip("/")).name.replace("_", "-")
+
+
+def _validate(repo_id: str) -> None:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id ({error}). Use 'namespace/name'.") from error
+    if repo_id.count("/") != 1:
+        raise ValueError(f"{repo_id!r} is not a valid Hub repo id: use 'namespace/name' (e.g. 'my-org/cat-module').")
+
+
+class _explained:
+    """Turn the Hub client's failures into errors that say what happened and what to do; never echo a token."""
+
+    def __init__(self, repo_id: str):
+        self.repo_id = repo_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if error is None or not isinstance(error, Exception):
+            return False
+        namespace = self.repo_id.split("/")[0]
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(error, HfHubHTTPError) and status in (401, 403):
+            raise PermissionError(
+                f"Cannot push to {self.repo_id}: the Hub answered {status} "
+                f"({'not logged in' if status == 401 else 'no write access'} to namespace {namespace!r}). Log in "
+                "with `hf auth login`, or set HF_TOKEN to a token with write access to it."
+            ) from error
+        if isinstance(error, HfHubHTTPError):
+            return False  # the client's message already names the request and the server's reason
+        if isinstance(error, (OSError, TransportError)):
+            raise ConnectionError(
+                f"Pushing to {self.repo_id} failed on the network ({type(error).__name__}: {error}). A commit is "
+                "all-or-nothing, so nothing partial was published; run the push again to complete it."
+            ) from error
+        return False
