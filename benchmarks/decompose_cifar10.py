@@ -21,7 +21,7 @@ from hf_modular.convert import import_cifar_resnet
 from hf_modular.data import find_columns, load_image_dataset
 from hf_modular.decompose import decompose
 from hf_modular.decompose.sampling import plan_samples
-from hf_modular.decompose.statistics import collect_activation_counts
+from hf_modular.decompose.statistics import collect_activity
 from hf_modular.evaluation import dataset_to_model_labels, evaluate_composition
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -48,7 +48,7 @@ def pass_overhead(model, train, samples_per_class: int) -> tuple[float, float]:
     seconds = []
     for observe in (False, True, False, True):  # interleaved: load on the machine hits both alike
         start = time.perf_counter()
-        collect_activation_counts(
+        collect_activity(
             model, train, plan, image_column=image_column, label_column=label_column, observe=observe, progress=False
         )
         seconds.append(time.perf_counter() - start)

@@ -86,7 +86,6 @@ def parent_card(
         "parent",
         card_data,
         title=repo_id or _architecture(config),
-        architecture=_architecture(config),
         labels=[config.id2label[i] for i in range(config.num_labels)],
         parameters=sum(p.numel() for p in model.parameters()),
         weights_sha256=weights_sha256(model),

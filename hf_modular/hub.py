@@ -229,9 +229,22 @@ class _explained:
             ) from error
         if isinstance(error, HfHubHTTPError):
             return False  # the client's message already names the request and the server's reason
-        if isinstance(error, (OSError, TransportError)):
+        cause = _network_cause(error)
+        if cause is not None:
             raise ConnectionError(
-                f"Pushing to {self.repo_id} failed on the network ({type(error).__name__}: {error}). A commit is "
+                f"Pushing to {self.repo_id} failed on the network ({type(cause).__name__}: {cause}). A commit is "
                 "all-or-nothing, so nothing partial was published; run the push again to complete it."
             ) from error
         return False
+
+
+def _network_cause(error: BaseException) -> BaseException | None:
+    """The network failure behind `error`: itself, or what it wraps (the client raises a RuntimeError for an LFS
+    upload that failed for good, from the transport error)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (OSError, TransportError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None

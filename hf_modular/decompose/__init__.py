@@ -23,7 +23,7 @@ from ..modeling_modular_resnet import ModularResNetForImageClassification
 from .activation import ActivationStrategy, ModuleSpec
 from .modules import build_module, jaccard_index, masked_fraction, weights_sha256
 from .sampling import plan_samples
-from .statistics import collect_activation_counts
+from .statistics import collect_activity
 
 STRATEGIES = {"activation": ActivationStrategy}
 
@@ -93,7 +93,7 @@ def decompose(
         class_names=[model_labels[i] for i in range(model.config.num_labels)],
     )
     with measure_compute() as compute:
-        counts = collect_activation_counts(
+        activity = collect_activity(
             model,
             dataset,
             plan,
@@ -106,7 +106,7 @@ def decompose(
         )
         statistics_seconds = compute.wall_seconds_so_far()
         model = model.cpu().eval()
-        specs = [method.build(model, counts, m, class_index) for m, class_index in enumerate(class_indices)]
+        specs = [method.build(model, activity, m, class_index) for m, class_index in enumerate(class_indices)]
 
     provenance = {
         "parent": _parent_provenance(model),
@@ -125,7 +125,7 @@ def decompose(
             "target_label": label,
             "target_index": spec.class_index,
             **provenance,
-            "samples": {"own": int(counts.own_samples[m]), "negative": int(counts.negative_samples[m])},
+            "samples": {"own": int(activity.own_samples[m]), "negative": int(activity.negative_samples[m])},
             "masked_fraction": masked_fraction(spec.node_keep),
             "jaccard_index": jaccard_index(model, spec.node_keep),
             "details": spec.details,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..modeling_modular_resnet import ModularResNetForImageClassification, ShortcutA
-from .statistics import ActivationCounts
+from .statistics import ActivityMaps
 
 BACKTRACK_READINGS = ("text", "pseudocode", "none")
 SITE_KINDS = ("relu", "conv")
@@ -93,10 +93,10 @@ class ActivationStrategy:
         }
 
     def build(
-        self, parent: ModularResNetForImageClassification, counts: ActivationCounts, module_index: int, class_index: int
+        self, parent: ModularResNetForImageClassification, activity: ActivityMaps, module_index: int, class_index: int
     ) -> ModuleSpec:
         observed = {
-            site: (counts.own[site][module_index] + counts.negative[site][module_index]) > 0 for site in counts.own
+            site: activity.own[site][module_index] | activity.negative[site][module_index] for site in activity.own
         }
         head_weight, head_bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
         return self.modularize(parent, observed, head_weight, head_bias, class_index)

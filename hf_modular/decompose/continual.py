@@ -21,7 +21,7 @@ from ..modeling_modular_resnet import ModularResNetForImageClassification
 from . import STRATEGIES
 from .modules import build_module, jaccard_index, masked_fraction
 from .sampling import SamplePlan
-from .statistics import collect_activation_counts
+from .statistics import collect_activity
 
 DatasetLike = Dataset | str | os.PathLike
 
@@ -116,12 +116,12 @@ def _relearn(
         negatives[modules[j].config.module["target_label"]] = len(rows)
         if len(rows) == 0:
             continue
-        plan = SamplePlan(
+        plan = SamplePlan.from_usage(
             rows, torch.zeros(len(rows), 1, dtype=torch.bool), torch.ones(len(rows), 1, dtype=torch.bool), [0]
         )
         image_column, label_column = find_columns(sources[j])
         with masks_lifted(module):
-            counts = collect_activation_counts(
+            activity = collect_activity(
                 module,
                 sources[j],
                 plan,
@@ -133,7 +133,7 @@ def _relearn(
                 progress=progress,
             )
         for name in observed:
-            observed[name] |= counts.negative[name][0] > 0
+            observed[name] |= activity.negative[name][0]
     with masks_lifted(module):
         spec = strategy.modularize(module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0)
     metadata = {

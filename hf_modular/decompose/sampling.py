@@ -17,25 +17,37 @@ import torch
 class SamplePlan:
     """The rows of the dataset to observe and, for each, which modules use it.
 
+    Rows are ordered by class, then by their rank in the class's shuffled order, and fall into *groups*: runs of
+    consecutive rows that every module either uses entirely or not at all. The statistics pass reduces each group
+    once, and a module's view is the union of its groups.
+
     Attributes:
-        rows: dataset row indices to run, in a fixed order; shape (U,).
+        rows: dataset row indices to run, in order; shape (U,).
         own: (U, M) bool, row u is an own-class input of module m.
         negative: (U, M) bool, row u is a negative input of module m.
         classes: the model class index of each module, (M,).
+        group: (U,) the group of each row; groups are contiguous and numbered in order.
+        group_own: (G, M) bool, module m takes group g as own-class inputs.
+        group_negative: (G, M) bool, module m takes group g as negatives.
     """
 
     rows: torch.Tensor
     own: torch.Tensor
     negative: torch.Tensor
     classes: list[int]
+    group: torch.Tensor
+    group_own: torch.Tensor
+    group_negative: torch.Tensor
 
-    @property
-    def own_counts(self) -> list[int]:
-        return self.own.sum(0).tolist()
-
-    @property
-    def negative_counts(self) -> list[int]:
-        return self.negative.sum(0).tolist()
+    @classmethod
+    def from_usage(cls, rows: torch.Tensor, own: torch.Tensor, negative: torch.Tensor, classes: list[int]):
+        """Build the groups from per-row usage: a new group starts wherever the usage pattern changes."""
+        usage = torch.cat([own, negative], dim=1)
+        changes = torch.ones(len(rows), dtype=torch.bool)
+        changes[1:] = (usage[1:] != usage[:-1]).any(1)
+        group = changes.cumsum(0) - 1
+        starts = changes.nonzero().flatten()
+        return cls(rows, own, negative, list(classes), group, own[starts], negative[starts])
 
 
 def plan_samples(
@@ -87,4 +99,4 @@ def plan_samples(
         rows.append(by_class[k][:needed])
         own_rows.append(uses & is_own)
         negative_rows.append(uses & ~is_own)
-    return SamplePlan(torch.cat(rows), torch.cat(own_rows), torch.cat(negative_rows), list(classes))
+    return SamplePlan.from_usage(torch.cat(rows), torch.cat(own_rows), torch.cat(negative_rows), classes)

@@ -1,9 +1,12 @@
-"""The statistics pass: one forward pass of the parent over the planned rows, counting at every site how often each
-node is active (> 0) among each module's own inputs and among its negatives.
+"""The statistics pass: one forward pass of the parent over the planned rows, recording at every site which nodes
+were active (> 0) on some own-class input of each module and on some negative input of it.
 
-Data-parallel with Accelerate: each process runs a contiguous shard of the rows (no padding, no duplicates), and the
-counts are summed across processes once at the end. Sums of 0/1 counts are exact, so the result is bit-identical on
-any number of processes.
+Rows come in groups that every module uses whole or not at all (see `SamplePlan`), so each batch is reduced once
+per group with `any`, however many modules there are; a module's maps are the union of its groups at the end.
+
+Data-parallel with Accelerate: each process runs a contiguous shard of the rows (no padding, no duplicates), and
+the per-group maps are combined across processes once at the end. A union of booleans does not depend on how the
+rows were split, so the result is bit-identical on any number of processes.
 """
 
 from __future__ import annotations
@@ -22,12 +25,11 @@ from .sampling import SamplePlan
 
 
 @dataclass
-class ActivationCounts:
-    """Per site (ReLU module name): counts of active nodes, each of shape (M, C, H, W) for M modules.
+class ActivityMaps:
+    """Per site (module name): bool maps of shape (M, C, H, W) for M modules.
 
-    `own[site][m]` counts module m's own-class inputs on which the node entering the ReLU was > 0;
-    `negative[site][m]` the same over its negative inputs. `own_samples` / `negative_samples` (M,) are the numbers of
-    inputs observed.
+    `own[site][m]` is True where the node was > 0 on at least one of module m's own-class inputs; `negative[site][m]`
+    the same over its negative inputs. `own_samples` / `negative_samples` (M,) count the inputs observed.
     """
 
     own: dict[str, torch.Tensor]
@@ -37,7 +39,7 @@ class ActivationCounts:
 
 
 @torch.inference_mode()
-def collect_activation_counts(
+def collect_activity(
     model: ModularResNetForImageClassification,
     dataset: datasets.Dataset,
     plan: SamplePlan,
@@ -49,34 +51,35 @@ def collect_activation_counts(
     sites: str = "relu",
     observe: bool = True,
     progress: bool = True,
-) -> ActivationCounts | None:
+) -> ActivityMaps | None:
     """Run `model` over `dataset.select(plan.rows)`, sharded across `accelerator`'s processes.
 
     `sites="relu"` observes the value entering every ReLU; `sites="conv"` every convolution's raw output. With
-    `observe=False` the same pass runs without counting (a baseline for the pass's overhead) and returns None.
+    `observe=False` the same pass runs without recording (a baseline for the pass's overhead) and returns None.
     """
     accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
     device = accelerator.device
     model = model.to(device).eval()
-    site_kind, sites = sites, model.sites(sites)
-    num_modules = len(plan.classes)
-    counts = {name: None for name in sites}
-    # One (2M, B) usage matrix per batch: rows 0..M-1 select own inputs, M..2M-1 negatives.
-    usage = torch.cat([plan.own, plan.negative], dim=1).T.float()
-    current: dict[str, torch.Tensor] = {}
+    site_kind, site_modules = sites, model.sites(sites)
+    shapes = model.site_shapes(site_kind)
+    num_groups = len(plan.group_own)
+    active = {
+        name: torch.zeros(num_groups, shapes[name].numel(), dtype=torch.bool, device=device) for name in site_modules
+    }
+    segments: list[tuple[int, int, int]] = []  # (group, start, end) of the current batch's rows
 
-    def count_active(values: torch.Tensor, name: str) -> None:
-        active = (values > 0).flatten(1).float()  # (B, C*H*W)
-        added = current["usage"] @ active  # (2M, C*H*W); exact for counts below 2**24
-        counts[name] = added if counts[name] is None else counts[name] + added
+    def record(values: torch.Tensor, name: str) -> None:
+        positive = (values > 0).flatten(1)
+        for group, start, end in segments:
+            active[name][group] |= positive[start:end].any(0)
 
     handles = []
     if observe:
-        for name, site in sites.items():
+        for name, site in site_modules.items():
             if site_kind == "relu":  # before the ReLU: its input is what the rule looks at
-                hook = site.register_forward_pre_hook(lambda module, inputs, name=name: count_active(inputs[0], name))
+                hook = site.register_forward_pre_hook(lambda module, inputs, name=name: record(inputs[0], name))
             else:
-                hook = site.register_forward_hook(lambda module, inputs, out, name=name: count_active(out, name))
+                hook = site.register_forward_hook(lambda module, inputs, out, name=name: record(out, name))
             handles.append(hook)
     positions = list(range(len(plan.rows)))
     try:
@@ -98,7 +101,7 @@ def collect_activation_counts(
                 unit="img",
             )
             for pixel_values, _ in batches:
-                current["usage"] = usage[:, start : start + len(pixel_values)].to(device)
+                segments[:] = _segments(plan.group[start : start + len(pixel_values)])
                 model(pixel_values.to(device))
                 start += len(pixel_values)
                 bar.update(len(pixel_values) * accelerator.num_processes)
@@ -109,22 +112,25 @@ def collect_activation_counts(
     if not observe:
         return None
 
-    # Processes with an empty shard saw nothing: give them zeros of the right shape before the reduction.
-    shapes = model.site_shapes(site_kind)
-    flat = torch.cat(
-        [
-            (counts[name] if counts[name] is not None else torch.zeros(2 * num_modules, shapes[name].numel())).to(
-                device
-            )
-            for name in sites
-        ],
-        dim=1,
-    )
-    flat = accelerator.reduce(flat, reduction="sum").cpu()
+    flat = torch.cat([active[name] for name in site_modules], dim=1).to(torch.uint8)
+    flat = accelerator.reduce(flat, reduction="sum").cpu() > 0  # union over processes
+    group_own, group_negative = plan.group_own.T.float(), plan.group_negative.T.float()  # (M, G)
     own, negative, offset = {}, {}, 0
-    for name in sites:
+    for name in site_modules:
         size = shapes[name].numel()
-        block = flat[:, offset : offset + size].reshape(2 * num_modules, *shapes[name])
-        own[name], negative[name] = block[:num_modules], block[num_modules:]
+        block = flat[:, offset : offset + size].float()  # (G, C*H*W)
+        own[name] = (group_own @ block > 0).reshape(len(plan.classes), *shapes[name])
+        negative[name] = (group_negative @ block > 0).reshape(len(plan.classes), *shapes[name])
         offset += size
-    return ActivationCounts(own, negative, plan.own.sum(0), plan.negative.sum(0))
+    return ActivityMaps(own, negative, plan.own.sum(0), plan.negative.sum(0))
+
+
+def _segments(groups: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Runs of equal group ids in a batch, as (group, start, end)."""
+    if len(groups) == 0:
+        return []
+    changes = torch.ones(len(groups), dtype=torch.bool)
+    changes[1:] = groups[1:] != groups[:-1]
+    starts = changes.nonzero().flatten().tolist()
+    ends = [*starts[1:], len(groups)]
+    return [(int(groups[s]), s, e) for s, e in zip(starts, ends, strict=True)]
