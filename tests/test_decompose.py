@@ -186,6 +186,28 @@ def test_continuous_learning_keeps_nodes_that_other_datasets_classes_use(brightn
         hf_modular.continuous_learning([dark], dark_bright_dataset(), progress=False)
 
 
+def test_sample_plan_spreads_negatives_evenly_and_groups_rows():
+    from hf_modular.decompose.sampling import plan_samples
+
+    labels = torch.tensor([0] * 10 + [1] * 4 + [2] * 10 + [3] * 10)
+    plan = plan_samples(labels, [0, 2], 4, samples_per_class=7, negatives_ratio=1.0, seed=0)
+    assert plan.own.sum(0).tolist() == [7, 7]
+    assert plan.negative.sum(0).tolist() == [7, 7]
+    row_labels = labels[plan.rows]
+    for m, c in enumerate(plan.classes):
+        assert (row_labels[plan.own[:, m]] == c).all()
+        per_class = torch.bincount(row_labels[plan.negative[:, m]], minlength=4).tolist()
+        assert per_class[c] == 0 and sorted(per_class[k] for k in range(4) if k != c) == [2, 2, 3]
+    assert not (plan.own & plan.negative).any()
+    assert len(set(plan.rows.tolist())) == len(plan.rows)  # one forward per row, shared by the modules using it
+    # Groups are contiguous runs of rows that every module uses whole or not at all.
+    assert (plan.group.diff() >= 0).all() and (plan.group.diff() <= 1).all()
+    assert torch.equal(plan.group_own[plan.group], plan.own)
+    assert torch.equal(plan.group_negative[plan.group], plan.negative)
+    few = plan_samples(labels, [1], 4, samples_per_class=7, negatives_ratio=1.0, seed=0)
+    assert few.own.sum().item() == 4  # class 1 has only 4 rows
+
+
 def test_channel_head_keeps_own_row_and_averages_the_rest():
     weight = torch.tensor([[1.0, 2.0], [3.0, -4.0], [5.0, 0.0]])
     bias = torch.tensor([0.5, 1.0, -2.0])
