@@ -119,7 +119,7 @@ def _upload(
     api.create_repo(repo_id, private=private, exist_ok=True)
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    head = None if create_pr else api.repo_info(repo_id, revision=revision).sha
+    head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
     what = f"{config.module['target_label']} module" if config.is_module else "model"
     info = api.upload_folder(
         repo_id=repo_id,
@@ -243,6 +243,8 @@ def _network_cause(error: BaseException) -> BaseException | None:
     upload that failed for good, from the transport error)."""
     seen = set()
     while error is not None and id(error) not in seen:
+        if isinstance(error, HfHubHTTPError):  # an OSError too, but the server answered: not a network failure
+            return None
         if isinstance(error, (OSError, TransportError)):
             return error
         seen.add(id(error))

@@ -80,9 +80,10 @@ def decompose_to_directory(
         modules = decompose(model, dataset, classes=todo, accelerator=accelerator, progress=progress, **options)
         timings["decompose_seconds"] = time.perf_counter() - started
         timings["statistics_seconds"] = next(iter(modules.values())).config.module["compute"]["statistics_seconds"]
-        with accelerator.split_between_processes(list(modules)) as mine:  # each process saves its share of classes
-            for label in mine:
-                modules[label].save_pretrained(output / module_directory_name(label))
+        # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
+        if accelerator.is_main_process:
+            for label, module in modules.items():
+                module.save_pretrained(output / module_directory_name(label))
         accelerator.wait_for_everyone()
 
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
