@@ -58,7 +58,9 @@ def module_card(config: ModularResNetConfig, repo_id: str | None = None, *, lice
         parent_revision=f"`{parent['revision']}`" if parent.get("revision") else "local weights (see sha256)",
         dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
         if hub_dataset
-        else f"`{dataset_name}`",
+        else f"`{dataset_name}`"
+        if dataset_name
+        else "an in-memory `datasets.Dataset`",
         **_input_fields(config),
     )
 

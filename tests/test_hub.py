@@ -1,0 +1,587 @@
+"""Issue 4, "Every module a Hub repo": push modules and parents, load them back four ways, cards, faults and the CLI.
+
+Everything runs against `tests/hub_server.py`, a Hub-compatible HTTP server driven by the real huggingface_hub client
+(and transformers, timm and `pipeline` on top of it); nothing in the client or in hf_modular is patched.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import traceback
+import types
+import zipfile
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import transformers
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.utils import _http
+from safetensors.torch import load_file
+
+import hf_modular
+from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.cards import module_card
+from hf_modular.cli import main
+from hf_modular.decompose.output import decompose_to_directory
+from hf_modular.hub import PushResult, push_directory, push_model, push_modules
+from hf_modular.processing import image_processor_for
+from tests.conftest import randomize_
+from tests.hub_server import DEFAULT_TOKEN, DEFAULT_USER, HubServer, client_env, hub_server_fixture  # noqa: F401
+from tests.test_decompose import LABELS, image_dataset, tiny_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODULE_FILES = ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+PARENT_NAME = "tiny-parent"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fixtures: one tiny parent, decomposed once per test session (no Hub needed for that)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def training_data():
+    return image_dataset([40, 90, 200, 30, 180, 120] * 4, [0, 1, 2] * 8, noise=40)
+
+
+@pytest.fixture(scope="module")
+def parent_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random parent whose folder name makes the module repo names `tiny-parent-{label}-module`."""
+    torch.manual_seed(1)
+    parent = randomize_(ModularResNetForImageClassification(tiny_config()).eval(), seed=1)
+    directory = tmp_path_factory.mktemp("parents") / PARENT_NAME
+    parent.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def decomposed(parent_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A decomposition output directory, with `evaluation` filled in every module's config."""
+    parent = ModularResNetForImageClassification.from_pretrained(parent_dir)
+    output = tmp_path_factory.mktemp("decomposed") / "modules"
+    data = training_data()
+    decompose_to_directory(parent, data, output, eval_dataset=data, samples_per_class=8, progress=False)
+    return output
+
+
+@pytest.fixture(scope="module")
+def modules(decomposed: Path) -> dict[str, ModularResNetForImageClassification]:
+    loaded = {
+        label: ModularResNetForImageClassification.from_pretrained(decomposed / f"{label}-module") for label in LABELS
+    }
+    for module in loaded.values():
+        assert module.config.mask_shapes, "the test needs modules that actually mask something"
+        assert module.config.module["evaluation"]["binary_accuracy"] is not None
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def images():
+    data = training_data()
+    return [data[i]["image"] for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def pixel_values(images, parent_dir: Path) -> torch.Tensor:
+    config = ModularResNetConfig.from_pretrained(parent_dir)
+    return image_processor_for(config)(images, return_tensors="pt")["pixel_values"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def commits(repo_id: str, **kwargs) -> list[str]:
+    """Commit shas of a repo's main branch, newest first."""
+    return [c.commit_id for c in HfApi().list_repo_commits(repo_id, **kwargs)]
+
+
+def logits(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        output = model.eval()(pixel_values)
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def commit_posts(server: HubServer, repo_id: str) -> int:
+    return sum(1 for method, path in server.requests if method == "POST" and f"/{repo_id}/commit/" in path)
+
+
+def assert_one_upload_commit(repo_id: str, result: PushResult) -> None:
+    """The repo holds the server's initial commit plus exactly one commit with every file of a module."""
+    api = HfApi()
+    history = api.list_repo_commits(repo_id)
+    assert len(history) == 2 and history[-1].title == "initial commit"
+    assert result.repo_id == repo_id and result.changed
+    assert result.commit_sha == history[0].commit_id == api.repo_info(repo_id).sha
+    assert sorted(api.list_repo_files(repo_id, revision=history[1].commit_id)) == [".gitattributes"]
+    assert sorted(api.list_repo_files(repo_id, revision=history[0].commit_id)) == [".gitattributes", *MODULE_FILES]
+
+
+def same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Equal tensors under equal names, masks (bool buffers) included."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    assert any(key.endswith(".mask") for key in sa)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Push
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_push_to_hub_is_one_commit_and_a_repush_of_the_same_module_none(hub_server: HubServer, modules) -> None:
+    repo_id = f"{DEFAULT_USER}/dark-module"
+    result = modules["dark"].push_to_hub(repo_id)
+    assert isinstance(result, PushResult)
+    assert_one_upload_commit(repo_id, result)
+    assert commit_posts(hub_server, repo_id) == 1
+    assert result.commit_url and result.commit_sha in result.commit_url
+
+    # Unchanged: nothing to commit, the head is reported as is.
+    again = modules["dark"].push_to_hub(repo_id)
+    assert again.changed is False and again.commit_sha == result.commit_sha
+    assert len(commits(repo_id)) == 2 and commit_posts(hub_server, repo_id) == 1
+
+    # The same module with another evaluation in its config: exactly one new commit, on top of the old head.
+    changed = copy.deepcopy(modules["dark"])
+    changed.config.module["evaluation"]["binary_accuracy"] = 0.123
+    third = push_model(changed, repo_id)
+    history = commits(repo_id)
+    assert third.changed and third.commit_sha == history[0] and history[1:] == [result.commit_sha, history[-1]]
+    config = json.loads(Path(HfApi().hf_hub_download(repo_id, "config.json")).read_text())
+    assert config["module"]["evaluation"]["binary_accuracy"] == 0.123
+
+
+def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, decomposed: Path, modules) -> None:
+    results = push_modules(decomposed, DEFAULT_USER)
+    assert list(results) == sorted(LABELS)  # directory order
+    for label, result in results.items():
+        assert result.repo_id == f"{DEFAULT_USER}/{PARENT_NAME}-{label}-module"  # the default name template
+        assert_one_upload_commit(result.repo_id, result)
+        config = json.loads(Path(HfApi().hf_hub_download(result.repo_id, "config.json")).read_text())
+        assert config["module"]["target_label"] == label
+
+    # Pushing the same modules again (as objects this time) changes nothing.
+    again = push_modules(modules, DEFAULT_USER)
+    assert {label: (r.repo_id, r.commit_sha, r.changed) for label, r in again.items()} == {
+        label: (r.repo_id, r.commit_sha, False) for label, r in results.items()
+    }
+    for result in results.values():
+        assert len(commits(result.repo_id)) == 2
+
+    # A custom template, from a list of modules.
+    custom = push_modules(
+        [modules["mid"], modules["bright"]],
+        DEFAULT_USER,
+        name_template="{architecture}-{index}-{label}-of-{parent_name}",
+    )
+    assert {label: r.repo_id for label, r in custom.items()} == {
+        "mid": f"{DEFAULT_USER}/modular-resnet-2-mid-of-{PARENT_NAME}",
+        "bright": f"{DEFAULT_USER}/modular-resnet-1-bright-of-{PARENT_NAME}",
+    }
+    for result in custom.values():
+        assert_one_upload_commit(result.repo_id, result)
+
+    # Another module for an existing repo: one new commit.
+    repo_id = results["dark"].repo_id
+    replaced = push_model(modules["bright"], repo_id)
+    assert replaced.changed and commits(repo_id)[0] == replaced.commit_sha and len(commits(repo_id)) == 3
+
+
+def test_push_modules_rejects_plain_models_and_empty_directories(tmp_path: Path, parent_dir: Path) -> None:
+    with pytest.raises(ValueError, match="push_model"):
+        push_modules([ModularResNetForImageClassification.from_pretrained(parent_dir)], DEFAULT_USER)
+    with pytest.raises(ValueError, match="no module directories"):
+        push_modules(tmp_path, DEFAULT_USER)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        push_modules(tmp_path / "absent", DEFAULT_USER)
+
+
+def test_push_to_a_branch_and_as_a_pull_request(hub_server: HubServer, modules) -> None:
+    repo_id = f"{DEFAULT_USER}/branched-module"
+    main_head = modules["dark"].push_to_hub(repo_id).commit_sha
+
+    on_branch = modules["mid"].push_to_hub(repo_id, revision="dev")
+    assert on_branch.changed and on_branch.commit_sha == commits(repo_id, revision="dev")[0]
+    assert commits(repo_id)[0] == main_head  # main is untouched
+    assert modules["mid"].push_to_hub(repo_id, revision="dev").changed is False
+    assert hf_modular.load_module(repo_id, revision="dev").config.module["target_label"] == "mid"
+
+    # Someone without write access proposes a change as a pull request.
+    stranger = "hf_token_of_a_stranger"
+    hub_server.tokens[stranger] = "stranger"
+    proposal = modules["bright"].push_to_hub(repo_id, create_pr=True, token=stranger)
+    refs = HfApi().list_repo_refs(repo_id, include_pull_requests=True).pull_requests
+    assert proposal.changed and [(r.ref, r.target_commit) for r in refs] == [("refs/pr/1", proposal.commit_sha)]
+    assert commits(repo_id)[0] == main_head
+    # A pull request that would change nothing is not opened, and the result says so.
+    nothing = modules["dark"].push_to_hub(repo_id, create_pr=True, token=stranger)
+    assert nothing.changed is False and nothing.commit_sha == main_head
+    assert len(HfApi().list_repo_refs(repo_id, include_pull_requests=True).pull_requests) == 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Load
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_a_pushed_module_loads_four_ways_with_its_masks(hub_server: HubServer, modules, images, pixel_values) -> None:
+    module = modules["bright"]
+    repo_id = f"{DEFAULT_USER}/bright-module"
+    head = module.push_to_hub(repo_id).commit_sha
+    expected = logits(module, pixel_values)
+
+    ours = ModularResNetForImageClassification.from_pretrained(repo_id)
+    same_state(ours, module)
+    torch.testing.assert_close(logits(ours, pixel_values), expected, rtol=0, atol=0)
+    assert ours.source_revision == head
+    assert ours.config.module == module.config.module
+
+    auto = transformers.AutoModelForImageClassification.from_pretrained(repo_id)
+    assert isinstance(auto, ModularResNetForImageClassification)
+    same_state(auto, module)
+    torch.testing.assert_close(logits(auto, pixel_values), expected, rtol=0, atol=0)
+
+    loaded = hf_modular.load_module(repo_id)
+    assert loaded.config.module["target_label"] == "bright"
+    torch.testing.assert_close(logits(loaded, pixel_values), expected, rtol=0, atol=0)
+
+    timm_model = timm.create_model("hf-hub:" + repo_id, pretrained=True)
+    same_state(timm_model, module)
+    torch.testing.assert_close(logits(timm_model, pixel_values), expected, rtol=1e-6, atol=1e-6)
+
+    classify = transformers.pipeline("image-classification", model=repo_id)
+    probabilities = expected.softmax(-1)
+    for image, row in zip(images, probabilities, strict=True):
+        predictions = classify(image)
+        assert {p["label"] for p in predictions} == {"bright", "rest"}
+        scores = {p["label"]: p["score"] for p in predictions}
+        assert scores["bright"] == pytest.approx(float(row[0]), abs=1e-5)
+        assert scores["rest"] == pytest.approx(float(row[1]), abs=1e-5)
+
+
+def test_revision_pinning_loads_the_first_push(hub_server: HubServer, modules, pixel_values) -> None:
+    repo_id = f"{DEFAULT_USER}/pinned-module"
+    first = modules["dark"].push_to_hub(repo_id).commit_sha
+    second = modules["mid"].push_to_hub(repo_id).commit_sha
+    assert first != second and commits(repo_id)[:2] == [second, first]
+    assert not torch.equal(logits(modules["dark"], pixel_values), logits(modules["mid"], pixel_values))
+
+    old = ModularResNetForImageClassification.from_pretrained(repo_id, revision=first)
+    torch.testing.assert_close(logits(old, pixel_values), logits(modules["dark"], pixel_values), rtol=0, atol=0)
+    assert old.source_revision == first and old.config.module["target_label"] == "dark"
+    new = hf_modular.load_module(repo_id)
+    torch.testing.assert_close(logits(new, pixel_values), logits(modules["mid"], pixel_values), rtol=0, atol=0)
+    assert new.source_revision == second and new.config.module["target_label"] == "mid"
+
+
+def test_private_module_is_invisible_to_anonymous_clients(hub_server: HubServer, modules) -> None:
+    results = push_modules({"dark": modules["dark"]}, DEFAULT_USER, private=True)
+    repo_id = results["dark"].repo_id
+    assert HfApi().repo_info(repo_id).private is True
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(token=False).repo_info(repo_id)
+    with pytest.raises(OSError):
+        ModularResNetForImageClassification.from_pretrained(repo_id, token=False, force_download=True)
+    public = modules["mid"].push_to_hub(f"{DEFAULT_USER}/public-module")
+    assert HfApi(token=False).repo_info(public.repo_id).private is False
+
+
+def test_offline_reload_from_cache_in_a_fresh_process(
+    hub_server: HubServer, modules, pixel_values, tmp_path: Path
+) -> None:
+    repo_id = f"{DEFAULT_USER}/offline-module"
+    head = modules["mid"].push_to_hub(repo_id).commit_sha
+    online = logits(hf_modular.load_module(repo_id), pixel_values)  # downloads into the client's cache
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    env = {**os.environ, **client_env(hub_server.url, hub_server.hf_home), "HF_HUB_OFFLINE": "1"}
+    hub_server.stop()  # nothing to talk to any more
+
+    code = (
+        "import json, sys, torch, hf_modular\n"
+        f"module = hf_modular.load_module({repo_id!r})\n"
+        f"pixels = torch.load({str(tmp_path / 'pixels.pt')!r})\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps({'logits': module(pixels).logits.tolist(), 'revision': module.source_revision}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    printed = json.loads(out.stdout.strip().splitlines()[-1])
+    torch.testing.assert_close(torch.tensor(printed["logits"]), online, rtol=0, atol=0)
+    assert printed["revision"] == head
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cards
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_card_of_a_module_decomposed_from_a_hub_parent(hub_server: HubServer, parent_dir: Path, tmp_path: Path) -> None:
+    parent_repo = f"{DEFAULT_USER}/{PARENT_NAME}"
+    assert main(["-q", "push-parent", str(parent_dir), parent_repo, "--license", "mit"]) == 0
+    parent_sha = HfApi().repo_info(parent_repo).sha
+    parent_card = ModelCard.load(parent_repo)
+    assert parent_card.data.library_name == "hf_modular" and parent_card.data.license == "mit"
+    assert "modular-resnet" in parent_card.data.tags and parent_card.data.pipeline_tag == "image-classification"
+    assert f'from_pretrained("{parent_repo}")' in parent_card.text
+
+    parent = ModularResNetForImageClassification.from_pretrained(parent_repo)
+    assert parent.source_revision == parent_sha
+    data = training_data()
+    decompose_to_directory(parent, data, tmp_path / "out", eval_dataset=data, samples_per_class=8, progress=False)
+    results = push_modules(tmp_path / "out", DEFAULT_USER, license="mit")
+    repo_id = results["dark"].repo_id
+    assert repo_id == f"{DEFAULT_USER}/{PARENT_NAME}-dark-module"
+
+    hub_server.requests.clear()
+    card = ModelCard.load(repo_id)
+    assert card.content == Path(HfApi().hf_hub_download(repo_id, "README.md")).read_text()
+    metadata = card.data
+    assert metadata.library_name == "hf_modular"
+    assert metadata.pipeline_tag == "image-classification"
+    assert {"hf-modular", "cnn-module", "image-classification", "modular-resnet", "class-dark"} <= set(metadata.tags)
+    assert metadata.base_model == parent_repo
+    assert metadata.license == "mit"
+    results_by_name = {r.metric_name: r for r in metadata.eval_results}
+    evaluation = json.loads(Path(HfApi().hf_hub_download(repo_id, "config.json")).read_text())["module"]["evaluation"]
+    binary = results_by_name["Binary accuracy (dark vs rest)"]
+    assert binary.metric_value == round(evaluation["binary_accuracy"], 4) and binary.task_type == "image-classification"
+    assert results_by_name["Parent top-1 accuracy"].metric_value == round(evaluation["parent"]["top1"], 4)
+    assert "model-index" in card.content and metadata.model_name == repo_id
+
+    assert f"| Parent revision | `{parent_sha}` |" in card.text
+    assert f"[{parent_repo}](https://huggingface.co/{parent_repo})" in card.text
+    assert f'from_pretrained("{repo_id}")' in card.text and f"hf-hub:{repo_id}" in card.text
+    assert "path/to/" not in card.text
+    assert "| Dataset | an in-memory `datasets.Dataset`, split `train`" in card.text  # not "`None`"
+
+    card.validate()  # asks the server's /api/validate-yaml
+    assert ("POST", "/api/validate-yaml") in hub_server.requests
+
+
+def test_module_card_without_evaluation_has_no_model_index(modules) -> None:
+    config = copy.deepcopy(modules["dark"].config)
+    del config.module["evaluation"]
+    card = module_card(config, "org/dark-module")
+    assert card.data.eval_results is None and "model-index" not in card.content
+    assert card.data.base_model is None  # a local parent
+    assert "## Evaluation" not in card.text and 'from_pretrained("org/dark-module")' in card.text
+
+
+def test_card_templates_ship_in_the_wheel(tmp_path: Path) -> None:
+    source = tmp_path / "src"  # build from a copy: the build leaves build/ and *.egg-info behind
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    for name in ("hf_modular", "model_cards"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    # No build isolation: the test must not need a package index to fetch setuptools.
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*command, "-w", str(tmp_path / "wheels")], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "wheels").glob("hf_modular-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in ("module.md.j2", "parent.md.j2"):
+        assert f"hf_modular/model_cards/{template}" in names
+        shipped = zipfile.ZipFile(wheel).read(f"hf_modular/model_cards/{template}")
+        assert shipped == (REPO_ROOT / "model_cards" / template).read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bad input and faults
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_pushing_where_the_user_cannot_write_is_a_permission_error(hub_server: HubServer, modules) -> None:
+    with pytest.raises(PermissionError) as error:
+        modules["dark"].push_to_hub("someone-else/dark-module")  # 403: not the user's namespace
+    message = str(error.value)
+    assert "someone-else/dark-module" in message and "403" in message
+    assert "hf auth login" in message and "HF_TOKEN" in message
+    assert DEFAULT_TOKEN not in message
+
+    secret = "hf_not_a_valid_token_0123456789"
+    with pytest.raises(PermissionError) as error:  # 401: the token is unknown
+        push_modules(modules, DEFAULT_USER, token=secret)
+    message = str(error.value)
+    assert f"{DEFAULT_USER}/{PARENT_NAME}-" in message and "401" in message and "hf auth login" in message
+    assert secret not in message and DEFAULT_TOKEN not in message
+    assert secret not in "".join(traceback.format_exception(error.value))  # nor anywhere in the chained errors
+
+    hub_server.read_only_tokens.add(DEFAULT_TOKEN)  # a read-only token: 403 on the user's own namespace
+    with pytest.raises(PermissionError, match="user/read-only-module"):
+        modules["dark"].push_to_hub(f"{DEFAULT_USER}/read-only-module")
+    assert not HfApi().repo_exists(f"{DEFAULT_USER}/read-only-module")
+
+
+@pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "user/bad name", "user/", "user/-x--"])
+def test_invalid_repo_ids_are_value_errors(hub_server: HubServer, modules, repo_id: str) -> None:
+    with pytest.raises(ValueError, match="valid Hub repo id"):
+        modules["dark"].push_to_hub(repo_id)
+    assert not [r for r in hub_server.requests if "/api/repos/create" in r[1]]
+
+
+def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
+    hub_server: HubServer, modules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_id = f"{DEFAULT_USER}/flaky-module"
+    first = modules["dark"].push_to_hub(repo_id)
+    before = commits(repo_id)
+
+    # Every LFS upload of the new weights is cut: the client gives up after its retries, before committing
+    # anything. Only its backoff waiting is skipped (1+2+4+8+8 s), not the retries.
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda _: None))
+    hub_server.fail_uploads = 100
+    with pytest.raises(ConnectionError) as error:
+        modules["bright"].push_to_hub(repo_id)
+    message = str(error.value)
+    assert repo_id in message and "nothing partial was published" in message and "again" in message
+    assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 1
+    hub_server.fail_uploads = 0
+
+    # The commit request itself is cut (the weights got through this time): the client does not retry commits.
+    hub_server.fail_next_commit = True
+    with pytest.raises(ConnectionError) as error:
+        modules["bright"].push_to_hub(repo_id)
+    assert repo_id in str(error.value) and "nothing partial was published" in str(error.value)
+    assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 2
+    assert hf_modular.load_module(repo_id).config.module["target_label"] == "dark"
+
+    retry = modules["bright"].push_to_hub(repo_id)
+    assert retry.changed and commits(repo_id) == [retry.commit_sha, *before]
+    assert first.commit_sha == before[0]
+    assert hf_modular.load_module(repo_id).config.module["target_label"] == "bright"
+
+
+def test_incomplete_module_directory_is_a_file_not_found_error(
+    hub_server: HubServer, decomposed: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "modules"
+    shutil.copytree(decomposed, broken)
+    (broken / "mid-module" / "preprocessor_config.json").unlink()
+    (broken / "mid-module" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        push_directory(broken / "mid-module", f"{DEFAULT_USER}/mid-module")
+    assert "model.safetensors" in str(error.value) and "preprocessor_config.json" in str(error.value)
+    assert "config.json," not in str(error.value)
+    with pytest.raises(FileNotFoundError, match="mid-module.*model.safetensors, preprocessor_config.json"):
+        push_modules(broken, DEFAULT_USER)
+    assert not HfApi().repo_exists(f"{DEFAULT_USER}/mid-module")
+
+
+def test_card_template_error_names_the_template(hub_server: HubServer, decomposed: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "dark-module"
+    shutil.copytree(decomposed / "dark-module", directory)
+    config = json.loads((directory / "config.json").read_text())
+    del config["module"]["compute"]  # only the template reads it
+    (directory / "config.json").write_text(json.dumps(config))
+
+    with pytest.raises(ValueError, match=r"module card from .*module\.md\.j2.*compute"):
+        module_card(ModularResNetConfig.from_pretrained(directory), "user/dark-module")
+    with pytest.raises(ValueError, match=r"module\.md\.j2"):
+        push_directory(directory, f"{DEFAULT_USER}/dark-module")
+    assert not HfApi().repo_exists(f"{DEFAULT_USER}/dark-module")  # nothing was created
+
+
+def test_corrupt_weights_on_the_hub_are_a_value_error(hub_server: HubServer, modules, pixel_values) -> None:
+    repo_id = f"{DEFAULT_USER}/corrupt-module"
+    good = modules["dark"].push_to_hub(repo_id).commit_sha
+    HfApi().upload_file(
+        path_or_fileobj=b"\x08\x00\x00\x00\x00\x00\x00\x00{not json",
+        path_in_repo="model.safetensors",
+        repo_id=repo_id,
+        commit_message="corrupt the weights",
+    )
+    for load in (ModularResNetForImageClassification.from_pretrained, hf_modular.load_module):
+        with pytest.raises(ValueError) as error:
+            load(repo_id)
+        assert repo_id in str(error.value) and "model.safetensors" in str(error.value)
+    # The earlier, intact commit still loads.
+    pinned = hf_modular.load_module(repo_id, revision=good)
+    torch.testing.assert_close(logits(pinned, pixel_values), logits(modules["dark"], pixel_values), rtol=0, atol=0)
+
+
+def test_load_module_refuses_a_repo_without_module_fields(hub_server: HubServer, parent_dir: Path) -> None:
+    repo_id = f"{DEFAULT_USER}/plain-classifier"
+    result = ModularResNetForImageClassification.from_pretrained(parent_dir).push_to_hub(repo_id, license="mit")
+    assert result.changed and sorted(HfApi().list_repo_files(repo_id)) == [".gitattributes", *MODULE_FILES]
+    card = ModelCard.load(repo_id)
+    assert card.data.license == "mit" and "cnn-module" not in card.data.tags and card.data.base_model is None
+    with pytest.raises(ValueError, match=f"{repo_id} is a plain classifier"):
+        hf_modular.load_module(repo_id)
+    assert ModularResNetForImageClassification.from_pretrained(repo_id).config.num_labels == len(LABELS)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_push_decompose_push_to_and_card(
+    hub_server: HubServer, decomposed: Path, parent_dir: Path, tmp_path: Path, capsys
+) -> None:
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
+    out = capsys.readouterr().out
+    for label in LABELS:
+        repo_id = f"{DEFAULT_USER}/{PARENT_NAME}-{label}-module"
+        assert repo_id in out and commits(repo_id)[0][:12] in out
+        assert len(commits(repo_id)) == 2
+    assert out.count("(new commit)") == len(LABELS)
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
+    assert capsys.readouterr().out.count("(unchanged)") == len(LABELS)
+
+    # Decompose a parent from the Hub and push its modules under a custom template.
+    parent_repo = f"{DEFAULT_USER}/cli-parent"
+    assert main(["-q", "push-parent", str(parent_dir), parent_repo]) == 0
+    training_data().to_parquet(str(tmp_path / "train.parquet"))
+    arguments = ["-q", "decompose", parent_repo, "--dataset", str(tmp_path / "train.parquet")]
+    arguments += ["--samples-per-class", "8", "--output", str(tmp_path / "out"), "--push-to", DEFAULT_USER]
+    assert main([*arguments, "--name-template", "{parent_name}-{label}"]) == 0
+    out = capsys.readouterr().out
+    for label in LABELS:
+        repo_id = f"{DEFAULT_USER}/cli-parent-{label}"
+        assert repo_id in out
+        card = ModelCard.load(repo_id)
+        assert card.data.base_model == parent_repo
+        assert f"`{HfApi().repo_info(parent_repo).sha}`" in card.text
+        assert hf_modular.load_module(repo_id).config.module["parent"]["repo_id"] == parent_repo
+
+    # A push to a namespace the user cannot write: one error line, exit status 1.
+    assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1
+    err = capsys.readouterr().err
+    assert "hf-modular push: error: Cannot push to someone-else/" in err and "hf auth login" in err
+    assert DEFAULT_TOKEN not in err
+
+    # `card` writes README.md for a directory, naming the repo when given.
+    directory = tmp_path / "carded"
+    shutil.copytree(decomposed / "dark-module", directory)
+    (directory / "README.md").unlink()
+    assert main(["card", str(directory)]) == 0
+    assert (directory / "README.md").is_file() and str(directory / "README.md") in capsys.readouterr().out
+    assert main(["card", str(directory), "--repo-id", "org/dark-module"]) == 0
+    readme = (directory / "README.md").read_text()
+    assert 'from_pretrained("org/dark-module")' in readme and ModelCard(readme).data.library_name == "hf_modular"
+    shutil.copytree(parent_dir, tmp_path / "parent")  # the module-scoped parent directory is shared
+    assert main(["card", str(tmp_path / "parent"), "--repo-id", "org/parent"]) == 0
+    readme = (tmp_path / "parent" / "README.md").read_text()
+    assert 'from_pretrained("org/parent")' in readme and "| Classes | 3: dark, bright, mid |" in readme
+
+
+def test_masks_travel_in_the_pushed_safetensors(hub_server: HubServer, modules) -> None:
+    repo_id = f"{DEFAULT_USER}/masks-module"
+    modules["dark"].push_to_hub(repo_id)
+    tensors = load_file(HfApi().hf_hub_download(repo_id, "model.safetensors"))
+    masks = {key: value for key, value in tensors.items() if key.endswith(".mask")}
+    expected = {f"{site}.mask" for site in modules["dark"].config.mask_shapes}
+    assert set(masks) == expected and all(value.dtype == torch.bool for value in masks.values())
+    for key, value in masks.items():
+        assert torch.equal(value, modules["dark"].state_dict()[key])
