@@ -37,6 +37,21 @@ def load_image_dataset(
     return datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
 
 
+def dataset_name(dataset: datasets.Dataset, source: Any = None) -> str | None:
+    """What to call a dataset in provenance: the name or path it was loaded from, else its builder's name unless
+    that is a generic loader ("parquet", "imagefolder", ...) that says nothing about the data."""
+    if source is not None:
+        return str(source)
+    builder_name = dataset.info.dataset_name
+    generic = builder_name in (None, "parquet", "imagefolder", "csv", "json", "arrow", "generator", "text")
+    return None if generic else builder_name
+
+
+def dataset_split(dataset: datasets.Dataset, default: str) -> str:
+    """The split a Dataset object was loaded as (datasets records it), else `default`."""
+    return str(dataset.split) if dataset.split is not None else default
+
+
 def find_columns(
     dataset: datasets.Dataset, image_column: str | None = None, label_column: str | None = None
 ) -> tuple[str, str]:

@@ -16,7 +16,7 @@ import datasets
 import torch
 from accelerate import Accelerator
 
-from ..data import find_columns, label_names, load_image_dataset
+from ..data import dataset_name, dataset_split, find_columns, label_names, load_image_dataset
 from ..emissions import measure_compute
 from ..evaluation import dataset_to_model_labels
 from ..modeling_modular_resnet import ModularResNetForImageClassification
@@ -185,13 +185,9 @@ def _dataset_provenance(
     label_column: str,
     dataset_revision: str | None,
 ) -> dict[str, Any]:
-    # A Dataset object only knows its builder's name; "parquet" or "imagefolder" says nothing about the data.
-    builder_name = dataset.info.dataset_name
-    generic = builder_name in (None, "parquet", "imagefolder", "csv", "json", "arrow", "generator", "text")
-    name = str(source) if source is not None else (None if generic else builder_name)
     return {
-        "name_or_path": name,
-        "split": split,
+        "name_or_path": dataset_name(dataset, source),
+        "split": dataset_split(dataset, split) if source is None else split,
         "revision": dataset_revision,
         "fingerprint": dataset._fingerprint,
         "image_column": image_column,

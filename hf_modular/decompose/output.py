@@ -24,7 +24,7 @@ from accelerate import Accelerator
 
 from ..cards import module_card
 from ..configuration_modular_resnet import ModularResNetConfig
-from ..data import load_image_dataset
+from ..data import dataset_name, dataset_split, load_image_dataset
 from ..evaluation import evaluate_composition
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from ..saving import atomic_directory
@@ -111,8 +111,8 @@ def decompose_to_directory(
         for label, accuracy in result.module_binary_accuracy.items():
             report["modules"][label]["binary_accuracy"] = accuracy
         summary = {
-            "dataset": _dataset_name(eval_dataset, eval_source),
-            "split": eval_split,
+            "dataset": dataset_name(eval_dataset, eval_source) or "an in-memory datasets.Dataset",
+            "split": dataset_split(eval_dataset, eval_split) if eval_source is None else eval_split,
             "images": result.parent.count,
             "modules": len(modules),
             "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
@@ -139,10 +139,6 @@ def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None
     with atomic_directory(directory) as staging:
         config.save_pretrained(staging)
         module_card(config, repo_id).save(staging / "README.md")
-
-
-def _dataset_name(dataset: datasets.Dataset, source: Any) -> str:
-    return str(source) if source is not None else (dataset.info.dataset_name or "dataset")
 
 
 def _is_complete(output: Path, label: str, parent_sha: str, options: dict[str, Any]) -> bool:
