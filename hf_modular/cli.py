@@ -48,6 +48,18 @@ def _info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
+    info = summary.pop("module")
+    if info:  # a readable digest; --json has everything
+        parent = info["parent"]
+        summary["module of"] = (
+            f"{parent.get('repo_id') or parent.get('path')} (weights {parent['weights_sha256'][:12]})"
+        )
+        summary["class"] = f"{info['target_label']} (index {info['target_index']})"
+        summary["method"] = ", ".join(f"{k}={v}" for k, v in info["method"].items())
+        summary["masked"] = f"{100 * info['masked_fraction']:.2f}% of site nodes, Jaccard {info['jaccard_index']:.3f}"
+        if info.get("evaluation"):
+            evaluation = info["evaluation"]
+            summary["binary accuracy"] = f"{100 * evaluation['binary_accuracy']:.2f}% on {evaluation['split']}"
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         if value is not None:

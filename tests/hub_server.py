@@ -517,8 +517,9 @@ class HubServer:
     `errors` tracebacks of internal errors (500). The `hub_server` fixture fails the test if `errors` is not empty.
     """
 
-    def __init__(self, root: Path | str, tokens: dict[str, str] | None = None):
+    def __init__(self, root: Path | str, tokens: dict[str, str] | None = None, port: int = 0):
         self.root = Path(root)
+        self.port = port  # 0: any free port
         self.storage = Storage(self.root)
         self.tokens: dict[str, str] = dict(tokens) if tokens is not None else {DEFAULT_TOKEN: DEFAULT_USER}
         self.read_only_tokens: set[str] = set()
@@ -557,7 +558,7 @@ class HubServer:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self) -> HubServer:
-        self._httpd = _HTTPServer(("127.0.0.1", 0), _Handler, self)
+        self._httpd = _HTTPServer(("127.0.0.1", self.port), _Handler, self)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True)
         self._thread.start()
         return self
@@ -1343,9 +1344,10 @@ def main() -> None:
     """Run the server by hand: `python tests/hub_server.py --root /tmp/hub`, then use the printed env vars."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="storage directory")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    with HubServer(args.root) as server:
+    with HubServer(args.root, port=args.port) as server:
         print(f"export HF_ENDPOINT={server.url} HF_HUB_DISABLE_XET=1 HF_TOKEN={DEFAULT_TOKEN}", flush=True)
         with suppress(KeyboardInterrupt):
             threading.Event().wait()
