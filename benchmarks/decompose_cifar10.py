@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -34,7 +35,8 @@ CHECKPOINTS = {
 
 
 def pass_overhead(model, train, samples_per_class: int) -> tuple[float, float]:
-    """Seconds of the statistics pass and of plain inference over the same planned rows (data loading included)."""
+    """Median seconds of the statistics pass and of plain inference over the same planned rows (data loading
+    included), after one warm-up pass."""
     image_column, label_column = find_columns(train)
     to_model = dataset_to_model_labels(train.features[label_column].names, model.config.id2label)
     plan = plan_samples(
@@ -45,14 +47,20 @@ def pass_overhead(model, train, samples_per_class: int) -> tuple[float, float]:
         negatives_ratio=1.0,
         seed=0,
     )
-    seconds = []
-    for observe in (False, True, False, True):  # interleaved: load on the machine hits both alike
+
+    def run(observe: bool) -> float:
         start = time.perf_counter()
         collect_activity(
             model, train, plan, image_column=image_column, label_column=label_column, observe=observe, progress=False
         )
-        seconds.append(time.perf_counter() - start)
-    return min(seconds[1::2]), min(seconds[0::2])
+        return time.perf_counter() - start
+
+    run(False)  # warm-up: file cache and allocator
+    plain, statistics = [], []
+    for _ in range(3):  # interleaved, so that load on the machine hits both alike
+        plain.append(run(False))
+        statistics.append(run(True))
+    return median(statistics), median(plain)
 
 
 def main() -> None:
@@ -60,6 +68,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "resnet56"], choices=list(CHECKPOINTS))
     parser.add_argument("--samples-per-class", type=int, default=1000)
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test images")
+    parser.add_argument("--overhead-only", action="store_true", help="only time the statistics pass vs inference")
     args = parser.parse_args()
     if not SHARED.is_dir():
         raise SystemExit(f"This benchmark needs the shared data at {SHARED}.")
@@ -74,7 +83,7 @@ def main() -> None:
         parent = import_cifar_resnet(SHARED / "models" / "akamaster-cifar-resnet" / CHECKPOINTS[name])
         statistics_seconds, inference_seconds = pass_overhead(parent, train, args.samples_per_class)
         results = {}
-        for reading in ("text", "pseudocode"):
+        for reading in () if args.overhead_only else ("text", "pseudocode"):
             start = time.perf_counter()
             modules = decompose(
                 parent, train, samples_per_class=args.samples_per_class, backtrack=reading, progress=False
