@@ -119,7 +119,7 @@ def main() -> None:
                     f"| {100 * info['masked_fraction']:.2f}% | {info['jaccard_index']:.3f} |"
                 )
         print(
-            f"\nstatistics pass {statistics_seconds:.1f} s vs plain inference {inference_seconds:.1f} s "
+            f"\n{name}: statistics pass {statistics_seconds:.1f} s vs plain inference {inference_seconds:.1f} s "
             f"on the same {10 * args.samples_per_class}-ish inputs: ratio {statistics_seconds / inference_seconds:.2f}"
         )
 
