@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
 from . import timm_models  # noqa: F401  (registers the timm architectures)
+from .compose import ComposedConfig, ComposedModel
 from .configuration_modular_resnet import PRESETS, ModularResNetConfig
 from .decompose import decompose
 from .decompose.continual import continuous_learning
@@ -43,9 +44,13 @@ def load_module(path_or_repo: str, **kwargs) -> ModularResNetForImageClassificat
 AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
 AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
 AutoModelForImageClassification.register(ModularResNetConfig, ModularResNetForImageClassification, exist_ok=True)
+AutoConfig.register(ComposedConfig.model_type, ComposedConfig, exist_ok=True)
+AutoModelForImageClassification.register(ComposedConfig, ComposedModel, exist_ok=True)
 
 __all__ = [
     "PRESETS",
+    "ComposedConfig",
+    "ComposedModel",
     "ModularResNet",
     "ModularResNetConfig",
     "ModularResNetForImageClassification",

@@ -1,0 +1,149 @@
+"""ComposedModel: modules from several parents, per-module preprocessing, replace/add/remove, save/load, pipeline."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import pipeline
+
+import hf_modular  # noqa: F401
+from hf_modular import ComposedModel, ModularResNetForImageClassification
+from hf_modular.compose import composed_image_processor, vote
+from hf_modular.decompose import decompose
+from hf_modular.processing import image_processor_for
+from tests.test_decompose import image_dataset, tiny_config
+
+NAMES_A = ["dark", "bright", "mid"]
+NAMES_B = ["sun", "night"]
+
+
+def _modules(names, seed, **config):
+    torch.manual_seed(seed)
+    parent = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(names)), **config)).eval()
+    values = [30, 220, 128][: len(names)]
+    data = image_dataset(values * 4, list(range(len(names))) * 4, noise=30, names=names)
+    return decompose(parent, data, samples_per_class=4, progress=False)
+
+
+@pytest.fixture(scope="module")
+def modules_a():
+    return _modules(NAMES_A, 0)
+
+
+@pytest.fixture(scope="module")
+def modules_b():
+    # Another parent with other normalisation statistics: its modules must see their own preprocessing.
+    return _modules(NAMES_B, 1, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25])
+
+
+def _images(count=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def _expected_logits(modules, images):
+    """Each module on its own processor's output: what a composition must reproduce."""
+    columns = []
+    for module in modules:
+        pixel_values = image_processor_for(module.config)(images, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            columns.append(module(pixel_values).logits)
+    return torch.stack(columns, dim=1)
+
+
+def test_composition_across_parents_with_different_normalisation(modules_a, modules_b):
+    members = [modules_a["dark"], modules_a["bright"], modules_b["sun"]]
+    composed = ComposedModel.from_modules(members)
+    assert composed.labels == ["dark", "bright", "sun"]
+    images = _images()
+    expected = _expected_logits(members, images)
+    torch.testing.assert_close(composed.predict_logits(images), expected)
+    assert composed.predict(images) == [composed.labels[i] for i in vote(expected).tolist()]
+    # The tensor path: [0, 1] images from the composed processor, normalised inside per module.
+    pixel_values = composed_image_processor(composed.config)(images, return_tensors="pt")["pixel_values"]
+    assert pixel_values.min() >= 0 and pixel_values.max() <= 1
+    with torch.no_grad():
+        torch.testing.assert_close(composed.module_logits(pixel_values), expected, rtol=1e-4, atol=1e-4)
+        logits = composed(pixel_values).logits
+    assert logits.argmax(1).tolist() == vote(expected).tolist()
+    top = composed.predict(images, top=2)
+    assert [row[0] for row in top] == composed.predict(images)
+
+
+def test_replace_add_remove(modules_a, modules_b):
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"]])
+    images = _images()
+    composed.add(modules_b["sun"])
+    assert composed.labels == ["dark", "bright", "sun"]
+    assert composed.config.id2label == {0: "dark", 1: "bright", 2: "sun"}
+    composed.replace("bright", modules_a["mid"])  # the slot keeps its label, the module changes
+    assert composed.labels == ["dark", "bright", "sun"]
+    torch.testing.assert_close(
+        composed.predict_logits(images)[:, 1], _expected_logits([modules_a["mid"]], images)[:, 0]
+    )
+    composed.remove("dark")
+    assert composed.labels == ["bright", "sun"] and len(composed.members) == 2
+    with pytest.raises(KeyError, match="No module answers 'zebra'"):
+        composed.remove("zebra")
+    with pytest.raises(ValueError, match="Several modules claim \\['sun'\\]"):
+        composed.add(modules_b["sun"])
+    composed.add(modules_b["sun"], label="sun-2")
+    assert composed.labels[-1] == "sun-2"
+
+
+def test_rename(modules_a, modules_b):
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"sun": "daylight"})
+    assert composed.labels == ["dark", "daylight"]
+    assert composed.config.label2id == {"dark": 0, "daylight": 1}
+
+
+def test_bad_compositions(tmp_path, modules_a):
+    with pytest.raises(ValueError, match="at least one module"):
+        ComposedModel.from_modules([])
+    with pytest.raises(ValueError, match="Several modules claim"):
+        ComposedModel.from_modules([modules_a["dark"], modules_a["dark"]])
+    parent = ModularResNetForImageClassification(tiny_config())
+    with pytest.raises(ValueError, match="not a class module"):
+        ComposedModel.from_modules([parent])
+    grey = _modules(NAMES_B, 2, num_channels=1, image_mean=[0.5], image_std=[0.25])["sun"]
+    with pytest.raises(ValueError, match="different numbers of input channels"):
+        ComposedModel.from_modules([modules_a["dark"], grey])
+    composed = ComposedModel.from_modules([modules_a["dark"]])
+    with pytest.raises(ValueError, match="last module"):
+        composed.remove("dark")
+
+
+def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, modules_b):
+    for label, module in [("dark", modules_a["dark"]), ("sun", modules_b["sun"])]:
+        module.save_pretrained(tmp_path / "hub" / f"{label}-module")
+    composed = ComposedModel.from_modules([tmp_path / "hub" / "dark-module", tmp_path / "hub" / "sun-module"])
+    images = _images()
+    expected = composed.predict_logits(images)
+
+    composed.save_pretrained(tmp_path / "by-reference")
+    assert sorted(p.name for p in (tmp_path / "by-reference").iterdir()) == ["config.json", "preprocessor_config.json"]
+    composed.save_pretrained(tmp_path / "materialized", materialize=True)
+    assert (tmp_path / "materialized" / "modules" / "dark-module" / "model.safetensors").is_file()
+    for directory in ("by-reference", "materialized"):
+        loaded = ComposedModel.from_pretrained(tmp_path / directory)
+        assert loaded.labels == ["dark", "sun"]
+        torch.testing.assert_close(loaded.predict_logits(images), expected, rtol=0, atol=0)
+
+    # In-memory modules have no source to point at: they are stored inside the directory.
+    in_memory = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]])
+    in_memory.save_pretrained(tmp_path / "in-memory")
+    assert (tmp_path / "in-memory" / "modules" / "sun-module" / "config.json").is_file()
+
+    classifier = pipeline("image-classification", model=str(tmp_path / "materialized"))
+    answers = classifier(images[0], top_k=2)
+    assert {answer["label"] for answer in answers} == {"dark", "sun"}
+    assert answers[0]["label"] == composed.predict(images[:1])[0]
+
+    shutil.rmtree(tmp_path / "hub" / "sun-module")  # a referenced module that is gone
+    with pytest.raises(OSError, match="'sun' module of this composition"):
+        ComposedModel.from_pretrained(tmp_path / "by-reference")
+    assert ComposedModel.from_pretrained(tmp_path / "materialized").labels == ["dark", "sun"]
