@@ -27,6 +27,13 @@ def _load(args: argparse.Namespace):
     return ModularResNetForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
 
 
+def _load_any(args: argparse.Namespace):
+    """A classifier, a module or a composed model, by what its config.json says."""
+    from transformers import AutoModelForImageClassification
+
+    return AutoModelForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
+
+
 def _info(args: argparse.Namespace) -> None:
     model = _load(args)
     config = model.config
@@ -79,7 +86,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .data import load_image_dataset
     from .evaluation import evaluate
 
-    model = _load(args)
+    model = _load_any(args)
     dataset = load_image_dataset(args.dataset, split=args.split)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
@@ -200,6 +207,25 @@ def _card(args: argparse.Namespace) -> None:
     print(f"Wrote {directory / 'README.md'}")
 
 
+def _compose(args: argparse.Namespace) -> None:
+    from .compose import ComposedModel
+
+    rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
+    composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, rule=args.rule)
+    composed.save_pretrained(args.output, materialize=args.materialize)
+    print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
+
+
+def _replace(args: argparse.Namespace) -> None:
+    from .compose import ComposedModel
+
+    composed = ComposedModel.from_pretrained(_model_source(args.composed))
+    composed.replace(args.label, _model_source(args.module))
+    output = args.output or args.composed
+    composed.save_pretrained(output, materialize=args.materialize)
+    print(f"Replaced the {args.label!r} module; saved to {output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -276,7 +302,23 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--license", default=None, help="license id for the card")
     card.set_defaults(run=_card)
 
-    ev = command("evaluate", "top-1/top-5 and per-class accuracy of a model on a dataset split")
+    comp = command("compose", "compose modules (local directories or Hub repo ids, @revision to pin) into a classifier")
+    comp.add_argument("modules", nargs="+", metavar="MODULE")
+    comp.add_argument("--output", required=True, metavar="DIR")
+    comp.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
+    comp.add_argument("--rule", default="vote", choices=["vote", "argmax"], help="how the modules' answers combine")
+    comp.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
+    comp.set_defaults(run=_compose)
+
+    rep = command("replace", "swap one class's module in a composed model")
+    rep.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
+    rep.add_argument("label", metavar="LABEL")
+    rep.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
+    rep.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
+    rep.add_argument("--materialize", action="store_true", help="store the modules' weights in the directory")
+    rep.set_defaults(run=_replace)
+
+    ev = command("evaluate", "top-1/top-5 and per-class accuracy of a model or composed model on a dataset split")
     ev.add_argument("model", metavar="PATH_OR_REPO")
     ev.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
     ev.add_argument("--split", default="test")

@@ -8,6 +8,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
+from .compose import ComposedModel, composed_image_processor
 from .data import find_columns, iterate_batches, label_names
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_processor_for
@@ -23,10 +24,15 @@ class Accuracy:
     per_class: dict[str, float] = field(default_factory=dict)
 
 
-def dataset_to_model_labels(dataset_labels: list[str], model_labels: dict[int, str]) -> torch.Tensor:
-    """Index map from the dataset's label ids to the model's, matched by name; unknown names raise."""
+def dataset_to_model_labels(
+    dataset_labels: list[str], model_labels: dict[int, str], *, unknown_as: int | None = None
+) -> torch.Tensor:
+    """Index map from the dataset's label ids to the model's, matched by name. Unknown names raise, or map to
+    `unknown_as` when it is given."""
     by_name = {name: index for index, name in model_labels.items()}
     unknown = [name for name in dataset_labels if name not in by_name]
+    if unknown and unknown_as is not None:
+        return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels])
     if unknown:
         raise ValueError(
             f"The dataset has labels the model does not know: {unknown[:5]}. The model's labels are "
@@ -37,7 +43,7 @@ def dataset_to_model_labels(dataset_labels: list[str], model_labels: dict[int, s
 
 @torch.inference_mode()
 def evaluate(
-    model: ModularResNetForImageClassification,
+    model: ModularResNetForImageClassification | ComposedModel,
     dataset: datasets.Dataset,
     *,
     image_column: str | None = None,
@@ -45,9 +51,17 @@ def evaluate(
     batch_size: int = 256,
     progress: bool = True,
 ) -> Accuracy:
-    """Evaluate `model` on every row of `dataset`, preprocessing with the model's own image processor."""
+    """Evaluate a classifier or a composed model on `dataset`, preprocessing with the model's own image processor.
+
+    A composed model is measured on the rows of its own classes (a 2-class composition on the 2 classes' images);
+    a classifier on every row, and a label it does not know is an error.
+    """
     image_column, label_column = find_columns(dataset, image_column, label_column)
-    to_model = dataset_to_model_labels(label_names(dataset, label_column), model.config.id2label)
+    composed = isinstance(model, ComposedModel)
+    to_model = dataset_to_model_labels(
+        label_names(dataset, label_column), model.config.id2label, unknown_as=-1 if composed else None
+    )
+    processor = composed_image_processor(model.config) if composed else image_processor_for(model.config)
     num_labels = model.config.num_labels
     hits_top1 = torch.zeros(num_labels)
     hits_top5 = torch.zeros(num_labels)
@@ -55,7 +69,7 @@ def evaluate(
     model.eval()
     batches = iterate_batches(
         dataset,
-        image_processor_for(model.config),
+        processor,
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
@@ -63,6 +77,10 @@ def evaluate(
     )
     for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
         labels = to_model[labels]
+        known = labels >= 0
+        if not known.any():
+            continue
+        pixel_values, labels = pixel_values[known], labels[known]
         logits = model(pixel_values).logits
         top = logits.topk(min(5, num_labels), dim=1).indices
         totals += torch.bincount(labels, minlength=num_labels)
@@ -70,7 +88,7 @@ def evaluate(
         hits_top5 += torch.bincount(labels[(top == labels[:, None]).any(1)], minlength=num_labels)
     count = int(totals.sum())
     if count == 0:
-        raise ValueError("The dataset is empty: nothing to evaluate.")
+        raise ValueError("No image of the dataset has one of the model's labels: nothing to evaluate.")
     per_class = {model.config.id2label[i]: float(hits_top1[i] / totals[i]) for i in range(num_labels) if totals[i] > 0}
     return Accuracy(float(hits_top1.sum() / count), float(hits_top5.sum() / count), count, per_class)
 

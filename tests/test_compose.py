@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -147,3 +148,29 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     with pytest.raises(OSError, match="'sun' module of this composition"):
         ComposedModel.from_pretrained(tmp_path / "by-reference")
     assert ComposedModel.from_pretrained(tmp_path / "materialized").labels == ["dark", "sun"]
+
+
+def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
+    from hf_modular.cli import main
+
+    for label in NAMES_A:
+        modules_a[label].save_pretrained(tmp_path / f"{label}-module")
+    data = image_dataset([30, 220, 128] * 4, [0, 1, 2] * 4, noise=30)
+    data.to_parquet(str(tmp_path / "test.parquet"))
+    directories = [str(tmp_path / f"{label}-module") for label in ("dark", "bright")]
+    assert main(["-q", "compose", *directories, "--output", str(tmp_path / "composed")]) == 0
+    assert ComposedModel.from_pretrained(tmp_path / "composed").labels == ["dark", "bright"]
+    capsys.readouterr()
+    assert (
+        main(["-q", "evaluate", str(tmp_path / "composed"), "--dataset", str(tmp_path / "test.parquet"), "--json"]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 8  # only the rows of the composition's two classes
+    assert set(report["per_class"]) == {"dark", "bright"}
+    code = main(["-q", "replace", str(tmp_path / "composed"), "bright", str(tmp_path / "mid-module")])
+    assert code == 0
+    replaced = ComposedModel.from_pretrained(tmp_path / "composed")
+    assert replaced.labels == ["dark", "bright"]
+    assert replaced.members[1].config.module["target_label"] == "mid"
+    assert main(["replace", str(tmp_path / "composed"), "zebra", str(tmp_path / "mid-module")]) == 1
+    assert "No module answers 'zebra'" in capsys.readouterr().err
