@@ -98,6 +98,65 @@ def parent_card(
     )
 
 
+def composed_card(
+    config: Any,
+    repo_id: str | None = None,
+    *,
+    evaluation: dict[str, Any] | None = None,
+    license: str | None = None,
+) -> ModelCard:
+    """The card of a composed model (a `ComposedConfig`): its modules and where each comes from."""
+    members = []
+    for entry in config.members:
+        source = entry.get("source")
+        members.append(
+            {
+                "label": entry["label"],
+                "where": f"[{source}](https://huggingface.co/{source})"
+                if source
+                else f"`{entry.get('subfolder')}` (inside this repo)",
+                "revision": f"`{entry['revision']}`" if entry.get("revision") else "-",
+            }
+        )
+    hub_modules = [entry["source"] for entry in config.members if entry.get("source")]
+    eval_results = None
+    if evaluation:
+        common = {
+            "task_type": "image-classification",
+            "dataset_type": evaluation["dataset"] if _is_repo_id(evaluation["dataset"]) else "local",
+            "dataset_name": evaluation["dataset"],
+            "dataset_split": evaluation["split"],
+        }
+        eval_results = [
+            EvalResult(
+                metric_type="accuracy", metric_value=round(evaluation["top1"], 4), metric_name="top-1", **common
+            ),
+            EvalResult(
+                metric_type="top_5_accuracy", metric_value=round(evaluation["top5"], 4), metric_name="top-5", **common
+            ),
+        ]
+    card_data = ModelCardData(
+        library_name="hf_modular",
+        pipeline_tag="image-classification",
+        tags=[*TAGS, "composed-model"],
+        base_model=hub_modules or None,
+        metrics=["accuracy"],
+        license=license,
+        model_name=repo_id or "composed-model",
+        eval_results=eval_results,
+    )
+    return _render(
+        "composed",
+        card_data,
+        title=repo_id or "Composed classifier",
+        members=members,
+        rule=config.rule,
+        evaluation=evaluation,
+        repo_id=repo_id or "path/to/composed",
+        input_size=f"{config.num_channels}x{config.image_size}x{config.image_size}",
+    )
+
+
 def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCard:
     try:
         return ModelCard.from_template(card_data, template_path=template_path(template), **context)

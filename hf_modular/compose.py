@@ -243,11 +243,15 @@ class ComposedModel(PreTrainedModel):
 
     # -- saving and loading -----------------------------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *, materialize: bool = False, **kwargs: Any) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, materialize: bool = False, portable: bool = False, **kwargs: Any
+    ) -> None:
         """Write `config.json` (the modules by repo id and pinned revision, or by local path) and the processor.
 
         With `materialize=True` every module is stored in `modules/<label>/` inside the directory, so the composed
-        model loads offline and without the original repos.
+        model loads offline and without the original repos. Modules with no source to point at (built in memory, or
+        loaded from another composition's folder) are always stored inside; with `portable=True` (for a Hub repo)
+        so are modules known only by a local path.
         """
         from .decompose.output import module_directory_name
         from .saving import atomic_directory
@@ -256,13 +260,51 @@ class ComposedModel(PreTrainedModel):
         with atomic_directory(save_directory) as staging:
             for index, module in enumerate(self.members):
                 entry = dict(config.members[index])
-                if materialize or not (entry.get("source") or entry.get("subfolder")):
+                source = entry.get("source")
+                local = bool(source) and Path(source).exists()
+                if materialize or not source or (portable and local):
                     subfolder = f"{MODULES_FOLDER}/{module_directory_name(entry['label'])}"
                     module.save_pretrained(Path(staging) / subfolder)
                     entry = {"label": entry["label"], "subfolder": subfolder}
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        materialize: bool = False,
+        evaluation: dict[str, Any] | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        create_pr: bool = False,
+        commit_message: str | None = None,
+        license: str | None = None,
+    ):
+        """Publish the composition in one commit: its config (Hub modules by repo id and pinned revision; local or
+        in-memory modules stored inside), processor and a card with the module table (and `evaluation`, a dict with
+        `dataset`, `split`, `images`, `top1`, `top5`, when given). Returns a `hf_modular.hub.PushResult`."""
+        import tempfile
+
+        from .cards import composed_card
+        from .hub import upload_folder
+
+        with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
+            self.save_pretrained(staging, materialize=materialize, portable=True)
+            saved = ComposedConfig.from_pretrained(staging)
+            composed_card(saved, repo_id, evaluation=evaluation, license=license).save(Path(staging) / "README.md")
+            return upload_folder(
+                staging,
+                repo_id,
+                what=f"composition of {len(self.labels)} modules",
+                private=private,
+                revision=revision,
+                token=token,
+                create_pr=create_pr,
+                commit_message=commit_message,
+            )
 
     @classmethod
     def from_pretrained(

@@ -97,37 +97,50 @@ def push_directory(
     else:
         model = model or ModularResNetForImageClassification.from_pretrained(directory)
         card = parent_card(model, repo_id, license=license)
-    api = HfApi(token=token)
     with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
         for name in REQUIRED_FILES:
             shutil.copy2(directory / name, Path(staging) / name)
         card.save(Path(staging) / "README.md")
-        with _explained(repo_id):
-            return _upload(api, staging, repo_id, config, private, revision, create_pr, commit_message)
+        what = f"{config.module['target_label']} module" if config.is_module else "model"
+        return upload_folder(
+            staging,
+            repo_id,
+            what=what,
+            private=private,
+            revision=revision,
+            token=token,
+            create_pr=create_pr,
+            commit_message=commit_message,
+        )
 
 
-def _upload(
-    api: HfApi,
-    folder: str,
+def upload_folder(
+    folder: str | os.PathLike,
     repo_id: str,
-    config: ModularResNetConfig,
-    private: bool | None,
-    revision: str | None,
-    create_pr: bool,
-    commit_message: str | None,
+    *,
+    what: str = "model",
+    private: bool | None = None,
+    revision: str | None = None,
+    token: str | bool | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
 ) -> PushResult:
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
-    what = f"{config.module['target_label']} module" if config.is_module else "model"
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=folder,
-        revision=revision,
-        create_pr=create_pr,
-        commit_message=commit_message or f"Upload {what} with hf_modular",
-    )
+    """Upload a prepared folder to `repo_id` (created if missing) as one commit; unchanged files are skipped and a
+    push that changes nothing makes no commit."""
+    _validate(repo_id)
+    api = HfApi(token=token)
+    with _explained(repo_id):
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            create_pr=create_pr,
+            commit_message=commit_message or f"Upload {what} with hf_modular",
+        )
     return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
 
 
