@@ -214,6 +214,8 @@ def _compose(args: argparse.Namespace) -> None:
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, rule=args.rule)
     composed.save_pretrained(args.output, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
+    if args.push_to:
+        _print_pushes({"composed": composed.push_to_hub(args.push_to, materialize=args.materialize)})
 
 
 def _replace(args: argparse.Namespace) -> None:
@@ -308,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
     comp.add_argument("--rule", default="vote", choices=["vote", "argmax"], help="how the modules' answers combine")
     comp.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
+    comp.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
     comp.set_defaults(run=_compose)
 
     rep = command("replace", "swap one class's module in a composed model")
