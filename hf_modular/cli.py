@@ -132,6 +132,7 @@ def _decompose(args: argparse.Namespace) -> None:
         samples_per_class=args.samples_per_class,
         negatives_ratio=args.negatives_ratio,
         split=args.split,
+        dataset_revision=args.dataset_revision,
         batch_size=args.batch_size,
         seed=args.seed,
         **strategy_options,
@@ -260,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
     dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
     dec.add_argument("--split", default="train", help="split observed by the statistics pass")
+    dec.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
     dec.add_argument("--eval-limit", type=int, default=None, help="measure on the first N rows of the eval split")
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")

@@ -378,8 +378,13 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
         "mid": False,
     }
     assert weights.stat().st_mtime_ns == before
-    # Other parameters: nothing is reused.
+    # Other parameters, or other data: nothing is reused.
     report = decompose_to_directory(brightness_model, data, output, samples_per_class=5, progress=False)
+    assert not any(row["resumed"] for row in report["modules"].values())
+    other_data = image_dataset([10] * 6 + [240] * 6 + [100] * 6, [0] * 6 + [1] * 6 + [2] * 6)
+    report = decompose_to_directory(
+        brightness_model, other_data, output, samples_per_class=5, dataset_revision=None, progress=False
+    )
     assert not any(row["resumed"] for row in report["modules"].values())
     assert not list(tmp_path.glob("**/*.partial"))
 

@@ -26,6 +26,9 @@ from .sampling import plan_samples
 from .statistics import collect_activity
 
 STRATEGIES = {"activation": ActivationStrategy}
+DEFAULT_SAMPLES_PER_CLASS = 1000  # the paper's
+DEFAULT_NEGATIVES_RATIO = 1.0  # the paper's 1:1
+DEFAULT_SEED = 0
 
 __all__ = ["STRATEGIES", "ActivationStrategy", "ModuleSpec", "decompose"]
 
@@ -35,15 +38,15 @@ def decompose(
     dataset: datasets.Dataset | str | os.PathLike,
     *,
     classes: list[str] | None = None,
-    samples_per_class: int = 1000,
-    negatives_ratio: float = 1.0,
+    samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
+    negatives_ratio: float = DEFAULT_NEGATIVES_RATIO,
     strategy: str = "activation",
     split: str = "train",
     dataset_revision: str | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 128,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     accelerator: Accelerator | None = None,
     progress: bool = True,
     **strategy_options: Any,

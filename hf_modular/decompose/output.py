@@ -11,6 +11,7 @@ the same output skips the classes whose module was built from the same parent wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from ..data import dataset_name, dataset_split, load_image_dataset
 from ..evaluation import evaluate_composition
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from ..saving import atomic_directory
-from . import STRATEGIES, decompose
+from . import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, STRATEGIES, decompose
 from .modules import weights_sha256
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,11 @@ def decompose_to_directory(
             eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     started = time.perf_counter()
     wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
-    parent_sha = weights_sha256(model)
-    done = [label for label in wanted if _is_complete(output, label, parent_sha, options)]
+    training = load_image_dataset(
+        dataset, split=options.get("split", "train"), revision=options.get("dataset_revision")
+    )
+    expected = _expected_provenance(model, training, options)
+    done = [label for label in wanted if _is_complete(output, label, expected)]
     todo = [label for label in wanted if label not in done]
     if done:
         logger.info("Resuming: %d module(s) already built with the same parameters: %s", len(done), ", ".join(done))
@@ -141,8 +145,9 @@ def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None
         module_card(config, repo_id).save(staging / "README.md")
 
 
-def _is_complete(output: Path, label: str, parent_sha: str, options: dict[str, Any]) -> bool:
-    """Whether `output` already holds this class's module, built from the same parent with the same parameters."""
+def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
+    """Whether `output` already holds this class's module, built from the same parent and data with the same
+    parameters (`expected`, see `_expected_provenance`)."""
     directory = output / module_directory_name(label)
     if not (directory / "model.safetensors").is_file():
         return False
@@ -150,30 +155,33 @@ def _is_complete(output: Path, label: str, parent_sha: str, options: dict[str, A
         info = ModularResNetConfig.from_pretrained(directory).module or {}
     except (OSError, ValueError):
         return False
+    dataset = info.get("dataset", {})
     return (
-        info.get("parent", {}).get("weights_sha256") == parent_sha
-        and info.get("target_label") == label
-        and info.get("method") == _method_record(options)
-        and info.get("sampling") == _sampling_record(options)
+        info.get("target_label") == label
+        and info.get("parent", {}).get("weights_sha256") == expected["weights_sha256"]
+        and info.get("method") == expected["method"]
+        and info.get("sampling") == expected["sampling"]
+        and (dataset.get("fingerprint"), dataset.get("split")) == expected["dataset"]
     )
 
 
-_DECOMPOSE_ARGUMENTS = {"samples_per_class", "negatives_ratio", "strategy", "split", "image_column", "label_column"}
-_DECOMPOSE_ARGUMENTS |= {"batch_size", "seed"}
-
-
-def _method_record(options: dict[str, Any]) -> dict[str, Any]:
-    """What `decompose` records as `method` for these options (the strategy's full parameters, defaults included)."""
+def _expected_provenance(model, dataset: datasets.Dataset, options: dict[str, Any]) -> dict[str, Any]:
+    """What `decompose` would record for these options, to recognise modules an earlier run already built."""
     name = options.get("strategy", "activation")
-    strategy_options = {k: v for k, v in options.items() if k not in _DECOMPOSE_ARGUMENTS}
-    return {"strategy": name, **STRATEGIES[name](**strategy_options).parameters()}
-
-
-def _sampling_record(options: dict[str, Any]) -> dict[str, Any]:
+    strategy = STRATEGIES[name]
+    strategy_fields = {f.name for f in dataclasses.fields(strategy) if f.init}
+    method = {"strategy": name, **strategy(**{k: v for k, v in options.items() if k in strategy_fields}).parameters()}
+    sampling = {
+        "samples_per_class": options.get("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
+        "negatives_ratio": options.get("negatives_ratio", DEFAULT_NEGATIVES_RATIO),
+        "seed": options.get("seed", DEFAULT_SEED),
+    }
+    split = dataset_split(dataset, options.get("split", "train"))
     return {
-        "samples_per_class": options.get("samples_per_class", 1000),
-        "negatives_ratio": options.get("negatives_ratio", 1.0),
-        "seed": options.get("seed", 0),
+        "weights_sha256": weights_sha256(model),
+        "method": method,
+        "sampling": sampling,
+        "dataset": (dataset._fingerprint, split),
     }
 
 
