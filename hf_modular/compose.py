@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from PIL import Image
 from torch import nn
-from transformers import PreTrainedConfig, PreTrainedModel, ViTImageProcessor
+from transformers import (
+    BaseImageProcessor,
+    ConvNextImageProcessor,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ViTImageProcessor,
+)
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .modeling_modular_resnet import ModularResNetForImageClassification
@@ -70,8 +76,10 @@ class ComposedConfig(PreTrainedConfig):
         rule (`str`, defaults to `"vote"`):
             `"vote"`: the paper's rule. `"argmax"`: the highest own-class probability (identical predictions for
             binary modules; kept separate for calibrated scores).
-        image_size (`int`), num_channels (`int`):
-            The input the composed model's processor produces; each module resizes it to its own size.
+        image_size (`int`), num_channels (`int`), crop_pct (`float`):
+            The input the composed model's processor produces: resized to `image_size` (shorter side to
+            `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
+            [0, 1]. Each module then resizes it to its own size when that differs, and normalises it.
     """
 
     model_type = "modular_composed"
@@ -80,6 +88,7 @@ class ComposedConfig(PreTrainedConfig):
     rule: str = "vote"
     image_size: int = 32
     num_channels: int = 3
+    crop_pct: float = 1.0
 
     def validate_architecture(self):
         super().validate_architecture()
@@ -325,11 +334,14 @@ class ComposedModel(PreTrainedModel):
         return cls(config, members)
 
 
-def composed_image_processor(config: ComposedConfig) -> ViTImageProcessor:
-    """Resize to the composed input size and scale to [0, 1]; normalising is each module's own business."""
-    return ViTImageProcessor(
-        size={"height": config.image_size, "width": config.image_size}, do_normalize=False, do_rescale=True
-    )
+def composed_image_processor(config: ComposedConfig) -> BaseImageProcessor:
+    """Resize (and centre-crop for ImageNet-style modules) to the composed input size and scale to [0, 1];
+    normalising is each module's own business."""
+    if config.crop_pct < 1.0:
+        return ConvNextImageProcessor(
+            size={"shortest_edge": config.image_size}, crop_pct=config.crop_pct, do_normalize=False
+        )
+    return ViTImageProcessor(size={"height": config.image_size, "width": config.image_size}, do_normalize=False)
 
 
 def _prepare(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:
@@ -398,10 +410,12 @@ def _check_compatible(modules: Sequence[ModularResNetForImageClassification]) ->
         )
 
 
-def _input_fields(modules: Sequence[ModularResNetForImageClassification]) -> dict[str, int]:
+def _input_fields(modules: Sequence[ModularResNetForImageClassification]) -> dict[str, Any]:
+    """The composed input: the largest module size, centre-cropped when any module is an ImageNet-style model."""
     return {
         "image_size": max(module.config.image_size for module in modules),
         "num_channels": modules[0].config.num_channels,
+        "crop_pct": 0.875 if any(module.config.stem_type == "imagenet" for module in modules) else 1.0,
     }
 
 

@@ -228,9 +228,9 @@ class ModularResNetConfig(PreTrainedConfig):
         }
 
     def to_dict(self) -> dict[str, Any]:
-        from .processing import image_processor_for
+        from .processing import image_processor_class
 
-        image_processor_type = type(image_processor_for(self)).__name__
+        image_processor_type = image_processor_class(self).__name__
         return {**super().to_dict(), **self.timm_config(), "image_processor_type": image_processor_type}
 
 

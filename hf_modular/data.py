@@ -68,6 +68,11 @@ def find_columns(
                 "Pass image_column=... or cast the column with dataset.cast_column(name, datasets.Image())."
             )
         image_column = images[0]
+    if label_column is not None and not isinstance(features[label_column], datasets.ClassLabel):
+        raise ValueError(
+            f"The label column {label_column!r} is not a ClassLabel, so its values have no class names to match the "
+            f"model's labels. Run dataset = dataset.class_encode_column({label_column!r}) first."
+        )
     if label_column is None:
         labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
         if not labels:
@@ -80,11 +85,8 @@ def find_columns(
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
-    """The class names of a `ClassLabel` column, or the sorted distinct values of a plain one as strings."""
-    feature = dataset.features[label_column]
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names)
-    return [str(value) for value in sorted(set(dataset[label_column]))]
+    """The class names of a `ClassLabel` column (see `find_columns`)."""
+    return list(dataset.features[label_column].names)
 
 
 def iterate_batches(

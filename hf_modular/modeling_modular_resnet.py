@@ -50,8 +50,8 @@ class MaskedReLU(nn.Module):
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         hidden_state = F.relu(hidden_state, inplace=True)  # its input is always a fresh tensor; saves memory traffic
-        if self.mask is not None:
-            hidden_state = hidden_state * self.mask
+        if self.mask is not None:  # masked_fill, not a product: a masked node is 0 even where the input was inf/nan
+            hidden_state = hidden_state.masked_fill(~self.mask, 0.0)
         return hidden_state
 
 
@@ -67,7 +67,7 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         hidden_state = super().forward(hidden_state)
-        return hidden_state if self.mask is None else hidden_state * self.mask
+        return hidden_state if self.mask is None else hidden_state.masked_fill(~self.mask, 0.0)
 
 
 class ShortcutA(nn.Module):
@@ -266,7 +266,8 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
         # A trunk-only checkpoint may get a fresh head, and a classifier's head is ignored by the trunk model
         # (transformers reports both); old checkpoints lack batch-norm step counters. Any other gap is an error.
         def tolerated(key: str) -> bool:
-            return key.startswith("fc.") or key.endswith("num_batches_tracked")
+            fresh_head = key.startswith("fc.") and not model.config.is_module  # a module's head is never random
+            return fresh_head or key.endswith("num_batches_tracked")
 
         missing = [key for key in info["missing_keys"] if not tolerated(key)]
         unexpected = [key for key in info["unexpected_keys"] if not tolerated(key)]

@@ -7,6 +7,11 @@ from transformers import BaseImageProcessor, ConvNextImageProcessor, ViTImagePro
 from .configuration_modular_resnet import ModularResNetConfig
 
 
+def image_processor_class(config: ModularResNetConfig) -> type[BaseImageProcessor]:
+    """The stock processor class for this config: timm's ImageNet recipe (resize, centre crop) or a plain resize."""
+    return ConvNextImageProcessor if config.stem_type == "imagenet" else ViTImageProcessor
+
+
 def image_processor_for(config: ModularResNetConfig) -> BaseImageProcessor:
     """Resize, scale to [0, 1] and normalise with the config's mean and std.
 

@@ -69,7 +69,7 @@ def _cfg(preset: str) -> dict[str, Any]:
         "num_classes": 10 if cifar else 1000,
         "input_size": (3, size, size),
         "fixed_input_size": True,
-        "pool_size": (size // 4, size // 4) if cifar else (7, 7),
+        "pool_size": (size // 2 ** (len(fields["layers"]) - 1),) * 2 if cifar else (7, 7),
         "crop_pct": 1.0 if cifar else 0.875,
         "interpolation": "bilinear",
         "mean": tuple(fields["image_mean"]),

@@ -84,7 +84,8 @@ def decompose(
         )
     to_model = dataset_to_model_labels(names, model_labels)
     class_indices = _resolve_classes(classes, model_labels)
-    _check_image_size(dataset, image_column, model.config.image_size)
+    if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
+        _check_image_size(dataset, image_column, model.config.image_size)
 
     plan = plan_samples(
         to_model[torch.tensor(dataset[label_column])],
@@ -162,8 +163,9 @@ def _check_image_size(dataset: datasets.Dataset, image_column: str, image_size: 
     if (width, height) != (image_size, image_size):
         raise ValueError(
             f"The dataset's images are {width}x{height} but the model takes {image_size}x{image_size}. The "
-            "statistics describe the model at its own input size: use a dataset of that size, or resize it first "
-            "(dataset.map with the model's image processor)."
+            "statistics describe the model at its own input size: use a dataset of that size, or resize its images "
+            f"first, e.g. dataset.map(lambda row: {{'{image_column}': row['{image_column}'].resize(({image_size}, "
+            f"{image_size}))}})."
         )
 
 

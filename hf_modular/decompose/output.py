@@ -61,7 +61,7 @@ def decompose_to_directory(
     the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
     (`module.evaluation`) and model card.
     """
-    accelerator = accelerator or Accelerator(cpu=True)
+    accelerator = accelerator or Accelerator()
     output = Path(output)
     eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None
     if eval_dataset is not None:

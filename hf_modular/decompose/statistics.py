@@ -57,7 +57,7 @@ def collect_activity(
     `sites="relu"` observes the value entering every ReLU; `sites="conv"` every convolution's raw output. With
     `observe=False` the same pass runs without recording (a baseline for the pass's overhead) and returns None.
     """
-    accelerator = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = accelerator or Accelerator()
     device = accelerator.device
     model = model.to(device).eval()
     site_kind, site_modules = sites, model.sites(sites)
@@ -95,7 +95,7 @@ def collect_activity(
             )
             start = shard[0] if shard else 0
             bar = tqdm(
-                total=len(shard),
+                total=len(positions),
                 disable=not progress or not accelerator.is_local_main_process,
                 desc="statistics pass" if observe else "inference pass",
                 unit="img",
