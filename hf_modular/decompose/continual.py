@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 
-from ..data import find_columns, label_names, load_image_dataset
+from ..data import dataset_name, find_columns, label_names, load_image_dataset
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from . import STRATEGIES
 from .modules import build_module, jaccard_index, masked_fraction
@@ -61,8 +61,12 @@ def continuous_learning(
     """
     if len(modules) < 2:
         raise ValueError("Continuous learning needs at least two modules: each one learns from the others' classes.")
-    sources = list(datasets) if isinstance(datasets, Sequence) and not isinstance(datasets, str) else None
-    sources = [load_image_dataset(d, split=split) for d in (sources or [datasets] * len(modules))]
+    given = list(datasets) if isinstance(datasets, Sequence) and not isinstance(datasets, str) else None
+    given = given or [datasets] * len(modules)
+    sources = [load_image_dataset(d, split=split) for d in given]
+    names = [
+        dataset_name(loaded, None if isinstance(d, Dataset) else d) for loaded, d in zip(sources, given, strict=True)
+    ]
     if len(sources) != len(modules):
         raise ValueError(f"Got {len(modules)} modules but {len(sources)} datasets; give one per module, or one.")
     for module in modules:
@@ -70,7 +74,7 @@ def continuous_learning(
             raise ValueError("Continuous learning adapts class modules; a plain classifier was given.")
     shuffled = [_class_rows(module, source, seed) for module, source in zip(modules, sources, strict=True)]
     return [
-        _relearn(i, modules, sources, shuffled, negatives_ratio, seed, batch_size, accelerator, progress)
+        _relearn(i, modules, sources, names, shuffled, negatives_ratio, seed, batch_size, accelerator, progress)
         for i in range(len(modules))
     ]
 
@@ -90,6 +94,7 @@ def _relearn(
     index: int,
     modules: Sequence[ModularResNetForImageClassification],
     sources: list[Dataset],
+    names: list[str | None],
     shuffled: list[torch.Tensor],
     negatives_ratio: float,
     seed: int,
@@ -136,17 +141,25 @@ def _relearn(
             observed[name] |= activity.negative[name][0]
     with masks_lifted(module):
         spec = strategy.modularize(module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0)
-    metadata = {
-        **info,
-        "masked_fraction": masked_fraction(spec.node_keep),
-        "jaccard_index": jaccard_index(module, spec.node_keep),
-        "continuous_learning": {
+    # The old evaluation describes the module before it changed: drop it, and keep the decomposition's cost record.
+    metadata = {key: value for key, value in info.items() if key != "evaluation"}
+    metadata.update(
+        masked_fraction=masked_fraction(spec.node_keep),
+        jaccard_index=jaccard_index(module, spec.node_keep),
+        continuous_learning={
             "negatives": negatives,
+            "negative_datasets": {
+                modules[j].config.module["target_label"]: {
+                    "name_or_path": names[j],
+                    "fingerprint": sources[j]._fingerprint,
+                }
+                for j in others
+            },
             "negatives_ratio": negatives_ratio,
             "seed": seed,
             "masked_fraction_before": info["masked_fraction"],
         },
-    }
+    )
     return build_module(module, spec, metadata)
 
 
