@@ -211,6 +211,9 @@ def _card(args: argparse.Namespace) -> None:
 def _compose(args: argparse.Namespace) -> None:
     from .compose import ComposedModel
 
+    malformed = [pair for pair in args.rename or [] if "=" not in pair]
+    if malformed:
+        raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, rule=args.rule)
     composed.save_pretrained(args.output, materialize=args.materialize)

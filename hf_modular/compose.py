@@ -265,6 +265,11 @@ class ComposedModel(PreTrainedModel):
         from .decompose.output import module_directory_name
         from .saving import atomic_directory
 
+        if not kwargs.get("is_main_process", True):
+            return
+        from .decompose.output import check_directory_names
+
+        check_directory_names(self.labels)
         config = ComposedConfig.from_dict(self.config.to_dict())
         with atomic_directory(save_directory) as staging:
             for index, module in enumerate(self.members):
@@ -368,7 +373,9 @@ def _load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassi
         if not module.config.is_module:
             raise ValueError("A plain classifier is not a class module; decompose it first (hf_modular.decompose).")
         return module
-    source, _, revision = str(module).partition("@")
+    source, revision = str(module), None
+    if not Path(source).exists() and "@" in source:  # "org/name@revision"; a local path may contain '@' itself
+        source, _, revision = source.partition("@")
     if revision:
         load_kwargs = {**load_kwargs, "revision": revision}
     return load_module(source, **load_kwargs)

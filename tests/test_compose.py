@@ -174,3 +174,8 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert replaced.members[1].config.module["target_label"] == "mid"
     assert main(["replace", str(tmp_path / "composed"), "zebra", str(tmp_path / "mid-module")]) == 1
     assert "No module answers 'zebra'" in capsys.readouterr().err
+    assert main(["compose", *directories, "--output", str(tmp_path / "x"), "--rename", "dark"]) == 1
+    assert "--rename takes OLD=NEW pairs" in capsys.readouterr().err
+    odd = tmp_path / "me@home" / "dark-module"  # a local path with '@' is a path, not repo@revision
+    modules_a["dark"].save_pretrained(odd)
+    assert ComposedModel.from_modules([odd]).labels == ["dark"]

@@ -71,6 +71,11 @@ def decompose(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; choose one of {list(STRATEGIES)}.")
+    if model.config.is_module:
+        raise ValueError(
+            "This model is already a class module (its config has a `module` section); decompose its parent, "
+            f"{model.config.module['parent'].get('repo_id') or model.config.module['parent'].get('path')}."
+        )
     method = STRATEGIES[strategy](**strategy_options)
     dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
     dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)

@@ -70,6 +70,7 @@ def decompose_to_directory(
             eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     started = time.perf_counter()
     wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    check_directory_names(wanted)
     training = load_image_dataset(
         dataset, split=options.get("split", "train"), revision=options.get("dataset_revision")
     )
@@ -136,6 +137,19 @@ def decompose_to_directory(
     timings["total_seconds"] = time.perf_counter() - started
     _write_json_atomically(output / REPORT_NAME, report)
     return report
+
+
+def check_directory_names(labels: list[str]) -> None:
+    """Labels that differ only in characters a path cannot hold would overwrite each other's directory."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        name = module_directory_name(label)
+        if name in seen and seen[name] != label:
+            raise ValueError(
+                f"Classes {seen[name]!r} and {label!r} would both be saved as {name!r}. Rename one of them in the "
+                "model's id2label (and the dataset's label names) before decomposing."
+            )
+        seen[name] = label
 
 
 def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None = None) -> None:
