@@ -150,7 +150,6 @@ def composed_card(
         card_data,
         title=repo_id or "Composed classifier",
         members=members,
-        rule=config.rule,
         evaluation=evaluation,
         repo_id=repo_id or "path/to/composed",
         input_size=f"{config.num_channels}x{config.image_size}x{config.image_size}",

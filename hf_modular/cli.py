@@ -215,7 +215,7 @@ def _compose(args: argparse.Namespace) -> None:
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
-    composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, rule=args.rule)
+    composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
     composed.save_pretrained(args.output, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
@@ -313,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("modules", nargs="+", metavar="MODULE")
     comp.add_argument("--output", required=True, metavar="DIR")
     comp.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
-    comp.add_argument("--rule", default="vote", choices=["vote", "argmax"], help="how the modules' answers combine")
     comp.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     comp.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
     comp.set_defaults(run=_compose)

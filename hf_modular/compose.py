@@ -34,7 +34,6 @@ from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_processor_for
 
-RULES = ("vote", "argmax")
 MODULES_FOLDER = "modules"
 
 
@@ -73,9 +72,6 @@ class ComposedConfig(PreTrainedConfig):
             One entry per module, in output order: `label`, and where the module comes from: `source` (a Hub repo
             id or a local path) with `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored
             inside the composed model's own directory or repo, `materialize=True`).
-        rule (`str`, defaults to `"vote"`):
-            `"vote"`: the paper's rule. `"argmax"`: the highest own-class probability (identical predictions for
-            binary modules; kept separate for calibrated scores).
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -85,15 +81,9 @@ class ComposedConfig(PreTrainedConfig):
     model_type = "modular_composed"
 
     members: list[dict[str, Any]] | None = None
-    rule: str = "vote"
     image_size: int = 32
     num_channels: int = 3
     crop_pct: float = 1.0
-
-    def validate_architecture(self):
-        super().validate_architecture()
-        if self.rule not in RULES:
-            raise ValueError(f"rule={self.rule!r} is not one of {RULES}.")
 
 
 class ComposedModel(PreTrainedModel):
@@ -127,7 +117,6 @@ class ComposedModel(PreTrainedModel):
         modules: Iterable[ModularResNetForImageClassification | str | os.PathLike],
         *,
         rename: dict[str, str] | None = None,
-        rule: str = "vote",
         **load_kwargs: Any,
     ) -> ComposedModel:
         """Compose modules given as objects, local paths or Hub repo ids (`"org/name@revision"` pins a revision).
@@ -144,7 +133,6 @@ class ComposedModel(PreTrainedModel):
         labels = [entry["label"] for entry in entries]
         config = ComposedConfig(
             members=entries,
-            rule=rule,
             id2label=dict(enumerate(labels)),
             label2id={label: index for index, label in enumerate(labels)},
             **_input_fields(loaded),
@@ -228,9 +216,7 @@ class ComposedModel(PreTrainedModel):
         """
         module_logits = self.predict_logits(images)
         if top == 1:
-            winners = (
-                vote(module_logits) if self.config.rule == "vote" else own_class_probabilities(module_logits).argmax(1)
-            )
+            winners = vote(module_logits)
             return [self.labels[i] for i in winners.tolist()]
         return [[self.labels[i] for i in row] for row in top_k(module_logits, top).tolist()]
 
