@@ -312,7 +312,8 @@ class ComposedModel(PreTrainedModel):
     ) -> ComposedModel:
         """Load a composed model from a directory or Hub repo, fetching each module it names."""
         revision = kwargs.get("revision")
-        hub_kwargs = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
+        keys = ("cache_dir", "token", "local_files_only", "force_download")
+        hub_kwargs = {key: kwargs[key] for key in keys if key in kwargs}
         source = str(pretrained_model_name_or_path)
         config = ComposedConfig.from_pretrained(source, revision=revision, **hub_kwargs)
         members = []

@@ -436,7 +436,8 @@ def _resolved_revision(source: str, kwargs: dict[str, Any]) -> str | None:
         return None
     from huggingface_hub import hf_hub_download
 
-    hub_kwargs = {key: kwargs[key] for key in ("revision", "cache_dir", "token", "local_files_only") if key in kwargs}
+    keys = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
+    hub_kwargs = {key: kwargs[key] for key in keys if kwargs.get(key) is not None}
     try:
         return Path(hf_hub_download(source, "config.json", **hub_kwargs)).parent.name
     except Exception:  # provenance is best effort; the model itself loaded fine

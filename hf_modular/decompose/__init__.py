@@ -77,6 +77,7 @@ def decompose(
             f"{model.config.module['parent'].get('repo_id') or model.config.module['parent'].get('path')}."
         )
     method = STRATEGIES[strategy](**strategy_options)
+    device = next(model.parameters()).device  # the statistics pass moves the model; it is put back at the end
     dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
     dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
     image_column, label_column = find_columns(dataset, image_column, label_column)
@@ -114,7 +115,7 @@ def decompose(
             progress=progress,
         )
         statistics_seconds = compute.wall_seconds_so_far()
-        model = model.cpu().eval()
+        model = model.cpu().eval()  # modules are built and returned on the CPU
         specs = [method.build(model, activity, m, class_index) for m, class_index in enumerate(class_indices)]
 
     provenance = {
@@ -140,6 +141,7 @@ def decompose(
             "details": spec.details,
         }
         modules[label] = build_module(model, spec, metadata)
+    model.to(device)  # the caller's model goes back where it was
     return modules
 
 
