@@ -232,6 +232,66 @@ def _replace(args: argparse.Namespace) -> None:
     print(f"Replaced the {args.label!r} module; saved to {output}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    summary = run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    training = summary["training"]
+    print(
+        f"Trained a ModularResNet on {summary['dataset']}: {summary['train_images']} training images, "
+        f"{training['epochs']} epochs in {training['seconds']:.0f} s."
+    )
+    print(
+        f"Decomposed it into {len(summary['modules'])} modules in {summary['decomposition_seconds']:.1f} s; "
+        f"measured on {summary['test_images']} held-out images:"
+    )
+    print("| model | top-1 | top-5 |\n|---|---|---|")
+    for name in ("parent", "composed"):
+        print(f"| {name} | {100 * summary[name]['top1']:.2f}% | {100 * summary[name]['top5']:.2f}% |")
+    print("| module | binary accuracy | masked nodes | Jaccard |\n|---|---|---|---|")
+    for label, row in summary["modules"].items():
+        print(
+            f"| {label} | {100 * row['binary_accuracy']:.2f}% | {100 * row['masked_fraction']:.2f}% "
+            f"| {row['jaccard_index']:.3f} |"
+        )
+    print(f"Parent, modules (with cards) and summary.json are in {summary['output']}.")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .configuration_modular_resnet import ModularResNetConfig
+    from .data import find_columns, label_names, load_image_dataset
+    from .modeling_modular_resnet import ModularResNetForImageClassification
+    from .train import train
+
+    train_split = load_image_dataset(args.dataset, split=args.split)
+    eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
+    _, label_column = find_columns(train_split)
+    labels = label_names(train_split, label_column)
+    config = ModularResNetConfig.from_preset(args.preset, id2label=dict(enumerate(labels)))
+    model = ModularResNetForImageClassification(config)
+    history = train(
+        model,
+        train_split,
+        eval_dataset=eval_split,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        horizontal_flip=not args.no_flip,
+        seed=args.seed,
+        output_dir=Path(args.output) / "training",
+        progress=not args.quiet,
+    )
+    model.save_pretrained(args.output)
+    final = history.final
+    scores = f", top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}%" if "top1" in final else ""
+    print(
+        f"Saved {args.preset} to {args.output} after {final.get('epoch')} epochs (loss {final.get('loss'):.4f}{scores})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -247,6 +307,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=help, description=help, formatter_class=parser.formatter_class)
+
+    demo = command("demo", "train a parent on scikit-learn's digits, decompose it, compose the modules (offline)")
+    demo.add_argument("--output", default="hf-modular-demo", metavar="DIR", help="where to write everything")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="a smaller run, for CI")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.set_defaults(run=_demo)
+
+    trn = command("train", "train a ModularResNet parent on an image-classification dataset (Accelerate)")
+    trn.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
+    trn.add_argument("--preset", default="modular_resnet20", help="architecture (see hf_modular.PRESETS)")
+    trn.add_argument("--split", default="train")
+    trn.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
+    trn.add_argument("--epochs", type=int, default=30)
+    trn.add_argument("--batch-size", type=int, default=128)
+    trn.add_argument("--learning-rate", type=float, default=0.1)
+    trn.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    trn.add_argument("--seed", type=int, default=0)
+    trn.add_argument("--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training")
+    trn.set_defaults(run=_train)
 
     info = command("info", "describe a saved model or module (local directory or Hub repo id)")
     info.add_argument("model", metavar="PATH_OR_REPO")

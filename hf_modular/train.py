@@ -1,0 +1,133 @@
+"""Train a ModularResNet parent on an image-classification dataset, with Accelerate (CPU, one GPU or many).
+
+    model = ModularResNetForImageClassification(ModularResNetConfig.from_preset("modular_resnet20", id2label=...))
+    history = train(model, train_dataset, eval_dataset=test_dataset, epochs=30, output_dir="run")
+
+SGD with Nesterov momentum and a cosine schedule; standard augmentation for the input size (random crop with
+padding and horizontal flip for 32x32 and up, small shifts below); evaluation after every epoch; with `output_dir`,
+a checkpoint after every epoch (Accelerate's `save_state`) that a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torchvision.transforms import v2
+from tqdm.auto import tqdm
+
+from .data import find_columns, label_names
+from .evaluation import dataset_to_model_labels, evaluate
+from .modeling_modular_resnet import ModularResNetForImageClassification
+from .processing import image_processor_for
+
+logger = logging.getLogger(__name__)
+STATE_FILE = "training_state.json"
+
+
+@dataclass
+class TrainingHistory:
+    """Per epoch: mean training loss, and eval top-1 / top-5 when an eval set was given."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def augmentation(image_size: int, horizontal_flip: bool = True) -> v2.Compose:
+    """Random crop with padding (an eighth of the size) and an optional flip, on normalised (B, C, H, W) tensors."""
+    steps: list[Any] = [v2.RandomCrop(image_size, padding=max(1, image_size // 8))]
+    if horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def train(
+    model: ModularResNetForImageClassification,
+    train_dataset: datasets.Dataset,
+    *,
+    eval_dataset: datasets.Dataset | None = None,
+    epochs: int = 30,
+    batch_size: int = 128,
+    learning_rate: float = 0.1,
+    weight_decay: float = 5e-4,
+    horizontal_flip: bool = True,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> TrainingHistory:
+    """Train `model` in place on `train_dataset` (labels matched to the model's `id2label` by name).
+
+    `horizontal_flip=False` for data where mirroring changes the class (digits, text). With `output_dir`, the state
+    after each epoch is saved there and a rerun continues from the last completed epoch.
+    """
+    accelerator = accelerator or Accelerator()
+    set_seed(seed)
+    image_column, label_column = find_columns(train_dataset)
+    to_model = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
+    processor = image_processor_for(model.config)
+    augment = augmentation(model.config.image_size, horizontal_flip)
+    mode = "RGB" if model.config.num_channels == 3 else "L"
+
+    def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixel_values = processor([row[image_column].convert(mode) for row in rows], return_tensors="pt")["pixel_values"]
+        return torch.stack([augment(image) for image in pixel_values]), to_model[[row[label_column] for row in rows]]
+
+    loader = torch.utils.data.DataLoader(
+        train_dataset.select_columns([image_column, label_column]),
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    model.train()
+    prepared_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    history, start_epoch = TrainingHistory(), 0
+    if output_dir is not None and (Path(output_dir) / STATE_FILE).is_file():
+        saved = json.loads((Path(output_dir) / STATE_FILE).read_text())
+        accelerator.load_state(str(Path(output_dir) / "checkpoint"))
+        history.epochs, start_epoch = saved["history"], saved["epoch"]
+        logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
+
+    for epoch in range(start_epoch, epochs):
+        prepared_model.train()
+        total, count = 0.0, 0
+        for pixel_values, labels in tqdm(
+            loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not accelerator.is_local_main_process
+        ):
+            loss = prepared_model(pixel_values, labels=labels).loss
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            total, count = total + loss.item() * len(labels), count + len(labels)
+        record = {"epoch": epoch + 1, "loss": total / max(count, 1)}
+        if eval_dataset is not None and accelerator.is_main_process:
+            accuracy = evaluate(accelerator.unwrap_model(prepared_model), eval_dataset, progress=False)
+            record.update(top1=accuracy.top1, top5=accuracy.top5)
+        history.epochs.append(record)
+        logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+        if output_dir is not None:
+            accelerator.save_state(str(Path(output_dir) / "checkpoint"))
+            if accelerator.is_main_process:
+                state = Path(output_dir) / STATE_FILE
+                state.with_suffix(".partial").write_text(json.dumps({"epoch": epoch + 1, "history": history.epochs}))
+                os.replace(state.with_suffix(".partial"), state)
+    model.eval()
+    return history

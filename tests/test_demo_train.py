@@ -1,0 +1,73 @@
+"""The demo (the README's main command) and the parent trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_modular import ModularResNetForImageClassification, load_module
+from hf_modular.cli import main
+from hf_modular.demo import digits_dataset, digits_parent_config
+from hf_modular.train import STATE_FILE, train
+
+
+def test_demo_quick(tmp_path, capsys):
+    assert main(["-q", "demo", "--quick", "--output", str(tmp_path / "demo"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert len(summary["modules"]) == 10
+    # A trained parent is far above chance (10%) even in the quick run, and the composition is measured beside it.
+    assert summary["parent"]["top1"] > 0.5
+    assert 0.0 <= summary["composed"]["top1"] <= 1.0
+    module = load_module(str(tmp_path / "demo" / "modules" / "7-module"))
+    assert module.config.module["target_label"] == "7"
+    assert module.config.module["evaluation"]["images"] == summary["test_images"]
+    assert "# 7 module of parent" in (tmp_path / "demo" / "modules" / "7-module" / "README.md").read_text()
+
+
+def test_train_resumes_from_its_last_checkpoint(tmp_path):
+    splits = digits_dataset(seed=0)
+    small = splits["train"].select(range(200))
+    model = ModularResNetForImageClassification(digits_parent_config())
+    first = train(model, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    assert [e["epoch"] for e in first.epochs] == [1, 2]
+    assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 2
+    again = ModularResNetForImageClassification(digits_parent_config())
+    resumed = train(again, small, epochs=3, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    assert [e["epoch"] for e in resumed.epochs] == [1, 2, 3]  # epochs 1-2 come from the saved state
+    assert resumed.epochs[:2] == first.epochs
+
+
+def test_train_rejects_labels_the_model_does_not_know():
+    splits = digits_dataset(seed=0)
+    config = digits_parent_config()
+    config.id2label = {i: f"class-{i}" for i in range(10)}
+    with pytest.raises(ValueError, match="labels the model does not know"):
+        train(ModularResNetForImageClassification(config), splits["train"], epochs=1, progress=False)
+
+
+def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
+    splits = digits_dataset(seed=0)
+    splits["train"].select(range(120)).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    splits["test"].select(range(40)).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    code = main(
+        [
+            "-q",
+            "train",
+            "--dataset",
+            str(tmp_path / "data"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "40",
+            "--no-flip",
+            "--output",
+            str(tmp_path / "parent"),
+        ]
+    )
+    assert code == 0
+    assert "after 1 epochs" in capsys.readouterr().out
+    model = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
+    assert model.config.id2label == dict(enumerate(str(d) for d in range(10)))
+    assert (tmp_path / "parent" / "training" / STATE_FILE).is_file()
