@@ -239,25 +239,8 @@ def _demo(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    training = summary["training"]
-    print(
-        f"Trained a ModularResNet on {summary['dataset']}: {summary['train_images']} training images, "
-        f"{training['epochs']} epochs in {training['seconds']:.0f} s."
-    )
-    print(
-        f"Decomposed it into {len(summary['modules'])} modules in {summary['decomposition_seconds']:.1f} s; "
-        f"measured on {summary['test_images']} held-out images:"
-    )
-    print("| model | top-1 | top-5 |\n|---|---|---|")
-    for name in ("parent", "composed"):
-        print(f"| {name} | {100 * summary[name]['top1']:.2f}% | {100 * summary[name]['top5']:.2f}% |")
-    print("| module | binary accuracy | masked nodes | Jaccard |\n|---|---|---|---|")
-    for label, row in summary["modules"].items():
-        print(
-            f"| {label} | {100 * row['binary_accuracy']:.2f}% | {100 * row['masked_fraction']:.2f}% "
-            f"| {row['jaccard_index']:.3f} |"
-        )
-    print(f"Parent, modules (with cards) and summary.json are in {summary['output']}.")
+    print((Path(summary["output"]) / "report.md").read_text())
+    print(f"Parent, modules (with cards), summary.json and report.md are in {summary['output']}.")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -424,9 +407,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
+        import datasets
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
     try:
         args.run(args)
     except Exception as error:

@@ -89,6 +89,20 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return list(dataset.features[label_column].names)
 
 
+def select_classes(dataset: datasets.Dataset, labels: list[str], label_column: str | None = None) -> datasets.Dataset:
+    """The rows of `labels`' classes, relabelled with a ClassLabel of exactly those names (in that order)."""
+    _, label_column = find_columns(dataset, label_column=label_column)
+    names = label_names(dataset, label_column)
+    missing = [label for label in labels if label not in names]
+    if missing:
+        raise ValueError(f"The dataset has no classes {missing}; its classes are {names}.")
+    wanted = {names.index(label): position for position, label in enumerate(labels)}
+    subset = dataset.filter(lambda row: row[label_column] in wanted)
+    features = subset.features.copy()
+    features[label_column] = datasets.ClassLabel(names=list(labels))
+    return subset.map(lambda row: {label_column: wanted[row[label_column]]}, features=features)
+
+
 def iterate_batches(
     dataset: datasets.Dataset,
     processor: BaseImageProcessor,
