@@ -1,6 +1,6 @@
 """Quick start: build a ModularResNet, save it, and reload it through transformers and timm with equal logits.
 
-    python examples/quickstart.py [--output DIR]
+python examples/quickstart.py [--output DIR]
 """
 
 import argparse

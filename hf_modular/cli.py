@@ -236,6 +236,12 @@ def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     summary = run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
+    if args.push_to:
+        from .hub import push_modules
+
+        summary["pushed"] = {
+            label: result.repo_id for label, result in push_modules(Path(args.output) / "modules", args.push_to).items()
+        }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
@@ -296,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quick", action="store_true", help="a smaller run, for CI")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument("--push-to", default=None, metavar="NAMESPACE", help="also push the ten modules to the Hub")
     demo.set_defaults(run=_demo)
 
     trn = command("train", "train a ModularResNet parent on an image-classification dataset (Accelerate)")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from hf_modular import ComposedModel
+from tests.hub_server import DEFAULT_USER, client_env, hub_server_fixture  # noqa: F401
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -24,3 +28,42 @@ def test_quickstart(tmp_path):
         "model.safetensors",
         "preprocessor_config.json",
     }
+
+
+def _run(script: str, *arguments: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *arguments], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_decompose_and_compose(tmp_path):
+    out = _run("decompose_and_compose.py", "--epochs", "3", "--output", str(tmp_path / "modules"))
+    assert "composed top-1:" in out and "a 0/1/7 classifier, no training:" in out
+    assert len(list((tmp_path / "modules").glob("*-module"))) == 10
+
+
+def test_publish_compose_and_replace_against_a_local_hub(hub_server):
+    env = {**os.environ, **client_env(hub_server.url, hub_server.hf_home)}
+    common = ["--namespace", DEFAULT_USER, "--epochs", "3", "--samples-per-class", "30"]
+    healthy = _run("publish_modules.py", *common, "--parent-name", "digits", env=env)
+    weak = _run("publish_modules.py", *common, "--parent-name", "digits-weak", "--weak-class", "8", env=env)
+    healthy_repos = dict(line.split("\t")[:2] for line in healthy.strip().splitlines())
+    weak_repos = dict(line.split("\t")[:2] for line in weak.strip().splitlines())
+    assert healthy_repos["8"] == f"{DEFAULT_USER}/digits-8-module"
+    assert weak_repos["8"] == f"{DEFAULT_USER}/digits-weak-8-module"
+    repaired = f"{DEFAULT_USER}/digits-repaired"
+    out = _run(
+        "compose_and_replace.py",
+        *weak_repos.values(),
+        "--replace",
+        f"8={healthy_repos['8']}",
+        "--push-to",
+        repaired,
+        env=env,
+    )
+    assert "before" in out and "after" in out and f"published {repaired}" in out
+    composed = ComposedModel.from_pretrained(repaired)
+    assert composed.config.members[8]["source"] == healthy_repos["8"]  # the replaced module, pinned
+    assert composed.config.members[8]["revision"]
