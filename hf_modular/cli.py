@@ -259,8 +259,15 @@ def _train(args: argparse.Namespace) -> None:
     eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
     _, label_column = find_columns(train_split)
     labels = label_names(train_split, label_column)
-    config = ModularResNetConfig.from_preset(args.preset, id2label=dict(enumerate(labels)))
-    model = ModularResNetForImageClassification(config)
+    if args.from_timm:  # a timm ResNet's architecture (and weights, with pretrained=True) with a new head
+        model = ModularResNetForImageClassification.from_timm(
+            args.from_timm, pretrained=args.pretrained, num_classes=len(labels)
+        )
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {label: index for index, label in enumerate(labels)}
+    else:
+        config = ModularResNetConfig.from_preset(args.preset, id2label=dict(enumerate(labels)))
+        model = ModularResNetForImageClassification(config)
     history = train(
         model,
         train_split,
@@ -274,11 +281,12 @@ def _train(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     model.save_pretrained(args.output)
+    if args.push_to:
+        _print_pushes({"model": model.push_to_hub(args.push_to)})
     final = history.final
     scores = f", top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}%" if "top1" in final else ""
-    print(
-        f"Saved {args.preset} to {args.output} after {final.get('epoch')} epochs (loss {final.get('loss'):.4f}{scores})"
-    )
+    name = args.from_timm or args.preset
+    print(f"Saved {name} to {args.output} after {final.get('epoch')} epochs (loss {final.get('loss'):.4f}{scores})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn = command("train", "train a ModularResNet parent on an image-classification dataset (Accelerate)")
     trn.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
     trn.add_argument("--preset", default="modular_resnet20", help="architecture (see hf_modular.PRESETS)")
+    trn.add_argument("--from-timm", default=None, metavar="NAME", help="start from a timm ResNet (e.g. resnet18)")
+    trn.add_argument("--pretrained", action="store_true", help="with --from-timm: load timm's pretrained weights")
+    trn.add_argument("--push-to", default=None, metavar="REPO_ID", help="push the trained model to the Hub")
     trn.add_argument("--split", default="train")
     trn.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
     trn.add_argument("--epochs", type=int, default=30)

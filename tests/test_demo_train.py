@@ -10,6 +10,7 @@ from hf_modular import ModularResNetForImageClassification, load_module
 from hf_modular.cli import main
 from hf_modular.demo import digits_dataset, digits_parent_config
 from hf_modular.train import STATE_FILE, train
+from tests.hub_server import hub_server_fixture  # noqa: F401
 
 
 def test_demo_quick(tmp_path, capsys):
@@ -71,3 +72,33 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
     model = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
     assert model.config.id2label == dict(enumerate(str(d) for d in range(10)))
     assert (tmp_path / "parent" / "training" / STATE_FILE).is_file()
+
+
+def test_cli_train_from_a_timm_resnet_and_push(tmp_path, hub_server, capsys):
+    splits = digits_dataset(seed=0)
+    splits["train"].select(range(40)).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    splits["test"].select(range(20)).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    code = main(
+        [
+            "-q",
+            "train",
+            "--dataset",
+            str(tmp_path / "data"),
+            "--from-timm",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "20",
+            "--no-flip",
+            "--output",
+            str(tmp_path / "parent"),
+            "--push-to",
+            "user/digits-resnet18",
+        ]
+    )
+    assert code == 0
+    assert "user/digits-resnet18" in capsys.readouterr().out
+    model = ModularResNetForImageClassification.from_pretrained("user/digits-resnet18")
+    assert model.config.block_type == "basic" and model.config.layers == [2, 2, 2, 2]
+    assert model.config.id2label[7] == "7"
