@@ -50,7 +50,7 @@ def module_card(config: ModularResNetConfig, repo_id: str | None = None, *, lice
     return _render(
         "module",
         card_data,
-        title=f"{info['target_label']} module of {_parent_name(parent)}",
+        title=f"{info['target_label']} module of {parent_name(parent)}",
         info=info,
         evaluation=evaluation,
         repo_id=repo_id or f"path/to/{info['target_label']}-module",
@@ -198,7 +198,8 @@ def _architecture(config: ModularResNetConfig) -> str:
     return (config.preset or "modular_resnet").replace("_", "-")
 
 
-def _parent_name(parent: dict[str, Any]) -> str:
+def parent_name(parent: dict[str, Any]) -> str:
+    """A short name for a module's parent: its repo or directory name, else its architecture."""
     source = parent.get("repo_id") or parent.get("path") or parent.get("architecture") or "its parent"
     return str(source).rstrip("/").split("/")[-1]
 

@@ -291,6 +291,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .hub import DEFAULT_NAME_TEMPLATE
 
     parser = argparse.ArgumentParser(
         prog="hf-modular",
@@ -361,14 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
     dec.add_argument("--push-to", default=None, metavar="NAMESPACE", help="push every module to this Hub namespace")
-    dec.add_argument("--name-template", default="{parent_name}-{label}-module", help="repo name of each module")
+    dec.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     dec.add_argument("--private", action="store_true", help="create the module repos private")
     dec.set_defaults(run=_decompose)
 
     push = command("push", "push every module in a decomposition's output directory to its own Hub repo")
     push.add_argument("directory", metavar="DIR")
     push.add_argument("--namespace", required=True, help="Hub user or organisation")
-    push.add_argument("--name-template", default="{parent_name}-{label}-module", help="repo name of each module")
+    push.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     push.add_argument("--private", action="store_true", help="create the repos private")
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")

@@ -19,7 +19,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import module_card, parent_card
+from .cards import module_card, parent_card, parent_name
 from .configuration_modular_resnet import ModularResNetConfig
 from .decompose.output import module_directory_name
 from .modeling_modular_resnet import ModularResNetForImageClassification
@@ -165,7 +165,7 @@ def push_modules(
     for directory, config in _module_directories(modules_or_dir):
         info = config.module
         name = name_template.format(
-            parent_name=_parent_name(info["parent"]),
+            parent_name=parent_name(info["parent"]).replace("_", "-"),
             label=module_directory_name(info["target_label"]).removesuffix("-module"),
             index=info["target_index"],
             architecture=(config.preset or "modular_resnet").replace("_", "-"),
@@ -204,11 +204,6 @@ def _module_directories(modules_or_dir) -> Iterable[tuple[Path, ModularResNetCon
             directory = Path(staging) / module_directory_name(module.config.module["target_label"])
             module.save_pretrained(directory)
             yield directory, module.config
-
-
-def _parent_name(parent: dict) -> str:
-    source = parent.get("repo_id") or parent.get("path") or parent.get("architecture") or "model"
-    return Path(str(source).rstrip("/")).name.replace("_", "-")
 
 
 def _validate(repo_id: str) -> None:
