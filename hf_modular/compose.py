@@ -32,7 +32,7 @@ from transformers import (
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_processor_for
+from .processing import image_mode, image_processor_for
 
 MODULES_FOLDER = "modules"
 
@@ -230,7 +230,7 @@ class ComposedModel(PreTrainedModel):
             processor = image_processor_for(module.config)
             key = processor.to_json_string()
             if key not in prepared:
-                mode = "RGB" if module.config.num_channels == 3 else "L"
+                mode = image_mode(module.config.num_channels)
                 inputs = [picture.convert(mode) for picture in pictures]
                 prepared[key] = processor(inputs, return_tensors="pt")["pixel_values"]
             outputs.append(module.eval()(prepared[key]).logits)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .compose import ComposedModel, composed_image_processor
 from .data import find_columns, iterate_batches, label_names
 from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_processor_for
+from .processing import image_mode, image_processor_for
 
 
 @dataclass
@@ -73,7 +73,7 @@ def evaluate(
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
-        image_mode="RGB" if model.config.num_channels == 3 else "L",
+        image_mode=image_mode(model.config.num_channels),
     )
     for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
         labels = to_model[labels]
@@ -135,7 +135,7 @@ def evaluate_composition(
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
-        image_mode="RGB" if parent.config.num_channels == 3 else "L",
+        image_mode=image_mode(parent.config.num_channels),
     )
     for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
         labels = to_model[labels]

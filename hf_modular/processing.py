@@ -7,6 +7,11 @@ from transformers import BaseImageProcessor, ConvNextImageProcessor, ViTImagePro
 from .configuration_modular_resnet import ModularResNetConfig
 
 
+def image_mode(num_channels: int) -> str:
+    """The PIL mode images are converted to before preprocessing: "RGB" for 3 input channels, "L" for 1."""
+    return "RGB" if num_channels == 3 else "L"
+
+
 def image_processor_class(config: ModularResNetConfig) -> type[BaseImageProcessor]:
     """The stock processor class for this config: timm's ImageNet recipe (resize, centre crop) or a plain resize."""
     return ConvNextImageProcessor if config.stem_type == "imagenet" else ViTImageProcessor

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .data import find_columns, label_names
 from .evaluation import dataset_to_model_labels, evaluate
 from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_processor_for
+from .processing import image_mode, image_processor_for
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"
@@ -78,7 +78,7 @@ def train(
     to_model = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     processor = image_processor_for(model.config)
     augment = augmentation(model.config.image_size, horizontal_flip)
-    mode = "RGB" if model.config.num_channels == 3 else "L"
+    mode = image_mode(model.config.num_channels)
 
     def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_values = processor([row[image_column].convert(mode) for row in rows], return_tensors="pt")["pixel_values"]

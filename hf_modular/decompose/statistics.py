@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data import iterate_batches
 from ..modeling_modular_resnet import ModularResNetForImageClassification
-from ..processing import image_processor_for
+from ..processing import image_mode, image_processor_for
 from .sampling import SamplePlan
 
 
@@ -91,7 +91,7 @@ def collect_activity(
                 image_column=image_column,
                 label_column=label_column,
                 batch_size=batch_size,
-                image_mode="RGB" if model.config.num_channels == 3 else "L",
+                image_mode=image_mode(model.config.num_channels),
             )
             start = shard[0] if shard else 0
             bar = tqdm(
