@@ -9,11 +9,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from . import timm_models  # noqa: F401  (registers the timm architectures)
+from . import (
+    hub,  # noqa: E402  (hf_modular.hub.push_modules, ...)
+    timm_models,  # noqa: F401  (registers the timm architectures)
+)
 from .compose import ComposedConfig, ComposedModel
 from .configuration_modular_resnet import PRESETS, ModularResNetConfig
 from .decompose import decompose
 from .decompose.continual import continuous_learning
+from .hub import push_modules
 from .modeling_modular_resnet import (
     ModularResNet,
     ModularResNetForImageClassification,
@@ -59,5 +63,7 @@ __all__ = [
     "__version__",
     "continuous_learning",
     "decompose",
+    "hub",
+    "push_modules",
     "load_module",
 ]

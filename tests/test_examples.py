@@ -67,3 +67,15 @@ def test_publish_compose_and_replace_against_a_local_hub(hub_server):
     composed = ComposedModel.from_pretrained(repaired)
     assert composed.config.members[8]["source"] == healthy_repos["8"]  # the replaced module, pinned
     assert composed.config.members[8]["revision"]
+
+
+def test_publish_modules_of_an_existing_parent(hub_server, tmp_path):
+    from hf_modular import ModularResNetForImageClassification
+    from hf_modular.demo import digits_dataset, digits_parent_config
+
+    ModularResNetForImageClassification(digits_parent_config()).save_pretrained(tmp_path / "parent")
+    digits_dataset()["train"].select(range(100)).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    env = {**os.environ, **client_env(hub_server.url, hub_server.hf_home)}
+    arguments = ["--namespace", DEFAULT_USER, "--model", str(tmp_path / "parent"), "--dataset", str(tmp_path / "data")]
+    out = _run("publish_modules.py", *arguments, "--samples-per-class", "5", env=env)
+    assert f"{DEFAULT_USER}/parent-3-module" in out
