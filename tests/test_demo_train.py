@@ -27,6 +27,13 @@ def test_demo_quick(tmp_path, capsys):
     assert "# 7 module of parent" in (tmp_path / "demo" / "modules" / "7-module" / "README.md").read_text()
 
 
+def test_demo_pushes_its_modules(tmp_path, hub_server, capsys):
+    assert main(["-q", "demo", "--quick", "--output", str(tmp_path / "demo"), "--json", "--push-to", "user"]) == 0
+    pushed = json.loads(capsys.readouterr().out)["pushed"]
+    assert pushed["3"] == "user/parent-3-module" and len(pushed) == 10
+    assert load_module("user/parent-3-module").config.module["target_label"] == "3"
+
+
 def test_train_resumes_from_its_last_checkpoint(tmp_path):
     splits = digits_dataset(seed=0)
     small = splits["train"].select(range(200))
