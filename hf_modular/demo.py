@@ -212,8 +212,10 @@ def _plots(summary: dict[str, Any], output: Path) -> list[tuple[str, str]]:
     axis.legend(loc="upper center", ncol=2)
     made.append(("Per-class accuracy: parent vs composed", _save(figure, output / "per_class_accuracy.png")))
     figure, axis = plt.subplots(figsize=(7, 3.2))
-    axis.bar(labels, [100 * summary["modules"][label]["masked_fraction"] for label in labels], color="tab:green")
-    axis.set(ylabel="masked nodes (%)", xlabel="module", title="Share of the parent's nodes each module masks")
+    masked = [100 * summary["modules"][label]["masked_fraction"] for label in labels]
+    axis.bar(positions, masked, color="tab:green")
+    axis.set(xticks=positions, xticklabels=labels, ylabel="masked nodes (%)", xlabel="module")
+    axis.set_title("Share of the parent's nodes each module masks")
     made.append(("Masked fraction per module", _save(figure, output / "masked_fraction.png")))
     figure, axis = plt.subplots(figsize=(7, 3.2))
     work = {
