@@ -153,7 +153,7 @@ class ComposedModel(PreTrainedModel):
         self._sync_config()
 
     def add(
-        self, module: ModularResNetForImageClassification | str, *, label: str | None = None, **load_kwargs
+        self, module: ModularResNetForImageClassification | str, *, label: str | None = None, **load_kwargs: Any
     ) -> None:
         """Add a module for a new class (its own class name unless `label` is given)."""
         new = _load_member(module, **load_kwargs)
@@ -209,7 +209,9 @@ class ComposedModel(PreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, top: int = 1) -> list:
+    def predict(
+        self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, top: int = 1
+    ) -> list[str] | list[list[str]]:
         """Labels for raw images (PIL images, or uint8 arrays/tensors): each module applies its own image processor.
 
         With `top > 1`, a list of the `top` best labels per image (the paper's top-k).

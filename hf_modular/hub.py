@@ -31,6 +31,13 @@ except ImportError:  # pragma: no cover - other huggingface_hub versions
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 DEFAULT_NAME_TEMPLATE = "{parent_name}-{label}-module"
+# A decomposition's output directory, `{label: module}`, or any iterable of modules.
+ModulesOrDirectory = (
+    str
+    | os.PathLike
+    | Mapping[str, ModularResNetForImageClassification]
+    | Iterable[ModularResNetForImageClassification]
+)
 
 
 @dataclass
@@ -145,7 +152,7 @@ def upload_folder(
 
 
 def push_modules(
-    modules_or_dir: str | os.PathLike | Mapping[str, ModularResNetForImageClassification] | Iterable,
+    modules_or_dir: ModulesOrDirectory,
     namespace: str,
     *,
     name_template: str = DEFAULT_NAME_TEMPLATE,
@@ -182,7 +189,7 @@ def push_modules(
     return results
 
 
-def _module_directories(modules_or_dir) -> Iterable[tuple[Path, ModularResNetConfig]]:
+def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Path, ModularResNetConfig]]:
     if isinstance(modules_or_dir, (str, os.PathLike)):
         root = Path(modules_or_dir)
         if not root.is_dir():

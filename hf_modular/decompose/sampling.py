@@ -40,7 +40,9 @@ class SamplePlan:
     group_negative: torch.Tensor
 
     @classmethod
-    def from_usage(cls, rows: torch.Tensor, own: torch.Tensor, negative: torch.Tensor, classes: list[int]):
+    def from_usage(
+        cls, rows: torch.Tensor, own: torch.Tensor, negative: torch.Tensor, classes: list[int]
+    ) -> SamplePlan:
         """Build the groups from per-row usage: a new group starts wherever the usage pattern changes."""
         usage = torch.cat([own, negative], dim=1)
         changes = torch.ones(len(rows), dtype=torch.bool)
