@@ -395,9 +395,7 @@ def _check_unique(labels: list[str]) -> None:
 
 
 def _check_compatible(modules: Sequence[ModularResNetForImageClassification]) -> None:
-    for module in modules:
-        if not module.config.is_module:
-            raise ValueError("A plain classifier is not a class module; decompose it first (hf_modular.decompose).")
+    """Modules must read the same images (every member went through `_load_member`, which admits modules only)."""
     channels = {module.config.num_channels for module in modules}
     if len(channels) > 1:
         raise ValueError(

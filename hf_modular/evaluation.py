@@ -8,7 +8,7 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .compose import ComposedModel, composed_image_processor
+from .compose import ComposedModel, composed_image_processor, top_k, vote
 from .data import find_columns, iterate_batches, label_names
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_mode, image_processor_for
@@ -120,8 +120,6 @@ def evaluate_composition(
 
     Images whose label has no module are skipped, so a composition of a subset of classes is measured on those classes.
     """
-    from .compose import top_k, vote
-
     image_column, label_column = find_columns(dataset, image_column, label_column)
     to_model = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
     module_classes = torch.tensor([modules[label].config.module["target_index"] for label in modules])
