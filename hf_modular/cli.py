@@ -216,6 +216,11 @@ def _compose(args: argparse.Namespace) -> None:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
+    if args.calibrate:
+        from .data import load_image_dataset
+
+        calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
+        print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
     composed.save_pretrained(args.output, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
@@ -397,6 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
     comp.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     comp.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
+    comp.add_argument(
+        "--calibrate",
+        default=None,
+        metavar="DATASET",
+        help="fit each module's own-class probability on this labelled dataset and answer by plain argmax over the "
+        "calibrated probabilities instead of the paper's vote (use held-out images)",
+    )
+    comp.add_argument("--calibrate-split", default="train", metavar="SPLIT")
     comp.set_defaults(run=_compose)
 
     rep = command("replace", "swap one class's module in a composed model")

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,10 +32,12 @@ from transformers import (
 )
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
+from .execution import ExecutionPlan, cached, plan_key
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_mode, image_processor_for
 
 MODULES_FOLDER = "modules"
+RULES = ("vote", "calibrated")
 
 
 def own_class_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
@@ -72,6 +75,13 @@ class ComposedConfig(PreTrainedConfig):
             One entry per module, in output order: `label`, and where the module comes from: `source` (a Hub repo
             id or a local path) with `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored
             inside the composed model's own directory or repo, `materialize=True`).
+        rule (`str`, defaults to `"vote"`):
+            How the modules' answers become one: `"vote"`, the paper's rule over own-class probabilities, or
+            `"calibrated"`, plain argmax over each module's calibrated own-class probability (see
+            [`ComposedModel.calibrate`]).
+        calibration (`dict[str, list[float]]`, *optional*):
+            Per label, the `[scale, bias]` that maps the module's margin (own logit minus rest logit) to the log-odds
+            of its class on the calibration data.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -84,6 +94,12 @@ class ComposedConfig(PreTrainedConfig):
     image_size: int = 32
     num_channels: int = 3
     crop_pct: float = 1.0
+    rule: str = "vote"
+    calibration: dict[str, list[float]] | None = None
+
+    def validate_rule(self):
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}.")
 
 
 class ComposedModel(PreTrainedModel):
@@ -102,6 +118,7 @@ class ComposedModel(PreTrainedModel):
     def __init__(self, config: ComposedConfig, members: Sequence[ModularResNetForImageClassification] = ()):
         super().__init__(config)
         self.members = nn.ModuleList()
+        self._plan_cache: dict[str, Any] = {}
         self.post_init()
         for module in members:  # attached after post_init: trained weights are never re-initialised
             self.members.append(module.eval())
@@ -150,6 +167,7 @@ class ComposedModel(PreTrainedModel):
         _check_compatible([*self.members[:index], new, *self.members[index + 1 :]])
         self.members[index] = new.eval()
         self.config.members[index] = _entry(new, label=label)
+        self._forget_calibration(label)
         self._sync_config()
 
     def add(
@@ -171,12 +189,18 @@ class ComposedModel(PreTrainedModel):
             raise ValueError("Cannot remove the last module: a composition needs at least one.")
         del self.members[index]
         del self.config.members[index]
+        self._forget_calibration(label)
         self._sync_config()
 
     def _index(self, label: str) -> int:
         if label not in self.labels:
             raise KeyError(f"No module answers {label!r}; the composition's labels are {self.labels}.")
         return self.labels.index(label)
+
+    def _forget_calibration(self, label: str) -> None:
+        """A new module's scale is unknown; the others' fits stay valid (each is fitted on its own margin)."""
+        if self.config.calibration:
+            self.config.calibration = {k: v for k, v in self.config.calibration.items() if k != label}
 
     def _sync_config(self) -> None:
         self.config.id2label = dict(enumerate(self.labels))
@@ -186,12 +210,37 @@ class ComposedModel(PreTrainedModel):
 
     # -- running ----------------------------------------------------------------------------------------------------
 
-    def module_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] -> (B, M, 2) logits, each module seeing its own size and normalisation."""
-        outputs = []
+    def module_logits(self, pixel_values: torch.Tensor, *, shared: bool = True) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] -> (B, M, 2) logits, each module seeing its own size and normalisation.
+
+        Modules of one parent share the parent's trunk, which then runs once per batch (`hf_modular.execution`);
+        `shared=False` runs every module alone, with the same result.
+        """
+        prepared: dict[str, torch.Tensor] = {}
+        inputs = []
         for module in self.members:
-            outputs.append(module(_prepare(pixel_values, module)).logits)
-        return torch.stack(outputs, dim=1)
+            key = _input_key(module)
+            if key not in prepared:
+                prepared[key] = _prepare(pixel_values, module)
+            inputs.append(prepared[key])
+        return self._run_members(inputs, shared)
+
+    @property
+    def execution_plan(self) -> ExecutionPlan:
+        """How the members run together (rebuilt whenever a member or its weights change): which steps they share,
+        and `rerun_fraction`, the share of the last batch's (image, module) pairs a mask made run alone."""
+        members = list(self.members)
+
+        def build() -> ExecutionPlan:
+            return ExecutionPlan(members, [_input_key(member) for member in members])
+
+        return cached(build, plan_key(members), self._plan_cache)
+
+    def _run_members(self, inputs: list[torch.Tensor], shared: bool) -> torch.Tensor:
+        """Module i's logits on `inputs[i]`, (B, M, 2)."""
+        if shared and not self.training:
+            return self.execution_plan(inputs)
+        return torch.stack([module(x).logits for module, x in zip(self.members, inputs, strict=True)], dim=1)
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
@@ -202,8 +251,10 @@ class ComposedModel(PreTrainedModel):
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Indices into the composition's labels; when given, the output carries the negative log-likelihood of the
             normalised own-class probabilities.
+
+        Returns logits (B, M): `scores` of the module logits, whose argmax is the composition's answer.
         """
-        logits = own_class_probabilities(self.module_logits(pixel_values)).clamp_min(1e-12).log()
+        logits = self.scores(self.module_logits(pixel_values))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
         return output if return_dict is not False else output.to_tuple()
@@ -216,27 +267,80 @@ class ComposedModel(PreTrainedModel):
 
         With `top > 1`, a list of the `top` best labels per image (the paper's top-k).
         """
-        module_logits = self.predict_logits(images)
+        scores = self.scores(self.predict_logits(images))
         if top == 1:
-            winners = vote(module_logits)
-            return [self.labels[i] for i in winners.tolist()]
-        return [[self.labels[i] for i in row] for row in top_k(module_logits, top).tolist()]
+            return [self.labels[i] for i in scores.argmax(dim=1).tolist()]
+        return [[self.labels[i] for i in row] for row in scores.topk(min(top, scores.shape[1]), dim=1).indices.tolist()]
+
+    def scores(self, module_logits: torch.Tensor) -> torch.Tensor:
+        """(B, M, 2) module logits -> (B, M) log-scores whose argmax follows the composition's `rule`: the log of each
+        own-class probability (the paper's vote always picks their argmax), or of its calibrated probability."""
+        if self.config.rule == "vote":
+            return own_class_probabilities(module_logits).clamp_min(1e-12).log()
+        missing = [label for label in self.labels if label not in (self.config.calibration or {})]
+        if missing:
+            raise ValueError(
+                f"rule='calibrated' but the modules for {missing} have no calibration (added or replaced since the "
+                "last one). Run composed.calibrate(dataset) again, or set composed.config.rule = 'vote'."
+            )
+        scale, bias = torch.tensor([self.config.calibration[label] for label in self.labels]).to(module_logits).T
+        return F.logsigmoid(scale * (module_logits[..., 0] - module_logits[..., 1]) + bias)
 
     @torch.inference_mode()
-    def predict_logits(self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> torch.Tensor:
+    def calibrate(
+        self, dataset: datasets.Dataset, *, max_images: int | None = 5000, batch_size: int = 256, progress: bool = True
+    ) -> dict[str, list[float]]:
+        """Fit each module's own-class probability to labelled images and switch to `rule="calibrated"`.
+
+        Modules from different parents (or trained with different class balances) are confident to different
+        degrees, so their raw probabilities are not comparable. Platt scaling fits, per module, a scale and bias on
+        its margin (own logit minus rest logit) so that `sigmoid(scale * margin + bias)` is the frequency of its class
+        among `dataset`'s images of the composition's classes (at most `max_images`, a seeded random sample; use
+        held-out images, not the test split you report). Returns and stores `{label: [scale, bias]}`.
+        """
+        from .evaluation import collect_module_logits
+
+        module_logits, labels = collect_module_logits(
+            self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
+        )
+        margins = module_logits[..., 0] - module_logits[..., 1]  # (N, M)
+        targets = (labels[:, None] == torch.arange(len(self.labels))[None, :]).float()
+        with torch.inference_mode(False), torch.enable_grad():
+            margins, targets = margins.clone(), targets.clone()
+            parameters = torch.tensor([[1.0, 0.0]] * len(self.labels), requires_grad=True)
+            optimizer = torch.optim.LBFGS([parameters], max_iter=200, line_search_fn="strong_wolfe")
+
+            def loss() -> torch.Tensor:
+                optimizer.zero_grad()
+                logits = parameters[:, 0] * margins + parameters[:, 1]
+                value = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(margins)
+                value.backward()
+                return value
+
+            optimizer.step(loss)
+        calibration = {
+            label: [float(a), float(b)] for label, (a, b) in zip(self.labels, parameters.tolist(), strict=True)
+        }
+        self.config.calibration = calibration
+        self.config.rule = "calibrated"
+        return calibration
+
+    @torch.inference_mode()
+    def predict_logits(
+        self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, shared: bool = True
+    ) -> torch.Tensor:
         """(B, M, 2) module logits for raw images; modules with the same preprocessing share one processor call."""
         pictures = _as_pil_list(images)
-        prepared: dict[str, torch.Tensor] = {}
-        outputs = []
+        prepared: dict[tuple, torch.Tensor] = {}
+        inputs = []
         for module in self.members:
-            processor = image_processor_for(module.config)
-            key = processor.to_json_string()
+            key = _input_key(module)
             if key not in prepared:
                 mode = image_mode(module.config.num_channels)
-                inputs = [picture.convert(mode) for picture in pictures]
-                prepared[key] = processor(inputs, return_tensors="pt")["pixel_values"]
-            outputs.append(module.eval()(prepared[key]).logits)
-        return torch.stack(outputs, dim=1)
+                processor = image_processor_for(module.config)
+                prepared[key] = processor([p.convert(mode) for p in pictures], return_tensors="pt")["pixel_values"]
+            inputs.append(prepared[key])
+        return self.eval()._run_members(inputs, shared)
 
     # -- saving and loading -----------------------------------------------------------------------------------------
 
@@ -336,6 +440,12 @@ def composed_image_processor(config: ComposedConfig) -> BaseImageProcessor:
             size={"shortest_edge": config.image_size}, crop_pct=config.crop_pct, do_normalize=False
         )
     return ViTImageProcessor(size={"height": config.image_size, "width": config.image_size}, do_normalize=False)
+
+
+def _input_key(module: ModularResNetForImageClassification) -> tuple:
+    """Modules with equal keys take identical inputs (the fields `image_processor_for` and `_prepare` read)."""
+    config = module.config
+    return (config.num_channels, config.image_size, config.stem_type, tuple(config.image_mean), tuple(config.image_std))
 
 
 def _prepare(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from .compose import ComposedModel, composed_image_processor, top_k, vote
 from .data import find_columns, iterate_batches, label_names
+from .execution import ExecutionPlan
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_mode, image_processor_for
 
@@ -93,6 +94,41 @@ def evaluate(
     return Accuracy(float(hits_top1.sum() / count), float(hits_top5.sum() / count), count, per_class)
 
 
+@torch.inference_mode()
+def collect_module_logits(
+    composed: ComposedModel,
+    dataset: datasets.Dataset,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, M, 2) module logits and (N,) label indices for `dataset`'s images of the composition's classes (a seeded
+    random sample of at most `max_images` of them)."""
+    image_column, label_column = find_columns(dataset)
+    to_model = dataset_to_model_labels(label_names(dataset, label_column), composed.config.id2label, unknown_as=-1)
+    rows = (to_model[torch.tensor(dataset[label_column])] >= 0).nonzero().flatten()
+    if len(rows) == 0:
+        raise ValueError(f"The dataset has no images of the composition's classes {composed.labels}.")
+    if max_images is not None and len(rows) > max_images:
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images]].sort().values
+    batches = iterate_batches(
+        dataset.select(rows.tolist()),
+        composed_image_processor(composed.config),
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        image_mode=image_mode(composed.config.num_channels),
+    )
+    composed.eval()
+    logits, labels = [], []
+    for pixel_values, batch_labels in tqdm(batches, total=-(-len(rows) // batch_size), disable=not progress):
+        logits.append(composed.module_logits(pixel_values))
+        labels.append(to_model[batch_labels])
+    return torch.cat(logits), torch.cat(labels)
+
+
 @dataclass
 class CompositionAccuracy:
     """The parent and its composed modules measured on the same images.
@@ -123,6 +159,8 @@ def evaluate_composition(
     image_column, label_column = find_columns(dataset, image_column, label_column)
     to_model = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
     module_classes = torch.tensor([modules[label].config.module["target_index"] for label in modules])
+    members = [module.eval() for module in modules.values()]
+    shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()
     tallies = torch.zeros(5)  # parent top-1, top-5, composed top-1, top-5, count
     binary_hits = torch.zeros(len(modules))
@@ -142,7 +180,7 @@ def evaluate_composition(
         if len(labels) == 0:
             continue
         parent_top = parent(pixel_values).logits.topk(min(5, parent.config.num_labels), dim=1).indices
-        module_logits = torch.stack([module.eval()(pixel_values).logits for module in modules.values()], dim=1)
+        module_logits = shared([pixel_values] * len(members))
         composed_top1 = module_classes[vote(module_logits)]
         composed_top = module_classes[top_k(module_logits)]
         tallies += torch.tensor(

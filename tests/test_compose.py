@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from transformers import pipeline
 
 import hf_modular  # noqa: F401
-from hf_modular import ComposedModel, ModularResNetForImageClassification
+from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
 from hf_modular.compose import composed_image_processor, vote
 from hf_modular.decompose import decompose
 from hf_modular.processing import image_processor_for
@@ -150,6 +151,43 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     assert ComposedModel.from_pretrained(tmp_path / "materialized").labels == ["dark", "sun"]
 
 
+def test_calibrated_rule(tmp_path, modules_a, modules_b):
+    import torch.nn.functional as F
+
+    from hf_modular.evaluation import collect_module_logits, evaluate
+
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"], modules_b["night"]])
+    data = image_dataset([30, 220, 90] * 6, [0, 1, 2] * 6, noise=40, names=["dark", "bright", "night"])
+    module_logits, labels = collect_module_logits(composed, data, progress=False)
+    assert module_logits.shape == (18, 3, 2) and labels.tolist() == [0, 1, 2] * 6
+
+    def mean_nll(scores: torch.Tensor) -> float:  # how well each module's own-class probability fits the data
+        targets = (labels[:, None] == torch.arange(3)).float()
+        return F.binary_cross_entropy(scores.exp().clamp(1e-6, 1 - 1e-6), targets).item()
+
+    before = mean_nll(composed.scores(module_logits))
+    calibration = composed.calibrate(data, progress=False)
+    assert composed.config.rule == "calibrated" and list(calibration) == composed.labels
+    scores = composed.scores(module_logits)
+    assert mean_nll(scores) < before
+    images = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (25, 200, 95, 140)]
+    expected = composed.scores(composed.predict_logits(images)).argmax(1).tolist()
+    assert composed.predict(images) == [composed.labels[i] for i in expected]
+    accuracy = evaluate(composed, data, progress=False)
+    assert accuracy.top1 == pytest.approx((scores.argmax(1) == labels).float().mean().item())
+
+    composed.save_pretrained(tmp_path / "calibrated")
+    loaded = ComposedModel.from_pretrained(tmp_path / "calibrated")
+    assert loaded.config.rule == "calibrated" and loaded.config.calibration == composed.config.calibration
+    assert loaded.predict(images) == composed.predict(images)
+
+    loaded.replace("night", modules_b["sun"])
+    with pytest.raises(ValueError, match=r"modules for \['night'\] have no calibration"):
+        loaded.predict(images)
+    with pytest.raises(StrictDataclassClassValidationError, match="rule must be one of"):
+        ComposedConfig(rule="softmax")
+
+
 def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     from hf_modular.cli import main
 
@@ -172,6 +210,10 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     replaced = ComposedModel.from_pretrained(tmp_path / "composed")
     assert replaced.labels == ["dark", "bright"]
     assert replaced.members[1].config.module["target_label"] == "mid"
+    calibrate = ["--calibrate", str(tmp_path / "test.parquet"), "--calibrate-split", "test"]
+    assert main(["-q", "compose", *directories, "--output", str(tmp_path / "calibrated"), *calibrate]) == 0
+    calibrated = ComposedModel.from_pretrained(tmp_path / "calibrated")
+    assert calibrated.config.rule == "calibrated" and sorted(calibrated.config.calibration) == ["bright", "dark"]
     assert main(["replace", str(tmp_path / "composed"), "zebra", str(tmp_path / "mid-module")]) == 1
     assert "No module answers 'zebra'" in capsys.readouterr().err
     assert main(["compose", *directories, "--output", str(tmp_path / "x"), "--rename", "dark"]) == 1
