@@ -31,6 +31,9 @@ ARCHITECTURE_FIELDS = (
     "num_channels",
     "image_size",
     "mask_shapes",
+    "stage_channels",
+    "block_widths",
+    "shortcut_index",
 )
 
 # Keys that only timm reads from config.json; they are derived from the typed fields, so they are dropped on load.
@@ -120,6 +123,15 @@ class ModularResNetConfig(PreTrainedConfig):
         mask_shapes (`dict[str, list[int]]`, *optional*):
             Sites (ReLU module names such as `"layer2.0.act1"`) that carry a 0/1 mask, with the mask's shape
             `[channels, height, width]`. Set on class modules; `None` on a plain classifier.
+        stage_channels (`list[int]`, *optional*):
+            Channel counts of a physically pruned network's residual streams: the stem's output, then each stage's
+            output. `None`: the full counts (`stem_width`, then `widths` times the block expansion).
+        block_widths (`list[list[int]]`, *optional*):
+            Per stage, per block, the channels of a pruned block's inner convs (its `conv1` output, and `conv2`'s for
+            a bottleneck). `None`: each stage's width.
+        shortcut_index (`dict[str, list[int]]`, *optional*):
+            For a pruned network with option-A shortcuts, per shape-changing block (`"layer2.0"`), which input
+            channel feeds each output channel of its shortcut (`-1`: a zero channel).
         module (`dict`, *optional*):
             Provenance of a class module (target class, parent, dataset, method and parameters). `None` on a
             plain classifier.
@@ -150,6 +162,9 @@ class ModularResNetConfig(PreTrainedConfig):
     image_std: list[float] | tuple[float, ...] = IMAGENET_STD
     preset: str | None = None
     mask_shapes: dict[str, list[int]] | None = None
+    stage_channels: list[int] | None = None
+    block_widths: list[list[int]] | None = None
+    shortcut_index: dict[str, list[int]] | None = None
     module: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
@@ -177,6 +192,10 @@ class ModularResNetConfig(PreTrainedConfig):
             )
         if min(self.layers) < 1 or min(self.widths) < 1 or self.stem_width < 1:
             raise ValueError("Every stage needs at least one block, and every width must be positive.")
+        if self.stage_channels is not None and len(self.stage_channels) != len(self.layers) + 1:
+            raise ValueError("stage_channels needs the stem's channel count, then one per stage.")
+        if self.block_widths is not None and [len(stage) for stage in self.block_widths] != list(self.layers):
+            raise ValueError(f"block_widths needs one width per block: {list(self.layers)} blocks per stage.")
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
             raise ValueError(
                 f"image_mean and image_std need one value per input channel (num_channels={self.num_channels})."
@@ -190,9 +209,31 @@ class ModularResNetConfig(PreTrainedConfig):
         return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name, **overrides})
 
     @property
+    def expansion(self) -> int:
+        """How many times its width a block outputs: 4 for bottleneck blocks, 1 for basic ones."""
+        return 4 if self.block_type == "bottleneck" else 1
+
+    @property
+    def full_stage_channels(self) -> list[int]:
+        """The unpruned residual channel counts: the stem's output, then each stage's."""
+        return [self.stem_width, *(width * self.expansion for width in self.widths)]
+
+    @property
+    def channel_counts(self) -> tuple[list[int], list[list[int]]]:
+        """(residual channels of the stem and each stage, inner width of every block), pruned where configured."""
+        stages = list(self.stage_channels or self.full_stage_channels)
+        blocks = self.block_widths or [[width] * depth for width, depth in zip(self.widths, self.layers, strict=True)]
+        return stages, [list(stage) for stage in blocks]
+
+    @property
+    def is_pruned(self) -> bool:
+        """Whether channels were removed physically (a compact module)."""
+        return self.stage_channels is not None or self.block_widths is not None
+
+    @property
     def num_features(self) -> int:
-        """Channels entering the classifier head (4x the last width for bottleneck blocks)."""
-        return self.widths[-1] * (4 if self.block_type == "bottleneck" else 1)
+        """Channels entering the classifier head (4x the last width for bottleneck blocks, fewer when pruned)."""
+        return self.channel_counts[0][-1]
 
     @property
     def is_module(self) -> bool:

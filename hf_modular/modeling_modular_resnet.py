@@ -71,28 +71,36 @@ class MaskedConv2d(nn.Conv2d):
 
 
 class ShortcutA(nn.Module):
-    """He et al.'s parameter-free option-A shortcut: subsample by `stride`, zero-pad channels on both sides."""
+    """He et al.'s parameter-free option-A shortcut: subsample by `stride`, zero-pad channels on both sides.
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    In a pruned network the kept channels no longer line up with a pad: `index[k]` names the input channel that
+    output channel k carries (-1: zeros).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, index: list[int] | None = None):
         super().__init__()
         self.stride = stride
         extra = out_channels - in_channels
         self.pad = (extra // 2, extra - extra // 2)
+        self.index = None if index is None else [in_channels if i < 0 else i for i in index]  # in_channels: a zero
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             hidden_state = hidden_state[:, :, :: self.stride, :: self.stride]
-        return F.pad(hidden_state, (0, 0, 0, 0, *self.pad))
+        if self.index is None:
+            return F.pad(hidden_state, (0, 0, 0, 0, *self.pad))
+        hidden_state = F.pad(hidden_state, (0, 0, 0, 0, 0, 1))  # one zero channel at the end
+        return hidden_state[:, self.index]
 
 
 def _conv_bn_shortcut(
-    config: ModularResNetConfig, name: str, in_channels: int, out_channels: int, stride: int
+    config: ModularResNetConfig, name: str, in_channels: int, out_channels: int, stride: int, reshapes: bool
 ) -> nn.Module | None:
-    """The shortcut of a block whose shape changes, or None when it is the identity."""
-    if stride == 1 and in_channels == out_channels:
+    """The shortcut of a block whose shape changes in the full network (`reshapes`), or None for the identity."""
+    if not reshapes:
         return None
     if config.shortcut == "A":
-        return ShortcutA(in_channels, out_channels, stride)
+        return ShortcutA(in_channels, out_channels, stride, (config.shortcut_index or {}).get(name))
     return nn.Sequential(
         _conv(config, f"{name}.downsample.0", in_channels, out_channels, 1, stride=stride),
         nn.BatchNorm2d(out_channels),
@@ -119,19 +127,29 @@ def _conv(
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs. (B, in_channels, H, W) -> (B, width, H / stride, W / stride)."""
+    """Two 3x3 convs. (B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride); `width` is the first
+    conv's output (equal to `out_channels` unless pruned)."""
 
     expansion = 1
 
-    def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
+    def __init__(
+        self,
+        config: ModularResNetConfig,
+        name: str,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int,
+        reshapes: bool,
+    ):
         super().__init__()
         self.conv1 = _conv(config, f"{name}.conv1", in_channels, width, 3, stride)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = _masked_relu(config, f"{name}.act1")
-        self.conv2 = _conv(config, f"{name}.conv2", width, width, 3)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = _conv(config, f"{name}.conv2", width, out_channels, 3)
+        self.bn2 = nn.BatchNorm2d(out_channels)
         self.act2 = _masked_relu(config, f"{name}.act2")
-        self.downsample = _conv_bn_shortcut(config, name, in_channels, width, stride)
+        self.downsample = _conv_bn_shortcut(config, name, in_channels, out_channels, stride, reshapes)
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
@@ -145,9 +163,17 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, config: ModularResNetConfig, name: str, in_channels: int, width: int, stride: int):
+    def __init__(
+        self,
+        config: ModularResNetConfig,
+        name: str,
+        in_channels: int,
+        width: int,
+        out_channels: int,
+        stride: int,
+        reshapes: bool,
+    ):
         super().__init__()
-        out_channels = width * self.expansion
         self.conv1 = _conv(config, f"{name}.conv1", in_channels, width, 1)
         self.bn1 = nn.BatchNorm2d(width)
         self.act1 = _masked_relu(config, f"{name}.act1")
@@ -157,7 +183,7 @@ class Bottleneck(nn.Module):
         self.conv3 = _conv(config, f"{name}.conv3", width, out_channels, 1)
         self.bn3 = nn.BatchNorm2d(out_channels)
         self.act3 = _masked_relu(config, f"{name}.act3")
-        self.downsample = _conv_bn_shortcut(config, name, in_channels, out_channels, stride)
+        self.downsample = _conv_bn_shortcut(config, name, in_channels, out_channels, stride, reshapes)
 
     def forward(self, hidden_state: torch.Tensor) -> torch.Tensor:
         shortcut = hidden_state if self.downsample is None else self.downsample(hidden_state)
@@ -287,27 +313,40 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
 
     def __init__(self, config: ModularResNetConfig):
         super().__init__(config)
+        channels, block_widths = config.channel_counts  # pruned counts for compact modules, else the full ones
+        full = config.full_stage_channels
         if config.stem_type == "imagenet":
-            self.conv1 = _conv(config, "conv1", config.num_channels, config.stem_width, 7, stride=2)
+            self.conv1 = _conv(config, "conv1", config.num_channels, channels[0], 7, stride=2)
         else:
-            self.conv1 = _conv(config, "conv1", config.num_channels, config.stem_width, 3)
-        self.bn1 = nn.BatchNorm2d(config.stem_width)
+            self.conv1 = _conv(config, "conv1", config.num_channels, channels[0], 3)
+        self.bn1 = nn.BatchNorm2d(channels[0])
         self.act1 = _masked_relu(config, "act1")
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem_type == "imagenet" else nn.Identity()
 
         block_cls = BLOCKS[config.block_type]
-        in_channels = config.stem_width
         self.stage_names: list[str] = []
-        for stage_index, (depth, width) in enumerate(zip(config.layers, config.widths, strict=True)):
+        for stage_index, depth in enumerate(config.layers):
             stage_name = f"layer{stage_index + 1}"
             blocks = []
             for block_index in range(depth):
                 stride = 2 if stage_index > 0 and block_index == 0 else 1
-                blocks.append(block_cls(config, f"{stage_name}.{block_index}", in_channels, width, stride))
-                in_channels = width * block_cls.expansion
+                # Which shortcuts exist is fixed by the full network's shapes, whatever pruning left.
+                reshapes = block_index == 0 and (stride > 1 or full[stage_index] != full[stage_index + 1])
+                in_channels = channels[stage_index + (block_index > 0)]
+                blocks.append(
+                    block_cls(
+                        config,
+                        f"{stage_name}.{block_index}",
+                        in_channels,
+                        block_widths[stage_index][block_index],
+                        channels[stage_index + 1],
+                        stride,
+                        reshapes,
+                    )
+                )
             self.add_module(stage_name, nn.Sequential(*blocks))
             self.stage_names.append(stage_name)
-        self.num_features = in_channels
+        self.num_features = channels[-1]
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.post_init()
 

@@ -21,16 +21,17 @@ from ..emissions import measure_compute
 from ..evaluation import dataset_to_model_labels
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from .activation import ActivationStrategy, ModuleSpec
-from .modules import build_module, jaccard_index, masked_fraction, weights_sha256
+from .channel import ChannelStrategy, build_compact_modules, collect_channel_scores
+from .modules import build_module, jaccard_index, label_module, masked_fraction, weights_sha256
 from .sampling import plan_samples
 from .statistics import collect_activity
 
-STRATEGIES = {"activation": ActivationStrategy}
+STRATEGIES = {"activation": ActivationStrategy, "channel": ChannelStrategy}
 DEFAULT_SAMPLES_PER_CLASS = 1000  # the paper's
 DEFAULT_NEGATIVES_RATIO = 1.0  # the paper's 1:1
 DEFAULT_SEED = 0
 
-__all__ = ["STRATEGIES", "ActivationStrategy", "ModuleSpec", "decompose"]
+__all__ = ["STRATEGIES", "ActivationStrategy", "ChannelStrategy", "ModuleSpec", "decompose"]
 
 
 def decompose(
@@ -103,20 +104,48 @@ def decompose(
         class_names=[model_labels[i] for i in range(model.config.num_labels)],
     )
     with measure_compute() as compute:
-        activity = collect_activity(
-            model,
-            dataset,
-            plan,
-            image_column=image_column,
-            label_column=label_column,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            sites=method.sites,
-            progress=progress,
-        )
-        statistics_seconds = compute.wall_seconds_so_far()
-        model = model.cpu().eval()  # modules are built and returned on the CPU
-        specs = [method.build(model, activity, m, class_index) for m, class_index in enumerate(class_indices)]
+        if isinstance(method, ChannelStrategy):
+            sites = sorted({site for names in method.scored_sites(model).values() for site in names})
+            scores = collect_channel_scores(
+                model,
+                dataset,
+                plan,
+                sites,
+                importance=method.importance,
+                image_column=image_column,
+                label_column=label_column,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                progress=progress,
+            )
+            statistics_seconds = compute.wall_seconds_so_far()
+            model = model.cpu().eval()
+            compact = build_compact_modules(
+                model,
+                method,
+                scores,
+                class_indices,
+                dataset,
+                image_column,
+                seed=seed,
+                accelerator=accelerator,
+                progress=progress,
+            )
+        else:
+            activity = collect_activity(
+                model,
+                dataset,
+                plan,
+                image_column=image_column,
+                label_column=label_column,
+                batch_size=batch_size,
+                accelerator=accelerator,
+                sites=method.sites,
+                progress=progress,
+            )
+            statistics_seconds = compute.wall_seconds_so_far()
+            model = model.cpu().eval()  # modules are built and returned on the CPU
+            specs = [method.build(model, activity, m, class_index) for m, class_index in enumerate(class_indices)]
 
     provenance = {
         "parent": _parent_provenance(model),
@@ -124,23 +153,31 @@ def decompose(
         "method": {"strategy": method.name, **method.parameters()},
         "sampling": {"samples_per_class": samples_per_class, "negatives_ratio": negatives_ratio, "seed": seed},
         # The whole decomposition's cost (all modules, this process), and the statistics pass's share of it.
-        "compute": {**compute.to_dict(), "statistics_seconds": statistics_seconds, "modules_built": len(specs)},
+        "compute": {**compute.to_dict(), "statistics_seconds": statistics_seconds, "modules_built": len(class_indices)},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hf_modular_version": _version(),
     }
+    own_samples, negative_samples = plan.own.sum(0), plan.negative.sum(0)
     modules = {}
-    for m, spec in enumerate(specs):
-        label = model_labels[spec.class_index]
+    for m, class_index in enumerate(class_indices):
+        label = model_labels[class_index]
         metadata = {
             "target_label": label,
-            "target_index": spec.class_index,
+            "target_index": class_index,
             **provenance,
-            "samples": {"own": int(activity.own_samples[m]), "negative": int(activity.negative_samples[m])},
-            "masked_fraction": masked_fraction(spec.node_keep),
-            "jaccard_index": jaccard_index(model, spec.node_keep),
-            "details": spec.details,
+            "samples": {"own": int(own_samples[m]), "negative": int(negative_samples[m])},
         }
-        modules[label] = build_module(model, spec, metadata)
+        if isinstance(method, ChannelStrategy):
+            module, details = compact[m]
+            modules[label] = label_module(module, label, {**metadata, "details": details})
+        else:
+            spec = specs[m]
+            metadata.update(
+                masked_fraction=masked_fraction(spec.node_keep),
+                jaccard_index=jaccard_index(model, spec.node_keep),
+                details=spec.details,
+            )
+            modules[label] = build_module(model, spec, metadata)
     model.to(device)  # the caller's model goes back where it was
     return modules
 

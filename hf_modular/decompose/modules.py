@@ -41,6 +41,16 @@ def build_module(
     return module.eval()
 
 
+def label_module(
+    module: ModularResNetForImageClassification, label: str, metadata: dict[str, Any]
+) -> ModularResNetForImageClassification:
+    """Give a 2-output model a module's labels (`{0: label, 1: "rest"}`) and provenance."""
+    module.config.id2label = {0: label, 1: REST_LABEL}
+    module.config.label2id = {label: 0, REST_LABEL: 1}
+    module.config.module = metadata
+    return module
+
+
 def masked_fraction(keep: dict[str, torch.Tensor]) -> float:
     """Share of all site nodes that the module masks."""
     total = sum(mask.numel() for mask in keep.values())

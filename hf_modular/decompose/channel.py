@@ -1,0 +1,377 @@
+"""Compact modules (`strategy="channel"`): per class, remove the channels the class does not need, physically.
+
+The paper's modules are full-size masked copies of the parent. Here each module is a smaller network:
+
+1. Scoring (the statistics pass, data-parallel with Accelerate): for module m of class c and each channel k of a
+   prunable site, the first-order Taylor estimate of what removing the channel does to the parent's decision
+   "class c or not", over m's own and negative inputs: mean over inputs of (sum over positions of a * d s_c / d a)^2,
+   where a is the channel's activation and s_c the log-odds of class c (Molchanov et al., CVPR 2019).
+   `importance="activation"` scores by mean activation instead.
+2. Removal (`pruning.prune`): from stage `prune_from` on, each block keeps its `keep` best inner channels; with
+   `keep_residual < 1` each pruned stage also keeps only that share of its residual stream, chosen by the summed
+   scores of every site on the stream. Earlier stages are the parent's, untouched: modules of one parent share them,
+   and a composition runs them once (`hf_modular.execution`).
+3. Recovery: the pruned part is trained for `distill_steps` steps so that the module's own-class probability
+   matches the parent's probability of class c on unlabeled training images (binary cross-entropy with the
+   parent's probability as the target). Modules' scores stay calibrated like the parent's, so they compose
+   by the same vote. The frozen prefix is computed once for all modules. Classes are split across processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import iterate_batches
+from ..execution import steps
+from ..modeling_modular_resnet import ModularResNetForImageClassification
+from ..processing import image_mode, image_processor_for
+from .activation import channel_head
+from .pruning import ChannelSelection, blocks, count_macs, count_parameters, prune, tied_stem
+from .sampling import SamplePlan
+
+IMPORTANCE = ("taylor", "activation")
+
+
+@dataclass
+class ChannelStrategy:
+    """Options of `strategy="channel"`; see the module docstring."""
+
+    keep: float = 0.25
+    keep_residual: float = 1.0
+    prune_from: str | None = None
+    importance: str = "taylor"
+    distill_steps: int = 300
+    distill_images: int = 10_000
+    distill_batch_size: int = 128
+    learning_rate: float = 1e-3
+    name = "channel"
+
+    def __post_init__(self):
+        if not 0 < self.keep <= 1 or not 0 < self.keep_residual <= 1:
+            raise ValueError(
+                f"keep and keep_residual are shares of channels in (0, 1]; got {self.keep}, {self.keep_residual}."
+            )
+        if self.importance not in IMPORTANCE:
+            raise ValueError(f"importance must be one of {IMPORTANCE}, got {self.importance!r}.")
+        if self.distill_steps < 0:
+            raise ValueError("distill_steps must be >= 0 (0: no recovery).")
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "keep": self.keep,
+            "keep_residual": self.keep_residual,
+            "prune_from": self.prune_from,
+            "importance": self.importance,
+            "distill_steps": self.distill_steps,
+            "distill_images": self.distill_images,
+            "distill_batch_size": self.distill_batch_size,
+            "learning_rate": self.learning_rate,
+        }
+
+    def first_stage(self, model: ModularResNetForImageClassification) -> int:
+        """Index (0-based) of the first pruned stage; "stem" means stage 0 and the stem with it."""
+        prune_from = self.prune_from or model.stage_names[-1]
+        if prune_from == "stem":
+            return 0
+        if prune_from not in model.stage_names:
+            raise ValueError(f"prune_from={prune_from!r}: choose 'stem' or one of {model.stage_names}.")
+        self.prune_from = prune_from
+        return model.stage_names.index(prune_from)
+
+    def scored_sites(self, model: ModularResNetForImageClassification) -> dict[str, list[str]]:
+        """The ReLU sites to score: per pruned block its inner ReLUs, and, when streams are pruned, per stage s (key
+        "stream:<s>", 0 for the stem) the sites on its residual stream."""
+        first = self.first_stage(model)
+        sites: dict[str, list[str]] = {}
+        for name, block in blocks(model):
+            stage = model.stage_names.index(name.split(".")[0])
+            if stage < first:
+                continue
+            inner = ["act1", "act2"] if hasattr(block, "conv3") else ["act1"]
+            sites[name] = [f"{name}.{act}" for act in inner]
+            if self.keep_residual < 1:
+                last = "act3" if hasattr(block, "conv3") else "act2"
+                sites.setdefault(f"stream:{stage + 1}", []).append(f"{name}.{last}")
+        if self.keep_residual < 1 and first == 0:
+            if tied_stem(model):
+                sites["stream:1"].append("act1")  # the stem writes stage 1's stream
+            elif self.prune_from == "stem":
+                sites["stream:0"] = ["act1"]
+        return sites
+
+    def shared_steps(self, model: ModularResNetForImageClassification) -> int:
+        """How many leading steps (the stem, then blocks) every module keeps from the parent unchanged."""
+        first = self.first_stage(model)
+        if self.prune_from == "stem" or (first == 0 and self.keep_residual < 1 and tied_stem(model)):
+            return 0
+        return 1 + sum(model.config.layers[:first])
+
+    def select(
+        self, model: ModularResNetForImageClassification, scores: dict[str, torch.Tensor], module: int
+    ) -> ChannelSelection:
+        """Module `module`'s kept channels: the best-scored ones under the budget, in pruned stages only."""
+        selection = ChannelSelection.full(model)
+        for key, names in self.scored_sites(model).items():
+            if key.startswith("stream:"):
+                stage = int(key.split(":")[1])
+                total = sum(scores[name][module] for name in names)
+                kept = _top(total, self.keep_residual)
+                selection.residual[stage] = kept
+                if stage == 1 and tied_stem(model):
+                    selection.residual[0] = kept
+            else:
+                selection.inner[key] = [_top(scores[name][module], self.keep) for name in names]
+        return selection
+
+
+def _top(score: torch.Tensor, share: float) -> torch.Tensor:
+    count = max(1, round(share * len(score)))
+    return score.topk(count).indices.sort().values
+
+
+def log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """(B, n) class logits -> (B, n) log-odds of each class against all the others."""
+    eye = torch.eye(logits.shape[1], dtype=torch.bool, device=logits.device)
+    others = logits[:, None, :].masked_fill(eye[None], float("-inf")).logsumexp(dim=-1)
+    return logits - others
+
+
+def collect_channel_scores(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset,
+    plan: SamplePlan,
+    sites: list[str],
+    *,
+    importance: str,
+    image_column: str,
+    label_column: str,
+    batch_size: int = 128,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per site, (M, C) float64 channel scores for the plan's M modules (mean over each module's inputs).
+
+    Each process scores a contiguous shard of the rows; per-row scores are gathered in row order and summed the same
+    way on every process, so the result does not depend on the number of processes.
+    """
+    accelerator = accelerator or Accelerator()
+    device = accelerator.device
+    model = model.to(device).eval()
+    site_modules = model.sites("relu")
+    usage = (plan.own | plan.negative).to(device)  # (U, M)
+    classes = torch.tensor(plan.classes, device=device)
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        site_modules[name].register_forward_hook(
+            lambda module, inputs, output, name=name: captured.__setitem__(name, output)
+        )
+        for name in sites
+    ]
+    per_row: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    positions = list(range(len(plan.rows)))
+    try:
+        with accelerator.split_between_processes(positions) as shard:
+            subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
+            batches = iterate_batches(
+                subset,
+                image_processor_for(model.config),
+                image_column=image_column,
+                label_column=label_column,
+                batch_size=batch_size,
+                image_mode=image_mode(model.config.num_channels),
+            )
+            start = shard[0] if shard else 0
+            bar = tqdm(
+                total=len(positions),
+                disable=not progress or not accelerator.is_local_main_process,
+                desc="channel scores",
+                unit="img",
+            )
+            for pixel_values, _ in batches:
+                rows = usage[start : start + len(pixel_values)]  # (B, M)
+                for name, value in _batch_scores(model, pixel_values.to(device), rows, classes, captured, importance):
+                    per_row[name].append(value.cpu())
+                start += len(pixel_values)
+                bar.update(len(pixel_values) * accelerator.num_processes)
+            bar.close()
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts = usage.sum(0).cpu().double().clamp_min(1)  # (M,)
+    scores = {}
+    for name in sites:
+        local = torch.cat(per_row[name]) if per_row[name] else torch.zeros(0, len(plan.classes), 0)
+        rows = torch.cat(gather_object([local])) if accelerator.num_processes > 1 else local  # (U, M, C), row order
+        scores[name] = rows.double().sum(0) / counts[:, None]
+    return scores
+
+
+def _batch_scores(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    rows: torch.Tensor,
+    classes: torch.Tensor,
+    captured: dict[str, torch.Tensor],
+    importance: str,
+):
+    """Yield (site, (B, M, C) per-row scores, zero where a row is not module m's)."""
+    with torch.enable_grad():
+        logits = model(pixel_values).logits
+        names = list(captured)
+        activations = [captured[name] for name in names]
+        if importance == "activation":
+            for name, activation in zip(names, activations, strict=True):
+                per_channel = activation.detach().mean(dim=(2, 3))  # (B, C)
+                yield name, per_channel[:, None, :] * rows[:, :, None]
+            return
+        odds = log_odds(logits)
+        results = [torch.zeros(len(pixel_values), rows.shape[1], a.shape[1], device=a.device) for a in activations]
+        used = rows.any(0).nonzero().flatten().tolist()
+        for position, m in enumerate(used):
+            target = (odds[:, classes[m]] * rows[:, m]).sum()
+            gradients = torch.autograd.grad(target, activations, retain_graph=position < len(used) - 1)
+            for result, activation, gradient in zip(results, activations, gradients, strict=True):
+                taylor = (activation.detach() * gradient).sum(dim=(2, 3)) ** 2  # (B, C)
+                result[:, m] = taylor * rows[:, m, None]
+        yield from zip(names, results, strict=True)
+        captured.clear()
+
+
+def build_compact_modules(
+    parent: ModularResNetForImageClassification,
+    strategy: ChannelStrategy,
+    scores: dict[str, torch.Tensor],
+    class_indices: list[int],
+    distill_dataset: datasets.Dataset,
+    image_column: str,
+    *,
+    seed: int,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+) -> list[tuple[ModularResNetForImageClassification, dict[str, Any]]]:
+    """Prune and (optionally) distill one module per class; returns (module weights in a model, details)."""
+    accelerator = accelerator or Accelerator()
+    parent = parent.cpu().eval()
+    start = strategy.shared_steps(parent)
+    features, teacher = (None, None)
+    if strategy.distill_steps > 0:
+        features, teacher = _distillation_data(parent, distill_dataset, image_column, start, strategy, seed)
+    mine = class_indices[accelerator.process_index :: accelerator.num_processes]
+    built = {}
+    for class_index in tqdm(
+        mine, desc="compact modules", disable=not progress or not accelerator.is_local_main_process
+    ):
+        m = class_indices.index(class_index)
+        module = prune(parent, strategy.select(parent, scores, m))
+        head_weight, head_bias = channel_head(module.fc.weight.detach(), module.fc.bias.detach(), class_index)
+        module.fc = nn.Linear(module.fc.in_features, 2)
+        with torch.no_grad():
+            module.fc.weight.copy_(head_weight)
+            module.fc.bias.copy_(head_bias)
+        details: dict[str, Any] = {}
+        if strategy.distill_steps > 0:
+            details["distillation_loss"] = _distill(
+                module, start, features, teacher[:, class_index], strategy, seed + class_index
+            )
+        built[class_index] = (
+            {k: v.detach().clone() for k, v in module.state_dict().items()},
+            module.config.to_dict(),
+            details,
+        )
+    if accelerator.num_processes > 1:
+        gathered = gather_object([built])
+        built = {k: v for part in gathered for k, v in part.items()}
+    results = []
+    example = torch.zeros(1, parent.config.num_channels, parent.config.image_size, parent.config.image_size)
+    parent_macs, parent_parameters = count_macs(parent, example), count_parameters(parent)
+    for class_index in class_indices:
+        state, config_dict, details = built[class_index]
+        module = _rebuild(config_dict, state)
+        details.update(
+            macs=count_macs(module, example),
+            parameters=count_parameters(module),
+            macs_fraction=count_macs(module, example) / parent_macs,
+            parameters_fraction=count_parameters(module) / parent_parameters,
+            shared_steps=start,
+        )
+        results.append((module, details))
+    return results
+
+
+def _rebuild(config_dict: dict[str, Any], state: dict[str, torch.Tensor]) -> ModularResNetForImageClassification:
+    from ..configuration_modular_resnet import ModularResNetConfig
+
+    config = ModularResNetConfig.from_dict({**config_dict, "id2label": {0: "own", 1: "rest"}})  # named by the caller
+    with torch.device("meta"):
+        module = ModularResNetForImageClassification(config)
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval()
+
+
+@torch.no_grad()  # not inference_mode: the features feed training
+def _distillation_data(
+    parent: ModularResNetForImageClassification,
+    dataset: datasets.Dataset,
+    image_column: str,
+    start: int,
+    strategy: ChannelStrategy,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unlabeled training images through the parent's frozen prefix (the first `start` steps), and the parent's
+    log-odds of every class on them: (N, C, H, W) features and (N, n) targets."""
+    count = min(strategy.distill_images, len(dataset))
+    rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    subset = dataset.select(rows.tolist()).select_columns([image_column])
+    processor = image_processor_for(parent.config)
+    mode = image_mode(parent.config.num_channels)
+    prefix = nn.Sequential(*steps(parent)[:start])
+    features, teacher = [], []
+    for begin in range(0, count, 256):
+        images = [image.convert(mode) for image in subset[begin : begin + 256][image_column]]
+        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        features.append(prefix(pixel_values))
+        teacher.append(log_odds(parent(pixel_values).logits))
+    return torch.cat(features), torch.cat(teacher)
+
+
+def _distill(
+    module: ModularResNetForImageClassification,
+    start: int,
+    features: torch.Tensor,
+    target_log_odds: torch.Tensor,
+    strategy: ChannelStrategy,
+    seed: int,
+) -> float:
+    """Train the module's steps from `start` on, and its head, so its own-class probability follows the parent's."""
+    tail = steps(module)[start:]
+    parameters = [p for step in tail for p in step.parameters()] + list(module.fc.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=strategy.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, strategy.distill_steps)
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.sigmoid(target_log_odds)
+    for step in tail:
+        step.train()
+    total = 0.0
+    for _ in range(strategy.distill_steps):
+        batch = torch.randint(0, len(features), (strategy.distill_batch_size,), generator=generator)
+        hidden_state = features[batch]
+        for step in tail:
+            hidden_state = step(hidden_state)
+        logits = module.fc(module.global_pool(hidden_state))
+        loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], targets[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total = loss.item()
+    module.eval()
+    return total

@@ -1,0 +1,185 @@
+"""Compact modules (`strategy="channel"`): physically pruned, exact where the statistics say a channel is unused,
+consistent on the residual stream, sharing the parent's untouched prefix, and usable through every interface."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import hf_modular  # noqa: F401
+from hf_modular import ComposedModel, ModularResNetForImageClassification
+from hf_modular.cards import module_card
+from hf_modular.decompose import decompose
+from hf_modular.decompose.activation import channel_head
+from hf_modular.decompose.pruning import ChannelSelection, blocks, count_parameters, prune
+from hf_modular.processing import image_processor_for
+from tests.test_decompose import image_dataset, tiny_config
+
+NAMES = ["dark", "bright", "mid"]
+DISTILL = dict(distill_images=24, distill_batch_size=8)
+
+
+def _parent(seed: int = 0, **config) -> ModularResNetForImageClassification:
+    torch.manual_seed(seed)
+    model = ModularResNetForImageClassification(tiny_config(layers=[2, 2], id2label=dict(enumerate(NAMES)), **config))
+    with torch.no_grad():  # random batch-norm statistics, so every channel carries something
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.3)
+    return model.eval()
+
+
+def _data(count: int = 8):
+    return image_dataset([30, 220, 128] * count, [0, 1, 2] * count, noise=30, names=NAMES)
+
+
+@pytest.fixture(scope="module")
+def compact():
+    return decompose(_parent(), _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
+
+
+def _masked_equivalent(model, selection: ChannelSelection) -> ModularResNetForImageClassification:
+    """The full network with every removed channel held at zero by a mask after its ReLU."""
+    config = copy.deepcopy(model.config)
+    shapes = model.site_shapes("relu")
+    config.mask_shapes = {name: list(shape) for name, shape in shapes.items()}
+    masked = ModularResNetForImageClassification(config)
+    state = dict(model.state_dict())
+    for name, shape in shapes.items():
+        keep = torch.zeros(shape[0], dtype=torch.bool)
+        if name == "act1":
+            keep[selection.residual[0]] = True
+        else:
+            stage = model.stage_names.index(name.split(".")[0]) + 1
+            block, act = name.rsplit(".", 1)
+            inner = selection.inner[block]
+            keep[inner[0] if act == "act1" else selection.residual[stage]] = True
+        state[f"{name}.mask"] = keep[:, None, None].expand(shape).clone()
+    masked.load_state_dict(state)
+    return masked.eval()
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_pruned_network_equals_the_full_one_with_removed_channels_at_zero(shortcut):
+    parent = _parent(shortcut=shortcut)
+    generator = torch.Generator().manual_seed(1)
+
+    def some(count: int, keep: int) -> torch.Tensor:
+        return torch.randperm(count, generator=generator)[:keep].sort().values
+
+    stream1 = some(4, 2)  # the stem and stage 1 share a stream (identity shortcut): one selection for both
+    selection = ChannelSelection(
+        residual=[stream1, stream1, some(8, 5)],
+        inner={name: [some(block.conv1.out_channels, 2)] for name, block in blocks(parent)},
+    )
+    pruned = prune(parent, selection)
+    assert count_parameters(pruned) < count_parameters(parent) / 2
+    assert pruned.config.stage_channels == [2, 2, 5] and pruned.config.block_widths == [[2, 2], [2, 2]]
+    pixel_values = torch.randn(6, 3, 8, 8, generator=generator)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            pruned(pixel_values).logits, _masked_equivalent(parent, selection)(pixel_values).logits
+        )
+    untied = ChannelSelection(residual=[some(4, 3), stream1, some(8, 5)], inner=selection.inner)
+    with pytest.raises(ValueError, match="identity shortcut"):
+        prune(parent, untied)
+
+
+def test_channels_the_statistics_find_unused_go_without_changing_outputs():
+    parent = _parent()
+    with torch.no_grad():  # half of every block's inner channels never fire: batch norm pushes them far below zero
+        for _, block in blocks(parent):
+            block.bn1.bias[block.bn1.num_features // 2 :] = -1e4
+    data = _data()
+    for importance in ("taylor", "activation"):
+        modules = decompose(
+            parent,
+            data,
+            strategy="channel",
+            keep=0.5,
+            prune_from="layer1",
+            importance=importance,
+            distill_steps=0,
+            samples_per_class=8,
+            progress=False,
+        )
+        pixel_values = image_processor_for(parent.config)(list(data["image"]), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            features = parent(pixel_values, output_hidden_states=True).hidden_states[-1].mean(dim=(2, 3))
+            for label, module in modules.items():
+                assert module.config.block_widths == [[2, 2], [4, 4]]
+                weight, bias = channel_head(parent.fc.weight, parent.fc.bias, NAMES.index(label))
+                torch.testing.assert_close(module(pixel_values).logits, F.linear(features, weight, bias))
+
+
+def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_path):
+    parent = _parent()
+    for module in compact.values():
+        details = module.config.module["details"]
+        assert module.config.is_pruned and module.config.mask_shapes is None
+        assert count_parameters(module) < count_parameters(parent)
+        assert details["macs_fraction"] < 1 and details["shared_steps"] == 3  # stem + the two blocks of layer1
+    composed = ComposedModel.from_modules(list(compact.values())).eval()
+    pixel_values = torch.rand(5, 3, 8, 8)
+    stem_calls = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: (
+            stem_calls.append(1) if isinstance(module, torch.nn.Conv2d) and module.in_channels == 3 else None
+        )
+    )
+    try:
+        with torch.no_grad():
+            shared = composed.module_logits(pixel_values)
+            calls_shared = len(stem_calls)
+            alone = composed.module_logits(pixel_values, shared=False)
+    finally:
+        hook.remove()
+    assert calls_shared == 1 and len(stem_calls) - calls_shared == len(compact)  # once, against once per module
+    torch.testing.assert_close(shared, alone)
+    assert composed.execution_plan.shared_steps == 3 * (len(compact) - 1)
+
+    # Modules of another parent share nothing with these, and the composition still answers exactly.
+    other = decompose(_parent(seed=5), _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
+    composed.replace("mid", other["mid"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            composed.module_logits(pixel_values), composed.module_logits(pixel_values, shared=False)
+        )
+    assert composed.execution_plan.shared_steps == 3
+
+
+def test_compact_module_round_trip(compact, tmp_path):
+    module = compact["bright"]
+    module.save_pretrained(tmp_path / "bright")
+    pixel_values = torch.rand(3, 3, 8, 8)
+    loaded = ModularResNetForImageClassification.from_pretrained(tmp_path / "bright")
+    via_timm = timm.create_model(f"local-dir:{tmp_path / 'bright'}", pretrained=True).eval()
+    with torch.no_grad():
+        expected = module(pixel_values).logits
+        torch.testing.assert_close(loaded(pixel_values).logits, expected)
+        torch.testing.assert_close(via_timm(pixel_values), expected)
+    card = module_card(loaded.config).content
+    details = module.config.module["details"]
+    assert "compact module" in card and f"{100 * details['macs_fraction']:.1f}% of the parent's" in card
+    assert "Masked nodes" not in card
+    composed = ComposedModel.from_modules([tmp_path / "bright", compact["dark"]])
+    composed.save_pretrained(tmp_path / "composed", materialize=True)
+    reloaded = ComposedModel.from_pretrained(tmp_path / "composed")
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.module_logits(pixel_values), composed.module_logits(pixel_values))
+
+
+def test_bad_channel_options():
+    parent, data = _parent(), _data(2)
+    with pytest.raises(ValueError, match="prune_from='layer9'"):
+        decompose(parent, data, strategy="channel", prune_from="layer9", progress=False)
+    with pytest.raises(ValueError, match="shares of channels"):
+        decompose(parent, data, strategy="channel", keep=0, progress=False)
+    with pytest.raises(ValueError, match="importance must be one of"):
+        decompose(parent, data, strategy="channel", importance="magnitude", progress=False)
