@@ -113,12 +113,22 @@ def _decompose(args: argparse.Namespace) -> None:
 
     accelerator = Accelerator(cpu=args.cpu)
     model = _load(args)
-    strategy_options = {
-        "sites": args.sites,
-        "backtrack": args.backtrack,
-        "delta": args.delta,
-        "backtrack_input": args.backtrack_input,
-    }
+    if args.strategy == "channel":
+        strategy_options = {
+            "keep": args.keep,
+            "keep_residual": args.keep_residual,
+            "prune_from": args.prune_from,
+            "importance": args.importance,
+            "distill_steps": args.distill_steps,
+            "distill_images": args.distill_images,
+        }
+    else:
+        strategy_options = {
+            "sites": args.sites,
+            "backtrack": args.backtrack,
+            "delta": args.delta,
+            "backtrack_input": args.backtrack_input,
+        }
     report = decompose_to_directory(
         model,
         args.dataset,
@@ -135,6 +145,7 @@ def _decompose(args: argparse.Namespace) -> None:
         dataset_revision=args.dataset_revision,
         batch_size=args.batch_size,
         seed=args.seed,
+        strategy=args.strategy,
         **strategy_options,
     )
     if not accelerator.is_main_process:
@@ -143,17 +154,27 @@ def _decompose(args: argparse.Namespace) -> None:
         from .hub import push_modules
 
         _print_pushes(push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private))
-    print(f"{len(report['modules'])} modules in {args.output}  (mean Jaccard {report['mean_jaccard_index']:.3f})")
+    if "mean_macs_fraction" in report:
+        mean = f"mean {100 * report['mean_macs_fraction']:.1f}% of the parent's multiply-accumulates"
+    else:
+        mean = f"mean Jaccard {report['mean_jaccard_index']:.3f}"
+    print(f"{len(report['modules'])} modules in {args.output}  ({mean})")
     evaluation = report.get("evaluation")
     if evaluation:
         parent, composed = evaluation["parent"], evaluation["composed"]
         print(f"on {args.eval_split} ({evaluation['images']} images):")
         print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
         print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
-    print(f"{'module':<20} {'masked':>8} {'Jaccard':>8} {'binary acc':>10}")
+    compact = "macs_fraction" in next(iter(report["modules"].values()))
+    columns = ("MACs", "params") if compact else ("masked", "Jaccard")
+    print(f"{'module':<20} {columns[0]:>8} {columns[1]:>8} {'binary acc':>10}")
     for label, row in report["modules"].items():
         binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
-        print(f"{label:<20} {100 * row['masked_fraction']:7.2f}% {row['jaccard_index']:8.3f} {binary}")
+        if compact:
+            size = f"{100 * row['macs_fraction']:7.1f}% {100 * row['parameters_fraction']:7.1f}%"
+        else:
+            size = f"{100 * row['masked_fraction']:7.2f}% {row['jaccard_index']:8.3f}"
+        print(f"{label:<20} {size} {binary}")
 
 
 def _print_pushes(results: dict) -> None:
@@ -347,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
     imp.set_defaults(run=_import)
 
-    dec = command("decompose", "decompose a classifier into one module per class (the paper's method)")
+    dec = command(
+        "decompose", "decompose a classifier into one module per class (the paper's method, or compact modules)"
+    )
     dec.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
     dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
     dec.add_argument("--split", default="train", help="split observed by the statistics pass")
@@ -357,10 +380,24 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
     dec.add_argument("--samples-per-class", type=int, default=1000, help="own-class inputs per module")
     dec.add_argument("--negatives-ratio", type=float, default=1.0, help="negative inputs per own input")
+    dec.add_argument(
+        "--strategy",
+        default="activation",
+        choices=["activation", "channel"],
+        help="activation: the paper's masked full-size modules; channel: compact, physically pruned modules",
+    )
     dec.add_argument("--sites", default="relu", choices=["relu", "conv"], help="observe ReLU inputs or conv outputs")
     dec.add_argument("--backtrack", default="text", choices=["text", "pseudocode", "none"], help="MC-BLN reading")
     dec.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold")
     dec.add_argument("--backtrack-input", action="store_true", help="also run MC-BI")
+    dec.add_argument(
+        "--keep", type=float, default=0.25, help="channel: share of inner channels each pruned block keeps"
+    )
+    dec.add_argument("--keep-residual", type=float, default=1.0, help="channel: share of residual channels kept")
+    dec.add_argument("--prune-from", default=None, help="channel: first pruned stage (layerN, or stem; default: last)")
+    dec.add_argument("--importance", default="taylor", choices=["taylor", "activation"], help="channel: scoring")
+    dec.add_argument("--distill-steps", type=int, default=300, help="channel: recovery steps per module (0: none)")
+    dec.add_argument("--distill-images", type=int, default=10_000, help="channel: unlabeled images for recovery")
     dec.add_argument("--batch-size", type=int, default=128)
     dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling")
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")

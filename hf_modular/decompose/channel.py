@@ -77,43 +77,59 @@ class ChannelStrategy:
             "learning_rate": self.learning_rate,
         }
 
-    def first_stage(self, model: ModularResNetForImageClassification) -> int:
-        """Index (0-based) of the first pruned stage; "stem" means stage 0 and the stem with it."""
+    def first_block(self, model: ModularResNetForImageClassification) -> int:
+        """Index into `blocks(model)` of the first pruned block. `prune_from` names a stage (`"layer3"`, its first
+        block), a block (`"layer3.1"`), or `"stem"` (everything, the stem's channels too); `None`: the last stage."""
+        names = [name for name, _ in blocks(model)]
         prune_from = self.prune_from or model.stage_names[-1]
         if prune_from == "stem":
             return 0
-        if prune_from not in model.stage_names:
-            raise ValueError(f"prune_from={prune_from!r}: choose 'stem' or one of {model.stage_names}.")
-        self.prune_from = prune_from
-        return model.stage_names.index(prune_from)
+        if prune_from in model.stage_names:
+            prune_from = f"{prune_from}.0"
+        if prune_from not in names:
+            raise ValueError(
+                f"prune_from={prune_from!r}: choose 'stem', a stage ({', '.join(model.stage_names)}) or a block "
+                f"({names[0]} ... {names[-1]})."
+            )
+        return names.index(prune_from)
+
+    def pruned_streams(self, model: ModularResNetForImageClassification) -> list[int]:
+        """Stages (1-based; 0 is the stem) whose residual stream is pruned: with `keep_residual < 1`, every stage
+        pruned whole, and the stem with stage 1 when they share a stream (or when pruning from the stem)."""
+        if self.keep_residual >= 1:
+            return []
+        first = self.first_block(model)
+        layers = model.config.layers
+        streams = [stage + 1 for stage in range(len(layers)) if sum(layers[:stage]) >= first]
+        if 1 in streams and (tied_stem(model) or self.prune_from == "stem"):
+            streams.insert(0, 0)
+        return streams
 
     def scored_sites(self, model: ModularResNetForImageClassification) -> dict[str, list[str]]:
-        """The ReLU sites to score: per pruned block its inner ReLUs, and, when streams are pruned, per stage s (key
-        "stream:<s>", 0 for the stem) the sites on its residual stream."""
-        first = self.first_stage(model)
+        """The ReLU sites to score: per pruned block its inner ReLUs, and per pruned stream s (key "stream:<s>")
+        the sites on it."""
+        first = self.first_block(model)
+        streams = self.pruned_streams(model)
         sites: dict[str, list[str]] = {}
-        for name, block in blocks(model):
-            stage = model.stage_names.index(name.split(".")[0])
-            if stage < first:
+        for position, (name, block) in enumerate(blocks(model)):
+            if position < first:
                 continue
             inner = ["act1", "act2"] if hasattr(block, "conv3") else ["act1"]
             sites[name] = [f"{name}.{act}" for act in inner]
-            if self.keep_residual < 1:
+            stage = model.stage_names.index(name.split(".")[0]) + 1
+            if stage in streams:
                 last = "act3" if hasattr(block, "conv3") else "act2"
-                sites.setdefault(f"stream:{stage + 1}", []).append(f"{name}.{last}")
-        if self.keep_residual < 1 and first == 0:
-            if tied_stem(model):
-                sites["stream:1"].append("act1")  # the stem writes stage 1's stream
-            elif self.prune_from == "stem":
-                sites["stream:0"] = ["act1"]
+                sites.setdefault(f"stream:{stage}", []).append(f"{name}.{last}")
+        if 0 in streams:
+            key = "stream:1" if tied_stem(model) else "stream:0"
+            sites.setdefault(key, []).append("act1")  # the stem's output
         return sites
 
     def shared_steps(self, model: ModularResNetForImageClassification) -> int:
         """How many leading steps (the stem, then blocks) every module keeps from the parent unchanged."""
-        first = self.first_stage(model)
-        if self.prune_from == "stem" or (first == 0 and self.keep_residual < 1 and tied_stem(model)):
+        if self.prune_from == "stem" or 0 in self.pruned_streams(model):
             return 0
-        return 1 + sum(model.config.layers[:first])
+        return 1 + self.first_block(model)
 
     def select(
         self, model: ModularResNetForImageClassification, scores: dict[str, torch.Tensor], module: int

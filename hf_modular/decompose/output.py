@@ -100,15 +100,25 @@ def decompose_to_directory(
     }
     for label, module in modules.items():
         info = module.config.module
+        size = (  # how much of the parent a module keeps: masks (activation) or pruned channels (channel)
+            {
+                "macs_fraction": info["details"]["macs_fraction"],
+                "parameters_fraction": info["details"]["parameters_fraction"],
+            }
+            if module.config.is_pruned
+            else {"masked_fraction": info["masked_fraction"], "jaccard_index": info["jaccard_index"]}
+        )
         report["modules"][label] = {
             "directory": module_directory_name(label),
-            "masked_fraction": info["masked_fraction"],
-            "jaccard_index": info["jaccard_index"],
+            **size,
             "samples": info["samples"],
             "resumed": label in done,
         }
     report["method"] = next(iter(modules.values())).config.module["method"]
-    report["mean_jaccard_index"] = sum(m["jaccard_index"] for m in report["modules"].values()) / len(modules)
+    for key in ("jaccard_index", "macs_fraction"):
+        values = [row[key] for row in report["modules"].values() if key in row]
+        if values:
+            report[f"mean_{key}"] = sum(values) / len(values)
     if eval_dataset is not None:
         evaluation_started = time.perf_counter()
         result = evaluate_composition(model, modules, eval_dataset, progress=progress)
