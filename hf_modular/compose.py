@@ -354,6 +354,7 @@ class ComposedModel(PreTrainedModel):
         loaded from another composition's folder) are always stored inside; with `portable=True` (for a Hub repo)
         so are modules known only by a local path.
         """
+        from .cards import module_card
         from .decompose.output import module_directory_name
         from .saving import atomic_directory
 
@@ -371,6 +372,7 @@ class ComposedModel(PreTrainedModel):
                 if materialize or not source or (portable and local):
                     subfolder = f"{MODULES_FOLDER}/{module_directory_name(entry['label'])}"
                     module.save_pretrained(Path(staging) / subfolder)
+                    module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
                     entry = {"label": entry["label"], "subfolder": subfolder}
                 config.members[index] = entry
             config.save_pretrained(staging)
