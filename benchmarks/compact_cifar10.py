@@ -33,6 +33,7 @@ CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd976
 # name -> decompose() options. Samples per class: the paper's 1000 for activation; 256 for the Taylor scores.
 VARIANTS = {
     "activation": dict(strategy="activation", samples_per_class=1000),
+    "channel, last block at 25%": dict(strategy="channel", prune_from="last block", keep=0.25, samples_per_class=256),
     "channel, stage 3 at 25%": dict(strategy="channel", prune_from="layer3", keep=0.25, samples_per_class=256),
     "channel, stage 3 at 50%": dict(strategy="channel", prune_from="layer3", keep=0.5, samples_per_class=256),
     "channel, stages 2-3 at 25%": dict(strategy="channel", prune_from="layer2", keep=0.25, samples_per_class=256),
@@ -81,6 +82,8 @@ def images_per_second(function, pixel_values: torch.Tensor, repeats: int = 5) ->
 
 def measure(name: str, parent, train, test, options: dict, batch: torch.Tensor) -> dict:
     """Decompose with `options`, then size, accuracy and cost of the modules and of their composition."""
+    if options.get("prune_from") == "last block":
+        options = {**options, "prune_from": f"{parent.stage_names[-1]}.{parent.config.layers[-1] - 1}"}
     started = time.perf_counter()
     modules = decompose(parent, train, progress=False, **options)
     seconds = time.perf_counter() - started

@@ -44,6 +44,15 @@ def test_decompose_and_compose(tmp_path):
     assert len(list((tmp_path / "modules").glob("*-module"))) == 10
 
 
+def test_compact_modules():
+    out = _run("compact_modules.py", "--epochs", "3", "--distill-steps", "10")
+    sizes = [line for line in out.splitlines() if line.startswith("module ")]
+    assert len(sizes) == 10 and all("of the parent's" in line for line in sizes)
+    assert "composed top-1:" in out
+    shared = int(out.rsplit("once per module: ", 1)[1].split()[0])
+    assert shared == 3 * 9  # stem, stage 1 and stage 2 run once for the ten modules
+
+
 def test_publish_compose_and_replace_against_a_local_hub(hub_server):
     env = {**os.environ, **client_env(hub_server.url, hub_server.hf_home)}
     common = ["--namespace", DEFAULT_USER, "--epochs", "3", "--samples-per-class", "30"]

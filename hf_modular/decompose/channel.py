@@ -49,6 +49,8 @@ class ChannelStrategy:
     keep_residual: float = 1.0
     prune_from: str | None = None
     importance: str = "taylor"
+    reconstruct: bool = True
+    reconstruction_images: int = 1000
     distill_steps: int = 300
     distill_images: int = 10_000
     distill_batch_size: int = 128
@@ -71,6 +73,8 @@ class ChannelStrategy:
             "keep_residual": self.keep_residual,
             "prune_from": self.prune_from,
             "importance": self.importance,
+            "reconstruct": self.reconstruct,
+            "reconstruction_images": self.reconstruction_images,
             "distill_steps": self.distill_steps,
             "distill_images": self.distill_images,
             "distill_batch_size": self.distill_batch_size,
@@ -279,7 +283,7 @@ def build_compact_modules(
     parent = parent.cpu().eval()
     start = strategy.shared_steps(parent)
     features, teacher = (None, None)
-    if strategy.distill_steps > 0:
+    if strategy.distill_steps > 0 or strategy.reconstruct:
         features, teacher = _distillation_data(parent, distill_dataset, image_column, start, strategy, seed)
     mine = class_indices[accelerator.process_index :: accelerator.num_processes]
     built = {}
@@ -287,13 +291,16 @@ def build_compact_modules(
         mine, desc="compact modules", disable=not progress or not accelerator.is_local_main_process
     ):
         m = class_indices.index(class_index)
-        module = prune(parent, strategy.select(parent, scores, m))
+        selection = strategy.select(parent, scores, m)
+        module = prune(parent, selection)
         head_weight, head_bias = channel_head(module.fc.weight.detach(), module.fc.bias.detach(), class_index)
         module.fc = nn.Linear(module.fc.in_features, 2)
         with torch.no_grad():
             module.fc.weight.copy_(head_weight)
             module.fc.bias.copy_(head_bias)
         details: dict[str, Any] = {}
+        if strategy.reconstruct:
+            reconstruct(parent, module, selection, start, features[: strategy.reconstruction_images])
         if strategy.distill_steps > 0:
             details["distillation_loss"] = _distill(
                 module, start, features, teacher[:, class_index], strategy, seed + class_index
@@ -321,6 +328,84 @@ def build_compact_modules(
         )
         results.append((module, details))
     return results
+
+
+@torch.no_grad()
+def reconstruct(
+    parent: ModularResNetForImageClassification,
+    module: ModularResNetForImageClassification,
+    selection: ChannelSelection,
+    start: int,
+    features: torch.Tensor,
+    max_rows: int = 65_536,
+) -> None:
+    """Refit, block by block, the conv that writes each pruned block's output (ThiNet-style least squares), so that
+    the block's pre-activation sum matches the parent's on `features` (the prefix output) as well as the kept
+    channels allow. The block's batch norm is folded into the fit. Each block sees the pruned blocks before it."""
+    parent_steps, module_steps = steps(parent), steps(module)
+    stages = [0] + [parent.stage_names.index(name.split(".")[0]) + 1 for name, _ in blocks(parent)]  # per step
+    full, kept = features, features
+    for position in range(start, len(parent_steps)):
+        parent_step, module_step = parent_steps[position], module_steps[position]
+        if position > 0:  # the stem has nothing to refit
+            target = _pre_activation(parent_step, full)
+            last_conv, last_norm = (
+                (module_step.conv3, module_step.bn3)
+                if hasattr(module_step, "conv3")
+                else (
+                    module_step.conv2,
+                    module_step.bn2,
+                )
+            )
+            inputs = _conv_input(module_step, last_conv, kept)
+            shortcut = kept if module_step.downsample is None else module_step.downsample(kept)
+            stream = selection.residual[stages[position]]
+            _fit_conv(last_conv, last_norm, inputs, target[:, stream] - shortcut, max_rows, seed=position)
+        full, kept = parent_step(full), module_step(kept)
+
+
+def _pre_activation(block: nn.Module, hidden_state: torch.Tensor) -> torch.Tensor:
+    """The block's residual sum, before its last ReLU."""
+    last_act = block.act3 if hasattr(block, "conv3") else block.act2
+    captured = []
+    handle = last_act.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].clone()))
+    try:
+        block(hidden_state)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _conv_input(block: nn.Module, conv: nn.Conv2d, hidden_state: torch.Tensor) -> torch.Tensor:
+    captured = []
+    handle = conv.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0]))
+    try:
+        block(hidden_state)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def _fit_conv(
+    conv: nn.Conv2d, norm: nn.BatchNorm2d, inputs: torch.Tensor, target: torch.Tensor, max_rows: int, seed: int
+) -> None:
+    """Least squares (slightly ridge-regularised) for conv weights and a bias that map `inputs` to `target`; the
+    batch norm becomes the identity plus that bias."""
+    columns = F.unfold(inputs, conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (N, k*k*C, L)
+    rows = columns.transpose(1, 2).reshape(-1, columns.shape[1])
+    wanted = target.permute(0, 2, 3, 1).reshape(-1, target.shape[1])
+    if len(rows) > max_rows:
+        sample = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_rows]
+        rows, wanted = rows[sample], wanted[sample]
+    design = torch.cat([rows, torch.ones(len(rows), 1)], dim=1).double()
+    gram = design.T @ design
+    gram += 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, design.T @ wanted.double())
+    conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape).float())
+    norm.running_mean.zero_()
+    norm.running_var.fill_(1 - norm.eps)
+    norm.weight.fill_(1)
+    norm.bias.copy_(solution[-1].float())
 
 
 def _rebuild(config_dict: dict[str, Any], state: dict[str, torch.Tensor]) -> ModularResNetForImageClassification:
@@ -374,8 +459,8 @@ def _distill(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, strategy.distill_steps)
     generator = torch.Generator().manual_seed(seed)
     targets = torch.sigmoid(target_log_odds)
-    for step in tail:
-        step.train()
+    # Batch norm stays in eval mode: its statistics are the parent's (or folded into a refitted conv), and batch
+    # statistics of a few hundred unlabeled images would only move them; its scale and shift still train.
     total = 0.0
     for _ in range(strategy.distill_steps):
         batch = torch.randint(0, len(features), (strategy.distill_batch_size,), generator=generator)
