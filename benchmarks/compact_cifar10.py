@@ -34,6 +34,7 @@ CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd976
 VARIANTS = {
     "activation": dict(strategy="activation", samples_per_class=1000),
     "channel, last block at 25%": dict(strategy="channel", prune_from="last block", keep=0.25, samples_per_class=256),
+    "channel, last block at 50%": dict(strategy="channel", prune_from="last block", keep=0.5, samples_per_class=256),
     "channel, stage 3 at 25%": dict(strategy="channel", prune_from="layer3", keep=0.25, samples_per_class=256),
     "channel, stage 3 at 50%": dict(strategy="channel", prune_from="layer3", keep=0.5, samples_per_class=256),
     "channel, stages 2-3 at 25%": dict(strategy="channel", prune_from="layer2", keep=0.25, samples_per_class=256),

@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", type=float, default=0.25, help="channel: share of inner channels each pruned block keeps"
     )
     dec.add_argument("--keep-residual", type=float, default=1.0, help="channel: share of residual channels kept")
-    dec.add_argument("--prune-from", default=None, help="channel: first pruned stage (layerN, or stem; default: last)")
+    dec.add_argument("--prune-from", default=None, help="channel: first pruned layerN, layerN.B or stem")
     dec.add_argument("--importance", default="taylor", choices=["taylor", "activation"], help="channel: scoring")
     dec.add_argument("--distill-steps", type=int, default=300, help="channel: recovery steps per module (0: none)")
     dec.add_argument("--distill-images", type=int, default=10_000, help="channel: unlabeled images for recovery")

@@ -130,7 +130,7 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
         details = module.config.module["details"]
         assert module.config.is_pruned and module.config.mask_shapes is None
         assert count_parameters(module) < count_parameters(parent)
-        assert details["macs_fraction"] < 1 and details["shared_steps"] == 3  # stem + the two blocks of layer1
+        assert details["macs_fraction"] < 1 and details["shared_steps"] == 4  # all but the last block (the default)
     composed = ComposedModel.from_modules(list(compact.values())).eval()
     pixel_values = torch.rand(5, 3, 8, 8)
     stem_calls = []
@@ -148,7 +148,7 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
         hook.remove()
     assert calls_shared == 1 and len(stem_calls) - calls_shared == len(compact)  # once, against once per module
     torch.testing.assert_close(shared, alone)
-    assert composed.execution_plan.shared_steps == 3 * (len(compact) - 1)
+    assert composed.execution_plan.shared_steps == 4 * (len(compact) - 1)
 
     # Modules of another parent share nothing with these, and the composition still answers exactly.
     other = decompose(_parent(seed=5), _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
@@ -157,7 +157,7 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
         torch.testing.assert_close(
             composed.module_logits(pixel_values), composed.module_logits(pixel_values, shared=False)
         )
-    assert composed.execution_plan.shared_steps == 3
+    assert composed.execution_plan.shared_steps == 4
 
 
 def test_compact_module_round_trip(compact, tmp_path):
@@ -220,7 +220,7 @@ def test_cli_decomposes_into_compact_modules_and_resumes(tmp_path, capsys):
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())
     assert set(report["modules"]) == set(NAMES) and 0 < report["mean_macs_fraction"] < 1
     module = ModularResNetForImageClassification.from_pretrained(tmp_path / "modules" / "dark-module")
-    assert module.config.module["method"]["strategy"] == "channel" and module.config.block_widths[-1] == [4, 4]
+    assert module.config.module["method"]["strategy"] == "channel" and module.config.block_widths[-1] == [8, 4]
     assert "compact module" in (tmp_path / "modules" / "dark-module" / "README.md").read_text()
     assert main(command) == 0  # same parent, data and options: nothing is rebuilt
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())

@@ -130,7 +130,8 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     assert sorted(p.name for p in (tmp_path / "by-reference").iterdir()) == ["config.json", "preprocessor_config.json"]
     composed.save_pretrained(tmp_path / "materialized", materialize=True)
     assert (tmp_path / "materialized" / "modules" / "dark-module" / "model.safetensors").is_file()
-    assert "**class module** for `dark`" in (tmp_path / "materialized" / "modules" / "dark-module" / "README.md").read_text()
+    card = (tmp_path / "materialized" / "modules" / "dark-module" / "README.md").read_text()
+    assert "**class module** for `dark`" in card
     for directory in ("by-reference", "materialized"):
         loaded = ComposedModel.from_pretrained(tmp_path / directory)
         assert loaded.labels == ["dark", "sun"]
