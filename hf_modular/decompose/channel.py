@@ -31,13 +31,13 @@ from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import iterate_batches
 from ..execution import steps
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from ..processing import image_mode, image_processor_for
 from .activation import channel_head
 from .pruning import ChannelSelection, blocks, count_macs, count_parameters, prune, tied_stem
 from .sampling import SamplePlan
+from .statistics import planned_batches
 
 IMPORTANCE = ("taylor", "activation")
 
@@ -199,32 +199,22 @@ def collect_channel_scores(
         for name in sites
     ]
     per_row: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
-    positions = list(range(len(plan.rows)))
+    batches = planned_batches(
+        model,
+        dataset,
+        plan,
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        progress=progress,
+        desc="channel scores",
+    )
     try:
-        with accelerator.split_between_processes(positions) as shard:
-            subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
-            batches = iterate_batches(
-                subset,
-                image_processor_for(model.config),
-                image_column=image_column,
-                label_column=label_column,
-                batch_size=batch_size,
-                image_mode=image_mode(model.config.num_channels),
-            )
-            start = shard[0] if shard else 0
-            bar = tqdm(
-                total=len(positions),
-                disable=not progress or not accelerator.is_local_main_process,
-                desc="channel scores",
-                unit="img",
-            )
-            for pixel_values, _ in batches:
-                rows = usage[start : start + len(pixel_values)]  # (B, M)
-                for name, value in _batch_scores(model, pixel_values.to(device), rows, classes, captured, importance):
-                    per_row[name].append(value.cpu())
-                start += len(pixel_values)
-                bar.update(len(pixel_values) * accelerator.num_processes)
-            bar.close()
+        for start, pixel_values in batches:
+            rows = usage[start : start + len(pixel_values)]  # (B, M)
+            for name, value in _batch_scores(model, pixel_values.to(device), rows, classes, captured, importance):
+                per_row[name].append(value.cpu())
     finally:
         for handle in handles:
             handle.remove()

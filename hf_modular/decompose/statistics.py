@@ -11,6 +11,7 @@ rows were split, so the result is bit-identical on any number of processes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import datasets
@@ -81,31 +82,21 @@ def collect_activity(
             else:
                 hook = site.register_forward_hook(lambda module, inputs, out, name=name: record(out, name))
             handles.append(hook)
-    positions = list(range(len(plan.rows)))
+    batches = planned_batches(
+        model,
+        dataset,
+        plan,
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        accelerator=accelerator,
+        progress=progress,
+        desc="statistics pass" if observe else "inference pass",
+    )
     try:
-        with accelerator.split_between_processes(positions) as shard:
-            subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
-            batches = iterate_batches(
-                subset,
-                image_processor_for(model.config),
-                image_column=image_column,
-                label_column=label_column,
-                batch_size=batch_size,
-                image_mode=image_mode(model.config.num_channels),
-            )
-            start = shard[0] if shard else 0
-            bar = tqdm(
-                total=len(positions),
-                disable=not progress or not accelerator.is_local_main_process,
-                desc="statistics pass" if observe else "inference pass",
-                unit="img",
-            )
-            for pixel_values, _ in batches:
-                segments[:] = _segments(plan.group[start : start + len(pixel_values)])
-                model(pixel_values.to(device))
-                start += len(pixel_values)
-                bar.update(len(pixel_values) * accelerator.num_processes)
-            bar.close()
+        for start, pixel_values in batches:
+            segments[:] = _segments(plan.group[start : start + len(pixel_values)])
+            model(pixel_values.to(device))
     finally:
         for handle in handles:
             handle.remove()
@@ -123,6 +114,40 @@ def collect_activity(
         negative[name] = (group_negative @ block > 0).reshape(len(plan.classes), *shapes[name])
         offset += size
     return ActivityMaps(own, negative, plan.own.sum(0), plan.negative.sum(0))
+
+
+def planned_batches(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset,
+    plan: SamplePlan,
+    *,
+    image_column: str,
+    label_column: str,
+    batch_size: int,
+    accelerator: Accelerator,
+    progress: bool,
+    desc: str,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """This process's contiguous shard of the plan's rows, preprocessed for `model`, as (position in the plan of the
+    batch's first row, pixel values (B, C, H, W)). The progress bar counts all processes' rows."""
+    positions = list(range(len(plan.rows)))
+    with accelerator.split_between_processes(positions) as shard:
+        subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
+        batches = iterate_batches(
+            subset,
+            image_processor_for(model.config),
+            image_column=image_column,
+            label_column=label_column,
+            batch_size=batch_size,
+            image_mode=image_mode(model.config.num_channels),
+        )
+        start = shard[0] if shard else 0
+        disable = not progress or not accelerator.is_local_main_process
+        with tqdm(total=len(positions), disable=disable, desc=desc, unit="img") as bar:
+            for pixel_values, _ in batches:
+                yield start, pixel_values
+                start += len(pixel_values)
+                bar.update(len(pixel_values) * accelerator.num_processes)
 
 
 def _segments(groups: torch.Tensor) -> list[tuple[int, int, int]]:
