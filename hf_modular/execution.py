@@ -83,7 +83,8 @@ def _probed_copy(step: nn.Module, members: Sequence[nn.Module]) -> tuple[nn.Modu
         relu.mask = None
         if all(mask is None for mask in masks):
             continue
-        masked = torch.stack([torch.zeros_like(m) if m is None else ~m for m in masks]).flatten(1).T  # (CHW, S)
+        shape_of = next(mask for mask in masks if mask is not None)  # members without a mask here mask nothing
+        masked = torch.stack([torch.zeros_like(shape_of) if m is None else ~m for m in masks]).flatten(1).T  # (CHW, S)
         columns = masked.any(dim=1).nonzero().flatten()
         if len(columns) == 0:
             continue

@@ -56,6 +56,9 @@ def test_a_mask_that_fires_makes_the_module_run_alone(modules_a):
     pixel_values = _pixels()
     shared = _assert_same(composed, pixel_values)
     assert composed.execution_plan.rerun_fraction > 0
+    # One member without any mask at that site (as when a map keeps every node there): it masks nothing.
+    composed.members[0].layer1[0].act1.mask = None
+    _assert_same(composed, pixel_values)
     # Nothing masked anywhere: the shared trunk answers every pair, and still exactly.
     for module in composed.members:
         for relu in module.sites("relu").values():
