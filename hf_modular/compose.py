@@ -122,6 +122,7 @@ class ComposedModel(PreTrainedModel):
         self.post_init()
         for module in members:  # attached after post_init: trained weights are never re-initialised
             self.members.append(module.eval())
+        self.eval()  # a composition is for inference (and shared execution runs in eval mode); .train() to opt out
 
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing to initialise: every weight belongs to a trained module."""
