@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel
@@ -25,7 +24,7 @@ from hf_modular.compose import composed_image_processor
 from hf_modular.convert import import_cifar_resnet
 from hf_modular.data import iterate_batches, load_image_dataset
 from hf_modular.decompose import decompose
-from hf_modular.decompose.pruning import count_macs, count_parameters
+from hf_modular.decompose.pruning import MacCounter, count_macs, count_parameters
 from hf_modular.evaluation import evaluate
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -48,26 +47,6 @@ PUBLISHED = [
     ("CNNSplitter, ASE 2022 (search + retraining)", "~52% of the model's compute", "~-2.9 pp"),
     ("GradSplitter (retraining)", "~20% fewer kernels than CNNSplitter", "~-2.5 pp"),
 ]
-
-
-class MacCounter:
-    """Counts conv and linear multiply-accumulates of every module run inside the block (all models)."""
-
-    def __enter__(self) -> MacCounter:
-        self.total = 0
-
-        def hook(module: nn.Module, inputs, output) -> None:
-            if isinstance(module, nn.Conv2d):
-                kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                self.total += output.numel() * kernel
-            elif isinstance(module, nn.Linear):
-                self.total += output.numel() * module.in_features
-
-        self.handle = torch.nn.modules.module.register_module_forward_hook(hook)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.handle.remove()
 
 
 @torch.inference_mode()

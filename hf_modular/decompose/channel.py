@@ -311,11 +311,12 @@ def build_compact_modules(
     for class_index in class_indices:
         state, config_dict, details = built[class_index]
         module = _rebuild(config_dict, state)
+        macs, parameters = count_macs(module, example), count_parameters(module)
         details.update(
-            macs=count_macs(module, example),
-            parameters=count_parameters(module),
-            macs_fraction=count_macs(module, example) / parent_macs,
-            parameters_fraction=count_parameters(module) / parent_parameters,
+            macs=macs,
+            parameters=parameters,
+            macs_fraction=macs / parent_macs,
+            parameters_fraction=parameters / parent_parameters,
             shared_steps=start,
         )
         results.append((module, details))

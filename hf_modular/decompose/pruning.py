@@ -146,31 +146,31 @@ def _slice(
     return tensor.clone()
 
 
+class MacCounter:
+    """Counts the multiply-accumulates of every conv and linear layer that runs inside the block, in any model
+    (a global hook, so it also sees the shared steps a composition runs). `total` covers the whole batch."""
+
+    def __enter__(self) -> MacCounter:
+        self.total = 0
+        self._handle = nn.modules.module.register_module_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _count(self, module: nn.Module, inputs, output) -> None:
+        if isinstance(module, nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            self.total += output.numel() * kernel
+        elif isinstance(module, nn.Linear):
+            self.total += output.numel() * module.in_features
+
+
 def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass over `pixel_values`, per image, counting convs and linear layers."""
-    total = 0
-
-    def conv_hook(module: nn.Conv2d, inputs, output) -> None:
-        nonlocal total
-        kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        total += output[0].numel() * kernel
-
-    def linear_hook(module: nn.Linear, inputs, output) -> None:
-        nonlocal total
-        total += module.in_features * module.out_features
-
-    handles = [
-        module.register_forward_hook(conv_hook if isinstance(module, nn.Conv2d) else linear_hook)
-        for module in model.modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.inference_mode():
-            model(pixel_values[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    """Multiply-accumulates of one forward pass of `model` on one image of `pixel_values`'s shape."""
+    with MacCounter() as counter, torch.inference_mode():
+        model(pixel_values[:1])
+    return counter.total
 
 
 def count_parameters(model: nn.Module) -> int:
