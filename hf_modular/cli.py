@@ -121,6 +121,7 @@ def _decompose(args: argparse.Namespace) -> None:
             "importance": args.importance,
             "distill_steps": args.distill_steps,
             "distill_images": args.distill_images,
+            "mirror": not args.no_mirror,
         }
     else:
         strategy_options = {
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--importance", default="taylor", choices=["taylor", "activation"], help="channel: scoring")
     dec.add_argument("--distill-steps", type=int, default=300, help="channel: recovery steps per module (0: none)")
     dec.add_argument("--distill-images", type=int, default=10_000, help="channel: unlabeled images for recovery")
+    dec.add_argument("--no-mirror", action="store_true", help="channel: recover on the images only, not also mirrored")
     dec.add_argument("--batch-size", type=int, default=128)
     dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling")
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")

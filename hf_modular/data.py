@@ -89,6 +89,12 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return list(dataset.features[label_column].names)
 
 
+def label_ids(dataset: datasets.Dataset, label_column: str) -> torch.Tensor:
+    """The label column as an (N,) int64 tensor, read as one Arrow column (indexing `dataset[column]` row by row
+    costs seconds on 50k rows)."""
+    return dataset.select_columns([label_column]).with_format("torch")[:][label_column].long()
+
+
 def select_classes(dataset: datasets.Dataset, labels: list[str], label_column: str | None = None) -> datasets.Dataset:
     """The rows of `labels`' classes, relabelled with a ClassLabel of exactly those names (in that order)."""
     _, label_column = find_columns(dataset, label_column=label_column)

@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .compose import ComposedModel, composed_image_processor, top_k, vote
-from .data import find_columns, iterate_batches, label_names
+from .data import find_columns, iterate_batches, label_ids, label_names
 from .execution import ExecutionPlan
 from .modeling_modular_resnet import ModularResNetForImageClassification
 from .processing import image_mode, image_processor_for
@@ -108,7 +108,7 @@ def collect_module_logits(
     random sample of at most `max_images` of them)."""
     image_column, label_column = find_columns(dataset)
     to_model = dataset_to_model_labels(label_names(dataset, label_column), composed.config.id2label, unknown_as=-1)
-    rows = (to_model[torch.tensor(dataset[label_column])] >= 0).nonzero().flatten()
+    rows = (to_model[label_ids(dataset, label_column)] >= 0).nonzero().flatten()
     if len(rows) == 0:
         raise ValueError(f"The dataset has no images of the composition's classes {composed.labels}.")
     if max_images is not None and len(rows) > max_images:

@@ -18,7 +18,7 @@ from accelerate.utils import set_seed
 
 from .compose import ComposedModel
 from .configuration_modular_resnet import ModularResNetConfig
-from .data import find_columns, label_names, select_classes
+from .data import find_columns, label_ids, label_names, select_classes
 from .emissions import measure_compute
 from .evaluation import evaluate
 from .modeling_modular_resnet import ModularResNetForImageClassification
@@ -59,7 +59,7 @@ def weaken(dataset: datasets.Dataset, label: str, keep: float, seed: int = 0) ->
     """`dataset` with only a `keep` fraction of `label`'s rows (seeded), to train a parent that is weak on it."""
     _, label_column = find_columns(dataset)
     index = label_names(dataset, label_column).index(label)
-    rows = torch.tensor(dataset[label_column])
+    rows = label_ids(dataset, label_column)
     members = (rows == index).nonzero().flatten()
     kept = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(seed))][
         : max(1, round(keep * len(members)))

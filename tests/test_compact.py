@@ -20,7 +20,9 @@ from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.cards import module_card
 from hf_modular.decompose import decompose
 from hf_modular.decompose.activation import channel_head
+from hf_modular.decompose.channel import ChannelStrategy, _distillation_data, log_odds
 from hf_modular.decompose.pruning import ChannelSelection, blocks, count_parameters, prune
+from hf_modular.execution import steps
 from hf_modular.processing import image_processor_for
 from tests.test_decompose import image_dataset, tiny_config
 
@@ -189,6 +191,23 @@ def test_bad_channel_options():
         decompose(parent, data, strategy="channel", keep=0, progress=False)
     with pytest.raises(ValueError, match="importance must be one of"):
         decompose(parent, data, strategy="channel", importance="magnitude", progress=False)
+
+
+def test_recovery_data_holds_each_image_and_its_mirror_image_through_the_frozen_prefix():
+    parent, data = _parent(), image_dataset([30, 220, 128], [0, 1, 2], noise=60, names=NAMES)
+    strategy = ChannelStrategy(prune_from="layer2", distill_images=3)
+    start = strategy.shared_steps(parent)
+    features, teacher = _distillation_data(parent, data, "image", start, strategy, seed=0)
+    pixel_values = image_processor_for(parent.config)(
+        [image.convert("RGB") for image in data["image"]], return_tensors="pt"
+    )["pixel_values"]
+    both = torch.cat([pixel_values, pixel_values.flip(-1)])
+    with torch.no_grad():
+        assert torch.allclose(features, torch.nn.Sequential(*steps(parent)[:start])(both), atol=1e-5)
+        assert torch.allclose(teacher, log_odds(parent(both).logits), atol=1e-5)
+    assert not torch.allclose(features[:3], features[3:])  # the noisy images are not symmetric
+    plain, _ = _distillation_data(parent, data, "image", start, ChannelStrategy(distill_images=3, mirror=False), 0)
+    assert len(plain) == 3
 
 
 def test_cli_decomposes_into_compact_modules_and_resumes(tmp_path, capsys):

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 from accelerate import Accelerator
 
-from ..data import dataset_name, dataset_split, find_columns, label_names, load_image_dataset
+from ..data import dataset_name, dataset_split, find_columns, label_ids, label_names, load_image_dataset
 from ..emissions import measure_compute
 from ..evaluation import dataset_to_model_labels
 from ..modeling_modular_resnet import ModularResNetForImageClassification
@@ -95,7 +94,7 @@ def decompose(
         _check_image_size(dataset, image_column, model.config.image_size)
 
     plan = plan_samples(
-        to_model[torch.tensor(dataset[label_column])],
+        to_model[label_ids(dataset, label_column)],
         class_indices,
         model.config.num_labels,
         samples_per_class=samples_per_class,

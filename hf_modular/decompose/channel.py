@@ -56,6 +56,7 @@ class ChannelStrategy:
     distill_images: int = 10_000
     distill_batch_size: int = 128
     learning_rate: float = 1e-3
+    mirror: bool = True
     name = "channel"
 
     def __post_init__(self):
@@ -80,6 +81,7 @@ class ChannelStrategy:
             "distill_images": self.distill_images,
             "distill_batch_size": self.distill_batch_size,
             "learning_rate": self.learning_rate,
+            "mirror": self.mirror,
         }
 
     def first_block(self, model: ModularResNetForImageClassification) -> int:
@@ -432,6 +434,8 @@ def _distillation_data(
     for begin in range(0, count, 256):
         images = [image.convert(mode) for image in subset[begin : begin + 256][image_column]]
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        if strategy.mirror:  # each image and its mirror image: twice the data for the cost of preparing it
+            pixel_values = torch.cat([pixel_values, pixel_values.flip(-1)])
         features.append(prefix(pixel_values))
         teacher.append(log_odds(parent(pixel_values).logits))
     return torch.cat(features), torch.cat(teacher)
@@ -454,10 +458,13 @@ def _distill(
     targets = torch.sigmoid(target_log_odds)
     # Batch norm stays in eval mode: its statistics are the parent's (or folded into a refitted conv), and batch
     # statistics of a few hundred unlabeled images would only move them; its scale and shift still train.
+    # Channels-last convolutions train about 20% faster on CPU (measured on the shared ResNet-20); the module goes
+    # back to the standard layout afterwards, which is what safetensors stores.
+    module.to(memory_format=torch.channels_last)
     total = 0.0
     for _ in range(strategy.distill_steps):
         batch = torch.randint(0, len(features), (strategy.distill_batch_size,), generator=generator)
-        hidden_state = features[batch]
+        hidden_state = features[batch].contiguous(memory_format=torch.channels_last)
         for step in tail:
             hidden_state = step(hidden_state)
         logits = module.fc(module.global_pool(hidden_state))
@@ -467,5 +474,6 @@ def _distill(
         optimizer.step()
         schedule.step()
         total = loss.item()
+    module.to(memory_format=torch.contiguous_format)
     module.eval()
     return total

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from datasets import Dataset
 
-from ..data import dataset_name, find_columns, label_names, load_image_dataset
+from ..data import dataset_name, find_columns, label_ids, label_names, load_image_dataset
 from ..modeling_modular_resnet import ModularResNetForImageClassification
 from . import STRATEGIES
 from .modules import build_module, jaccard_index, masked_fraction
@@ -86,7 +86,7 @@ def _class_rows(module: ModularResNetForImageClassification, dataset: Dataset, s
     names = label_names(dataset, label_column)
     if label not in names:
         raise ValueError(f"The dataset given for the {label!r} module has no class {label!r}; its classes: {names}.")
-    rows = (torch.tensor(dataset[label_column]) == names.index(label)).nonzero().flatten()
+    rows = (label_ids(dataset, label_column) == names.index(label)).nonzero().flatten()
     return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))]
 
 
