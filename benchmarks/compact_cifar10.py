@@ -51,17 +51,21 @@ PUBLISHED = [
 
 
 @torch.inference_mode()
-def images_per_second(function, pixel_values: torch.Tensor, repeats: int = 5) -> float:
-    function(pixel_values)
-    times = []
+def images_per_second(functions: dict, inputs: dict, repeats: int = 5) -> dict:
+    """Median images/s of each function on its input, the functions timed in turn (interleaved), so a machine that
+    gets busier or quieter during the measurement affects them alike."""
+    times: dict = {name: [] for name in functions}
+    for name, function in functions.items():
+        function(inputs[name])  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        function(pixel_values)
-        times.append(time.perf_counter() - start)
-    return len(pixel_values) / statistics.median(times)
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function(inputs[name])
+            times[name].append(time.perf_counter() - start)
+    return {name: len(inputs[name]) / statistics.median(values) for name, values in times.items()}
 
 
-def measure(name: str, parent, train, test, options: dict, batch: torch.Tensor) -> dict:
+def measure(name: str, parent, train, test, options: dict, batch: torch.Tensor, normalised: torch.Tensor) -> dict:
     """Decompose with `options`, then size, accuracy and cost of the modules and of their composition."""
     if options.get("prune_from") == "last block":
         options = {**options, "prune_from": f"{parent.stage_names[-1]}.{parent.config.layers[-1] - 1}"}
@@ -82,7 +86,10 @@ def measure(name: str, parent, train, test, options: dict, batch: torch.Tensor) 
         "top1": accuracy.top1,
         "top5": accuracy.top5,
         "composition_macs": counter.total / len(batch) / parent_macs,
-        "speed": images_per_second(composed.module_logits, batch),
+        **images_per_second(
+            {"speed": composed.module_logits, "parent_speed": parent.forward},
+            {"speed": batch, "parent_speed": normalised},
+        ),
         "seconds": seconds,
     }
 
@@ -109,23 +116,23 @@ def main() -> None:
         )
         mean, std = torch.tensor(parent.config.image_mean), torch.tensor(parent.config.image_std)
         normalised = (batch - mean[:, None, None]) / std[:, None, None]
-        parent_speed = images_per_second(parent.forward, normalised)
         print(
             f"\n### {model_name}: parent top-1 {100 * parent_accuracy.top1:.2f}%, top-5 "
-            f"{100 * parent_accuracy.top5:.2f}%, {parent_speed:.0f} img/s (batch 128)\n"
+            f"{100 * parent_accuracy.top5:.2f}%; img/s on batches of 128, the parent timed beside each composition\n"
         )
         print(
             "| variant | module params | module MACs | composed top-1 (vs parent) | composed top-5 (vs parent) "
-            "| 10-module MACs | 10-module img/s (vs parent) | decomposition |"
+            "| 10-module MACs | 10-module img/s vs parent's | decomposition |"
         )
         print("|---|---|---|---|---|---|---|---|")
         for name in args.variants:
-            row = measure(name, parent, train, test, VARIANTS[name], batch)
+            row = measure(name, parent, train, test, VARIANTS[name], batch, normalised)
             print(
                 f"| {name} | {100 * row['parameters']:.1f}% | {100 * row['macs']:.1f}% "
                 f"| {100 * row['top1']:.2f}% ({100 * (row['top1'] - parent_accuracy.top1):+.2f} pp) "
                 f"| {100 * row['top5']:.2f}% ({100 * (row['top5'] - parent_accuracy.top5):+.2f} pp) "
-                f"| {row['composition_macs']:.2f}x | {row['speed']:.0f} ({row['speed'] / parent_speed:.2f}x) "
+                f"| {row['composition_macs']:.2f}x | {row['speed']:.0f} vs {row['parent_speed']:.0f} "
+                f"({row['speed'] / row['parent_speed']:.2f}x) "
                 f"| {row['seconds'] / 60:.1f} min |",
                 flush=True,
             )
