@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--distill-images", type=int, default=10_000, help="channel: unlabeled images for recovery")
     dec.add_argument("--no-mirror", action="store_true", help="channel: recover on the images only, not also mirrored")
     dec.add_argument("--batch-size", type=int, default=128)
-    dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling")
+    dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling (and of channel recovery)")
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     dec.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")

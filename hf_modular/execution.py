@@ -60,9 +60,8 @@ def _same_step(first: nn.Module, second: nn.Module) -> bool:
         {name: t for name, t in (*step.named_parameters(), *step.named_buffers()) if name not in relu_masks}
         for step in (first, second)
     ]
-    if [type(m) for m in first.modules()] != [type(m) for m in second.modules()] or tensors[0].keys() != tensors[
-        1
-    ].keys():
+    structure = [[(type(m), getattr(m, "index", None)) for m in step.modules()] for step in (first, second)]
+    if structure[0] != structure[1] or tensors[0].keys() != tensors[1].keys():  # index: a pruned shortcut's mapping
         return False
     return all(
         a.shape == b.shape and (a.data_ptr() == b.data_ptr() or torch.equal(a, b))

@@ -183,6 +183,30 @@ def test_compact_module_round_trip(compact, tmp_path):
         torch.testing.assert_close(reloaded.module_logits(pixel_values), composed.module_logits(pixel_values))
 
 
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_modules_pruned_from_the_stem_narrow_every_stream_and_still_compose(shortcut, tmp_path):
+    parent = _parent(shortcut=shortcut)
+    modules = decompose(
+        parent, _data(), strategy="channel", prune_from="stem", keep=0.5, keep_residual=0.5,
+        samples_per_class=4, progress=False, distill_steps=3, **DISTILL,
+    )  # fmt: skip
+    full = parent.config.full_stage_channels  # the stem, then each stage's residual stream
+    for module in modules.values():
+        assert module.config.stage_channels == [width // 2 for width in full]
+        assert module.config.module["details"]["shared_steps"] == 0
+        assert count_parameters(module) < count_parameters(parent) / 2
+    modules["dark"].save_pretrained(tmp_path / "dark")
+    again = ModularResNetForImageClassification.from_pretrained(tmp_path / "dark")
+    pixel_values = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(again(pixel_values).logits, modules["dark"](pixel_values).logits)
+        composed = ComposedModel.from_modules(list(modules.values())).eval()
+        torch.testing.assert_close(
+            composed.module_logits(pixel_values), composed.module_logits(pixel_values, shared=False)
+        )
+    assert composed.execution_plan.shared_steps == 0  # every step differs between modules
+
+
 def test_bad_channel_options():
     parent, data = _parent(), _data(2)
     with pytest.raises(ValueError, match="prune_from='layer9'"):
@@ -191,6 +215,10 @@ def test_bad_channel_options():
         decompose(parent, data, strategy="channel", keep=0, progress=False)
     with pytest.raises(ValueError, match="importance must be one of"):
         decompose(parent, data, strategy="channel", importance="magnitude", progress=False)
+    with pytest.raises(ValueError, match="starts inside the last stage"):  # keep_residual would do nothing
+        decompose(parent, data, strategy="channel", keep_residual=0.5, progress=False)
+    with pytest.raises(ValueError, match="distill_images"):
+        decompose(parent, data, strategy="channel", distill_images=0, progress=False)
 
 
 def test_recovery_data_holds_each_image_and_its_mirror_image_through_the_frozen_prefix():

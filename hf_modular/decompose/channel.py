@@ -14,8 +14,9 @@ The paper's modules are full-size masked copies of the parent. Here each module 
 3. Recovery: each pruned block's output conv is refitted by least squares to reproduce the parent's block output
    (`reconstruct`), then the pruned part is trained for `distill_steps` steps so that the module's own-class probability
    matches the parent's probability of class c on unlabeled training images (binary cross-entropy with the
-   parent's probability as the target). Modules' scores stay calibrated like the parent's, so they compose
-   by the same vote. The frozen prefix is computed once for all modules. Classes are split across processes.
+   parent's probability as the target), each image seen also mirrored (`mirror`). Modules' scores stay calibrated
+   like the parent's, so they compose by the same vote. The frozen prefix is computed once for all modules. Classes
+   are split across processes.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ class ChannelStrategy:
             raise ValueError(f"importance must be one of {IMPORTANCE}, got {self.importance!r}.")
         if self.distill_steps < 0:
             raise ValueError("distill_steps must be >= 0 (0: no recovery).")
+        if min(self.distill_images, self.reconstruction_images, self.distill_batch_size) < 1 or self.learning_rate <= 0:
+            raise ValueError(
+                "distill_images, reconstruction_images and distill_batch_size must be >= 1 and learning_rate > 0; "
+                f"got {self.distill_images}, {self.reconstruction_images}, {self.distill_batch_size}, "
+                f"{self.learning_rate} (distill_steps=0 and reconstruct=False turn recovery off)."
+            )
 
     def parameters(self) -> dict[str, Any]:
         return {
@@ -86,8 +93,8 @@ class ChannelStrategy:
 
     def first_block(self, model: ModularResNetForImageClassification) -> int:
         """Index into `blocks(model)` of the first pruned block. `prune_from` names a stage (`"layer3"`, its first
-        block), a block (`"layer3.1"`), or `"stem"` (everything, the stem's channels too); `None`: the last block,
-        where pruning costs least accuracy (measured on CIFAR-10: README)."""
+        block), a block (`"layer3.1"`), or `"stem"` (every block; the stem's channels too with `keep_residual < 1`);
+        `None`: the last block, where pruning costs least accuracy (measured on CIFAR-10: README)."""
         names = [name for name, _ in blocks(model)]
         prune_from = self.prune_from or names[-1]
         if prune_from == "stem":
@@ -109,6 +116,12 @@ class ChannelStrategy:
         first = self.first_block(model)
         layers = model.config.layers
         streams = [stage + 1 for stage in range(len(layers)) if sum(layers[:stage]) >= first]
+        if not streams:
+            raise ValueError(
+                f"keep_residual={self.keep_residual} prunes the residual stream of stages pruned whole, and "
+                f"prune_from={self.prune_from!r} starts inside the last stage. Prune from a stage "
+                f"(e.g. {model.stage_names[-1]!r}) or from 'stem', or keep keep_residual=1."
+            )
         if 1 in streams and (tied_stem(model) or self.prune_from == "stem"):
             streams.insert(0, 0)
         return streams
@@ -223,8 +236,9 @@ def collect_channel_scores(
     counts = usage.sum(0).cpu().double().clamp_min(1)  # (M,)
     scores = {}
     for name in sites:
-        local = torch.cat(per_row[name]) if per_row[name] else torch.zeros(0, len(plan.classes), 0)
-        rows = torch.cat(gather_object([local])) if accelerator.num_processes > 1 else local  # (U, M, C), row order
+        local = torch.cat(per_row[name]) if per_row[name] else None  # None: this process had no rows
+        parts = gather_object([local]) if accelerator.num_processes > 1 else [local]
+        rows = torch.cat([part for part in parts if part is not None])  # (U, M, C), in row order
         scores[name] = rows.double().sum(0) / counts[:, None]
     return scores
 
@@ -239,7 +253,8 @@ def _batch_scores(
 ):
     """Yield (site, (B, M, C) per-row scores, zero where a row is not module m's)."""
     with torch.enable_grad():
-        logits = model(pixel_values).logits
+        # The input asks for gradients so that activations carry them even when the parent's weights are frozen.
+        logits = model(pixel_values.requires_grad_(True)).logits
         names = list(captured)
         activations = [captured[name] for name in names]
         if importance == "activation":
@@ -461,8 +476,8 @@ def _distill(
     # Channels-last convolutions train about 20% faster on CPU (measured on the shared ResNet-20); the module goes
     # back to the standard layout afterwards, which is what safetensors stores.
     module.to(memory_format=torch.channels_last)
-    total = 0.0
-    for _ in range(strategy.distill_steps):
+    last_losses = []  # the reported loss: the mean over the last tenth of the steps (one batch is noisy)
+    for step_index in range(strategy.distill_steps):
         batch = torch.randint(0, len(features), (strategy.distill_batch_size,), generator=generator)
         hidden_state = features[batch].contiguous(memory_format=torch.channels_last)
         for step in tail:
@@ -473,7 +488,8 @@ def _distill(
         loss.backward()
         optimizer.step()
         schedule.step()
-        total = loss.item()
+        if step_index >= strategy.distill_steps - max(1, strategy.distill_steps // 10):
+            last_losses.append(loss.item())
     module.to(memory_format=torch.contiguous_format)
     module.eval()
-    return total
+    return sum(last_losses) / len(last_losses)
