@@ -13,6 +13,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import hf_modular  # noqa: F401
@@ -24,6 +25,7 @@ from hf_modular.decompose.channel import ChannelStrategy, _distillation_data, lo
 from hf_modular.decompose.pruning import ChannelSelection, blocks, count_parameters, prune
 from hf_modular.execution import steps
 from hf_modular.processing import image_processor_for
+from tests.hub_server import DEFAULT_USER, HubServer, hub_server_fixture  # noqa: F401
 from tests.test_decompose import image_dataset, tiny_config
 
 NAMES = ["dark", "bright", "mid"]
@@ -181,6 +183,24 @@ def test_compact_module_round_trip(compact, tmp_path):
     reloaded = ComposedModel.from_pretrained(tmp_path / "composed")
     with torch.no_grad():
         torch.testing.assert_close(reloaded.module_logits(pixel_values), composed.module_logits(pixel_values))
+
+
+def test_compact_module_through_the_hub(hub_server: HubServer, compact):
+    """Pushed, then loaded by repo id three ways and composed by repo id with a local module."""
+    module, repo_id = compact["bright"], f"{DEFAULT_USER}/tiny-bright-compact-module"
+    module.push_to_hub(repo_id)
+    pixel_values = torch.rand(3, 3, 8, 8)
+    with torch.no_grad():
+        expected = module(pixel_values).logits
+        loaded = ModularResNetForImageClassification.from_pretrained(repo_id)
+        torch.testing.assert_close(loaded(pixel_values).logits, expected)
+        via_timm = timm.create_model(f"hf-hub:{repo_id}", pretrained=True).eval()
+        torch.testing.assert_close(via_timm(pixel_values), expected)
+        composed = ComposedModel.from_modules([repo_id, compact["dark"]]).eval()
+        alone = ComposedModel.from_modules([module, compact["dark"]]).eval()
+        torch.testing.assert_close(composed.module_logits(pixel_values), alone.module_logits(pixel_values))
+    assert loaded.config.block_widths == module.config.block_widths and loaded.config.is_pruned
+    assert "compact module" in ModelCard.load(repo_id).text
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
