@@ -21,7 +21,7 @@ from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.cards import module_card
 from hf_modular.decompose import decompose
 from hf_modular.decompose.activation import channel_head
-from hf_modular.decompose.channel import ChannelStrategy, _batch_norms_folded, _distillation_data, log_odds
+from hf_modular.decompose.channel import ChannelStrategy, _distillation_data, log_odds
 from hf_modular.decompose.pruning import ChannelSelection, blocks, count_parameters, prune
 from hf_modular.execution import steps
 from hf_modular.processing import image_processor_for
@@ -239,23 +239,6 @@ def test_bad_channel_options():
         decompose(parent, data, strategy="channel", keep_residual=0.5, progress=False)
     with pytest.raises(ValueError, match="distill_images"):
         decompose(parent, data, strategy="channel", distill_images=0, progress=False)
-
-
-@pytest.mark.parametrize("shortcut", ["A", "B"])
-def test_batch_norms_fold_for_training_and_unfold_into_the_models_layout(shortcut):
-    module, pixel_values = _parent(shortcut=shortcut), torch.rand(4, 3, 8, 8)
-    norms = lambda: sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())  # noqa: E731
-    total, keys = norms(), list(module.state_dict())
-    with torch.no_grad():
-        before = module(pixel_values).logits
-        with _batch_norms_folded(module, start=0):  # every step trains: no batch norm left
-            assert norms() == 0
-            torch.testing.assert_close(module(pixel_values).logits, before, rtol=1e-4, atol=1e-5)
-        assert norms() == total and list(module.state_dict()) == keys
-        torch.testing.assert_close(module(pixel_values).logits, before, rtol=1e-4, atol=1e-5)
-        with _batch_norms_folded(module, start=3):  # the stem and the first two blocks stay as they are
-            assert norms() == 1 + 2 * 2  # (the one projection shortcut, in layer2.0, is folded)
-            torch.testing.assert_close(module(pixel_values).logits, before, rtol=1e-4, atol=1e-5)
 
 
 def test_recovery_data_holds_each_image_and_its_mirror_image_through_the_frozen_prefix():
