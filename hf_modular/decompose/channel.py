@@ -439,7 +439,9 @@ def _distillation_data(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unlabeled training images through the parent's frozen prefix (the first `start` steps), and the parent's
     log-odds of every class on them: (N, C, H, W) features and (N, n) targets."""
-    count = min(strategy.distill_images, len(dataset))
+    # Without distillation only the reconstruction reads these, and it needs no more than its own share.
+    wanted = strategy.distill_images if strategy.distill_steps > 0 else strategy.reconstruction_images
+    count = min(wanted, len(dataset))
     rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
     subset = dataset.select(rows.tolist()).select_columns([image_column])
     processor = image_processor_for(parent.config)
