@@ -1,5 +1,5 @@
 """Composition speed and memory: the parent, its ten modules run one after another (`shared=False`), and the same
-ten modules run as one shared computation (`ComposedModel`'s default, `hf_modular.execution`), in one run.
+ten modules run as one shared computation (`ComposedModel`'s default, `hf_modular.compose.execution`), in one run.
 
     python benchmarks/compose_speed.py [--models resnet20 resnet56] [--batch-sizes 8 128] [--repeats 5]
 
@@ -25,10 +25,10 @@ import torch
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel
-from hf_modular.convert import import_cifar_resnet
+from hf_modular.models import import_cifar_resnet
 from hf_modular.data import load_image_dataset
 from hf_modular.decompose import decompose
-from hf_modular.processing import image_processor_for
+from hf_modular.models import image_processor_for
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}

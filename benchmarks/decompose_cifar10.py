@@ -18,7 +18,7 @@ from statistics import median
 import torch
 
 import hf_modular  # noqa: F401
-from hf_modular.convert import import_cifar_resnet
+from hf_modular.models import import_cifar_resnet
 from hf_modular.data import find_columns, load_image_dataset
 from hf_modular.decompose import decompose
 from hf_modular.decompose.sampling import plan_samples
@@ -92,9 +92,9 @@ def main() -> None:
             same_as = next((r for r, (m, *_) in results.items() if all(_same(m[k], modules[k]) for k in modules)), None)
             result = results[same_as][1] if same_as else evaluate_composition(parent, modules, test, progress=False)
             results[reading] = (modules, result, wall)
-            jaccard = sum(m.config.module["jaccard_index"] for m in modules.values()) / len(modules)
-            masked = sum(m.config.module["masked_fraction"] for m in modules.values()) / len(modules)
-            removed = sum(m.config.module["details"]["features_removed_by_backtracking"] for m in modules.values())
+            jaccard = sum(m.config.provenance.details["jaccard_index"] for m in modules.values()) / len(modules)
+            masked = sum(m.config.provenance.details["masked_fraction"] for m in modules.values()) / len(modules)
+            removed = sum(m.config.provenance.details["features_removed_by_backtracking"] for m in modules.values())
             print(
                 f"\n## {name}, MC-BLN reading '{reading}'" + (f" (modules identical to '{same_as}')" if same_as else "")
             )

@@ -46,7 +46,7 @@ from accelerate.utils import set_seed
 
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
-from hf_modular.convert import CIFAR10_LABELS, import_cifar_resnet
+from hf_modular.models import CIFAR10_LABELS, import_cifar_resnet
 from hf_modular.data import find_columns, load_image_dataset, select_classes
 from hf_modular.emissions import measure_compute
 from hf_modular.evaluation import Accuracy, evaluate
@@ -249,8 +249,8 @@ def scenario_composition(
     parent_accuracy = evaluate(parent, settings.test, progress=False)
     composed, composing = composed_measured(list(modules.values()))
     composed_accuracy = evaluate(composed, settings.test, progress=False)
-    masked = mean(module.config.module["masked_fraction"] for module in modules.values())
-    jaccard = mean(module.config.module["jaccard_index"] for module in modules.values())
+    masked = mean(module.config.provenance.details["masked_fraction"] for module in modules.values())
+    jaccard = mean(module.config.provenance.details["jaccard_index"] for module in modules.values())
     table = Table(
         "1. Composition: the shared ResNet-20 vs its 10 modules composed",
         f"akamaster ResNet-20 (../shared), decomposed with {settings.samples_per_class} samples per class in "

@@ -11,7 +11,7 @@ import argparse
 
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetForImageClassification
-from hf_modular.decompose.pruning import count_parameters
+from hf_modular.module import count_parameters
 from hf_modular.demo import digits_dataset, digits_parent_config
 from hf_modular.evaluation import evaluate
 from hf_modular.train import train
@@ -31,7 +31,7 @@ modules = hf_modular.decompose(
     parent, splits["train"], strategy="channel", keep=0.25, samples_per_class=100, distill_steps=args.distill_steps
 )
 for label, module in modules.items():
-    details = module.config.module["details"]
+    details = module.config.provenance.details
     print(
         f"module {label}: {details['parameters']:,} parameters ({details['parameters_fraction']:.0%} of the "
         f"parent's), {details['macs_fraction']:.0%} of its multiply-accumulates"

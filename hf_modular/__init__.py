@@ -1,49 +1,31 @@
 """hf_modular: decompose a trained CNN classifier into one reusable module per class, share the modules on the
 Hugging Face Hub, and compose new classifiers from them without retraining.
 
+The folders follow the data: `models/` (the network, its config and converters) -> `decompose/` (sampling, the
+statistics pass, `strategies/`) -> `module/` (the artifact: provenance, names, metrics) -> `compose/` (composed
+models) and `hub/` (publishing and cards).
+
 Importing the package registers `ModularResNetConfig` and the models with transformers' Auto classes and the
 `modular_resnet*` architectures with timm's registry.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from . import (
-    hub,  # noqa: E402  (hf_modular.hub.push_modules, ...)
-    timm_models,  # noqa: F401  (registers the timm architectures)
-)
+from . import hub
 from .compose import ComposedConfig, ComposedModel
-from .configuration_modular_resnet import PRESETS, ModularResNetConfig
-from .decompose import decompose
-from .decompose.continual import continuous_learning
+from .decompose import continuous_learning, decompose
 from .hub import push_modules
-from .modeling_modular_resnet import (
+from .models import (
+    PRESETS,
     ModularResNet,
+    ModularResNetConfig,
     ModularResNetForImageClassification,
     ModularResNetModel,
     ModularResNetPreTrainedModel,
+    import_cifar_resnet,
+    load_module,
 )
-
-try:
-    __version__ = version("hf_modular")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
-
-
-def load_module(path_or_repo: str, **kwargs) -> ModularResNetForImageClassification:
-    """Load a class module (local directory or Hub repo id); `kwargs` go to `from_pretrained` (e.g. `revision`).
-
-    Raises ValueError when the checkpoint is a plain classifier rather than a module.
-    """
-    model = ModularResNetForImageClassification.from_pretrained(path_or_repo, **kwargs)
-    if not model.config.is_module:
-        raise ValueError(
-            f"{path_or_repo} is a plain classifier, not a class module (its config has no `module` section). "
-            "Decompose it first: hf_modular.decompose(model, dataset)."
-        )
-    return model
-
+from .version import __version__
 
 AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
 AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
@@ -64,6 +46,7 @@ __all__ = [
     "continuous_learning",
     "decompose",
     "hub",
-    "push_modules",
+    "import_cifar_resnet",
     "load_module",
+    "push_modules",
 ]

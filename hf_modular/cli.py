@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import datasets
+from transformers import AutoModelForImageClassification
+from transformers.utils import logging as transformers_logging
+
+from .compose import ComposedModel
+from .data import find_columns, label_names, load_image_dataset
+from .decompose import STRATEGIES, decompose, decompose_to_directory
+from .demo import run_demo
+from .distributed import distributed_state
+from .evaluation import evaluate
+from .hub import DEFAULT_NAME_TEMPLATE, module_card, parent_card, push_directory, push_modules
+from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
+from .module import describe
+from .train import train
+from .version import __version__
 
 logger = logging.getLogger("hf_modular")
 
@@ -22,15 +42,12 @@ def _model_source(name: str) -> str:
 
 
 def _load(args: argparse.Namespace):
-    from .modeling_modular_resnet import ModularResNetForImageClassification
 
     return ModularResNetForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
 
 
 def _load_any(args: argparse.Namespace):
     """A classifier, a module or a composed model, by what its config.json says."""
-    from transformers import AutoModelForImageClassification
-
     return AutoModelForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
 
 
@@ -55,17 +72,15 @@ def _info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(summary, indent=2))
         return
-    info = summary.pop("module")
-    if info:  # a readable digest; --json has everything
-        parent = info["parent"]
-        summary["module of"] = (
-            f"{parent.get('repo_id') or parent.get('path')} (weights {parent['weights_sha256'][:12]})"
-        )
-        summary["class"] = f"{info['target_label']} (index {info['target_index']})"
-        summary["method"] = ", ".join(f"{k}={v}" for k, v in info["method"].items())
-        summary["masked"] = f"{100 * info['masked_fraction']:.2f}% of site nodes, Jaccard {info['jaccard_index']:.3f}"
-        if info.get("evaluation"):
-            evaluation = info["evaluation"]
+    summary.pop("module")
+    if config.is_module:  # a readable digest; --json has everything
+        info = config.provenance
+        summary["module of"] = f"{info.parent.repo_id or info.parent.path} (weights {info.parent.weights_sha256[:12]})"
+        summary["class"] = f"{info.target_label} (index {info.target_index})"
+        summary["method"] = ", ".join([info.method.strategy, *(f"{k}={v}" for k, v in info.method.parameters.items())])
+        summary.update(describe(info).measures)
+        if info.evaluation:
+            evaluation = info.evaluation
             summary["binary accuracy"] = f"{100 * evaluation['binary_accuracy']:.2f}% on {evaluation['split']}"
     width = max(len(key) for key in summary)
     for key, value in summary.items():
@@ -74,7 +89,6 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from .convert import CIFAR10_LABELS, import_cifar_resnet
 
     labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
     model = import_cifar_resnet(args.checkpoint, labels=labels)
@@ -83,8 +97,6 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .data import load_image_dataset
-    from .evaluation import evaluate
 
     model = _load_any(args)
     dataset = load_image_dataset(args.dataset, split=args.split)
@@ -107,29 +119,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _decompose(args: argparse.Namespace) -> None:
-    from accelerate import Accelerator
-
-    from .decompose.output import decompose_to_directory
-
-    accelerator = Accelerator(cpu=args.cpu)
+    state = distributed_state(cpu=args.cpu)
+    strategy_options = _strategy_options(args)
     model = _load(args)
-    if args.strategy == "channel":
-        strategy_options = {
-            "keep": args.keep,
-            "keep_residual": args.keep_residual,
-            "prune_from": args.prune_from,
-            "importance": args.importance,
-            "distill_steps": args.distill_steps,
-            "distill_images": args.distill_images,
-            "mirror": not args.no_mirror,
-        }
-    else:
-        strategy_options = {
-            "sites": args.sites,
-            "backtrack": args.backtrack,
-            "delta": args.delta,
-            "backtrack_input": args.backtrack_input,
-        }
     report = decompose_to_directory(
         model,
         args.dataset,
@@ -138,7 +130,7 @@ def _decompose(args: argparse.Namespace) -> None:
         eval_split=args.eval_split or "test",
         eval_limit=args.eval_limit,
         classes=args.classes.split(",") if args.classes else None,
-        accelerator=accelerator,
+        accelerator=state,
         progress=not args.quiet,
         samples_per_class=args.samples_per_class,
         negatives_ratio=args.negatives_ratio,
@@ -149,33 +141,73 @@ def _decompose(args: argparse.Namespace) -> None:
         strategy=args.strategy,
         **strategy_options,
     )
-    if not accelerator.is_main_process:
+    if not state.is_main_process:
         return
     if args.push_to:
-        from .hub import push_modules
-
         _print_pushes(push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private))
-    if "mean_macs_fraction" in report:
-        mean = f"mean {100 * report['mean_macs_fraction']:.1f}% of the parent's multiply-accumulates"
-    else:
-        mean = f"mean Jaccard {report['mean_jaccard_index']:.3f}"
-    print(f"{len(report['modules'])} modules in {args.output}  ({mean})")
+    modules = {
+        label: ModularResNetConfig.from_pretrained(Path(args.output) / row["directory"]).provenance
+        for label, row in report["modules"].items()
+    }
+    strategy = STRATEGIES[args.strategy]
+    headline = strategy.headline_format.format(report[f"mean_{strategy.headline}"])
+    print(f"{len(modules)} modules in {args.output}  ({headline})")
     evaluation = report.get("evaluation")
     if evaluation:
         parent, composed = evaluation["parent"], evaluation["composed"]
         print(f"on {args.eval_split} ({evaluation['images']} images):")
         print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
         print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
-    compact = "macs_fraction" in next(iter(report["modules"].values()))
-    columns = ("MACs", "params") if compact else ("masked", "Jaccard")
-    print(f"{'module':<20} {columns[0]:>8} {columns[1]:>8} {'binary acc':>10}")
+    measures = {label: describe(info).measures for label, info in modules.items()}
+    columns = list(next(iter(measures.values())))
+    print(f"{'module':<20} " + " ".join(f"{column:>8}" for column in columns) + f" {'binary acc':>10}")
     for label, row in report["modules"].items():
         binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
-        if compact:
-            size = f"{100 * row['macs_fraction']:7.1f}% {100 * row['parameters_fraction']:7.1f}%"
+        print(f"{label:<20} " + " ".join(f"{measures[label][column]:>8}" for column in columns) + f" {binary}")
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave for the chosen strategy; an option of another strategy is an error."""
+    given = {name: getattr(args, name) for name in _strategy_flags() if hasattr(args, name)}
+    chosen = {option.name for option in dataclasses.fields(STRATEGIES[args.strategy])}
+    foreign = sorted(name for name in given if name not in chosen)
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise ValueError(f"{flags} is not an option of --strategy {args.strategy}; see hf-modular decompose --help.")
+    return given
+
+
+def _strategy_flags() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
+    """Every strategy option, by name: (strategy, its dataclass field, its type) for each strategy that has it."""
+    flags: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
+    for name, strategy in STRATEGIES.items():
+        hints = typing.get_type_hints(strategy)
+        for option in dataclasses.fields(strategy):
+            flags.setdefault(option.name, []).append((name, option, hints[option.name]))
+    return flags
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of every registered strategy, built from its dataclass field (type, default, help,
+    choices), so the CLI never restates a default. Flags the user does not give stay out of `args`."""
+    for name, owners in _strategy_flags().items():
+        strategy_names = ", ".join(owner for owner, _, _ in owners)
+        _, option, annotation = owners[0]
+        kind = _flag_type(annotation)
+        help_text = f"{strategy_names}: {option.metadata.get('help', '')} (default: {option.default})"
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
-            size = f"{100 * row['masked_fraction']:7.2f}% {row['jaccard_index']:8.3f}"
-        print(f"{label:<20} {size} {binary}")
+            parser.add_argument(
+                flag, type=kind, choices=option.metadata.get("choices"), default=argparse.SUPPRESS, help=help_text
+            )
+
+
+def _flag_type(annotation: Any) -> type:
+    """The command-line type of an option annotated `int`, `float`, `bool`, `str` or `str | None`."""
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return arguments[0] if arguments else annotation
 
 
 def _print_pushes(results: dict) -> None:
@@ -185,7 +217,6 @@ def _print_pushes(results: dict) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-    from .hub import push_modules
 
     _print_pushes(
         push_modules(
@@ -201,7 +232,6 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _push_parent(args: argparse.Namespace) -> None:
-    from .hub import push_directory
 
     result = push_directory(
         _model_source(args.directory),
@@ -215,9 +245,6 @@ def _push_parent(args: argparse.Namespace) -> None:
 
 
 def _card(args: argparse.Namespace) -> None:
-    from .cards import module_card, parent_card
-    from .configuration_modular_resnet import ModularResNetConfig
-    from .modeling_modular_resnet import ModularResNetForImageClassification
 
     directory = Path(_model_source(args.directory))
     config = ModularResNetConfig.from_pretrained(directory)
@@ -231,7 +258,6 @@ def _card(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
-    from .compose import ComposedModel
 
     malformed = [pair for pair in args.rename or [] if "=" not in pair]
     if malformed:
@@ -239,8 +265,6 @@ def _compose(args: argparse.Namespace) -> None:
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
     if args.calibrate:
-        from .data import load_image_dataset
-
         calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
         print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
     composed.save_pretrained(args.output, materialize=args.materialize)
@@ -250,7 +274,6 @@ def _compose(args: argparse.Namespace) -> None:
 
 
 def _replace(args: argparse.Namespace) -> None:
-    from .compose import ComposedModel
 
     composed = ComposedModel.from_pretrained(_model_source(args.composed))
     composed.replace(args.label, _model_source(args.module))
@@ -260,12 +283,9 @@ def _replace(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
 
     summary = run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
     if args.push_to:
-        from .hub import push_modules
-
         summary["pushed"] = {
             label: result.repo_id for label, result in push_modules(Path(args.output) / "modules", args.push_to).items()
         }
@@ -277,10 +297,6 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .configuration_modular_resnet import ModularResNetConfig
-    from .data import find_columns, label_names, load_image_dataset
-    from .modeling_modular_resnet import ModularResNetForImageClassification
-    from .train import train
 
     train_split = load_image_dataset(args.dataset, split=args.split)
     eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
@@ -316,9 +332,12 @@ def _train(args: argparse.Namespace) -> None:
     print(f"Saved {name} to {args.output} after {final.get('epoch')} epochs (loss {final.get('loss'):.4f}{scores})")
 
 
+def _default(function: Any, parameter: str) -> Any:
+    """The API's own default for one of `function`'s parameters, so the CLI never restates it."""
+    return inspect.signature(function).parameters[parameter].default
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .hub import DEFAULT_NAME_TEMPLATE
 
     parser = argparse.ArgumentParser(
         prog="hf-modular",
@@ -335,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "train a parent on scikit-learn's digits, decompose it, compose the modules (offline)")
     demo.add_argument("--output", default="hf-modular-demo", metavar="DIR", help="where to write everything")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=_default(run_demo, "seed"))
     demo.add_argument("--quick", action="store_true", help="a smaller run, for CI")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("--push-to", default=None, metavar="NAMESPACE", help="also push the ten modules to the Hub")
@@ -349,11 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--push-to", default=None, metavar="REPO_ID", help="push the trained model to the Hub")
     trn.add_argument("--split", default="train")
     trn.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
-    trn.add_argument("--epochs", type=int, default=30)
-    trn.add_argument("--batch-size", type=int, default=128)
-    trn.add_argument("--learning-rate", type=float, default=0.1)
+    trn.add_argument("--epochs", type=int, default=_default(train, "epochs"))
+    trn.add_argument("--batch-size", type=int, default=_default(train, "batch_size"))
+    trn.add_argument("--learning-rate", type=float, default=_default(train, "learning_rate"))
     trn.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
-    trn.add_argument("--seed", type=int, default=0)
+    trn.add_argument("--seed", type=int, default=_default(train, "seed"))
     trn.add_argument("--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training")
     trn.set_defaults(run=_train)
 
@@ -374,34 +393,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dec.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
     dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
-    dec.add_argument("--split", default="train", help="split observed by the statistics pass")
+    dec.add_argument("--split", default=_default(decompose, "split"), help="split observed by the statistics pass")
     dec.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
     dec.add_argument("--eval-limit", type=int, default=None, help="measure on the first N rows of the eval split")
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
-    dec.add_argument("--samples-per-class", type=int, default=1000, help="own-class inputs per module")
-    dec.add_argument("--negatives-ratio", type=float, default=1.0, help="negative inputs per own input")
+    dec.add_argument(
+        "--samples-per-class", type=int, default=_default(decompose, "samples_per_class"), help="own-class inputs"
+    )
+    dec.add_argument(
+        "--negatives-ratio", type=float, default=_default(decompose, "negatives_ratio"), help="negatives per own input"
+    )
     dec.add_argument(
         "--strategy",
         default="activation",
-        choices=["activation", "channel"],
+        choices=list(STRATEGIES),
         help="activation: the paper's masked full-size modules; channel: compact, physically pruned modules",
     )
-    dec.add_argument("--sites", default="relu", choices=["relu", "conv"], help="observe ReLU inputs or conv outputs")
-    dec.add_argument("--backtrack", default="text", choices=["text", "pseudocode", "none"], help="MC-BLN reading")
-    dec.add_argument("--delta", type=float, default=0.5, help="MC-BLN threshold")
-    dec.add_argument("--backtrack-input", action="store_true", help="also run MC-BI")
-    dec.add_argument(
-        "--keep", type=float, default=0.25, help="channel: share of inner channels each pruned block keeps"
-    )
-    dec.add_argument("--keep-residual", type=float, default=1.0, help="channel: share of residual channels kept")
-    dec.add_argument("--prune-from", default=None, help="channel: first pruned layerN, layerN.B or stem")
-    dec.add_argument("--importance", default="taylor", choices=["taylor", "activation"], help="channel: scoring")
-    dec.add_argument("--distill-steps", type=int, default=300, help="channel: recovery steps per module (0: none)")
-    dec.add_argument("--distill-images", type=int, default=10_000, help="channel: unlabeled images for recovery")
-    dec.add_argument("--no-mirror", action="store_true", help="channel: recover on the images only, not also mirrored")
-    dec.add_argument("--batch-size", type=int, default=128)
-    dec.add_argument("--seed", type=int, default=0, help="seed of the per-class sampling (and of channel recovery)")
+    _add_strategy_options(dec.add_argument_group("strategy options (each names the strategies that take it)"))
+    dec.add_argument("--batch-size", type=int, default=_default(decompose, "batch_size"), help="images per step")
+    dec.add_argument("--seed", type=int, default=_default(decompose, "seed"), help="seed of sampling and recovery")
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     dec.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
     dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
@@ -466,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     ev.add_argument("--image-column", default=None, help="default: the dataset's Image column")
     ev.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")
-    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=int, default=_default(evaluate, "batch_size"))
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(run=_evaluate)
@@ -478,9 +489,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.quiet:
-        import datasets
-        from transformers.utils import logging as transformers_logging
-
         transformers_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:

@@ -136,3 +136,20 @@ def iterate_batches(
         num_workers=num_workers,
     )
     yield from loader
+
+
+def dataset_to_model_labels(
+    dataset_labels: list[str], model_labels: dict[int, str], *, unknown_as: int | None = None
+) -> torch.Tensor:
+    """Index map from the dataset's label ids to the model's, matched by name. Unknown names raise, or map to
+    `unknown_as` when it is given."""
+    by_name = {name: index for index, name in model_labels.items()}
+    unknown = [name for name in dataset_labels if name not in by_name]
+    if unknown and unknown_as is not None:
+        return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels])
+    if unknown:
+        raise ValueError(
+            f"The dataset has labels the model does not know: {unknown[:5]}. The model's labels are "
+            f"{list(by_name)[:10]}. Use a dataset with the model's classes, or select those rows first."
+        )
+    return torch.tensor([by_name[name] for name in dataset_labels])

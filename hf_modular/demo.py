@@ -23,12 +23,9 @@ import numpy as np
 from accelerate.utils import set_seed
 from PIL import Image
 
-from . import load_module
-from .configuration_modular_resnet import ModularResNetConfig
-from .decompose import decompose
-from .decompose.output import decompose_to_directory
+from .decompose import decompose, decompose_to_directory
 from .emissions import measure_compute
-from .modeling_modular_resnet import ModularResNetForImageClassification
+from .models import ModularResNetConfig, ModularResNetForImageClassification, load_module
 from .scenarios import replacement, reuse_versus_scratch, weaken
 from .train import train
 
@@ -92,7 +89,7 @@ def run_demo(output: str | os.PathLike, *, seed: int = 0, quick: bool = False, p
     modules = {
         label: load_module(str(output / "modules" / row["directory"])) for label, row in report["modules"].items()
     }
-    decomposition_cost = next(iter(modules.values())).config.module["compute"]
+    decomposition_cost = next(iter(modules.values())).config.provenance.compute
 
     rng = random.Random(seed)
     pair = sorted(rng.sample(DIGIT_NAMES, 2))

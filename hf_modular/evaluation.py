@@ -8,11 +8,9 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .compose import ComposedModel, composed_image_processor, top_k, vote
-from .data import find_columns, iterate_batches, label_ids, label_names
-from .execution import ExecutionPlan
-from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_mode, image_processor_for
+from .compose import ComposedModel, ExecutionPlan, composed_image_processor, top_k, vote
+from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names
+from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 
 
 @dataclass
@@ -23,23 +21,6 @@ class Accuracy:
     top5: float
     count: int
     per_class: dict[str, float] = field(default_factory=dict)
-
-
-def dataset_to_model_labels(
-    dataset_labels: list[str], model_labels: dict[int, str], *, unknown_as: int | None = None
-) -> torch.Tensor:
-    """Index map from the dataset's label ids to the model's, matched by name. Unknown names raise, or map to
-    `unknown_as` when it is given."""
-    by_name = {name: index for index, name in model_labels.items()}
-    unknown = [name for name in dataset_labels if name not in by_name]
-    if unknown and unknown_as is not None:
-        return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels])
-    if unknown:
-        raise ValueError(
-            f"The dataset has labels the model does not know: {unknown[:5]}. The model's labels are "
-            f"{list(by_name)[:10]}. Use a dataset with the model's classes, or select those rows first."
-        )
-    return torch.tensor([by_name[name] for name in dataset_labels])
 
 
 @torch.inference_mode()
@@ -94,41 +75,6 @@ def evaluate(
     return Accuracy(float(hits_top1.sum() / count), float(hits_top5.sum() / count), count, per_class)
 
 
-@torch.inference_mode()
-def collect_module_logits(
-    composed: ComposedModel,
-    dataset: datasets.Dataset,
-    *,
-    max_images: int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    progress: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, M, 2) module logits and (N,) label indices for `dataset`'s images of the composition's classes (a seeded
-    random sample of at most `max_images` of them)."""
-    image_column, label_column = find_columns(dataset)
-    to_model = dataset_to_model_labels(label_names(dataset, label_column), composed.config.id2label, unknown_as=-1)
-    rows = (to_model[label_ids(dataset, label_column)] >= 0).nonzero().flatten()
-    if len(rows) == 0:
-        raise ValueError(f"The dataset has no images of the composition's classes {composed.labels}.")
-    if max_images is not None and len(rows) > max_images:
-        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images]].sort().values
-    batches = iterate_batches(
-        dataset.select(rows.tolist()),
-        composed_image_processor(composed.config),
-        image_column=image_column,
-        label_column=label_column,
-        batch_size=batch_size,
-        image_mode=image_mode(composed.config.num_channels),
-    )
-    composed.eval()
-    logits, labels = [], []
-    for pixel_values, batch_labels in tqdm(batches, total=-(-len(rows) // batch_size), disable=not progress):
-        logits.append(composed.module_logits(pixel_values))
-        labels.append(to_model[batch_labels])
-    return torch.cat(logits), torch.cat(labels)
-
-
 @dataclass
 class CompositionAccuracy:
     """The parent and its composed modules measured on the same images.
@@ -158,7 +104,7 @@ def evaluate_composition(
     """
     image_column, label_column = find_columns(dataset, image_column, label_column)
     to_model = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
-    module_classes = torch.tensor([modules[label].config.module["target_index"] for label in modules])
+    module_classes = torch.tensor([modules[label].config.provenance.target_index for label in modules])
     members = [module.eval() for module in modules.values()]
     shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()

@@ -17,11 +17,10 @@ import torch
 from accelerate.utils import set_seed
 
 from .compose import ComposedModel
-from .configuration_modular_resnet import ModularResNetConfig
 from .data import find_columns, label_ids, label_names, select_classes
 from .emissions import measure_compute
 from .evaluation import evaluate
-from .modeling_modular_resnet import ModularResNetForImageClassification
+from .models import ModularResNetConfig, ModularResNetForImageClassification
 from .train import train
 
 

@@ -24,10 +24,9 @@ from accelerate.utils import set_seed
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .data import find_columns, label_names
-from .evaluation import dataset_to_model_labels, evaluate
-from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_mode, image_processor_for
+from .data import dataset_to_model_labels, find_columns, label_names
+from .evaluation import evaluate
+from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"

@@ -16,7 +16,7 @@ from transformers.utils import logging as transformers_logging
 import hf_modular
 from hf_modular import ModularResNetForImageClassification
 from hf_modular.cli import main
-from hf_modular.convert import CIFAR10_LABELS
+from hf_modular.models import CIFAR10_LABELS
 
 
 @pytest.fixture

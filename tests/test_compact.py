@@ -18,13 +18,14 @@ from safetensors.torch import load_file
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
-from hf_modular.cards import module_card
 from hf_modular.decompose import decompose
-from hf_modular.decompose.activation import channel_head
-from hf_modular.decompose.channel import ChannelStrategy, _distillation_data, log_odds
-from hf_modular.decompose.pruning import ChannelSelection, blocks, count_parameters, prune
-from hf_modular.execution import steps
-from hf_modular.processing import image_processor_for
+from hf_modular.decompose.strategies.activation import channel_head
+from hf_modular.decompose.strategies.channel import ChannelSelection, ChannelStrategy, prune
+from hf_modular.decompose.strategies.channel.importance import log_odds
+from hf_modular.decompose.strategies.channel.recovery import distillation_data
+from hf_modular.hub import module_card
+from hf_modular.models import image_processor_for
+from hf_modular.module import count_parameters
 from tests.hub_server import DEFAULT_USER, HubServer, hub_server_fixture  # noqa: F401
 from tests.test_decompose import image_dataset, tiny_config
 
@@ -85,7 +86,7 @@ def test_pruned_network_equals_the_full_one_with_removed_channels_at_zero(shortc
     stream1 = some(4, 2)  # the stem and stage 1 share a stream (identity shortcut): one selection for both
     selection = ChannelSelection(
         residual=[stream1, stream1, some(8, 5)],
-        inner={name: [some(block.conv1.out_channels, 2)] for name, block in blocks(parent)},
+        inner={name: [some(block.conv1.out_channels, 2)] for name, block in parent.blocks()},
     )
     pruned = prune(parent, selection)
     assert count_parameters(pruned) < count_parameters(parent) / 2
@@ -103,7 +104,7 @@ def test_pruned_network_equals_the_full_one_with_removed_channels_at_zero(shortc
 def test_channels_the_statistics_find_unused_go_without_changing_outputs():
     parent = _parent()
     with torch.no_grad():  # half of every block's inner channels never fire: batch norm pushes them far below zero
-        for _, block in blocks(parent):
+        for _, block in parent.blocks():
             block.bn1.bias[block.bn1.num_features // 2 :] = -1e4
     data = _data()
     for importance in ("taylor", "activation"):
@@ -131,7 +132,7 @@ def test_channels_the_statistics_find_unused_go_without_changing_outputs():
 def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_path):
     parent = _parent()
     for module in compact.values():
-        details = module.config.module["details"]
+        details = module.config.provenance.details
         assert module.config.is_pruned and module.config.mask_shapes is None
         assert count_parameters(module) < count_parameters(parent)
         assert details["macs_fraction"] < 1 and details["shared_steps"] == 4  # all but the last block (the default)
@@ -175,7 +176,7 @@ def test_compact_module_round_trip(compact, tmp_path):
         torch.testing.assert_close(loaded(pixel_values).logits, expected)
         torch.testing.assert_close(via_timm(pixel_values), expected)
     card = module_card(loaded.config).content
-    details = module.config.module["details"]
+    details = module.config.provenance.details
     assert "compact module" in card and f"{100 * details['macs_fraction']:.1f}% of the parent's" in card
     assert "Masked nodes" not in card
     composed = ComposedModel.from_modules([tmp_path / "bright", compact["dark"]])
@@ -210,11 +211,11 @@ def test_modules_pruned_from_the_stem_narrow_every_stream_and_still_compose(shor
         parent, _data(), strategy="channel", prune_from="stem", keep=0.5, keep_residual=0.5,
         samples_per_class=4, progress=False, distill_steps=distill_steps, **DISTILL,
     )  # fmt: skip
-    assert all(("distillation_loss" in m.config.module["details"]) == (distill_steps > 0) for m in modules.values())
+    assert all(("distillation_loss" in m.config.provenance.details) == (distill_steps > 0) for m in modules.values())
     full = parent.config.full_stage_channels  # the stem, then each stage's residual stream
     for module in modules.values():
         assert module.config.stage_channels == [width // 2 for width in full]
-        assert module.config.module["details"]["shared_steps"] == 0
+        assert module.config.provenance.details["shared_steps"] == 0
         assert count_parameters(module) < count_parameters(parent) / 2
     modules["dark"].save_pretrained(tmp_path / "dark")
     again = ModularResNetForImageClassification.from_pretrained(tmp_path / "dark")
@@ -248,16 +249,16 @@ def test_recovery_data_holds_each_image_and_its_mirror_image_through_the_frozen_
     parent, data = _parent(), image_dataset([30, 220, 128], [0, 1, 2], noise=60, names=NAMES)
     strategy = ChannelStrategy(prune_from="layer2", distill_images=3)
     start = strategy.shared_steps(parent)
-    features, teacher = _distillation_data(parent, data, "image", start, strategy, seed=0)
+    features, teacher = distillation_data(parent, data, "image", start, count=3, mirror=True, seed=0)
     pixel_values = image_processor_for(parent.config)(
         [image.convert("RGB") for image in data["image"]], return_tensors="pt"
     )["pixel_values"]
     both = torch.cat([pixel_values, pixel_values.flip(-1)])
     with torch.no_grad():
-        assert torch.allclose(features, torch.nn.Sequential(*steps(parent)[:start])(both), atol=1e-5)
+        assert torch.allclose(features, torch.nn.Sequential(*parent.steps()[:start])(both), atol=1e-5)
         assert torch.allclose(teacher, log_odds(parent(both).logits), atol=1e-5)
     assert not torch.allclose(features[:3], features[3:])  # the noisy images are not symmetric
-    plain, _ = _distillation_data(parent, data, "image", start, ChannelStrategy(distill_images=3, mirror=False), 0)
+    plain, _ = distillation_data(parent, data, "image", start, count=3, mirror=False, seed=0)
     assert len(plain) == 3
 
 
@@ -290,7 +291,7 @@ def test_cli_decomposes_into_compact_modules_and_resumes(tmp_path, capsys):
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())
     assert set(report["modules"]) == set(NAMES) and 0 < report["mean_macs_fraction"] < 1
     module = ModularResNetForImageClassification.from_pretrained(tmp_path / "modules" / "dark-module")
-    assert module.config.module["method"]["strategy"] == "channel" and module.config.block_widths[-1] == [8, 4]
+    assert module.config.provenance.method.strategy == "channel" and module.config.block_widths[-1] == [8, 4]
     assert "compact module" in (tmp_path / "modules" / "dark-module" / "README.md").read_text()
     assert main(command) == 0  # same parent, data and options: nothing is rebuilt
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())

@@ -16,7 +16,7 @@ import hf_modular  # noqa: F401
 from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
 from hf_modular.compose import composed_image_processor, vote
 from hf_modular.decompose import decompose
-from hf_modular.processing import image_processor_for
+from hf_modular.models import image_processor_for
 from tests.test_decompose import image_dataset, tiny_config
 
 NAMES_A = ["dark", "bright", "mid"]
@@ -156,7 +156,8 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
 def test_calibrated_rule(tmp_path, modules_a, modules_b):
     import torch.nn.functional as F
 
-    from hf_modular.evaluation import collect_module_logits, evaluate
+    from hf_modular.compose import collect_module_logits
+    from hf_modular.evaluation import evaluate
 
     composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"], modules_b["night"]])
     data = image_dataset([30, 220, 90] * 6, [0, 1, 2] * 6, noise=40, names=["dark", "bright", "night"])
@@ -211,7 +212,7 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert code == 0
     replaced = ComposedModel.from_pretrained(tmp_path / "composed")
     assert replaced.labels == ["dark", "bright"]
-    assert replaced.members[1].config.module["target_label"] == "mid"
+    assert replaced.members[1].config.provenance.target_label == "mid"
     calibrate = ["--calibrate", str(tmp_path / "test.parquet"), "--calibrate-split", "test"]
     assert main(["-q", "compose", *directories, "--output", str(tmp_path / "calibrated"), *calibrate]) == 0
     calibrated = ComposedModel.from_pretrained(tmp_path / "calibrated")

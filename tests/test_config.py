@@ -10,7 +10,15 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from torch import nn
 
 from hf_modular import PRESETS, ModularResNetConfig, ModularResNetForImageClassification
-from hf_modular.configuration_modular_resnet import ARCHITECTURE_FIELDS
+from hf_modular.models import ARCHITECTURE_FIELDS
+from hf_modular.module.provenance import (
+    DatasetRecord,
+    MethodRecord,
+    ModuleProvenance,
+    ParentRecord,
+    SampleCounts,
+    SamplingRecord,
+)
 
 TIMM_KEYS = ("architecture", "num_classes", "num_features", "pretrained_cfg", "model_args", "label_names")
 
@@ -77,13 +85,28 @@ def test_cifar_presets_have_documented_parameter_counts(name):
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == DOCUMENTED_PARAMS_M[name]
 
 
+def _provenance(label: str) -> dict:
+    """A complete module section, as `decompose` records it."""
+    parent = ParentRecord(weights_sha256="0" * 64, architecture="modular_resnet20", labels=["cat", "dog", "bird"])
+    return ModuleProvenance(
+        target_label=label,
+        target_index=0,
+        parent=parent,
+        dataset=DatasetRecord(name_or_path="cifar10", split="train"),
+        method=MethodRecord("activation", {"sites": "relu"}),
+        sampling=SamplingRecord(samples_per_class=10, negatives_ratio=1.0, seed=0),
+        samples=SampleCounts(own=10, negative=10),
+        compute={"wall_seconds": 1.0},
+    ).to_dict()
+
+
 def _rich_config() -> ModularResNetConfig:
     return ModularResNetConfig.from_preset(
         "modular_resnet20",
         num_labels=3,
         id2label={0: "cat", 1: "dog", 2: "bird"},
         mask_shapes={"layer1.0.act1": [16, 32, 32]},
-        module={"target": "cat", "method": "test"},
+        module=_provenance("cat"),
         image_mean=[0.1, 0.2, 0.3],
         image_std=[0.4, 0.5, 0.6],
     )

@@ -19,9 +19,9 @@ import hf_modular  # noqa: F401
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.compose import top_k, vote
 from hf_modular.decompose import decompose
-from hf_modular.decompose.activation import backtrack_features, backtrack_to_input, channel_head
 from hf_modular.decompose.output import decompose_to_directory
-from hf_modular.processing import image_processor_for
+from hf_modular.decompose.strategies.activation import backtrack_features, backtrack_to_input, channel_head
+from hf_modular.models import image_processor_for
 
 LABELS = ["dark", "bright", "mid"]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -133,7 +133,7 @@ def test_conv_sites_mask_raw_conv_outputs_and_keep_residual_adds_consistent():
     labels = torch.tensor(data["label"])
     for index, label in enumerate(LABELS):
         module = modules[label]
-        assert module.config.module["method"]["sites"] == "conv"
+        assert module.config.provenance.method.parameters["sites"] == "conv"
         for name, conv in module.sites("conv").items():
             expected_keep = (outputs[name][labels == index] > 0).any(0)
             kept = conv.mask if conv.mask is not None else torch.ones_like(expected_keep)
@@ -175,11 +175,11 @@ def test_continuous_learning_keeps_nodes_that_other_datasets_classes_use(brightn
         if site.mask is not None:
             after = adapted_dark.get_submodule(name).mask
             assert after is None or bool((after | ~site.mask).all()), name
-    info = adapted_dark.config.module
-    assert info["continuous_learning"]["negatives"] == {"sun": 5}  # 6 wanted (1:1), capped by the 5 "sun" images
-    assert info["masked_fraction"] < info["continuous_learning"]["masked_fraction_before"]
+    info = adapted_dark.config.provenance
+    assert info.continuous_learning["negatives"] == {"sun": 5}  # 6 wanted (1:1), capped by the 5 "sun" images
+    assert info.details["masked_fraction"] < info.continuous_learning["masked_fraction_before"]
     assert not stem_keep(dark)[0].any(), "the input module is unchanged"
-    assert adapted_sun.config.module["continuous_learning"]["negatives"] == {"dark": 5}
+    assert adapted_sun.config.provenance.continuous_learning["negatives"] == {"dark": 5}
     with pytest.raises(ValueError, match="no class 'sun'"):
         hf_modular.continuous_learning([dark, sun], [dark_bright_dataset(), dark_bright_dataset()], progress=False)
     with pytest.raises(ValueError, match="at least two modules"):
@@ -234,8 +234,8 @@ def test_mc_bln_masks_whole_channels_of_the_last_site():
     modules = decompose(parent, data, samples_per_class=3, progress=False)
     last = modules["dark"].layer2[0].act2.mask
     assert last is not None and not last[5].any()
-    assert modules["dark"].config.module["details"]["features_removed_by_backtracking"] == 1
-    assert modules["bright"].config.module["details"]["features_removed_by_backtracking"] == 0
+    assert modules["dark"].config.provenance.details["features_removed_by_backtracking"] == 1
+    assert modules["bright"].config.provenance.details["features_removed_by_backtracking"] == 0
 
 
 def test_mc_bi_removes_inputs_no_kept_node_reads():
@@ -420,7 +420,7 @@ def test_cli_decompose(tmp_path, brightness_model, capsys):
     assert code == 0
     assert "composed  top-1" in out and "dark" in out
     module = ModularResNetForImageClassification.from_pretrained(tmp_path / "out" / "dark-module")
-    assert module.config.module["target_label"] == "dark"
+    assert module.config.provenance.target_label == "dark"
     code = main(["decompose", str(tmp_path / "missing"), "--dataset", "x.parquet", "--output", str(tmp_path / "o")])
     assert code == 1
     assert "error" in capsys.readouterr().err

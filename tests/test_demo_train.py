@@ -22,8 +22,8 @@ def test_demo_quick(tmp_path, capsys):
     assert summary["parent"]["top1"] > 0.5
     assert 0.0 <= summary["composed"]["top1"] <= 1.0
     module = load_module(str(tmp_path / "demo" / "modules" / "7-module"))
-    assert module.config.module["target_label"] == "7"
-    assert module.config.module["evaluation"]["images"] == summary["test_images"]
+    assert module.config.provenance.target_label == "7"
+    assert module.config.provenance.evaluation["images"] == summary["test_images"]
     assert "# 7 module of parent" in (tmp_path / "demo" / "modules" / "7-module" / "README.md").read_text()
 
 
@@ -31,7 +31,7 @@ def test_demo_pushes_its_modules(tmp_path, hub_server, capsys):
     assert main(["-q", "demo", "--quick", "--output", str(tmp_path / "demo"), "--json", "--push-to", "user"]) == 0
     pushed = json.loads(capsys.readouterr().out)["pushed"]
     assert pushed["3"] == "user/parent-3-module" and len(pushed) == 10
-    assert load_module("user/parent-3-module").config.module["target_label"] == "3"
+    assert load_module("user/parent-3-module").config.provenance.target_label == "3"
 
 
 def test_train_resumes_from_its_last_checkpoint(tmp_path):

@@ -88,3 +88,9 @@ def test_publish_modules_of_an_existing_parent(hub_server, tmp_path):
     arguments = ["--namespace", DEFAULT_USER, "--model", str(tmp_path / "parent"), "--dataset", str(tmp_path / "data")]
     out = _run("publish_modules.py", *arguments, "--samples-per-class", "5", env=env)
     assert f"{DEFAULT_USER}/parent-3-module" in out
+
+
+def test_custom_strategy():
+    out = _run("custom_strategy.py", "--epochs", "2")
+    rows = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert set(rows) == {"whole-parent", "activation", "parent"}, out

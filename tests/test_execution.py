@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from hf_modular import ComposedModel
-from hf_modular.execution import steps
 from tests.test_compose import _modules
 
 NAMES_A = ["dark", "bright", "mid"]
@@ -43,7 +42,7 @@ def test_modules_of_one_parent_share_their_trunk(modules_a, modules_b):
     plan = composed.execution_plan
     # One tree per parent; within a parent every step runs once instead of once per module.
     assert [root.members for root in plan.roots] == [[0, 1, 2], [3, 4]]
-    per_module = len(steps(composed.members[0]))
+    per_module = len(composed.members[0].steps())
     assert plan.shared_steps == per_module * (3 - 1) + per_module * (2 - 1)
 
 

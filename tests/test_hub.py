@@ -28,11 +28,10 @@ from safetensors.torch import load_file
 
 import hf_modular
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
-from hf_modular.cards import module_card
 from hf_modular.cli import main
 from hf_modular.decompose.output import decompose_to_directory
-from hf_modular.hub import PushResult, push_directory, push_model, push_modules
-from hf_modular.processing import image_processor_for
+from hf_modular.hub import PushResult, module_card, push_directory, push_model, push_modules
+from hf_modular.models import image_processor_for
 from tests.conftest import randomize_
 from tests.hub_server import DEFAULT_TOKEN, DEFAULT_USER, HubServer, client_env, hub_server_fixture  # noqa: F401
 from tests.test_decompose import LABELS, image_dataset, tiny_config
@@ -78,7 +77,7 @@ def modules(decomposed: Path) -> dict[str, ModularResNetForImageClassification]:
     }
     for module in loaded.values():
         assert module.config.mask_shapes, "the test needs modules that actually mask something"
-        assert module.config.module["evaluation"]["binary_accuracy"] is not None
+        assert module.config.provenance.evaluation["binary_accuracy"] is not None
     return loaded
 
 
@@ -215,7 +214,7 @@ def test_push_to_a_branch_and_as_a_pull_request(hub_server: HubServer, modules) 
     assert on_branch.changed and on_branch.commit_sha == commits(repo_id, revision="dev")[0]
     assert commits(repo_id)[0] == main_head  # main is untouched
     assert modules["mid"].push_to_hub(repo_id, revision="dev").changed is False
-    assert hf_modular.load_module(repo_id, revision="dev").config.module["target_label"] == "mid"
+    assert hf_modular.load_module(repo_id, revision="dev").config.provenance.target_label == "mid"
 
     # Someone without write access proposes a change as a pull request.
     stranger = "hf_token_of_a_stranger"
@@ -253,7 +252,7 @@ def test_a_pushed_module_loads_four_ways_with_its_masks(hub_server: HubServer, m
     torch.testing.assert_close(logits(auto, pixel_values), expected, rtol=0, atol=0)
 
     loaded = hf_modular.load_module(repo_id)
-    assert loaded.config.module["target_label"] == "bright"
+    assert loaded.config.provenance.target_label == "bright"
     torch.testing.assert_close(logits(loaded, pixel_values), expected, rtol=0, atol=0)
 
     timm_model = timm.create_model("hf-hub:" + repo_id, pretrained=True)
@@ -279,10 +278,10 @@ def test_revision_pinning_loads_the_first_push(hub_server: HubServer, modules, p
 
     old = ModularResNetForImageClassification.from_pretrained(repo_id, revision=first)
     torch.testing.assert_close(logits(old, pixel_values), logits(modules["dark"], pixel_values), rtol=0, atol=0)
-    assert old.source_revision == first and old.config.module["target_label"] == "dark"
+    assert old.source_revision == first and old.config.provenance.target_label == "dark"
     new = hf_modular.load_module(repo_id)
     torch.testing.assert_close(logits(new, pixel_values), logits(modules["mid"], pixel_values), rtol=0, atol=0)
-    assert new.source_revision == second and new.config.module["target_label"] == "mid"
+    assert new.source_revision == second and new.config.provenance.target_label == "mid"
 
 
 def test_private_module_is_invisible_to_anonymous_clients(hub_server: HubServer, modules) -> None:
@@ -454,12 +453,12 @@ def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
         modules["bright"].push_to_hub(repo_id)
     assert repo_id in str(error.value) and "nothing partial was published" in str(error.value)
     assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 2
-    assert hf_modular.load_module(repo_id).config.module["target_label"] == "dark"
+    assert hf_modular.load_module(repo_id).config.provenance.target_label == "dark"
 
     retry = modules["bright"].push_to_hub(repo_id)
     assert retry.changed and commits(repo_id) == [retry.commit_sha, *before]
     assert first.commit_sha == before[0]
-    assert hf_modular.load_module(repo_id).config.module["target_label"] == "bright"
+    assert hf_modular.load_module(repo_id).config.provenance.target_label == "bright"
 
 
 def test_incomplete_module_directory_is_a_file_not_found_error(
@@ -482,10 +481,10 @@ def test_card_template_error_names_the_template(hub_server: HubServer, decompose
     directory = tmp_path / "dark-module"
     shutil.copytree(decomposed / "dark-module", directory)
     config = json.loads((directory / "config.json").read_text())
-    del config["module"]["compute"]  # only the template reads it
+    config["module"]["compute"] = {}  # a valid record, but the template reads compute.wall_seconds
     (directory / "config.json").write_text(json.dumps(config))
 
-    with pytest.raises(ValueError, match=r"module card from .*module\.md\.j2.*compute"):
+    with pytest.raises(ValueError, match=r"module card from .*module\.md\.j2.*wall_seconds"):
         module_card(ModularResNetConfig.from_pretrained(directory), "user/dark-module")
     with pytest.raises(ValueError, match=r"module\.md\.j2"):
         push_directory(directory, f"{DEFAULT_USER}/dark-module")
@@ -553,7 +552,7 @@ def test_cli_push_decompose_push_to_and_card(
         card = ModelCard.load(repo_id)
         assert card.data.base_model == parent_repo
         assert f"`{HfApi().repo_info(parent_repo).sha}`" in card.text
-        assert hf_modular.load_module(repo_id).config.module["parent"]["repo_id"] == parent_repo
+        assert hf_modular.load_module(repo_id).config.provenance.parent.repo_id == parent_repo
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from hf_modular import ModularResNetForImageClassification
-from hf_modular.convert import CIFAR10_LABELS, import_cifar_resnet
 from hf_modular.evaluation import evaluate
+from hf_modular.models import CIFAR10_LABELS, import_cifar_resnet
 
 
 def _images(batch: int = 4, seed: int = 0) -> torch.Tensor:

@@ -20,7 +20,7 @@ from hf_modular import (
     ModularResNetForImageClassification,
     ModularResNetModel,
 )
-from hf_modular.modeling_modular_resnet import MaskedReLU, ShortcutA
+from hf_modular.models import MaskedReLU, ShortcutA
 
 
 def _images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -22,7 +22,7 @@ from transformers import (
 )
 
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification, ModularResNetModel
-from hf_modular.timm_models import TimmModularResNet
+from hf_modular.models.timm_models import TimmModularResNet
 
 SAVED_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
 

@@ -9,7 +9,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from hf_modular import PRESETS, ModularResNetConfig, ModularResNetForImageClassification
-from hf_modular.timm_models import TimmModularResNet
+from hf_modular.models.timm_models import TimmModularResNet
 
 
 def _images(size: int, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -13,15 +13,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from datasets import Dataset
 
 from ..data import dataset_name, find_columns, label_ids, label_names, load_image_dataset
-from ..modeling_modular_resnet import ModularResNetForImageClassification
-from . import STRATEGIES
-from .modules import build_module, jaccard_index, masked_fraction
+from ..distributed import distributed_state
+from ..models import ModularResNetForImageClassification
+from ..module import jaccard_index, masked_fraction
+from .build import build_module, label_module
 from .sampling import SamplePlan
 from .statistics import collect_activity
+from .strategies import STRATEGIES, strategy_of
 
 DatasetLike = Dataset | str | os.PathLike
 
@@ -48,7 +50,7 @@ def continuous_learning(
     negatives_ratio: float = 1.0,
     seed: int = 0,
     batch_size: int = 128,
-    accelerator: Accelerator | None = None,
+    accelerator: Accelerator | PartialState | None = None,
     progress: bool = True,
 ) -> list[ModularResNetForImageClassification]:
     """Adapt modules for composition across datasets; returns new modules (the inputs are not changed).
@@ -72,9 +74,18 @@ def continuous_learning(
     for module in modules:
         if not module.config.is_module:
             raise ValueError("Continuous learning adapts class modules; a plain classifier was given.")
+        info = module.config.provenance
+        known = STRATEGIES.get(info.method.strategy)
+        if known is None or not known.supports_continuous_learning:
+            raise ValueError(
+                f"Continuous learning re-identifies the nodes a module masks; the {info.target_label!r} module was "
+                f"built by the {info.method.strategy!r} strategy, whose modules have no masks to re-identify. "
+                "Compose it as it is."
+            )
+    state = distributed_state(accelerator)
     shuffled = [_class_rows(module, source, seed) for module, source in zip(modules, sources, strict=True)]
     return [
-        _relearn(i, modules, sources, names, shuffled, negatives_ratio, seed, batch_size, accelerator, progress)
+        _relearn(i, modules, sources, names, shuffled, negatives_ratio, seed, batch_size, state, progress)
         for i in range(len(modules))
     ]
 
@@ -82,7 +93,7 @@ def continuous_learning(
 def _class_rows(module: ModularResNetForImageClassification, dataset: Dataset, seed: int) -> torch.Tensor:
     """The rows of `dataset` labelled with the module's class, in a seeded random order."""
     _, label_column = find_columns(dataset)
-    label = module.config.module["target_label"]
+    label = module.config.provenance.target_label
     names = label_names(dataset, label_column)
     if label not in names:
         raise ValueError(f"The dataset given for the {label!r} module has no class {label!r}; its classes: {names}.")
@@ -99,15 +110,14 @@ def _relearn(
     negatives_ratio: float,
     seed: int,
     batch_size: int,
-    accelerator: Accelerator | None,
+    state: Accelerator | PartialState,
     progress: bool,
 ) -> ModularResNetForImageClassification:
     module = modules[index]
-    info = module.config.module
-    method = dict(info["method"])
-    strategy = STRATEGIES[method.pop("strategy")](**method)
+    info = module.config.provenance
+    strategy = strategy_of(info.method)
     others = [j for j in range(len(modules)) if j != index]
-    wanted = round(negatives_ratio * info["samples"]["own"])
+    wanted = round(negatives_ratio * info.samples.own)
     observed = {
         name: (site.mask.clone() if site.mask is not None else torch.ones(shape, dtype=torch.bool))
         for (name, site), shape in zip(
@@ -118,7 +128,7 @@ def _relearn(
     for position, j in enumerate(others):
         quota = min(wanted // len(others) + (1 if position < wanted % len(others) else 0), len(shuffled[j]))
         rows = shuffled[j][:quota]
-        negatives[modules[j].config.module["target_label"]] = len(rows)
+        negatives[modules[j].config.provenance.target_label] = len(rows)
         if len(rows) == 0:
             continue
         plan = SamplePlan.from_usage(
@@ -133,7 +143,7 @@ def _relearn(
                 image_column=image_column,
                 label_column=label_column,
                 batch_size=batch_size,
-                accelerator=accelerator,
+                state=state,
                 sites=strategy.sites,
                 progress=progress,
             )
@@ -142,25 +152,26 @@ def _relearn(
     with masks_lifted(module):
         spec = strategy.modularize(module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0)
     # The old evaluation describes the module before it changed: drop it, and keep the decomposition's cost record.
-    metadata = {key: value for key, value in info.items() if key != "evaluation"}
-    metadata.update(
-        masked_fraction=masked_fraction(spec.node_keep),
-        jaccard_index=jaccard_index(module, spec.node_keep),
-        continuous_learning={
-            "negatives": negatives,
-            "negative_datasets": {
-                modules[j].config.module["target_label"]: {
-                    "name_or_path": names[j],
-                    "fingerprint": sources[j]._fingerprint,
-                }
-                for j in others
-            },
-            "negatives_ratio": negatives_ratio,
-            "seed": seed,
-            "masked_fraction_before": info["masked_fraction"],
+    info.evaluation = None
+    info.details = {
+        **spec.details,
+        "masked_fraction": masked_fraction(spec.node_keep),
+        "jaccard_index": jaccard_index(module, spec.node_keep),
+    }
+    info.continuous_learning = {
+        "negatives": negatives,
+        "negative_datasets": {
+            modules[j].config.provenance.target_label: {
+                "name_or_path": names[j],
+                "fingerprint": sources[j]._fingerprint,
+            }
+            for j in others
         },
-    )
-    return build_module(module, spec, metadata)
+        "negatives_ratio": negatives_ratio,
+        "seed": seed,
+        "masked_fraction_before": module.config.provenance.details["masked_fraction"],
+    }
+    return label_module(build_module(module, spec.keep, spec.head_weight, spec.head_bias), info)
 
 
 __all__ = ["continuous_learning", "masks_lifted"]

@@ -15,30 +15,25 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
 import datasets
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
-from ..cards import module_card
-from ..configuration_modular_resnet import ModularResNetConfig
 from ..data import dataset_name, dataset_split, load_image_dataset
+from ..distributed import distributed_state
 from ..evaluation import evaluate_composition
-from ..modeling_modular_resnet import ModularResNetForImageClassification
+from ..hub import module_card
+from ..models import ModularResNetConfig, ModularResNetForImageClassification
+from ..module import check_directory_names, describe, module_directory_name, weights_sha256
 from ..saving import atomic_directory
-from . import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, STRATEGIES, decompose
-from .modules import weights_sha256
+from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose
+from .strategies import STRATEGIES, get_strategy
 
 logger = logging.getLogger(__name__)
 REPORT_NAME = "decomposition.json"
-
-
-def module_directory_name(label: str) -> str:
-    """`{label}-module`, with characters that are unsafe in paths and repo names replaced by '-'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") + "-module"
 
 
 def decompose_to_directory(
@@ -50,7 +45,7 @@ def decompose_to_directory(
     eval_split: str = "test",
     eval_limit: int | None = None,
     classes: list[str] | None = None,
-    accelerator: Accelerator | None = None,
+    accelerator: Accelerator | PartialState | None = None,
     progress: bool = True,
     **options: Any,
 ) -> dict[str, Any]:
@@ -61,7 +56,7 @@ def decompose_to_directory(
     the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
     (`module.evaluation`) and model card.
     """
-    accelerator = accelerator or Accelerator()
+    state = distributed_state(accelerator)
     output = Path(output)
     eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None
     if eval_dataset is not None:
@@ -82,43 +77,36 @@ def decompose_to_directory(
 
     timings: dict[str, float] = {}
     if todo:
-        modules = decompose(model, dataset, classes=todo, accelerator=accelerator, progress=progress, **options)
+        modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, **options)
         timings["decompose_seconds"] = time.perf_counter() - started
-        timings["statistics_seconds"] = next(iter(modules.values())).config.module["compute"]["statistics_seconds"]
+        timings["statistics_seconds"] = next(iter(modules.values())).config.provenance.compute["statistics_seconds"]
         # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
-        if accelerator.is_main_process:
+        if state.is_main_process:
             for label, module in modules.items():
                 module.save_pretrained(output / module_directory_name(label))
-        accelerator.wait_for_everyone()
+        state.wait_for_everyone()
 
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
-    if not accelerator.is_main_process:
+    if not state.is_main_process:
         return report
     modules = {
         label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label))
         for label in wanted
     }
-    for label, module in modules.items():
-        info = module.config.module
-        size = (  # how much of the parent a module keeps: masks (activation) or pruned channels (channel)
-            {
-                "macs_fraction": info["details"]["macs_fraction"],
-                "parameters_fraction": info["details"]["parameters_fraction"],
-            }
-            if module.config.is_pruned
-            else {"masked_fraction": info["masked_fraction"], "jaccard_index": info["jaccard_index"]}
-        )
+    provenance = {label: module.config.provenance for label, module in modules.items()}
+    for label, info in provenance.items():
         report["modules"][label] = {
             "directory": module_directory_name(label),
-            **size,
-            "samples": info["samples"],
+            **describe(info).figures,  # how much of the parent the module keeps, in its strategy's terms
+            "samples": {"own": info.samples.own, "negative": info.samples.negative},
             "resumed": label in done,
         }
-    report["method"] = next(iter(modules.values())).config.module["method"]
-    for key in ("jaccard_index", "macs_fraction"):
-        values = [row[key] for row in report["modules"].values() if key in row]
-        if values:
-            report[f"mean_{key}"] = sum(values) / len(values)
+    first = next(iter(provenance.values()))
+    report["method"] = {"strategy": first.method.strategy, **first.method.parameters}
+    headline = STRATEGIES[first.method.strategy].headline
+    values = [row[headline] for row in report["modules"].values() if headline in row]
+    if values:
+        report[f"mean_{headline}"] = sum(values) / len(values)
     if eval_dataset is not None:
         evaluation_started = time.perf_counter()
         result = evaluate_composition(model, modules, eval_dataset, progress=progress)
@@ -141,25 +129,14 @@ def decompose_to_directory(
             },
         }
         for label, module in modules.items():  # the measurements travel with each module, in its config and card
-            module.config.module["evaluation"] = {**summary, "binary_accuracy": result.module_binary_accuracy[label]}
+            info = module.config.provenance
+            info.evaluation = {**summary, "binary_accuracy": result.module_binary_accuracy[label]}
+            module.config.provenance = info
     for label, module in modules.items():
         write_card(module.config, output / module_directory_name(label))
     timings["total_seconds"] = time.perf_counter() - started
     _write_json_atomically(output / REPORT_NAME, report)
     return report
-
-
-def check_directory_names(labels: list[str]) -> None:
-    """Labels that differ only in characters a path cannot hold would overwrite each other's directory."""
-    seen: dict[str, str] = {}
-    for label in labels:
-        name = module_directory_name(label)
-        if name in seen and seen[name] != label:
-            raise ValueError(
-                f"Classes {seen[name]!r} and {label!r} would both be saved as {name!r}. Rename one of them in the "
-                "model's id2label (and the dataset's label names) before decomposing."
-            )
-        seen[name] = label
 
 
 def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None = None) -> None:
@@ -176,34 +153,32 @@ def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
     if not (directory / "model.safetensors").is_file():
         return False
     try:
-        info = ModularResNetConfig.from_pretrained(directory).module or {}
+        info = ModularResNetConfig.from_pretrained(directory).provenance
     except (OSError, ValueError):
         return False
-    dataset = info.get("dataset", {})
     return (
-        info.get("target_label") == label
-        and info.get("parent", {}).get("weights_sha256") == expected["weights_sha256"]
-        and info.get("method") == expected["method"]
-        and info.get("sampling") == expected["sampling"]
-        and (dataset.get("fingerprint"), dataset.get("split")) == expected["dataset"]
+        info.target_label == label
+        and info.parent.weights_sha256 == expected["weights_sha256"]
+        and (info.method.strategy, info.method.parameters) == expected["method"]
+        and (info.sampling.samples_per_class, info.sampling.negatives_ratio, info.sampling.seed) == expected["sampling"]
+        and (info.dataset.fingerprint, info.dataset.split) == expected["dataset"]
     )
 
 
 def _expected_provenance(model, dataset: datasets.Dataset, options: dict[str, Any]) -> dict[str, Any]:
     """What `decompose` would record for these options, to recognise modules an earlier run already built."""
     name = options.get("strategy", "activation")
-    strategy = STRATEGIES[name]
-    strategy_fields = {f.name for f in dataclasses.fields(strategy) if f.init}
-    method = {"strategy": name, **strategy(**{k: v for k, v in options.items() if k in strategy_fields}).parameters()}
-    sampling = {
-        "samples_per_class": options.get("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
-        "negatives_ratio": options.get("negatives_ratio", DEFAULT_NEGATIVES_RATIO),
-        "seed": options.get("seed", DEFAULT_SEED),
-    }
+    strategy_fields = {f.name for f in dataclasses.fields(STRATEGIES[name])} if name in STRATEGIES else set()
+    method = get_strategy(name, **{k: v for k, v in options.items() if k in strategy_fields})
+    sampling = (
+        options.get("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
+        options.get("negatives_ratio", DEFAULT_NEGATIVES_RATIO),
+        options.get("seed", DEFAULT_SEED),
+    )
     split = dataset_split(dataset, options.get("split", "train"))
     return {
         "weights_sha256": weights_sha256(model),
-        "method": method,
+        "method": (method.name, method.parameters()),
         "sampling": sampling,
         "dataset": (dataset._fingerprint, split),
     }

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import datasets
 import torch
-from accelerate import Accelerator
+from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..data import iterate_batches
-from ..modeling_modular_resnet import ModularResNetForImageClassification
-from ..processing import image_mode, image_processor_for
+from ..distributed import DistributedState, distributed_state
+from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .sampling import SamplePlan
 
 
@@ -48,18 +48,19 @@ def collect_activity(
     image_column: str,
     label_column: str,
     batch_size: int = 128,
-    accelerator: Accelerator | None = None,
+    state: DistributedState | None = None,
     sites: str = "relu",
     observe: bool = True,
     progress: bool = True,
 ) -> ActivityMaps | None:
-    """Run `model` over `dataset.select(plan.rows)`, sharded across `accelerator`'s processes.
+    """Run `model` over `dataset.select(plan.rows)`, sharded across the processes of `state` (default: this
+    process's `PartialState`).
 
     `sites="relu"` observes the value entering every ReLU; `sites="conv"` every convolution's raw output. With
     `observe=False` the same pass runs without recording (a baseline for the pass's overhead) and returns None.
     """
-    accelerator = accelerator or Accelerator()
-    device = accelerator.device
+    state = distributed_state(state)
+    device = state.device
     model = model.to(device).eval()
     site_kind, site_modules = sites, model.sites(sites)
     shapes = model.site_shapes(site_kind)
@@ -89,7 +90,7 @@ def collect_activity(
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
-        accelerator=accelerator,
+        state=state,
         progress=progress,
         desc="statistics pass" if observe else "inference pass",
     )
@@ -104,7 +105,7 @@ def collect_activity(
         return None
 
     flat = torch.cat([active[name] for name in site_modules], dim=1).to(torch.uint8)
-    flat = accelerator.reduce(flat, reduction="sum").cpu() > 0  # union over processes
+    flat = reduce(flat, reduction="sum").cpu() > 0  # union over processes
     group_own, group_negative = plan.group_own.T.float(), plan.group_negative.T.float()  # (M, G)
     own, negative, offset = {}, {}, 0
     for name in site_modules:
@@ -124,14 +125,14 @@ def planned_batches(
     image_column: str,
     label_column: str,
     batch_size: int,
-    accelerator: Accelerator,
+    state: DistributedState,
     progress: bool,
     desc: str,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """This process's contiguous shard of the plan's rows, preprocessed for `model`, as (position in the plan of the
     batch's first row, pixel values (B, C, H, W)). The progress bar counts all processes' rows."""
     positions = list(range(len(plan.rows)))
-    with accelerator.split_between_processes(positions) as shard:
+    with state.split_between_processes(positions) as shard:
         subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
         batches = iterate_batches(
             subset,
@@ -142,12 +143,12 @@ def planned_batches(
             image_mode=image_mode(model.config.num_channels),
         )
         start = shard[0] if shard else 0
-        disable = not progress or not accelerator.is_local_main_process
+        disable = not progress or not state.is_local_main_process
         with tqdm(total=len(positions), disable=disable, desc=desc, unit="img") as bar:
             for pixel_values, _ in batches:
                 yield start, pixel_values
                 start += len(pixel_values)
-                bar.update(len(pixel_values) * accelerator.num_processes)
+                bar.update(len(pixel_values) * state.num_processes)
 
 
 def _segments(groups: torch.Tensor) -> list[tuple[int, int, int]]:

@@ -15,6 +15,9 @@ from typing import Any, ClassVar
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from ..module.provenance import ModuleProvenance
+from .processing import IMAGENET_CROP_PCT, image_processor_class
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -133,8 +136,9 @@ class ModularResNetConfig(PreTrainedConfig):
             For a pruned network with option-A shortcuts, per shape-changing block (`"layer2.0"`), which input
             channel feeds each output channel of its shortcut (`-1`: a zero channel).
         module (`dict`, *optional*):
-            Provenance of a class module (target class, parent, dataset, method and parameters). `None` on a
-            plain classifier.
+            Provenance of a class module (target class, parent, dataset, method and parameters), in the layout of
+            [`~hf_modular.module.ModuleProvenance`]; read it typed through `config.provenance`. `None` on a plain
+            classifier. Sections saved by older releases are upgraded on load; a malformed one is refused.
 
     Example:
 
@@ -174,6 +178,8 @@ class ModularResNetConfig(PreTrainedConfig):
         self.widths = [int(w) for w in self.widths]
         self.image_mean = [float(m) for m in self.image_mean]
         self.image_std = [float(s) for s in self.image_std]
+        if self.module is not None:  # validated and upgraded to the current schema, so every reader sees one layout
+            self.module = ModuleProvenance.from_dict(self.module).to_dict()
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
@@ -240,6 +246,17 @@ class ModularResNetConfig(PreTrainedConfig):
         """Whether this config describes a class module rather than a plain classifier."""
         return self.module is not None
 
+    @property
+    def provenance(self) -> ModuleProvenance:
+        """The module's typed provenance record (a copy: assign it back to change it)."""
+        if self.module is None:
+            raise ValueError("This config describes a plain classifier: it has no module provenance.")
+        return ModuleProvenance.from_dict(self.module)
+
+    @provenance.setter
+    def provenance(self, record: ModuleProvenance) -> None:
+        self.module = record.to_dict()
+
     def architecture_args(self) -> dict[str, Any]:
         """The fields that determine the network's tensors, as keyword arguments for timm."""
         return {key: copy.deepcopy(getattr(self, key)) for key in ARCHITECTURE_FIELDS}
@@ -251,7 +268,7 @@ class ModularResNetConfig(PreTrainedConfig):
             "input_size": [self.num_channels, self.image_size, self.image_size],
             "fixed_input_size": True,
             "interpolation": "bilinear",
-            "crop_pct": 1.0 if self.stem_type == "cifar" else 0.875,
+            "crop_pct": 1.0 if self.stem_type == "cifar" else IMAGENET_CROP_PCT,
             "crop_mode": "center",
             "mean": list(self.image_mean),
             "std": list(self.image_std),
@@ -269,9 +286,7 @@ class ModularResNetConfig(PreTrainedConfig):
         }
 
     def to_dict(self) -> dict[str, Any]:
-        from .processing import image_processor_class
-
-        image_processor_type = image_processor_class(self).__name__
+        image_processor_type = image_processor_class(self.stem_type).__name__
         return {**super().to_dict(), **self.timm_config(), "image_processor_type": image_processor_type}
 
 

@@ -24,13 +24,19 @@ or its projection shortcut) is removed from the add's output too, so it is gone 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import datasets
 import torch
 from torch import nn
 
-from ..modeling_modular_resnet import ModularResNetForImageClassification, ShortcutA
-from .statistics import ActivityMaps
+from ...distributed import DistributedState
+from ...models import ModularResNetForImageClassification, ShortcutA
+from ...module import ModuleDescription, ModuleProvenance, jaccard_index, masked_fraction
+from ..build import build_module
+from ..sampling import SamplePlan
+from ..statistics import ActivityMaps, collect_activity
+from .base import BuiltModule, Strategy, register_strategy
 
 BACKTRACK_READINGS = ("text", "pseudocode", "none")
 SITE_KINDS = ("relu", "conv")
@@ -57,24 +63,31 @@ class ModuleSpec:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@register_strategy
 @dataclass
-class ActivationStrategy:
-    """Options of the paper's method; see the module docstring.
+class ActivationStrategy(Strategy):
+    """Options of the paper's method; see the module docstring."""
 
-    Args:
-        sites: `"relu"` (values entering each ReLU) or `"conv"` (raw conv outputs, the paper's literal reading).
-        backtrack: MC-BLN reading. `"text"` removes feature i when `W[rest, i] >= delta and W[own, i] <= -delta`
-            (it only argues "not my class"); `"pseudocode"` is Algorithm 2's literal test
-            `W[rest, i] <= -delta and W[own, i] >= delta`; `"none"` skips backtracking.
-        delta: MC-BLN threshold on the channeled head's weights.
-        backtrack_input: also run MC-BI, backtracking the maps through every convolution (ReLU sites only).
-    """
-
-    sites: str = "relu"
-    backtrack: str = "text"
-    delta: float = 0.5
-    backtrack_input: bool = False
-    name: str = field(default="activation", init=False)
+    sites: str = field(
+        default="relu",
+        metadata={"help": "observe the values entering each ReLU, or raw conv outputs", "choices": SITE_KINDS},
+    )
+    backtrack: str = field(
+        default="text",
+        metadata={
+            "help": "MC-BLN reading: 'text' removes a feature that only argues 'not my class', 'pseudocode' is "
+            "Algorithm 2's literal test, 'none' skips backtracking",
+            "choices": BACKTRACK_READINGS,
+        },
+    )
+    delta: float = field(default=0.5, metadata={"help": "MC-BLN threshold on the channeled head's weights"})
+    backtrack_input: bool = field(
+        default=False, metadata={"help": "also run MC-BI, backtracking the maps through every conv (ReLU sites)"}
+    )
+    name: ClassVar[str] = "activation"
+    headline: ClassVar[str] = "jaccard_index"
+    headline_format: ClassVar[str] = "mean Jaccard {:.3f}"
+    supports_continuous_learning: ClassVar[bool] = True
 
     def __post_init__(self):
         if self.backtrack not in BACKTRACK_READINGS:
@@ -84,17 +97,68 @@ class ActivationStrategy:
         if self.sites == "conv" and self.backtrack_input:
             raise ValueError("backtrack_input (MC-BI) walks ReLU sites; use it with sites='relu'.")
 
-    def parameters(self) -> dict[str, Any]:
-        return {
-            "sites": self.sites,
-            "backtrack": self.backtrack,
-            "delta": self.delta,
-            "backtrack_input": self.backtrack_input,
-        }
+    def observe(
+        self,
+        parent: ModularResNetForImageClassification,
+        dataset: datasets.Dataset,
+        plan: SamplePlan,
+        *,
+        image_column: str,
+        label_column: str,
+        batch_size: int,
+        state: DistributedState,
+        progress: bool,
+    ) -> ActivityMaps:
+        return collect_activity(
+            parent,
+            dataset,
+            plan,
+            image_column=image_column,
+            label_column=label_column,
+            batch_size=batch_size,
+            state=state,
+            sites=self.sites,
+            progress=progress,
+        )
 
     def build(
+        self,
+        parent: ModularResNetForImageClassification,
+        observations: ActivityMaps,
+        plan: SamplePlan,
+        **context: Any,
+    ) -> list[BuiltModule]:
+        built = []
+        for module_index, class_index in enumerate(plan.classes):
+            spec = self.module_spec(parent, observations, module_index, class_index)
+            details = {
+                **spec.details,
+                "masked_fraction": masked_fraction(spec.node_keep),
+                "jaccard_index": jaccard_index(parent, spec.node_keep),
+            }
+            built.append((build_module(parent, spec.keep, spec.head_weight, spec.head_bias), details))
+        return built
+
+    @classmethod
+    def describe(cls, info: ModuleProvenance) -> ModuleDescription:
+        masked, jaccard = info.details["masked_fraction"], info.details["jaccard_index"]
+        return ModuleDescription(
+            summary="It follows the method of Pan & Rajan, *Decomposing Convolutional Neural Networks into Reusable "
+            f"and Replaceable Modules* (ICSE 2022): it keeps the parent's weights, masks the {100 * masked:.2f}% of "
+            "its nodes that this class does not use, and has a two-way head.",
+            head="It was never trained; it is the parent's own row for this class against the mean of the other rows.",
+            rows=[
+                ("Masked nodes", f"{100 * masked:.2f}% of the ReLU-site nodes"),
+                ("Jaccard index vs parent", f"{jaccard:.3f} (retained nodes and edges over the parent's)"),
+            ],
+            measures={"masked": f"{100 * masked:.2f}%", "Jaccard": f"{jaccard:.3f}"},
+            figures={"masked_fraction": masked, "jaccard_index": jaccard},
+        )
+
+    def module_spec(
         self, parent: ModularResNetForImageClassification, activity: ActivityMaps, module_index: int, class_index: int
     ) -> ModuleSpec:
+        """Module `module_index`'s masks and head, for the parent's class `class_index`."""
         observed = {
             site: activity.own[site][module_index] | activity.negative[site][module_index] for site in activity.own
         }
@@ -115,7 +179,7 @@ class ActivationStrategy:
         if self.sites == "conv":
             keep.update(_consistent_residual_outputs(model, keep))
         removed = backtrack_features(head_weight, self.backtrack, self.delta)
-        last_site = list(model.sites())[-1]  # forward order: the last ReLU feeds global average pooling and the head
+        last_site = model.last_site()  # the ReLU feeding global average pooling and the head
         keep[last_site] = keep[last_site] & ~removed[:, None, None]
         details = {"features_removed_by_backtracking": int(removed.sum())}
         if self.backtrack_input:
@@ -126,21 +190,16 @@ class ActivationStrategy:
         return ModuleSpec(class_index, keep, node_keep, head_weight, head_bias, details)
 
 
-def _blocks(model: ModularResNetForImageClassification) -> list[tuple[str, nn.Module]]:
-    return [(f"{stage}.{i}", block) for stage in model.stage_names for i, block in enumerate(getattr(model, stage))]
-
-
 def _consistent_residual_outputs(
     model: ModularResNetForImageClassification, keep: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Conv sites: each add's output keeps a node only if both of its inputs' convs keep it (an identity keeps all)."""
     outputs = {}
-    for name, block in _blocks(model):
-        last_conv = "conv3" if hasattr(block, "conv3") else "conv2"
-        kept = keep[f"{name}.{last_conv}"].clone()
+    for name, block in model.blocks():
+        kept = keep[f"{name}.{block.conv_names[-1]}"].clone()
         if f"{name}.downsample.0" in keep:
             kept &= keep[f"{name}.downsample.0"]
-        outputs[f"{name}.{_last_act(block)}"] = kept
+        outputs[f"{name}.{block.last_act_name}"] = kept
     return outputs
 
 
@@ -150,12 +209,10 @@ def _keep_at_relu_sites(
     """Conv-site decisions seen at the ReLU sites: a ReLU's node is gone when the conv feeding it masks it, or,
     after an add, when the add's output is masked."""
     nodes = {"act1": keep["conv1"]}
-    for name, block in _blocks(model):
-        last_act = _last_act(block)
-        for k in range(1, 4):
-            if hasattr(block, f"act{k}"):
-                source = last_act if f"act{k}" == last_act else f"conv{k}"
-                nodes[f"{name}.act{k}"] = keep[f"{name}.{source}"]
+    for name, block in model.blocks():
+        for conv, act in zip(block.conv_names, block.act_names, strict=True):
+            source = act if act == block.last_act_name else conv
+            nodes[f"{name}.{act}"] = keep[f"{name}.{source}"]
     return nodes
 
 
@@ -187,14 +244,14 @@ def backtrack_to_input(
     when a max-pool follows it (the pool's windows overlap).
     """
     keep = {site: mask.clone() for site, mask in keep.items()}
-    blocks = _blocks(model)
+    blocks = model.blocks()
     for index in range(len(blocks) - 1, -1, -1):
         name, block = blocks[index]
-        input_site = blocks[index - 1][0] + "." + _last_act(blocks[index - 1][1]) if index else "act1"
+        input_site = blocks[index - 1][0] + "." + blocks[index - 1][1].last_act_name if index else "act1"
         if index == 0 and not isinstance(model.maxpool, nn.Identity):
             continue
-        acts = [f"{name}.act{k}" for k in range(1, 4) if hasattr(block, f"act{k}")]
-        convs = [getattr(block, f"conv{k}") for k in range(1, len(acts) + 1)]
+        acts = [f"{name}.{act}" for act in block.act_names]
+        convs = [getattr(block, conv) for conv in block.conv_names]
         # Inside the block: conv k reads act k-1 and writes act k (the last conv writes through the residual add).
         for k in range(len(acts) - 1, 0, -1):
             keep[acts[k - 1]] &= _needed_inputs(convs[k], keep[acts[k]], keep[acts[k - 1]].shape)
@@ -202,10 +259,6 @@ def backtrack_to_input(
         needed |= _needed_by_shortcut(block.downsample, keep[acts[-1]], keep[input_site].shape)
         keep[input_site] &= needed
     return keep
-
-
-def _last_act(block: nn.Module) -> str:
-    return "act3" if hasattr(block, "act3") else "act2"
 
 
 def _needed_inputs(conv: nn.Conv2d, kept_outputs: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .configuration_modular_resnet import ARCHITECTURE_FIELDS, PRESETS, ModularResNetConfig
 from .modeling_modular_resnet import ModularResNetForImageClassification
+from .processing import IMAGENET_CROP_PCT
 
 
 class TimmModularResNet(ModularResNetForImageClassification):
@@ -70,7 +71,7 @@ def _cfg(preset: str) -> dict[str, Any]:
         "input_size": (3, size, size),
         "fixed_input_size": True,
         "pool_size": (size // 2 ** (len(fields["layers"]) - 1),) * 2 if cifar else (7, 7),
-        "crop_pct": 1.0 if cifar else 0.875,
+        "crop_pct": 1.0 if cifar else IMAGENET_CROP_PCT,
         "interpolation": "bilinear",
         "mean": tuple(fields["image_mean"]),
         "std": tuple(fields["image_std"]),

@@ -14,15 +14,16 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
+from typing_extensions import Unpack
 
-from .cards import module_card, parent_card, parent_name
-from .configuration_modular_resnet import ModularResNetConfig
-from .decompose.output import module_directory_name
-from .modeling_modular_resnet import ModularResNetForImageClassification
+from ..module import ModuleProvenance, module_directory_name, parent_name
+from .cards import module_card, parent_card
 
 try:  # the HTTP client huggingface_hub 2.x uses; its transport errors are network failures
     from httpx2 import TransportError
@@ -32,12 +33,23 @@ except ImportError:  # pragma: no cover - other huggingface_hub versions
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 DEFAULT_NAME_TEMPLATE = "{parent_name}-{label}-module"
 # A decomposition's output directory, `{label: module}`, or any iterable of modules.
-ModulesOrDirectory = (
-    str
-    | os.PathLike
-    | Mapping[str, ModularResNetForImageClassification]
-    | Iterable[ModularResNetForImageClassification]
-)
+ModulesOrDirectory = str | os.PathLike | Mapping[str, PreTrainedModel] | Iterable[PreTrainedModel]
+
+
+class PushOptions(TypedDict, total=False):
+    """How a push is made, accepted by every push function and `push_to_hub` as keyword arguments.
+
+    private: create the repo private (ignored when it exists). revision: the branch to push to (created if missing).
+    token: a Hub token (default: the logged-in one). create_pr: open a pull request instead of committing.
+    commit_message: the commit's title. license: the license id written into the model card.
+    """
+
+    private: bool | None
+    revision: str | None
+    token: str | bool | None
+    create_pr: bool
+    commit_message: str | None
+    license: str | None
 
 
 @dataclass
@@ -50,46 +62,24 @@ class PushResult:
     changed: bool
 
 
-def push_model(
-    model: ModularResNetForImageClassification,
-    repo_id: str,
-    *,
-    private: bool | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    create_pr: bool = False,
-    commit_message: str | None = None,
-    license: str | None = None,
-) -> PushResult:
+def push_model(model: PreTrainedModel, repo_id: str, **options: Unpack[PushOptions]) -> PushResult:
     """Push a module or a parent model to `repo_id` (created if missing) in one commit, with its card."""
     with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
         model.save_pretrained(staging)
-        return push_directory(
-            staging,
-            repo_id,
-            private=private,
-            revision=revision,
-            token=token,
-            create_pr=create_pr,
-            commit_message=commit_message,
-            license=license,
-            model=None if model.config.is_module else model,
-        )
+        return push_directory(staging, repo_id, model=None if _is_module(model.config) else model, **options)
 
 
 def push_directory(
     directory: str | os.PathLike,
     repo_id: str,
     *,
-    private: bool | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    create_pr: bool = False,
-    commit_message: str | None = None,
-    license: str | None = None,
-    model: ModularResNetForImageClassification | None = None,
+    model: PreTrainedModel | None = None,
+    **options: Unpack[PushOptions],
 ) -> PushResult:
-    """Push a saved model directory as it is, with a card rendered for `repo_id` (a module's from its config)."""
+    """Push a saved model directory as it is, with a card rendered for `repo_id` (a module's from its config).
+
+    The directory is read through transformers' Auto classes, which know the ModularResNet classes once
+    `hf_modular` is imported."""
     directory = Path(directory)
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if missing:
@@ -98,43 +88,28 @@ def push_directory(
             "save_pretrained (or rerun the decomposition) before pushing."
         )
     _validate(repo_id)
-    config = ModularResNetConfig.from_pretrained(directory)
-    if config.is_module:
+    license = options.pop("license", None)
+    config = AutoConfig.from_pretrained(directory)
+    if _is_module(config):
         card = module_card(config, repo_id, license=license)
     else:
-        model = model or ModularResNetForImageClassification.from_pretrained(directory)
+        model = model or AutoModelForImageClassification.from_pretrained(directory)
         card = parent_card(model, repo_id, license=license)
     with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
         for name in REQUIRED_FILES:
             shutil.copy2(directory / name, Path(staging) / name)
         card.save(Path(staging) / "README.md")
-        what = f"{config.module['target_label']} module" if config.is_module else "model"
-        return upload_folder(
-            staging,
-            repo_id,
-            what=what,
-            private=private,
-            revision=revision,
-            token=token,
-            create_pr=create_pr,
-            commit_message=commit_message,
-        )
+        what = f"{ModuleProvenance.from_dict(config.module).target_label} module" if _is_module(config) else "model"
+        return upload_folder(staging, repo_id, what=what, **options)
 
 
 def upload_folder(
-    folder: str | os.PathLike,
-    repo_id: str,
-    *,
-    what: str = "model",
-    private: bool | None = None,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    create_pr: bool = False,
-    commit_message: str | None = None,
+    folder: str | os.PathLike, repo_id: str, *, what: str = "model", **options: Unpack[PushOptions]
 ) -> PushResult:
-    """Upload a prepared folder to `repo_id` (created if missing) as one commit; unchanged files are skipped and a
-    push that changes nothing makes no commit."""
+    """Upload a prepared folder (its card already in it; `license` is ignored) to `repo_id` (created if missing) as
+    one commit; unchanged files are skipped and a push that changes nothing makes no commit."""
     _validate(repo_id)
+    private, revision, token = options.get("private"), options.get("revision"), options.get("token")
     api = HfApi(token=token)
     with _explained(repo_id):
         api.create_repo(repo_id, private=private, exist_ok=True)
@@ -145,8 +120,8 @@ def upload_folder(
             repo_id=repo_id,
             folder_path=str(folder),
             revision=revision,
-            create_pr=create_pr,
-            commit_message=commit_message or f"Upload {what} with hf_modular",
+            create_pr=options.get("create_pr", False),
+            commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
         )
     return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
 
@@ -156,48 +131,40 @@ def push_modules(
     namespace: str,
     *,
     name_template: str = DEFAULT_NAME_TEMPLATE,
-    private: bool = False,
-    revision: str | None = None,
-    token: str | bool | None = None,
-    create_pr: bool = False,
-    license: str | None = None,
+    **options: Unpack[PushOptions],
 ) -> dict[str, PushResult]:
     """Push every module to its own repo `{namespace}/{name_template}`; returns `{label: PushResult}`.
 
     `modules_or_dir` is a decomposition's output directory (each `*-module` folder in it), or module objects (a
     `{label: module}` dict or any iterable). `name_template` may use `{parent_name}`, `{label}`, `{index}` and
-    `{architecture}`.
+    `{architecture}`. `options` (see `PushOptions`) apply to every push.
     """
     results = {}
     for directory, config in _module_directories(modules_or_dir):
-        info = config.module
+        info = ModuleProvenance.from_dict(config.module)
         name = name_template.format(
-            parent_name=parent_name(info["parent"]).replace("_", "-"),
-            label=module_directory_name(info["target_label"]).removesuffix("-module"),
-            index=info["target_index"],
+            parent_name=parent_name(info.parent).replace("_", "-"),
+            label=module_directory_name(info.target_label).removesuffix("-module"),
+            index=info.target_index,
             architecture=(config.preset or "modular_resnet").replace("_", "-"),
         )
-        results[info["target_label"]] = push_directory(
-            directory,
-            f"{namespace}/{name}",
-            private=private,
-            revision=revision,
-            token=token,
-            create_pr=create_pr,
-            license=license,
-        )
+        results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
     return results
 
 
-def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Path, ModularResNetConfig]]:
+def _is_module(config: PreTrainedConfig) -> bool:
+    return getattr(config, "module", None) is not None
+
+
+def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Path, PreTrainedConfig]]:
     if isinstance(modules_or_dir, (str, os.PathLike)):
         root = Path(modules_or_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"No such directory: {root}.")
         found = []
         for child in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
-            config = ModularResNetConfig.from_pretrained(child)
-            if config.is_module:
+            config = AutoConfig.from_pretrained(child)
+            if _is_module(config):
                 found.append((child, config))
         if not found:
             raise ValueError(f"{root} holds no module directories (folders with a module's config.json).")
@@ -206,9 +173,9 @@ def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Pa
     modules = modules_or_dir.values() if isinstance(modules_or_dir, Mapping) else modules_or_dir
     with tempfile.TemporaryDirectory(prefix="hf-modular-modules-") as staging:
         for module in modules:
-            if not module.config.is_module:
+            if not _is_module(module.config):
                 raise ValueError("push_modules pushes class modules; push a plain model with push_model.")
-            directory = Path(staging) / module_directory_name(module.config.module["target_label"])
+            directory = Path(staging) / module_directory_name(module.config.provenance.target_label)
             module.save_pretrained(directory)
             yield directory, module.config
 

@@ -16,12 +16,11 @@ zeroes the masked positions after the ReLU.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -30,7 +29,12 @@ from transformers.modeling_outputs import (
     ImageClassifierOutputWithNoAttention,
 )
 
+from ..hub import HubMixin
+from ..saving import atomic_directory
 from .configuration_modular_resnet import ModularResNetConfig
+from .convert import CIFAR10_LABELS, config_from_timm_resnet, load_exactly, read_cifar_checkpoint
+from .loading import load_checked
+from .processing import image_processor_for
 
 
 class MaskedReLU(nn.Module):
@@ -126,11 +130,41 @@ def _conv(
     )
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What every block tells about its structure, so no caller re-derives it.
+
+    `conv_names[k]` feeds `act_names[k]`; the last conv feeds the residual add, whose sum enters the last ReLU.
+    The inner convs (all but the last) produce channels that only the block itself reads.
+    """
+
+    conv_names: tuple[str, ...]
+    act_names: tuple[str, ...]
+    downsample: nn.Module | None
+
+    @property
+    def last_act_name(self) -> str:
+        return self.act_names[-1]
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        return getattr(self, self.conv_names[-1])
+
+    @property
+    def last_norm(self) -> nn.BatchNorm2d:
+        return getattr(self, f"bn{len(self.conv_names)}")
+
+    @property
+    def inner_convs(self) -> list[nn.Conv2d]:
+        return [getattr(self, name) for name in self.conv_names[:-1]]
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convs. (B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride); `width` is the first
     conv's output (equal to `out_channels` unless pruned)."""
 
     expansion = 1
+    conv_names = ("conv1", "conv2")
+    act_names = ("act1", "act2")
 
     def __init__(
         self,
@@ -158,10 +192,12 @@ class BasicBlock(nn.Module):
         return self.act2(hidden_state + shortcut)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (carries the stride, as in timm), 1x1 expand to 4 * width."""
 
     expansion = 4
+    conv_names = ("conv1", "conv2", "conv3")
+    act_names = ("act1", "act2", "act3")
 
     def __init__(
         self,
@@ -196,8 +232,8 @@ class Bottleneck(nn.Module):
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
-class ModularResNetPreTrainedModel(PreTrainedModel):
-    """Weight init and loading concerns shared by the ModularResNet models."""
+class ModularResNetPreTrainedModel(HubMixin, PreTrainedModel):
+    """Weight init and loading concerns shared by the ModularResNet models; `push_to_hub` comes from `HubMixin`."""
 
     config: ModularResNetConfig
     config_class = ModularResNetConfig
@@ -227,9 +263,6 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
 
         Everything is written to a temporary directory first, so a failure leaves `save_directory` as it was.
         """
-        from .processing import image_processor_for
-        from .saving import atomic_directory
-
         if kwargs.get("push_to_hub"):
             raise ValueError("Save first, then call `push_to_hub(repo_id)`: pushing from save_pretrained is disabled.")
         if not kwargs.get("is_main_process", True):
@@ -238,74 +271,12 @@ class ModularResNetPreTrainedModel(PreTrainedModel):
             super().save_pretrained(staging, *args, **kwargs)
             image_processor_for(self.config).save_pretrained(staging)
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        create_pr: bool = False,
-        commit_message: str | None = None,
-        license: str | None = None,
-    ):
-        """Push this model (a module or a parent) to `repo_id` in one commit, with its model card.
-
-        Returns a `hf_modular.hub.PushResult` (repo id, commit sha, whether the push changed anything).
-        """
-        from .hub import push_model
-
-        return push_model(
-            self,
-            repo_id,
-            private=private,
-            revision=revision,
-            token=token,
-            create_pr=create_pr,
-            commit_message=commit_message,
-            license=license,
-        )
-
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         """Load from a local directory or a Hub repo id. Only safetensors weights load, unless the caller opts in
-        to pickle checkpoints with `use_safetensors=False`; missing or mismatched tensors raise."""
-        kwargs.setdefault("use_safetensors", True)
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        source = str(pretrained_model_name_or_path)
-        _refuse_pickle_only_directory(source, kwargs["use_safetensors"])
-        try:
-            model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
-        except SafetensorError as error:
-            raise ValueError(
-                f"{source}: model.safetensors is corrupt or truncated ({error}). Download or save it again "
-                "(delete the cached copy first when it came from the Hub)."
-            ) from error
-        except RuntimeError as error:
-            if "mismatch" not in str(error):
-                raise
-            raise ValueError(
-                f"The weights in {source} do not match its config (a tensor has another shape; the table above "
-                "lists them). Fix config.json so it describes the checkpoint, or re-save the model."
-            ) from error
-
-        # A trunk-only checkpoint may get a fresh head, and a classifier's head is ignored by the trunk model
-        # (transformers reports both); old checkpoints lack batch-norm step counters. Any other gap is an error.
-        def tolerated(key: str) -> bool:
-            fresh_head = key.startswith("fc.") and not model.config.is_module  # a module's head is never random
-            return fresh_head or key.endswith("num_batches_tracked")
-
-        missing = [key for key in info["missing_keys"] if not tolerated(key)]
-        unexpected = [key for key in info["unexpected_keys"] if not tolerated(key)]
-        if missing or unexpected:
-            raise ValueError(
-                f"The checkpoint in {source} does not match its config: {len(missing)} tensors missing "
-                f"(e.g. {', '.join(sorted(missing)[:3]) or '-'}), {len(unexpected)} unexpected "
-                f"(e.g. {', '.join(sorted(unexpected)[:3]) or '-'}). Fix config.json (layers, widths, block_type) "
-                "so it describes the checkpoint, or re-save the model."
-            )
-        model.source_revision = _resolved_revision(source, kwargs)
-        return (model, info) if output_loading_info else model
+        to pickle checkpoints with `use_safetensors=False`; missing or mismatched tensors raise (see
+        `hf_modular.models.loading`)."""
+        return load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
 
 
 class ModularResNetModel(ModularResNetPreTrainedModel):
@@ -390,6 +361,20 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def _resolve(self, value: bool | None, name: str) -> bool:
         return bool(getattr(self.config, name) if value is None else value)
 
+    def blocks(self) -> list[tuple[str, ResidualBlock]]:
+        """Every residual block with its name (`"layer2.0"`), in forward order."""
+        return [(f"{stage}.{i}", block) for stage in self.stage_names for i, block in enumerate(getattr(self, stage))]
+
+    def steps(self) -> list[nn.Module]:
+        """The trunk as a list of steps, each (B, C, H, W) -> (B, C', H', W'): the stem, then every block."""
+        stem = nn.Sequential(self.conv1, self.bn1, self.act1, self.maxpool)
+        return [stem, *(block for _, block in self.blocks())]
+
+    def last_site(self) -> str:
+        """The ReLU feeding global average pooling and the head."""
+        name, block = self.blocks()[-1]
+        return f"{name}.{block.last_act_name}"
+
     def sites(self, kind: str = "relu") -> dict[str, MaskedReLU | MaskedConv2d]:
         """Every site by module name, in forward order: the ReLUs (`"layer2.0.act1"`, ...) for `kind="relu"`, the
         convolutions (`"layer2.0.conv1"`, `"layer2.0.downsample.0"`, ...) for `kind="conv"`."""
@@ -431,10 +416,21 @@ class ModularResNetForImageClassification(ModularResNetModel):
 
     @classmethod
     def from_timm(cls, name_or_model: str | nn.Module, **create_kwargs: Any) -> ModularResNetForImageClassification:
-        """Convert a timm ResNet (or a name for `timm.create_model`) into this class; see `hf_modular.convert`."""
-        from .convert import from_timm
+        """Convert a timm ResNet (a `timm.models.resnet.ResNet`, or one of our `modular_resnet*` timm models) into
+        this class, with the same weights and the same logits.
 
-        return from_timm(name_or_model, **create_kwargs)
+        `name_or_model` is a model or a name for `timm.create_model` (e.g. `"resnet18"`,
+        `"hf-hub:timm/resnet18.a1_in1k"`), which then receives `create_kwargs` (e.g. `pretrained=True`,
+        `num_classes=10`).
+        """
+        model = timm.create_model(name_or_model, **create_kwargs) if isinstance(name_or_model, str) else name_or_model
+        if isinstance(model, ModularResNetForImageClassification):
+            config = ModularResNetConfig.from_dict(model.config.to_dict())
+        else:
+            config = config_from_timm_resnet(model)
+        converted = cls(config)
+        load_exactly(converted, model.state_dict(), f"timm model {type(model).__name__}")
+        return converted.train(model.training)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> logits (B, num_labels), or pooled features (B, num_features)."""
@@ -469,32 +465,33 @@ class ModularResNetForImageClassification(ModularResNetModel):
         return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
 
 
-def _resolved_revision(source: str, kwargs: dict[str, Any]) -> str | None:
-    """The commit sha a Hub repo was loaded at (its cached snapshot folder's name); None for local directories."""
-    if Path(source).exists():
-        return None
-    from huggingface_hub import hf_hub_download
+def import_cifar_resnet(
+    checkpoint: str | os.PathLike, *, labels: list[str] | tuple[str, ...] = CIFAR10_LABELS
+) -> ModularResNetForImageClassification:
+    """Import a CIFAR ResNet checkpoint in the layout of akamaster/pytorch_resnet_cifar10.
 
-    keys = ("revision", "subfolder", "cache_dir", "token", "local_files_only")
-    hub_kwargs = {key: kwargs[key] for key in keys if kwargs.get(key) is not None}
-    try:
-        return Path(hf_hub_download(source, "config.json", **hub_kwargs)).parent.name
-    except Exception:  # provenance is best effort; the model itself loaded fine
-        return None
+    The file is a torch pickle (`{"state_dict": ..., "best_prec1": ...}`, keys prefixed `module.`, head named
+    `linear`). It is read with `torch.load(weights_only=True)`, which refuses arbitrary objects, and becomes an
+    option-A ModularResNet-(6n+2) whose depth is read from the keys.
+    """
+    config, state_dict = read_cifar_checkpoint(checkpoint, labels=labels)
+    model = ModularResNetForImageClassification(config)
+    load_exactly(model, state_dict, str(checkpoint))
+    return model.eval()
 
 
-def _refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
-    """A local directory with only a pickle checkpoint gets an error that explains the opt-in."""
-    directory = Path(source)
-    if not use_safetensors or not directory.is_dir() or any(directory.glob("*.safetensors")):
-        return
-    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".th", ".ckpt"})
-    if pickles:
-        raise OSError(
-            f"{directory} holds only pickle checkpoints ({', '.join(pickles)}), which can run code when loaded. "
-            "Re-save the model as safetensors, or pass use_safetensors=False if you trust the file."
+def load_module(path_or_repo: str | os.PathLike, **kwargs: Any) -> ModularResNetForImageClassification:
+    """Load a class module (local directory or Hub repo id); `kwargs` go to `from_pretrained` (e.g. `revision`).
+
+    Raises ValueError when the checkpoint is a plain classifier rather than a module.
+    """
+    model = ModularResNetForImageClassification.from_pretrained(path_or_repo, **kwargs)
+    if not model.config.is_module:
+        raise ValueError(
+            f"{path_or_repo} is a plain classifier, not a class module (its config has no `module` section). "
+            "Decompose it first: hf_modular.decompose(model, dataset)."
         )
-    raise OSError(f"{directory} has no model.safetensors: it holds no weights. Save a model there first.")
+    return model
 
 
 # The plain name, for users who think of it as "the model".
@@ -502,6 +499,8 @@ ModularResNet = ModularResNetForImageClassification
 
 __all__ = [
     "MaskedReLU",
+    "import_cifar_resnet",
+    "load_module",
     "ModularResNet",
     "ModularResNetForImageClassification",
     "ModularResNetModel",

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from torch import nn
+from transformers import PreTrainedConfig
 
-from .configuration_modular_resnet import ModularResNetConfig
-from .modeling_modular_resnet import ModularResNetForImageClassification
+from ..module import ModuleProvenance, count_parameters, describe, parent_name, weights_sha256
+from ..module.provenance import ParentRecord
 
 TAGS = ["hf-modular", "image-classification"]
 
@@ -20,42 +22,43 @@ def template_path(name: str) -> str:
     try:
         directory = files("hf_modular.model_cards")
     except ModuleNotFoundError:  # imported straight from a source checkout: model_cards/ sits beside the package
-        directory = Path(__file__).resolve().parent.parent / "model_cards"
+        directory = Path(__file__).resolve().parents[2] / "model_cards"
     return str(directory / f"{name}.md.j2")
 
 
-def module_card(config: ModularResNetConfig, repo_id: str | None = None, *, license: str | None = None) -> ModelCard:
-    """The card of a class module, from its config (provenance in `config.module`, metrics in its `evaluation`).
+def module_card(config: PreTrainedConfig, repo_id: str | None = None, *, license: str | None = None) -> ModelCard:
+    """The card of a class module, from its config (a `ModularResNetConfig` whose provenance holds the metrics).
 
     `repo_id` is where the module lives (used in the snippets); without it the card refers to a local directory.
     """
-    info = config.module
-    if not info:
+    if not getattr(config, "module", None):
         raise ValueError("This config has no `module` section: it is a plain classifier. Use parent_card.")
-    parent = info["parent"]
-    evaluation = info.get("evaluation")
-    dataset_name = info["dataset"].get("name_or_path")
+    info = ModuleProvenance.from_dict(config.module)
+    parent = info.parent
+    evaluation = info.evaluation
+    dataset_name = info.dataset.name_or_path
     hub_dataset = dataset_name if _is_repo_id(dataset_name) else None
     card_data = ModelCardData(
         library_name="hf_modular",
         pipeline_tag="image-classification",
-        tags=[*TAGS, "cnn-module", _architecture(config), f"class-{info['target_label']}"],
-        base_model=parent.get("repo_id"),
+        tags=[*TAGS, "cnn-module", _architecture(config), f"class-{info.target_label}"],
+        base_model=parent.repo_id,
         datasets=[hub_dataset] if hub_dataset else None,
         metrics=["accuracy"],
         license=license,
-        model_name=repo_id or f"{info['target_label']}-module",
+        model_name=repo_id or f"{info.target_label}-module",
         eval_results=_module_results(info, hub_dataset) if evaluation else None,
     )
     return _render(
         "module",
         card_data,
-        title=f"{info['target_label']} module of {parent_name(parent)}",
+        title=f"{info.target_label} module of {parent_name(parent)}",
         info=info,
+        description=describe(info),
         evaluation=evaluation,
-        repo_id=repo_id or f"path/to/{info['target_label']}-module",
+        repo_id=repo_id or f"path/to/{info.target_label}-module",
         parent_link=_parent_link(parent),
-        parent_revision=f"`{parent['revision']}`" if parent.get("revision") else "local weights (see sha256)",
+        parent_revision=f"`{parent.revision}`" if parent.revision else "local weights (see sha256)",
         dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
         if hub_dataset
         else f"`{dataset_name}`"
@@ -66,15 +69,13 @@ def module_card(config: ModularResNetConfig, repo_id: str | None = None, *, lice
 
 
 def parent_card(
-    model: ModularResNetForImageClassification,
+    model: nn.Module,
     repo_id: str | None = None,
     *,
     evaluation: dict[str, Any] | None = None,
     license: str | None = None,
 ) -> ModelCard:
     """The card of a plain ModularResNet classifier (a parent), with optional measured accuracy."""
-    from .decompose.modules import weights_sha256
-
     config = model.config
     card_data = ModelCardData(
         library_name="hf_modular",
@@ -89,7 +90,7 @@ def parent_card(
         card_data,
         title=repo_id or _architecture(config),
         labels=[config.id2label[i] for i in range(config.num_labels)],
-        parameters=sum(p.numel() for p in model.parameters()),
+        parameters=count_parameters(model),
         weights_sha256=weights_sha256(model),
         evaluation=evaluation,
         repo_id=repo_id or "path/to/model",
@@ -163,15 +164,15 @@ def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCar
         raise ValueError(f"Could not render the {template} card from {template_path(template)}: {error}") from error
 
 
-def _module_results(info: dict[str, Any], hub_dataset: str | None) -> list[EvalResult]:
-    evaluation = info["evaluation"]
+def _module_results(info: ModuleProvenance, hub_dataset: str | None) -> list[EvalResult]:
+    evaluation = info.evaluation
     common = {
         "task_type": "image-classification",
         "dataset_type": hub_dataset or "local",
         "dataset_name": evaluation["dataset"],
         "dataset_split": evaluation["split"],
     }
-    label = info["target_label"]
+    label = info.target_label
     metrics = [
         ("accuracy", evaluation["binary_accuracy"], f"Binary accuracy ({label} vs rest)"),
         ("accuracy", evaluation["composed"]["top1"], "Composed top-1 accuracy (all sibling modules)"),
@@ -185,7 +186,7 @@ def _module_results(info: dict[str, Any], hub_dataset: str | None) -> list[EvalR
     ]
 
 
-def _input_fields(config: ModularResNetConfig) -> dict[str, Any]:
+def _input_fields(config: PreTrainedConfig) -> dict[str, Any]:
     return {
         "input_size": f"{config.num_channels}x{config.image_size}x{config.image_size}",
         "mean": [round(m, 4) for m in config.image_mean],
@@ -194,20 +195,14 @@ def _input_fields(config: ModularResNetConfig) -> dict[str, Any]:
     }
 
 
-def _architecture(config: ModularResNetConfig) -> str:
+def _architecture(config: PreTrainedConfig) -> str:
     return (config.preset or "modular_resnet").replace("_", "-")
 
 
-def parent_name(parent: dict[str, Any]) -> str:
-    """A short name for a module's parent: its repo or directory name, else its architecture."""
-    source = parent.get("repo_id") or parent.get("path") or parent.get("architecture") or "its parent"
-    return str(source).rstrip("/").split("/")[-1]
-
-
-def _parent_link(parent: dict[str, Any]) -> str:
-    if parent.get("repo_id"):
-        return f"[{parent['repo_id']}](https://huggingface.co/{parent['repo_id']})"
-    return f"a local `{parent.get('architecture', 'modular_resnet')}` (weights sha256 below)"
+def _parent_link(parent: ParentRecord) -> str:
+    if parent.repo_id:
+        return f"[{parent.repo_id}](https://huggingface.co/{parent.repo_id})"
+    return f"a local `{parent.architecture}` (weights sha256 below)"
 
 
 def _is_repo_id(name: str | None) -> bool:

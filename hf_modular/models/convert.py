@@ -1,4 +1,6 @@
-"""Bring existing ResNets into ModularResNet: timm models, and CIFAR checkpoints from the wild."""
+"""Bring existing ResNets into ModularResNet: the config and tensors of timm ResNets and of CIFAR checkpoints from
+the wild. The model classes build themselves from these (`ModularResNetForImageClassification.from_timm`,
+`import_cifar_resnet`)."""
 
 from __future__ import annotations
 
@@ -7,42 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
 from .configuration_modular_resnet import ModularResNetConfig
-from .modeling_modular_resnet import ModularResNetForImageClassification
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-def from_timm(name_or_model: str | nn.Module, **create_kwargs: Any) -> ModularResNetForImageClassification:
-    """Convert a timm ResNet (a `timm.models.resnet.ResNet`, or one of our `modular_resnet*` timm models) into a
-    `ModularResNetForImageClassification` with the same weights and the same logits.
-
-    `name_or_model` is a model or a name for `timm.create_model` (e.g. `"resnet18"`, `"hf-hub:timm/resnet18.a1_in1k"`),
-    which then receives `create_kwargs` (e.g. `pretrained=True`, `num_classes=10`).
-    """
-    import timm
-    from timm.models.resnet import ResNet
-
-    model = timm.create_model(name_or_model, **create_kwargs) if isinstance(name_or_model, str) else name_or_model
-    if isinstance(model, ModularResNetForImageClassification):
-        config = ModularResNetConfig.from_dict(model.config.to_dict())
-    elif isinstance(model, ResNet):
-        config = _config_from_timm_resnet(model)
-    else:
+def config_from_timm_resnet(model: nn.Module) -> ModularResNetConfig:
+    """The config of a `timm.models.resnet.ResNet` (ResNet-18/34/50 layouts, ImageNet or CIFAR stem)."""
+    if not isinstance(model, ResNet):
         raise TypeError(
             f"from_timm converts timm ResNets; got {type(model).__name__}. Use a `timm.models.resnet.ResNet` "
             "(resnet18/34/50, ...) or a `modular_resnet*` model."
         )
-    converted = ModularResNetForImageClassification(config)
-    _load_exactly(converted, model.state_dict(), f"timm model {type(model).__name__}")
-    return converted.train(model.training)
-
-
-def _config_from_timm_resnet(model: nn.Module) -> ModularResNetConfig:
-    from timm.models.resnet import BasicBlock, Bottleneck
-
     if not isinstance(model.conv1, nn.Conv2d):
         raise ValueError("This timm ResNet has a deep stem (resnet*d/c/s variants); ModularResNet does not model it.")
     stages = [getattr(model, f"layer{i}") for i in range(1, 5) if hasattr(model, f"layer{i}")]
@@ -78,12 +59,13 @@ def _config_from_timm_resnet(model: nn.Module) -> ModularResNetConfig:
     return ModularResNetConfig(**fields)
 
 
-def import_cifar_resnet(
+def read_cifar_checkpoint(
     checkpoint: str | os.PathLike,
     *,
     labels: list[str] | tuple[str, ...] = CIFAR10_LABELS,
-) -> ModularResNetForImageClassification:
-    """Import a CIFAR ResNet checkpoint in the layout of akamaster/pytorch_resnet_cifar10.
+) -> tuple[ModularResNetConfig, dict[str, torch.Tensor]]:
+    """The config and (timm-named) tensors of a CIFAR ResNet checkpoint in the layout of
+    akamaster/pytorch_resnet_cifar10.
 
     The file is a torch pickle (`{"state_dict": ..., "best_prec1": ...}`, keys prefixed `module.`, head named
     `linear`). It is read with `torch.load(weights_only=True)`, which refuses arbitrary objects, and becomes an
@@ -118,9 +100,7 @@ def import_cifar_resnet(
     )
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: index for index, label in enumerate(labels)}
-    model = ModularResNetForImageClassification(config)
-    _load_exactly(model, state_dict, str(path))
-    return model.eval()
+    return config, state_dict
 
 
 def _timm_key(key: str) -> str:
@@ -128,7 +108,7 @@ def _timm_key(key: str) -> str:
     return "fc." + key.removeprefix("linear.") if key.startswith("linear.") else key
 
 
-def _load_exactly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+def load_exactly(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
     expected = model.state_dict()
     # Checkpoints from before PyTorch 0.4.1 have no batch-norm step counters; they do not affect inference.
     state_dict = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state_dict}
@@ -142,3 +122,6 @@ def _load_exactly(model: nn.Module, state_dict: dict[str, torch.Tensor], source:
             "The architecture is probably a variant that ModularResNet does not model."
         )
     model.load_state_dict(state_dict)
+
+
+__all__ = ["CIFAR10_LABELS", "config_from_timm_resnet", "load_exactly", "read_cifar_checkpoint"]

@@ -22,13 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling_modular_resnet import MaskedReLU, ModularResNetForImageClassification
-
-
-def steps(model: ModularResNetForImageClassification) -> list[nn.Module]:
-    """The model's trunk as a list of steps, each (B, C, H, W) -> (B, C', H', W'): the stem, then every block."""
-    stem = nn.Sequential(model.conv1, model.bn1, model.act1, model.maxpool)
-    return [stem, *(block for stage in model.stage_names for block in getattr(model, stage))]
+from ..models import MaskedReLU, ModularResNetForImageClassification
 
 
 class _ProbedReLU(nn.Module):
@@ -114,7 +108,7 @@ class ExecutionPlan:
 
     def __init__(self, modules: Sequence[ModularResNetForImageClassification], input_keys: Sequence[Hashable]):
         self.modules = list(modules)
-        module_steps = [steps(module) for module in self.modules]
+        module_steps = [module.steps() for module in self.modules]
         self.roots: list[_Node] = []
         self.rerun_fraction = 0.0  # of the last batch's (image, module) pairs, the share a mask made run alone
         for key in dict.fromkeys(input_keys):
@@ -148,7 +142,7 @@ class ExecutionPlan:
     @property
     def shared_steps(self) -> int:
         """How many step computations one batch saves against running every module alone."""
-        total_module_steps = sum(len(steps(module)) for module in self.modules)
+        total_module_steps = sum(len(module.steps()) for module in self.modules)
         return total_module_steps - sum(_count(root) for root in self.roots)
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from transformers import BaseImageProcessor, ConvNextImageProcessor, ViTImageProcessor
+from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
 
-from .configuration_modular_resnet import ModularResNetConfig
+# timm's ImageNet evaluation recipe: resize the shorter side to image_size / 0.875, then centre-crop image_size.
+IMAGENET_CROP_PCT = 0.875
 
 
 def image_mode(num_channels: int) -> str:
@@ -12,13 +13,13 @@ def image_mode(num_channels: int) -> str:
     return "RGB" if num_channels == 3 else "L"
 
 
-def image_processor_class(config: ModularResNetConfig) -> type[BaseImageProcessor]:
-    """The stock processor class for this config: timm's ImageNet recipe (resize, centre crop) or a plain resize."""
-    return ConvNextImageProcessor if config.stem_type == "imagenet" else ViTImageProcessor
+def image_processor_class(stem_type: str) -> type[BaseImageProcessor]:
+    """The stock processor class for a stem: timm's ImageNet recipe (resize, centre crop) or a plain resize."""
+    return ConvNextImageProcessor if stem_type == "imagenet" else ViTImageProcessor
 
 
-def image_processor_for(config: ModularResNetConfig) -> BaseImageProcessor:
-    """Resize, scale to [0, 1] and normalise with the config's mean and std.
+def image_processor_for(config: PreTrainedConfig) -> BaseImageProcessor:
+    """Resize, scale to [0, 1] and normalise with the config's mean and std (a `ModularResNetConfig`).
 
     Small-input models (CIFAR stem) resize straight to `image_size`, which leaves 32x32 images untouched. ImageNet
     models follow timm's evaluation recipe: resize the shorter side to `image_size / 0.875`, center-crop
@@ -27,7 +28,7 @@ def image_processor_for(config: ModularResNetConfig) -> BaseImageProcessor:
     if config.stem_type == "imagenet":
         return ConvNextImageProcessor(
             size={"shortest_edge": config.image_size},
-            crop_pct=0.875,
+            crop_pct=IMAGENET_CROP_PCT,
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
         )

@@ -1,4 +1,4 @@
-"""Composition of class modules into a classifier: the paper's vote, and `ComposedModel`.
+"""`ComposedModel`: a classifier whose classes are answered by class modules.
 
     composed = ComposedModel.from_modules(["org/cat-module", "other-org/dog-module@<sha>", local_module])
     composed.predict(images)             # ["cat", "dog", ...]: each module preprocesses the raw images itself
@@ -12,6 +12,7 @@ different preprocessing compose correctly.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,46 +24,34 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from PIL import Image
 from torch import nn
-from transformers import (
-    BaseImageProcessor,
-    ConvNextImageProcessor,
-    PreTrainedConfig,
-    PreTrainedModel,
-    ViTImageProcessor,
-)
+from tqdm.auto import tqdm
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+from typing_extensions import Unpack
 
+from ..data import dataset_to_model_labels, find_columns, iterate_batches, label_ids, label_names
+from ..hub import PushOptions, PushResult, composed_card, module_card, upload_folder
+from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
+from ..module import check_directory_names, module_directory_name
+from ..saving import atomic_directory
 from .execution import ExecutionPlan, cached, plan_key
-from .modeling_modular_resnet import ModularResNetForImageClassification
-from .processing import image_mode, image_processor_for
+from .members import (
+    as_pil_list,
+    check_compatible,
+    check_unique,
+    composed_image_processor,
+    input_fields,
+    input_key,
+    load_from_subfolder,
+    load_member,
+    load_pinned,
+    member_entry,
+    member_label,
+    prepare_input,
+)
+from .rules import RULES, calibrated_scores, fit_platt, own_class_probabilities
 
 MODULES_FOLDER = "modules"
-RULES = ("vote", "calibrated")
-
-
-def own_class_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
-    """(B, M, 2) logits of M binary modules (own class first) -> (B, M) probability of each module's own class."""
-    return module_logits.softmax(dim=-1)[..., 0]
-
-
-def vote(module_logits: torch.Tensor) -> torch.Tensor:
-    """The paper's rule over (B, M, 2) module logits -> (B,) index of the winning module.
-
-    If exactly one module decides "own class" (its own logit beats its rest logit), it wins. If none or several do,
-    the module with the highest own-class probability wins. (A claim is an own-class probability above 0.5, so the
-    single claimant also has the highest probability: the rule always agrees with the argmax. It is spelled out
-    because that is how the paper states it, and a calibrated variant may not share the property.)
-    """
-    probabilities = own_class_probabilities(module_logits)
-    claims = module_logits[..., 0] > module_logits[..., 1]
-    single = claims.sum(dim=1) == 1
-    return torch.where(single, claims.float().argmax(dim=1), probabilities.argmax(dim=1))
-
-
-def top_k(module_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """(B, M, 2) -> (B, min(k, M)): the modules with the highest own-class probabilities, best first."""
-    probabilities = own_class_probabilities(module_logits)
-    return probabilities.topk(min(k, probabilities.shape[1]), dim=1).indices
 
 
 @strict
@@ -142,18 +131,21 @@ class ComposedModel(PreTrainedModel):
         Two modules may not claim the same label; `rename={"old": "new"}` renames a module's class, or use
         `replace` to swap one.
         """
-        loaded = [_load_member(module, **load_kwargs) for module in modules]
+        loaded = [load_member(module, **load_kwargs) for module in modules]
         if not loaded:
             raise ValueError("A composition needs at least one module.")
-        entries = [_entry(module, label=(rename or {}).get(_label(module), _label(module))) for module in loaded]
-        _check_unique([entry["label"] for entry in entries])
-        _check_compatible(loaded)
+        entries = [
+            member_entry(module, label=(rename or {}).get(member_label(module), member_label(module)))
+            for module in loaded
+        ]
+        check_unique([entry["label"] for entry in entries])
+        check_compatible(loaded)
         labels = [entry["label"] for entry in entries]
         config = ComposedConfig(
             members=entries,
             id2label=dict(enumerate(labels)),
             label2id={label: index for index, label in enumerate(labels)},
-            **_input_fields(loaded),
+            **input_fields(loaded),
         )
         return cls(config, loaded)
 
@@ -164,10 +156,10 @@ class ComposedModel(PreTrainedModel):
     def replace(self, label: str, module: ModularResNetForImageClassification | str, **load_kwargs: Any) -> None:
         """Swap the module answering `label` for another (e.g. the same class's module from a better parent)."""
         index = self._index(label)
-        new = _load_member(module, **load_kwargs)
-        _check_compatible([*self.members[:index], new, *self.members[index + 1 :]])
+        new = load_member(module, **load_kwargs)
+        check_compatible([*self.members[:index], new, *self.members[index + 1 :]])
         self.members[index] = new.eval()
-        self.config.members[index] = _entry(new, label=label)
+        self.config.members[index] = member_entry(new, label=label)
         self._forget_calibration(label)
         self._sync_config()
 
@@ -175,12 +167,12 @@ class ComposedModel(PreTrainedModel):
         self, module: ModularResNetForImageClassification | str, *, label: str | None = None, **load_kwargs: Any
     ) -> None:
         """Add a module for a new class (its own class name unless `label` is given)."""
-        new = _load_member(module, **load_kwargs)
-        label = label or _label(new)
-        _check_unique([*self.labels, label])
-        _check_compatible([*self.members, new])
+        new = load_member(module, **load_kwargs)
+        label = label or member_label(new)
+        check_unique([*self.labels, label])
+        check_compatible([*self.members, new])
         self.members.append(new.eval())
-        self.config.members.append(_entry(new, label=label))
+        self.config.members.append(member_entry(new, label=label))
         self._sync_config()
 
     def remove(self, label: str) -> None:
@@ -206,7 +198,7 @@ class ComposedModel(PreTrainedModel):
     def _sync_config(self) -> None:
         self.config.id2label = dict(enumerate(self.labels))
         self.config.label2id = {label: index for index, label in enumerate(self.labels)}
-        for key, value in _input_fields(list(self.members)).items():
+        for key, value in input_fields(list(self.members)).items():
             setattr(self.config, key, value)
 
     # -- running ----------------------------------------------------------------------------------------------------
@@ -220,9 +212,9 @@ class ComposedModel(PreTrainedModel):
         prepared: dict[str, torch.Tensor] = {}
         inputs = []
         for module in self.members:
-            key = _input_key(module)
+            key = input_key(module)
             if key not in prepared:
-                prepared[key] = _prepare(pixel_values, module)
+                prepared[key] = prepare_input(pixel_values, module)
             inputs.append(prepared[key])
         return self._run_members(inputs, shared)
 
@@ -233,7 +225,7 @@ class ComposedModel(PreTrainedModel):
         members = list(self.members)
 
         def build() -> ExecutionPlan:
-            return ExecutionPlan(members, [_input_key(member) for member in members])
+            return ExecutionPlan(members, [input_key(member) for member in members])
 
         return cached(build, plan_key(members), self._plan_cache)
 
@@ -284,8 +276,7 @@ class ComposedModel(PreTrainedModel):
                 f"rule='calibrated' but the modules for {missing} have no calibration (added or replaced since the "
                 "last one). Run composed.calibrate(dataset) again, or set composed.config.rule = 'vote'."
             )
-        scale, bias = torch.tensor([self.config.calibration[label] for label in self.labels]).to(module_logits).T
-        return F.logsigmoid(scale * (module_logits[..., 0] - module_logits[..., 1]) + bias)
+        return calibrated_scores(module_logits, torch.tensor([self.config.calibration[label] for label in self.labels]))
 
     @torch.inference_mode()
     def calibrate(
@@ -299,26 +290,12 @@ class ComposedModel(PreTrainedModel):
         among `dataset`'s images of the composition's classes (at most `max_images`, a seeded random sample; use
         held-out images, not the test split you report). Returns and stores `{label: [scale, bias]}`.
         """
-        from .evaluation import collect_module_logits
-
         module_logits, labels = collect_module_logits(
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
         )
         margins = module_logits[..., 0] - module_logits[..., 1]  # (N, M)
         targets = (labels[:, None] == torch.arange(len(self.labels))[None, :]).float()
-        with torch.inference_mode(False), torch.enable_grad():
-            margins, targets = margins.clone(), targets.clone()
-            parameters = torch.tensor([[1.0, 0.0]] * len(self.labels), requires_grad=True)
-            optimizer = torch.optim.LBFGS([parameters], max_iter=200, line_search_fn="strong_wolfe")
-
-            def loss() -> torch.Tensor:
-                optimizer.zero_grad()
-                logits = parameters[:, 0] * margins + parameters[:, 1]
-                value = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(margins)
-                value.backward()
-                return value
-
-            optimizer.step(loss)
+        parameters = fit_platt(margins, targets)
         calibration = {
             label: [float(a), float(b)] for label, (a, b) in zip(self.labels, parameters.tolist(), strict=True)
         }
@@ -331,11 +308,11 @@ class ComposedModel(PreTrainedModel):
         self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, shared: bool = True
     ) -> torch.Tensor:
         """(B, M, 2) module logits for raw images; modules with the same preprocessing share one processor call."""
-        pictures = _as_pil_list(images)
+        pictures = as_pil_list(images)
         prepared: dict[tuple, torch.Tensor] = {}
         inputs = []
         for module in self.members:
-            key = _input_key(module)
+            key = input_key(module)
             if key not in prepared:
                 mode = image_mode(module.config.num_channels)
                 processor = image_processor_for(module.config)
@@ -355,14 +332,8 @@ class ComposedModel(PreTrainedModel):
         loaded from another composition's folder) are always stored inside; with `portable=True` (for a Hub repo)
         so are modules known only by a local path.
         """
-        from .cards import module_card
-        from .decompose.output import module_directory_name
-        from .saving import atomic_directory
-
         if not kwargs.get("is_main_process", True):
             return
-        from .decompose.output import check_directory_names
-
         check_directory_names(self.labels)
         config = ComposedConfig.from_dict(self.config.to_dict())
         with atomic_directory(save_directory) as staging:
@@ -385,35 +356,18 @@ class ComposedModel(PreTrainedModel):
         *,
         materialize: bool = False,
         evaluation: dict[str, Any] | None = None,
-        private: bool | None = None,
-        revision: str | None = None,
-        token: str | bool | None = None,
-        create_pr: bool = False,
-        commit_message: str | None = None,
-        license: str | None = None,
-    ):
+        **options: Unpack[PushOptions],
+    ) -> PushResult:
         """Publish the composition in one commit: its config (Hub modules by repo id and pinned revision; local or
         in-memory modules stored inside), processor and a card with the module table (and `evaluation`, a dict with
-        `dataset`, `split`, `images`, `top1`, `top5`, when given). Returns a `hf_modular.hub.PushResult`."""
-        import tempfile
-
-        from .cards import composed_card
-        from .hub import upload_folder
-
+        `dataset`, `split`, `images`, `top1`, `top5`, when given). `options`: see `hf_modular.hub.PushOptions`.
+        Returns a `hf_modular.hub.PushResult`."""
         with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
             self.save_pretrained(staging, materialize=materialize, portable=True)
             saved = ComposedConfig.from_pretrained(staging)
-            composed_card(saved, repo_id, evaluation=evaluation, license=license).save(Path(staging) / "README.md")
-            return upload_folder(
-                staging,
-                repo_id,
-                what=f"composition of {len(self.labels)} modules",
-                private=private,
-                revision=revision,
-                token=token,
-                create_pr=create_pr,
-                commit_message=commit_message,
-            )
+            card = composed_card(saved, repo_id, evaluation=evaluation, license=options.pop("license", None))
+            card.save(Path(staging) / "README.md")
+            return upload_folder(staging, repo_id, what=f"composition of {len(self.labels)} modules", **options)
 
     @classmethod
     def from_pretrained(
@@ -428,135 +382,43 @@ class ComposedModel(PreTrainedModel):
         members = []
         for entry in config.members or []:
             if entry.get("subfolder"):
-                module = _load_from_subfolder(source, entry["subfolder"], revision, hub_kwargs)
+                module = load_from_subfolder(source, entry["subfolder"], revision, hub_kwargs)
             else:
-                module = _load_pinned(entry["source"], entry.get("revision"), entry["label"], hub_kwargs)
+                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], hub_kwargs)
             members.append(module)
         return cls(config, members)
 
 
-def composed_image_processor(config: ComposedConfig) -> BaseImageProcessor:
-    """Resize (and centre-crop for ImageNet-style modules) to the composed input size and scale to [0, 1];
-    normalising is each module's own business."""
-    if config.crop_pct < 1.0:
-        return ConvNextImageProcessor(
-            size={"shortest_edge": config.image_size}, crop_pct=config.crop_pct, do_normalize=False
-        )
-    return ViTImageProcessor(size={"height": config.image_size, "width": config.image_size}, do_normalize=False)
-
-
-def _input_key(module: ModularResNetForImageClassification) -> tuple:
-    """Modules with equal keys take identical inputs (the fields `image_processor_for` and `_prepare` read)."""
-    config = module.config
-    return (config.num_channels, config.image_size, config.stem_type, tuple(config.image_mean), tuple(config.image_std))
-
-
-def _prepare(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:
-    """[0, 1] images -> the module's size and normalisation."""
-    config = module.config
-    if pixel_values.shape[1] != config.num_channels:
-        if config.num_channels == 1:  # RGB into a grey model: luminance, as PIL's "L" conversion computes it
-            weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixel_values.dtype, device=pixel_values.device)
-            pixel_values = (pixel_values * weights[None, :, None, None]).sum(1, keepdim=True)
-        else:
-            pixel_values = pixel_values.expand(-1, config.num_channels, -1, -1)
-    if pixel_values.shape[-1] != config.image_size or pixel_values.shape[-2] != config.image_size:
-        size = (config.image_size, config.image_size)
-        pixel_values = F.interpolate(pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(config.image_mean, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
-    std = torch.tensor(config.image_std, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
-    return (pixel_values - mean) / std
-
-
-def _load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassification:
-    from . import load_module
-
-    if isinstance(module, ModularResNetForImageClassification):
-        if not module.config.is_module:
-            raise ValueError("A plain classifier is not a class module; decompose it first (hf_modular.decompose).")
-        return module
-    source, revision = str(module), None
-    if not Path(source).exists() and "@" in source:  # "org/name@revision"; a local path may contain '@' itself
-        source, _, revision = source.partition("@")
-    if revision:
-        load_kwargs = {**load_kwargs, "revision": revision}
-    return load_module(source, **load_kwargs)
-
-
-def _label(module: ModularResNetForImageClassification) -> str:
-    return module.config.module["target_label"]
-
-
-def _entry(module: ModularResNetForImageClassification, *, label: str) -> dict[str, Any]:
-    """Where a module comes from: its Hub repo and the commit it was loaded at, or its local path."""
-    source = module.config.name_or_path or None
-    revision = getattr(module, "source_revision", None)
-    if source and not Path(source).exists() and revision is None:
-        source = None  # a Hub id whose revision is unknown cannot be pinned: store the module itself
-    if source and Path(source).exists():
-        source = str(Path(source).resolve())
-    return {"label": label, "source": source, "revision": revision}
-
-
-def _check_unique(labels: list[str]) -> None:
-    clashes = sorted({label for label in labels if labels.count(label) > 1})
-    if clashes:
-        raise ValueError(
-            f"Several modules claim {clashes}. Rename one (rename={{'{clashes[0]}': 'new name'}}) or use "
-            "composed.replace(label, module) to swap it."
-        )
-
-
-def _check_compatible(modules: Sequence[ModularResNetForImageClassification]) -> None:
-    """Modules must read the same images (every member went through `_load_member`, which admits modules only)."""
-    channels = {module.config.num_channels for module in modules}
-    if len(channels) > 1:
-        raise ValueError(
-            f"The modules take different numbers of input channels ({sorted(channels)}): they cannot read the same "
-            "images. Compose modules of parents with the same input type."
-        )
-
-
-def _input_fields(modules: Sequence[ModularResNetForImageClassification]) -> dict[str, Any]:
-    """The composed input: the largest module size, centre-cropped when any module is an ImageNet-style model."""
-    return {
-        "image_size": max(module.config.image_size for module in modules),
-        "num_channels": modules[0].config.num_channels,
-        "crop_pct": 0.875 if any(module.config.stem_type == "imagenet" for module in modules) else 1.0,
-    }
-
-
-def _as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> list[Image.Image]:
-    if isinstance(images, Image.Image):
-        return [images]
-    if isinstance(images, (torch.Tensor, np.ndarray)):
-        array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
-        if array.ndim == 3:
-            array = array[None]
-        if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):  # (B, C, H, W) -> (B, H, W, C)
-            array = array.transpose(0, 2, 3, 1)
-        if array.dtype != np.uint8:
-            raise ValueError("Raw image arrays must be uint8 (0-255); pass PIL images or uint8 data.")
-        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
-    return list(images)
-
-
-def _load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):
-    from . import load_module
-
-    try:
-        return load_module(source, revision=revision, **hub_kwargs)
-    except Exception as error:
-        at = f" at revision {revision}" if revision else ""
-        raise OSError(
-            f"The {label!r} module of this composition ({source}{at}) could not be loaded: {error}. If that "
-            "revision is gone, replace the module (composed.replace) and save the composition again."
-        ) from error
-
-
-def _load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):
-    from . import load_module
-
-    if Path(source).is_dir():
-        return load_module(str(Path(source) / subfolder))
-    return load_module(source, subfolder=subfolder, revision=revision, **hub_kwargs)
+@torch.inference_mode()
+def collect_module_logits(
+    composed: ComposedModel,
+    dataset: datasets.Dataset,
+    *,
+    max_images: int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, M, 2) module logits and (N,) label indices for `dataset`'s images of the composition's classes (a seeded
+    random sample of at most `max_images` of them)."""
+    image_column, label_column = find_columns(dataset)
+    to_model = dataset_to_model_labels(label_names(dataset, label_column), composed.config.id2label, unknown_as=-1)
+    rows = (to_model[label_ids(dataset, label_column)] >= 0).nonzero().flatten()
+    if len(rows) == 0:
+        raise ValueError(f"The dataset has no images of the composition's classes {composed.labels}.")
+    if max_images is not None and len(rows) > max_images:
+        rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_images]].sort().values
+    batches = iterate_batches(
+        dataset.select(rows.tolist()),
+        composed_image_processor(composed.config),
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        image_mode=image_mode(composed.config.num_channels),
+    )
+    composed.eval()
+    logits, labels = [], []
+    for pixel_values, batch_labels in tqdm(batches, total=-(-len(rows) // batch_size), disable=not progress):
+        logits.append(composed.module_logits(pixel_values))
+        labels.append(to_model[batch_labels])
+    return torch.cat(logits), torch.cat(labels)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..modeling_modular_resnet import ModularResNetForImageClassification
+from ....models import ModularResNetForImageClassification
 
 
 @dataclass
@@ -40,18 +40,9 @@ class ChannelSelection:
         """Everything kept."""
         channels = model.config.full_stage_channels
         inner = {
-            name: [torch.arange(conv.out_channels) for conv in _inner_convs(block)] for name, block in blocks(model)
+            name: [torch.arange(conv.out_channels) for conv in block.inner_convs] for name, block in model.blocks()
         }
         return cls([torch.arange(count) for count in channels], inner)
-
-
-def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """("layer2.0", block), ... in forward order."""
-    return [(f"{stage}.{i}", block) for stage in model.stage_names for i, block in enumerate(getattr(model, stage))]
-
-
-def _inner_convs(block: nn.Module) -> list[nn.Conv2d]:
-    return [block.conv1, block.conv2] if hasattr(block, "conv3") else [block.conv1]
 
 
 def tied_stem(model: ModularResNetForImageClassification) -> bool:
@@ -144,34 +135,3 @@ def _slice(
     if columns is not None and tensor.dim() == 4:
         tensor = tensor[:, columns]
     return tensor.clone()
-
-
-class MacCounter:
-    """Counts the multiply-accumulates of every conv and linear layer that runs inside the block, in any model
-    (a global hook, so it also sees the shared steps a composition runs). `total` covers the whole batch."""
-
-    def __enter__(self) -> MacCounter:
-        self.total = 0
-        self._handle = nn.modules.module.register_module_forward_hook(self._count)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def _count(self, module: nn.Module, inputs, output) -> None:
-        if isinstance(module, nn.Conv2d):
-            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-            self.total += output.numel() * kernel
-        elif isinstance(module, nn.Linear):
-            self.total += output.numel() * module.in_features
-
-
-def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of `model` on one image of `pixel_values`'s shape."""
-    with MacCounter() as counter, torch.inference_mode():
-        model(pixel_values[:1])
-    return counter.total
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,138 @@
+"""The members of a composition: loading them (local path, Hub repo id, `"org/name@revision"`), checking they can
+read the same images, recording where each comes from, and preparing each one's input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
+
+from ..models import ModularResNetForImageClassification, load_module
+from ..models.processing import IMAGENET_CROP_PCT
+
+
+def composed_image_processor(config: PreTrainedConfig) -> BaseImageProcessor:
+    """Resize (and centre-crop for ImageNet-style modules) to a `ComposedConfig`'s input size and scale to [0, 1];
+    normalising is each module's own business."""
+    if config.crop_pct < 1.0:
+        return ConvNextImageProcessor(
+            size={"shortest_edge": config.image_size}, crop_pct=config.crop_pct, do_normalize=False
+        )
+    return ViTImageProcessor(size={"height": config.image_size, "width": config.image_size}, do_normalize=False)
+
+
+def input_key(module: ModularResNetForImageClassification) -> tuple:
+    """Modules with equal keys take identical inputs (the fields `image_processor_for` and `_prepare` read)."""
+    config = module.config
+    return (config.num_channels, config.image_size, config.stem_type, tuple(config.image_mean), tuple(config.image_std))
+
+
+def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:
+    """[0, 1] images -> the module's size and normalisation."""
+    config = module.config
+    if pixel_values.shape[1] != config.num_channels:
+        if config.num_channels == 1:  # RGB into a grey model: luminance, as PIL's "L" conversion computes it
+            weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixel_values.dtype, device=pixel_values.device)
+            pixel_values = (pixel_values * weights[None, :, None, None]).sum(1, keepdim=True)
+        else:
+            pixel_values = pixel_values.expand(-1, config.num_channels, -1, -1)
+    if pixel_values.shape[-1] != config.image_size or pixel_values.shape[-2] != config.image_size:
+        size = (config.image_size, config.image_size)
+        pixel_values = F.interpolate(pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(config.image_mean, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
+    std = torch.tensor(config.image_std, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
+    return (pixel_values - mean) / std
+
+
+def load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassification:
+    if isinstance(module, ModularResNetForImageClassification):
+        if not module.config.is_module:
+            raise ValueError("A plain classifier is not a class module; decompose it first (hf_modular.decompose).")
+        return module
+    source, revision = str(module), None
+    if not Path(source).exists() and "@" in source:  # "org/name@revision"; a local path may contain '@' itself
+        source, _, revision = source.partition("@")
+    if revision:
+        load_kwargs = {**load_kwargs, "revision": revision}
+    return load_module(source, **load_kwargs)
+
+
+def member_label(module: ModularResNetForImageClassification) -> str:
+    return module.config.provenance.target_label
+
+
+def member_entry(module: ModularResNetForImageClassification, *, label: str) -> dict[str, Any]:
+    """Where a module comes from: its Hub repo and the commit it was loaded at, or its local path."""
+    source = module.config.name_or_path or None
+    revision = getattr(module, "source_revision", None)
+    if source and not Path(source).exists() and revision is None:
+        source = None  # a Hub id whose revision is unknown cannot be pinned: store the module itself
+    if source and Path(source).exists():
+        source = str(Path(source).resolve())
+    return {"label": label, "source": source, "revision": revision}
+
+
+def check_unique(labels: list[str]) -> None:
+    clashes = sorted({label for label in labels if labels.count(label) > 1})
+    if clashes:
+        raise ValueError(
+            f"Several modules claim {clashes}. Rename one (rename={{'{clashes[0]}': 'new name'}}) or use "
+            "composed.replace(label, module) to swap it."
+        )
+
+
+def check_compatible(modules: Sequence[ModularResNetForImageClassification]) -> None:
+    """Modules must read the same images (every member went through `_load_member`, which admits modules only)."""
+    channels = {module.config.num_channels for module in modules}
+    if len(channels) > 1:
+        raise ValueError(
+            f"The modules take different numbers of input channels ({sorted(channels)}): they cannot read the same "
+            "images. Compose modules of parents with the same input type."
+        )
+
+
+def input_fields(modules: Sequence[ModularResNetForImageClassification]) -> dict[str, Any]:
+    """The composed input: the largest module size, centre-cropped when any module is an ImageNet-style model."""
+    return {
+        "image_size": max(module.config.image_size for module in modules),
+        "num_channels": modules[0].config.num_channels,
+        "crop_pct": IMAGENET_CROP_PCT if any(module.config.stem_type == "imagenet" for module in modules) else 1.0,
+    }
+
+
+def as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> list[Image.Image]:
+    if isinstance(images, Image.Image):
+        return [images]
+    if isinstance(images, (torch.Tensor, np.ndarray)):
+        array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
+        if array.ndim == 3:
+            array = array[None]
+        if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):  # (B, C, H, W) -> (B, H, W, C)
+            array = array.transpose(0, 2, 3, 1)
+        if array.dtype != np.uint8:
+            raise ValueError("Raw image arrays must be uint8 (0-255); pass PIL images or uint8 data.")
+        return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
+    return list(images)
+
+
+def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):
+    try:
+        return load_module(source, revision=revision, **hub_kwargs)
+    except Exception as error:
+        at = f" at revision {revision}" if revision else ""
+        raise OSError(
+            f"The {label!r} module of this composition ({source}{at}) could not be loaded: {error}. If that "
+            "revision is gone, replace the module (composed.replace) and save the composition again."
+        ) from error
+
+
+def load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):
+    if Path(source).is_dir():
+        return load_module(str(Path(source) / subfolder))
+    return load_module(source, subfolder=subfolder, revision=revision, **hub_kwargs)

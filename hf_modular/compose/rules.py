@@ -1,0 +1,61 @@
+"""How the modules' answers become one: the paper's vote, top-k, and calibrated own-class probabilities.
+
+Each rule works on (B, M, 2) module logits, own class first, as `ComposedModel.module_logits` returns them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+RULES = ("vote", "calibrated")
+
+
+def own_class_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, 2) logits of M binary modules (own class first) -> (B, M) probability of each module's own class."""
+    return module_logits.softmax(dim=-1)[..., 0]
+
+
+def vote(module_logits: torch.Tensor) -> torch.Tensor:
+    """The paper's rule over (B, M, 2) module logits -> (B,) index of the winning module.
+
+    If exactly one module decides "own class" (its own logit beats its rest logit), it wins. If none or several do,
+    the module with the highest own-class probability wins. (A claim is an own-class probability above 0.5, so the
+    single claimant also has the highest probability: the rule always agrees with the argmax. It is spelled out
+    because that is how the paper states it, and a calibrated variant may not share the property.)
+    """
+    probabilities = own_class_probabilities(module_logits)
+    claims = module_logits[..., 0] > module_logits[..., 1]
+    single = claims.sum(dim=1) == 1
+    return torch.where(single, claims.float().argmax(dim=1), probabilities.argmax(dim=1))
+
+
+def top_k(module_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """(B, M, 2) -> (B, min(k, M)): the modules with the highest own-class probabilities, best first."""
+    probabilities = own_class_probabilities(module_logits)
+    return probabilities.topk(min(k, probabilities.shape[1]), dim=1).indices
+
+
+def fit_platt(margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Platt scaling per module: (N, M) margins (own logit minus rest logit) and (N, M) 0/1 targets -> (M, 2)
+    `[scale, bias]` so that `sigmoid(scale * margin + bias)` matches each module's class frequency."""
+    with torch.inference_mode(False), torch.enable_grad():
+        margins, targets = margins.clone(), targets.clone()
+        parameters = torch.tensor([[1.0, 0.0]] * margins.shape[1], requires_grad=True)
+        optimizer = torch.optim.LBFGS([parameters], max_iter=200, line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            optimizer.zero_grad()
+            logits = parameters[:, 0] * margins + parameters[:, 1]
+            value = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(margins)
+            value.backward()
+            return value
+
+        optimizer.step(loss)
+    return parameters.detach()
+
+
+def calibrated_scores(module_logits: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+    """(B, M, 2) module logits and (M, 2) `[scale, bias]` -> (B, M) log of each calibrated own-class probability."""
+    scale, bias = calibration.to(module_logits).T
+    return F.logsigmoid(scale * (module_logits[..., 0] - module_logits[..., 1]) + bias)

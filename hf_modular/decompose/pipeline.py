@@ -1,0 +1,215 @@
+"""The decomposition pipeline: dataset -> sample plan -> the strategy's statistics pass (sharded with Accelerate)
+-> the strategy's modules -> labels and provenance.
+
+    modules = hf_modular.decompose(model, dataset)          # {"cat": <module>, ...}
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import datasets
+from accelerate import Accelerator, PartialState
+
+from ..data import (
+    dataset_name,
+    dataset_split,
+    dataset_to_model_labels,
+    find_columns,
+    label_ids,
+    label_names,
+    load_image_dataset,
+)
+from ..distributed import distributed_state
+from ..emissions import measure_compute
+from ..models import ModularResNetForImageClassification
+from ..module import ModuleProvenance, weights_sha256
+from ..module.provenance import DatasetRecord, MethodRecord, ParentRecord, SampleCounts, SamplingRecord
+from ..version import __version__
+from .build import label_module
+from .sampling import plan_samples
+from .strategies import get_strategy
+
+DEFAULT_SAMPLES_PER_CLASS = 1000  # the paper's
+DEFAULT_NEGATIVES_RATIO = 1.0  # the paper's 1:1
+DEFAULT_SEED = 0
+
+
+def decompose(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset | str | os.PathLike,
+    *,
+    classes: list[str] | None = None,
+    samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
+    negatives_ratio: float = DEFAULT_NEGATIVES_RATIO,
+    strategy: str = "activation",
+    split: str = "train",
+    dataset_revision: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    batch_size: int = 128,
+    seed: int = DEFAULT_SEED,
+    accelerator: Accelerator | PartialState | None = None,
+    progress: bool = True,
+    **strategy_options: Any,
+) -> dict[str, ModularResNetForImageClassification]:
+    """Build one module per class of `model` from the training inputs in `dataset`.
+
+    Args:
+        model: the parent classifier; its `id2label` names must match the dataset's label names.
+        dataset: a `datasets.Dataset`, or anything `load_image_dataset` takes (Hub name, parquet file, folder).
+        classes: label names to build modules for (default: all of the model's classes).
+        samples_per_class: own-class inputs observed per module (fewer when the class has fewer).
+        negatives_ratio: negatives per own input, spread evenly over the other classes (the paper: 1.0).
+        strategy: a registered strategy's name (`hf_modular.decompose.STRATEGIES`): `"activation"` (the paper's
+            method; options `sites`, `backtrack`, `delta`, `backtrack_input`, see `ActivationStrategy`) or
+            `"channel"` (compact modules, see `ChannelStrategy`). `strategy_options` go to its class.
+        dataset_revision: the Hub dataset's branch, tag or commit to load (recorded in the modules).
+        accelerator: an `accelerate.Accelerator` or `PartialState` to shard the work across processes (default:
+            the state `accelerate launch` / `torchrun` set up, else one process). Every process returns the same
+            modules.
+
+    Returns:
+        `{label: module}` in the model's class order; each module is a `ModularResNetForImageClassification` with
+        two outputs (`label`, `"rest"`) whose `config.module` records its provenance.
+    """
+    method = get_strategy(strategy, **strategy_options)
+    if model.config.is_module:
+        parent = model.config.provenance.parent
+        raise ValueError(
+            "This model is already a class module (its config has a `module` section); decompose its parent, "
+            f"{parent.repo_id or parent.path}."
+        )
+    state = distributed_state(accelerator)
+    device = next(model.parameters()).device  # the statistics pass moves the model; it is put back at the end
+    dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
+    dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
+    image_column, label_column = find_columns(dataset, image_column, label_column)
+    model_labels = model.config.id2label
+    names = label_names(dataset, label_column)
+    if len(names) != model.config.num_labels:
+        raise ValueError(
+            f"The model has {model.config.num_labels} outputs but the dataset's {label_column!r} column has "
+            f"{len(names)} classes. Decompose a model with the dataset it was trained on."
+        )
+    to_model = dataset_to_model_labels(names, model_labels)
+    class_indices = _resolve_classes(classes, model_labels)
+    if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
+        _check_image_size(dataset, image_column, model.config.image_size)
+
+    plan = plan_samples(
+        to_model[label_ids(dataset, label_column)],
+        class_indices,
+        model.config.num_labels,
+        samples_per_class=samples_per_class,
+        negatives_ratio=negatives_ratio,
+        seed=seed,
+        class_names=[model_labels[i] for i in range(model.config.num_labels)],
+    )
+    # The whole decomposition's cost (all modules, this process), and the statistics pass's share of it.
+    with measure_compute() as compute:
+        observations = method.observe(
+            model,
+            dataset,
+            plan,
+            image_column=image_column,
+            label_column=label_column,
+            batch_size=batch_size,
+            state=state,
+            progress=progress,
+        )
+        statistics_seconds = compute.wall_seconds_so_far()
+        model = model.cpu().eval()  # modules are built and returned on the CPU
+        built = method.build(
+            model,
+            observations,
+            plan,
+            dataset=dataset,
+            image_column=image_column,
+            seed=seed,
+            state=state,
+            progress=progress,
+        )
+    common = {
+        "parent": _parent_record(model),
+        "dataset": _dataset_record(dataset, dataset_source, split, image_column, label_column, dataset_revision),
+        "method": MethodRecord(method.name, method.parameters()),
+        "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
+        "compute": {**compute.to_dict(), "statistics_seconds": statistics_seconds, "modules_built": len(class_indices)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hf_modular_version": __version__,
+    }
+    own_samples, negative_samples = plan.own.sum(0), plan.negative.sum(0)
+    modules = {}
+    for m, (class_index, (module, details)) in enumerate(zip(class_indices, built, strict=True)):
+        label = model_labels[class_index]
+        provenance = ModuleProvenance(
+            target_label=label,
+            target_index=class_index,
+            samples=SampleCounts(int(own_samples[m]), int(negative_samples[m])),
+            details=details,
+            **common,
+        )
+        modules[label] = label_module(module, provenance)
+    model.to(device)  # the caller's model goes back where it was
+    return modules
+
+
+def _resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
+    if classes is None:
+        return sorted(model_labels)
+    by_name = {name: index for index, name in model_labels.items()}
+    unknown = [name for name in classes if name not in by_name]
+    if unknown:
+        raise ValueError(f"Unknown classes {unknown}: the model's labels are {list(by_name)}.")
+    if not classes:
+        raise ValueError("classes=[] selects nothing; pass None for every class.")
+    return [by_name[name] for name in dict.fromkeys(classes)]
+
+
+def _check_image_size(dataset: datasets.Dataset, image_column: str, image_size: int) -> None:
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty.")
+    width, height = dataset[0][image_column].size
+    if (width, height) != (image_size, image_size):
+        raise ValueError(
+            f"The dataset's images are {width}x{height} but the model takes {image_size}x{image_size}. The "
+            "statistics describe the model at its own input size: use a dataset of that size, or resize its images "
+            f"first, e.g. dataset.map(lambda row: {{'{image_column}': row['{image_column}'].resize(({image_size}, "
+            f"{image_size}))}})."
+        )
+
+
+def _parent_record(model: ModularResNetForImageClassification) -> ParentRecord:
+    source = model.config.name_or_path or None
+    is_local = source is None or Path(source).exists()
+    return ParentRecord(
+        weights_sha256=weights_sha256(model),
+        architecture=model.config.preset or "modular_resnet",
+        labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
+        repo_id=None if is_local else source,
+        revision=getattr(model, "source_revision", None),
+        path=source if is_local else None,
+    )
+
+
+def _dataset_record(
+    dataset: datasets.Dataset,
+    source: Any,
+    split: str,
+    image_column: str,
+    label_column: str,
+    dataset_revision: str | None,
+) -> DatasetRecord:
+    return DatasetRecord(
+        name_or_path=dataset_name(dataset, source),
+        split=dataset_split(dataset, split) if source is None else split,
+        revision=dataset_revision,
+        fingerprint=dataset._fingerprint,
+        image_column=image_column,
+        label_column=label_column,
+        rows=len(dataset),
+    )

@@ -1,0 +1,120 @@
+"""Channel scores for compact modules: per module and per channel of each scored site, how much removing the
+channel would change the parent's decision "this module's class or not".
+
+`importance="taylor"`: the first-order Taylor estimate over the module's own and negative inputs, mean over inputs
+of (sum over positions of a * d s_c / d a)^2, where a is the channel's activation and s_c the log-odds of class c
+(Molchanov et al., CVPR 2019). `importance="activation"`: the mean activation.
+"""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from accelerate.utils import gather_object
+from torch import nn
+
+from ....distributed import DistributedState
+from ....models import ModularResNetForImageClassification
+from ...sampling import SamplePlan
+from ...statistics import planned_batches
+
+IMPORTANCE = ("taylor", "activation")
+
+
+def log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """(B, n) class logits -> (B, n) log-odds of each class against all the others."""
+    eye = torch.eye(logits.shape[1], dtype=torch.bool, device=logits.device)
+    others = logits[:, None, :].masked_fill(eye[None], float("-inf")).logsumexp(dim=-1)
+    return logits - others
+
+
+def collect_channel_scores(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset,
+    plan: SamplePlan,
+    sites: list[str],
+    *,
+    importance: str,
+    image_column: str,
+    label_column: str,
+    batch_size: int = 128,
+    state: DistributedState,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Per site, (M, C) float64 channel scores for the plan's M modules (mean over each module's inputs).
+
+    Each process scores a contiguous shard of the rows; per-row scores are gathered in row order and summed the same
+    way on every process, so the result does not depend on the number of processes.
+    """
+    device = state.device
+    model = model.to(device).eval()
+    site_modules = model.sites("relu")
+    usage = (plan.own | plan.negative).to(device)  # (U, M)
+    classes = torch.tensor(plan.classes, device=device)
+    captured: dict[str, torch.Tensor] = {}
+    handles = [
+        site_modules[name].register_forward_hook(
+            lambda module, inputs, output, name=name: captured.__setitem__(name, output)
+        )
+        for name in sites
+    ]
+    per_row: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    batches = planned_batches(
+        model,
+        dataset,
+        plan,
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        state=state,
+        progress=progress,
+        desc="channel scores",
+    )
+    try:
+        for start, pixel_values in batches:
+            rows = usage[start : start + len(pixel_values)]  # (B, M)
+            for name, value in _batch_scores(model, pixel_values.to(device), rows, classes, captured, importance):
+                per_row[name].append(value.cpu())
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts = usage.sum(0).cpu().double().clamp_min(1)  # (M,)
+    scores = {}
+    for name in sites:
+        local = torch.cat(per_row[name]) if per_row[name] else None  # None: this process had no rows
+        parts = gather_object([local]) if state.num_processes > 1 else [local]
+        rows = torch.cat([part for part in parts if part is not None])  # (U, M, C), in row order
+        scores[name] = rows.double().sum(0) / counts[:, None]
+    return scores
+
+
+def _batch_scores(
+    model: nn.Module,
+    pixel_values: torch.Tensor,
+    rows: torch.Tensor,
+    classes: torch.Tensor,
+    captured: dict[str, torch.Tensor],
+    importance: str,
+):
+    """Yield (site, (B, M, C) per-row scores, zero where a row is not module m's)."""
+    with torch.enable_grad():
+        # The input asks for gradients so that activations carry them even when the parent's weights are frozen.
+        logits = model(pixel_values.requires_grad_(True)).logits
+        names = list(captured)
+        activations = [captured[name] for name in names]
+        if importance == "activation":
+            for name, activation in zip(names, activations, strict=True):
+                per_channel = activation.detach().mean(dim=(2, 3))  # (B, C)
+                yield name, per_channel[:, None, :] * rows[:, :, None]
+            return
+        odds = log_odds(logits)
+        results = [torch.zeros(len(pixel_values), rows.shape[1], a.shape[1], device=a.device) for a in activations]
+        used = rows.any(0).nonzero().flatten().tolist()
+        for position, m in enumerate(used):
+            target = (odds[:, classes[m]] * rows[:, m]).sum()
+            gradients = torch.autograd.grad(target, activations, retain_graph=position < len(used) - 1)
+            for result, activation, gradient in zip(results, activations, gradients, strict=True):
+                taylor = (activation.detach() * gradient).sum(dim=(2, 3)) ** 2  # (B, C)
+                result[:, m] = taylor * rows[:, m, None]
+        yield from zip(names, results, strict=True)
+        captured.clear()

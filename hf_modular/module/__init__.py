@@ -1,0 +1,28 @@
+"""The module artifact: its provenance record, its names, and what is measured of it (size, overlap, cost).
+
+Nothing here imports the model classes; the metrics ask a model for its structure (`model.blocks()`), so every
+layer above can use them.
+"""
+
+from .description import ModuleDescription, describe, register_describer
+from .metrics import MacCounter, count_macs, count_parameters, jaccard_index, masked_fraction, weights_sha256
+from .naming import REST_LABEL, check_directory_names, module_directory_name, parent_name
+from .provenance import SCHEMA_VERSION, ModuleProvenance
+
+__all__ = [
+    "REST_LABEL",
+    "SCHEMA_VERSION",
+    "MacCounter",
+    "ModuleDescription",
+    "ModuleProvenance",
+    "check_directory_names",
+    "count_macs",
+    "count_parameters",
+    "describe",
+    "jaccard_index",
+    "masked_fraction",
+    "module_directory_name",
+    "parent_name",
+    "register_describer",
+    "weights_sha256",
+]

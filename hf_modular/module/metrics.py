@@ -1,0 +1,95 @@
+"""What is measured of a module: how much of the parent it keeps (masked fraction, Jaccard index, parameters,
+multiply-accumulates) and a fingerprint of its tensors.
+
+The model is asked for its structure (`model.blocks()`, each block's `conv_names`/`act_names`), never re-derived.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+
+
+def masked_fraction(keep: dict[str, torch.Tensor]) -> float:
+    """Share of all site nodes that the module masks (`keep`: site -> (C, H, W) bool, True where kept)."""
+    total = sum(mask.numel() for mask in keep.values())
+    return 1.0 - sum(int(mask.sum()) for mask in keep.values()) / total
+
+
+def jaccard_index(parent: nn.Module, keep: dict[str, torch.Tensor]) -> float:
+    """Retained nodes and edges of the module over those of the parent (the paper's measure; the module is a subset).
+
+    Nodes are ReLU-site positions; edges are the convolutions' (input node, output node) connections, counted
+    exactly by convolving the kept-node indicators with all-ones kernels. The stem conv reads the image, whose
+    nodes are all kept. The head is not counted: the module's 2-way head is new, not a part of the parent's.
+    """
+    full = {site: torch.ones_like(mask) for site, mask in keep.items()}
+    module_nodes, parent_nodes = sum(int(m.sum()) for m in keep.values()), sum(m.numel() for m in keep.values())
+    module_edges, parent_edges = _edges(parent, keep), _edges(parent, full)
+    return (module_nodes + module_edges) / (parent_nodes + parent_edges)
+
+
+def _edges(model: nn.Module, keep: dict[str, torch.Tensor]) -> int:
+    size = model.config.image_size
+    image = torch.ones(model.config.num_channels, size, size, dtype=torch.bool)
+    total = _conv_edges(model.conv1, image, keep["act1"])
+    previous = keep["act1"]
+    blocks = model.blocks()
+    if not isinstance(model.maxpool, nn.Identity):  # a max-pool reads every stem node; its output is the block input
+        previous = torch.ones(previous.shape[0], *keep[f"{blocks[0][0]}.act1"].shape[1:], dtype=torch.bool)
+    for name, block in blocks:
+        acts = [keep[f"{name}.{act}"] for act in block.act_names]
+        for conv_name, source, target in zip(block.conv_names, [previous, *acts[:-1]], acts, strict=True):
+            total += _conv_edges(getattr(block, conv_name), source, target)
+        if isinstance(block.downsample, nn.Sequential):
+            total += _conv_edges(block.downsample[0], previous, acts[-1])
+        previous = acts[-1]
+    return total
+
+
+def _conv_edges(conv: nn.Conv2d, kept_inputs: torch.Tensor, kept_outputs: torch.Tensor) -> int:
+    ones = torch.ones(conv.out_channels, conv.in_channels // conv.groups, *conv.kernel_size)
+    reach = nn.functional.conv2d(kept_inputs[None].float(), ones, stride=conv.stride, padding=conv.padding)[0]
+    return int((reach * kept_outputs).sum())
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A fingerprint of a model's tensors (names, dtypes, shapes and bytes), independent of file format."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class MacCounter:
+    """Counts the multiply-accumulates of every conv and linear layer that runs inside the block, in any model
+    (a global hook, so it also sees the shared steps a composition runs). `total` covers the whole batch."""
+
+    def __enter__(self) -> MacCounter:
+        self.total = 0
+        self._handle = nn.modules.module.register_module_forward_hook(self._count)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _count(self, module: nn.Module, inputs, output) -> None:
+        if isinstance(module, nn.Conv2d):
+            kernel = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            self.total += output.numel() * kernel
+        elif isinstance(module, nn.Linear):
+            self.total += output.numel() * module.in_features
+
+
+def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of `model` on one image of `pixel_values`'s shape."""
+    with MacCounter() as counter, torch.inference_mode():
+        model(pixel_values[:1])
+    return counter.total
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,33 @@
+"""Names of modules on disk and on the Hub."""
+
+from __future__ import annotations
+
+import re
+
+from .provenance import ParentRecord
+
+REST_LABEL = "rest"  # a module's second output: "any other class of the parent"
+
+
+def module_directory_name(label: str) -> str:
+    """`{label}-module`, with characters that are unsafe in paths and repo names replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") + "-module"
+
+
+def check_directory_names(labels: list[str]) -> None:
+    """Labels that differ only in characters a path cannot hold would overwrite each other's directory."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        name = module_directory_name(label)
+        if name in seen and seen[name] != label:
+            raise ValueError(
+                f"Classes {seen[name]!r} and {label!r} would both be saved as {name!r}. Rename one of them in the "
+                "model's id2label (and the dataset's label names) before decomposing."
+            )
+        seen[name] = label
+
+
+def parent_name(parent: ParentRecord) -> str:
+    """A short name for a module's parent: its repo or directory name, else its architecture."""
+    source = parent.repo_id or parent.path or parent.architecture or "its parent"
+    return str(source).rstrip("/").split("/")[-1]
