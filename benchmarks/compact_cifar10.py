@@ -21,11 +21,11 @@ import torch
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel
 from hf_modular.compose import composed_image_processor
-from hf_modular.models import import_cifar_resnet
 from hf_modular.data import iterate_batches, load_image_dataset
 from hf_modular.decompose import decompose
-from hf_modular.module import MacCounter, count_macs, count_parameters
 from hf_modular.evaluation import evaluate
+from hf_modular.models import import_cifar_resnet
+from hf_modular.module import MacCounter, count_macs, count_parameters
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}

@@ -25,10 +25,9 @@ import torch
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel
-from hf_modular.models import import_cifar_resnet
 from hf_modular.data import load_image_dataset
 from hf_modular.decompose import decompose
-from hf_modular.models import image_processor_for
+from hf_modular.models import image_processor_for, import_cifar_resnet
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}

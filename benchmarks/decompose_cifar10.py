@@ -18,12 +18,12 @@ from statistics import median
 import torch
 
 import hf_modular  # noqa: F401
-from hf_modular.models import import_cifar_resnet
-from hf_modular.data import find_columns, load_image_dataset
+from hf_modular.data import dataset_to_model_labels, find_columns, load_image_dataset
 from hf_modular.decompose import decompose
 from hf_modular.decompose.sampling import plan_samples
 from hf_modular.decompose.statistics import collect_activity
-from hf_modular.evaluation import dataset_to_model_labels, evaluate_composition
+from hf_modular.evaluation import evaluate_composition
+from hf_modular.models import import_cifar_resnet
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 CHECKPOINTS = {

@@ -46,10 +46,10 @@ from accelerate.utils import set_seed
 
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
-from hf_modular.models import CIFAR10_LABELS, import_cifar_resnet
 from hf_modular.data import find_columns, load_image_dataset, select_classes
 from hf_modular.emissions import measure_compute
 from hf_modular.evaluation import Accuracy, evaluate
+from hf_modular.models import CIFAR10_LABELS, import_cifar_resnet
 from hf_modular.scenarios import replacement, reuse_versus_scratch, weaken
 from hf_modular.train import STATE_FILE, train
 

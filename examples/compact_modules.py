@@ -11,9 +11,9 @@ import argparse
 
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetForImageClassification
-from hf_modular.module import count_parameters
 from hf_modular.demo import digits_dataset, digits_parent_config
 from hf_modular.evaluation import evaluate
+from hf_modular.module import count_parameters
 from hf_modular.train import train
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,7 +16,7 @@ import hf_modular
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.decompose import Strategy, register_strategy
 from hf_modular.decompose.build import build_module
-from hf_modular.decompose.strategies.activation import channel_head
+from hf_modular.decompose.heads import channel_head
 from hf_modular.demo import digits_dataset, digits_parent_config
 from hf_modular.evaluation import evaluate
 from hf_modular.module import ModuleDescription

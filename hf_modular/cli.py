@@ -42,7 +42,6 @@ def _model_source(name: str) -> str:
 
 
 def _load(args: argparse.Namespace):
-
     return ModularResNetForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
 
 
@@ -89,7 +88,6 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _import(args: argparse.Namespace) -> None:
-
     labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
     model = import_cifar_resnet(args.checkpoint, labels=labels)
     model.save_pretrained(args.output)
@@ -97,7 +95,6 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-
     model = _load_any(args)
     dataset = load_image_dataset(args.dataset, split=args.split)
     if args.limit:
@@ -217,7 +214,6 @@ def _print_pushes(results: dict) -> None:
 
 
 def _push(args: argparse.Namespace) -> None:
-
     _print_pushes(
         push_modules(
             args.directory,
@@ -232,7 +228,6 @@ def _push(args: argparse.Namespace) -> None:
 
 
 def _push_parent(args: argparse.Namespace) -> None:
-
     result = push_directory(
         _model_source(args.directory),
         args.repo_id,
@@ -245,7 +240,6 @@ def _push_parent(args: argparse.Namespace) -> None:
 
 
 def _card(args: argparse.Namespace) -> None:
-
     directory = Path(_model_source(args.directory))
     config = ModularResNetConfig.from_pretrained(directory)
     if config.is_module:
@@ -258,7 +252,6 @@ def _card(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
-
     malformed = [pair for pair in args.rename or [] if "=" not in pair]
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
@@ -267,6 +260,11 @@ def _compose(args: argparse.Namespace) -> None:
     if args.calibrate:
         calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
         print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
+    if args.fit:
+        record = composed.fit(
+            args.fit, split=args.fit_split, images_per_class=args.images_per_class, progress=not args.quiet
+        )
+        print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
     composed.save_pretrained(args.output, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
@@ -274,7 +272,6 @@ def _compose(args: argparse.Namespace) -> None:
 
 
 def _replace(args: argparse.Namespace) -> None:
-
     composed = ComposedModel.from_pretrained(_model_source(args.composed))
     composed.replace(args.label, _model_source(args.module))
     output = args.output or args.composed
@@ -283,7 +280,6 @@ def _replace(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-
     summary = run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
     if args.push_to:
         summary["pushed"] = {
@@ -297,7 +293,6 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-
     train_split = load_image_dataset(args.dataset, split=args.split)
     eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
     _, label_column = find_columns(train_split)
@@ -338,7 +333,6 @@ def _default(function: Any, parameter: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(
         prog="hf-modular",
         description="Decompose CNN classifiers into per-class modules, share them on the Hub, compose new models.",
@@ -460,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrated probabilities instead of the paper's vote (use held-out images)",
     )
     comp.add_argument("--calibrate-split", default="train", metavar="SPLIT")
+    comp.add_argument(
+        "--fit",
+        default=None,
+        metavar="DATASET",
+        help="refit each module's own-vs-rest head on labelled images of the composition's classes, so modules "
+        "from unrelated parents compose (use held-out images)",
+    )
+    comp.add_argument("--fit-split", default=_default(ComposedModel.fit, "split"), metavar="SPLIT")
+    comp.add_argument(
+        "--images-per-class", type=int, default=_default(ComposedModel.fit, "images_per_class"), help="for --fit"
+    )
     comp.set_defaults(run=_compose)
 
     rep = command("replace", "swap one class's module in a composed model")

@@ -8,9 +8,10 @@ import datasets
 import torch
 from tqdm.auto import tqdm
 
-from .compose import ComposedModel, ExecutionPlan, composed_image_processor, top_k, vote
+from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
 from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
+from .module import own_vs_rest_quality
 
 
 @dataclass
@@ -80,11 +81,14 @@ class CompositionAccuracy:
     """The parent and its composed modules measured on the same images.
 
     `module_binary_accuracy` maps label -> share of images where the module's own/rest decision was right.
+    `own_vs_rest` maps label -> {"module": quality, "parent": quality}: each module's own decision and the parent's
+    own one-vs-rest decision for that class (softmax probability > 0.5), as `own_vs_rest_quality` measures them.
     """
 
     parent: Accuracy
     composed: Accuracy
     module_binary_accuracy: dict[str, float]
+    own_vs_rest: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
 
 @torch.inference_mode()
@@ -111,6 +115,7 @@ def evaluate_composition(
     tallies = torch.zeros(5)  # parent top-1, top-5, composed top-1, top-5, count
     binary_hits = torch.zeros(len(modules))
     per_class = {label: torch.zeros(3) for label in modules}  # parent hits, composed hits, count
+    module_probabilities, parent_probabilities, seen_labels = [], [], []  # per batch: (B, M), (B, M), (B,)
     batches = iterate_batches(
         dataset,
         image_processor_for(parent.config),
@@ -125,7 +130,8 @@ def evaluate_composition(
         pixel_values, labels = pixel_values[keep], labels[keep]
         if len(labels) == 0:
             continue
-        parent_top = parent(pixel_values).logits.topk(min(5, parent.config.num_labels), dim=1).indices
+        parent_logits = parent(pixel_values).logits
+        parent_top = parent_logits.topk(min(5, parent.config.num_labels), dim=1).indices
         module_logits = shared([pixel_values] * len(members))
         composed_top1 = module_classes[vote(module_logits)]
         composed_top = module_classes[top_k(module_logits)]
@@ -141,6 +147,9 @@ def evaluate_composition(
         )
         claims = module_logits[..., 0] > module_logits[..., 1]
         binary_hits += (claims == (labels[:, None] == module_classes[None, :])).sum(0)
+        module_probabilities.append(own_class_probabilities(module_logits))
+        parent_probabilities.append(parent_logits.softmax(dim=1)[:, module_classes])
+        seen_labels.append(labels)
         for m, label in enumerate(modules):
             mine = labels == module_classes[m]
             per_class[label] += torch.tensor(
@@ -163,4 +172,13 @@ def evaluate_composition(
         {k: float(v[1] / v[2]) for k, v in per_class.items() if v[2]},
     )
     binary = {label: float(binary_hits[m] / count) for m, label in enumerate(modules)}
-    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary)
+    truth = torch.cat(seen_labels)[:, None] == module_classes[None, :]  # (N, M)
+    module_probabilities, parent_probabilities = torch.cat(module_probabilities), torch.cat(parent_probabilities)
+    own_vs_rest = {
+        label: {
+            "module": own_vs_rest_quality(module_probabilities[:, m], truth[:, m]),
+            "parent": own_vs_rest_quality(parent_probabilities[:, m], truth[:, m]),
+        }
+        for m, label in enumerate(modules)
+    }
+    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary, own_vs_rest)

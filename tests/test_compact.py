@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.decompose import decompose
-from hf_modular.decompose.strategies.activation import channel_head
+from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.strategies.channel import ChannelSelection, ChannelStrategy, prune
 from hf_modular.decompose.strategies.channel.importance import log_odds
 from hf_modular.decompose.strategies.channel.recovery import distillation_data
@@ -117,6 +117,7 @@ def test_channels_the_statistics_find_unused_go_without_changing_outputs():
             importance=importance,
             reconstruct=False,  # the refit below would reproduce them too, up to its regularisation
             distill_steps=0,
+            head="channeled",
             samples_per_class=8,
             progress=False,
         )

@@ -19,8 +19,9 @@ import hf_modular  # noqa: F401
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.compose import top_k, vote
 from hf_modular.decompose import decompose
+from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.output import decompose_to_directory
-from hf_modular.decompose.strategies.activation import backtrack_features, backtrack_to_input, channel_head
+from hf_modular.decompose.strategies.activation import backtrack_features, backtrack_to_input
 from hf_modular.models import image_processor_for
 
 LABELS = ["dark", "bright", "mid"]
@@ -97,7 +98,9 @@ def test_masking_nodes_that_were_never_active_leaves_observed_outputs_unchanged(
     torch.manual_seed(1)
     parent = ModularResNetForImageClassification(tiny_config()).eval()
     data = image_dataset([40, 90, 200, 30, 180, 120] * 4, [0, 1, 2] * 8, noise=40)
-    modules = decompose(parent, data, samples_per_class=8, negatives_ratio=0.0, backtrack="none", progress=False)
+    modules = decompose(
+        parent, data, samples_per_class=8, negatives_ratio=0.0, backtrack="none", head="channeled", progress=False
+    )
     pixel_values = image_processor_for(parent.config)([row["image"] for row in data], return_tensors="pt")[
         "pixel_values"
     ]

@@ -353,9 +353,12 @@ def test_card_of_a_module_decomposed_from_a_hub_parent(hub_server: HubServer, pa
     assert metadata.license == "mit"
     results_by_name = {r.metric_name: r for r in metadata.eval_results}
     evaluation = json.loads(Path(HfApi().hf_hub_download(repo_id, "config.json")).read_text())["module"]["evaluation"]
-    binary = results_by_name["Binary accuracy (dark vs rest)"]
+    binary = results_by_name["Own-vs-rest accuracy (dark vs rest)"]
     assert binary.metric_value == round(evaluation["binary_accuracy"], 4) and binary.task_type == "image-classification"
-    assert results_by_name["Parent top-1 accuracy"].metric_value == round(evaluation["parent"]["top1"], 4)
+    assert results_by_name["ROC AUC (dark vs rest)"].metric_value == round(
+        evaluation["own_vs_rest"]["module"]["auc"], 4
+    )
+    assert not any("top-1" in name or "Parent" in name for name in results_by_name)  # the module's own results only
     assert "model-index" in card.content and metadata.model_name == repo_id
 
     assert f"| Parent revision | `{parent_sha}` |" in card.text

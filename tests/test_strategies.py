@@ -22,8 +22,8 @@ from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImage
 from hf_modular.cli import build_parser, main
 from hf_modular.decompose import STRATEGIES, Strategy, decompose, register_strategy
 from hf_modular.decompose.build import build_module
+from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.statistics import collect_activity
-from hf_modular.decompose.strategies.activation import channel_head
 from hf_modular.hub import module_card
 from hf_modular.module import SCHEMA_VERSION, ModuleDescription, ModuleProvenance, describe
 from hf_modular.module.description import _DESCRIBERS

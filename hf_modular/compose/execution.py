@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import MaskedReLU, ModularResNetForImageClassification
+from ..models.modeling_modular_resnet import head_logits
 
 
 class _ProbedReLU(nn.Module):
@@ -39,6 +40,29 @@ class _ProbedReLU(nn.Module):
         positive = hidden_state.flatten(1)[:, self.columns] != 0  # != 0 so a NaN counts as fired, as it would
         self.fired = (positive.to(self.masked.dtype) @ self.masked) > 0
         return hidden_state
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a member answers from its pooled features: (R, F) rows, (R,) bias, and how the rows become logits
+    (`head_type`, as in the member's config). By default the member's own `fc`; a fitted composition swaps in its
+    own heads without touching the members."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    head_type: str
+
+    @classmethod
+    def of(cls, module: ModularResNetForImageClassification) -> Head:
+        return cls(module.fc.weight, module.fc.bias, module.config.head_type)
+
+    def __call__(self, pooled: torch.Tensor) -> torch.Tensor:
+        return head_logits(F.linear(pooled, self.weight, self.bias), self.head_type)
+
+
+def run_alone(module: ModularResNetForImageClassification, head: Head, pixel_values: torch.Tensor) -> torch.Tensor:
+    """One member's logits (B, 2) with `head`, the member run on its own."""
+    return head(module.forward_head(module.forward_features(pixel_values), pre_logits=True))
 
 
 def _relu_masks(step: nn.Module) -> dict[str, torch.Tensor | None]:
@@ -96,18 +120,26 @@ class _Node:
     probes: list[_ProbedReLU]
     members: list[int]
     children: list[_Node] = field(default_factory=list)
-    head_weight: torch.Tensor | None = None  # leaves: (S * L, F) stacked heads of the members
+    head_weight: torch.Tensor | None = None  # leaves: (R, F) the members' head rows, stacked
     head_bias: torch.Tensor | None = None
+    head_rows: list[int] = field(default_factory=list)  # leaves: how many of those rows each member has
 
 
 class ExecutionPlan:
     """The step tree of a list of modules. `plan(inputs)` -> (B, M, L) logits, as running each module alone gives.
 
     `inputs[i]` is module i's prepared input; modules with the same `input_keys` entry must get the same tensor.
+    `heads[i]` is what module i answers with (default: its own head).
     """
 
-    def __init__(self, modules: Sequence[ModularResNetForImageClassification], input_keys: Sequence[Hashable]):
+    def __init__(
+        self,
+        modules: Sequence[ModularResNetForImageClassification],
+        input_keys: Sequence[Hashable],
+        heads: Sequence[Head] | None = None,
+    ):
         self.modules = list(modules)
+        self.heads = list(heads) if heads is not None else [Head.of(module) for module in self.modules]
         module_steps = [module.steps() for module in self.modules]
         self.roots: list[_Node] = []
         self.rerun_fraction = 0.0  # of the last batch's (image, module) pairs, the share a mask made run alone
@@ -133,9 +165,10 @@ class ExecutionPlan:
             if depth + 1 < len(module_steps[part[0]]):
                 node.children = self._build(part, module_steps, depth + 1)
             else:
-                heads = [self.modules[i].fc for i in part]
+                heads = [self.heads[i] for i in part]
                 node.head_weight = torch.cat([head.weight for head in heads])
                 node.head_bias = torch.cat([head.bias for head in heads])
+                node.head_rows = [len(head.weight) for head in heads]
             nodes.append(node)
         return nodes
 
@@ -155,7 +188,7 @@ class ExecutionPlan:
         self.rerun_fraction = fired.float().mean().item()
         for index in fired.any(dim=0).nonzero().flatten().tolist():  # the rare pairs a mask changed: run them alone
             rows = fired[:, index].nonzero().flatten()
-            logits[rows, index] = self.modules[index](inputs[index][rows]).logits
+            logits[rows, index] = run_alone(self.modules[index], self.heads[index], inputs[index][rows])
         return logits
 
     def _run(self, node: _Node, hidden_state: torch.Tensor, logits: torch.Tensor, fired: torch.Tensor) -> None:
@@ -169,10 +202,11 @@ class ExecutionPlan:
             if len(node.children) != 1:
                 break
             node = node.children[0]
-        if not node.children:
+        if not node.children:  # the members' heads as one matrix product, then each one's own reduction
             pooled = self.modules[node.members[0]].global_pool(hidden_state)
-            head = F.linear(pooled, node.head_weight, node.head_bias)
-            logits[:, node.members] = head.view(len(pooled), len(node.members), -1)
+            rows = F.linear(pooled, node.head_weight, node.head_bias).split(node.head_rows, dim=1)
+            for index, member_rows in zip(node.members, rows, strict=True):
+                logits[:, index] = head_logits(member_rows, self.heads[index].head_type)
             return
         for child in node.children:
             self._run(child, hidden_state, logits, fired)

@@ -29,12 +29,20 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from typing_extensions import Unpack
 
-from ..data import dataset_to_model_labels, find_columns, iterate_batches, label_ids, label_names
+from ..data import (
+    dataset_to_model_labels,
+    find_columns,
+    iterate_batches,
+    label_ids,
+    label_names,
+    load_image_dataset,
+)
 from ..hub import PushOptions, PushResult, composed_card, module_card, upload_folder
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
-from .execution import ExecutionPlan, cached, plan_key
+from .execution import ExecutionPlan, Head, cached, plan_key, run_alone
+from .fitting import fit_heads, fitted_heads, stale_members
 from .members import (
     as_pil_list,
     check_compatible,
@@ -71,6 +79,11 @@ class ComposedConfig(PreTrainedConfig):
         calibration (`dict[str, list[float]]`, *optional*):
             Per label, the `[scale, bias]` that maps the module's margin (own logit minus rest logit) to the log-odds
             of its class on the calibration data.
+        fit (`dict`, *optional*):
+            What [`ComposedModel.fit`] fitted: per label a refit own-vs-rest head (`heads`), the data it was fitted on
+            (`data`: name, split, fingerprint, images per class, seed) and the members it was fitted for (`members`:
+            label and weights sha256). The members answer with these heads; a member edited since makes the fit
+            stale, and the composition refuses to answer until it is fitted again.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -85,6 +98,7 @@ class ComposedConfig(PreTrainedConfig):
     crop_pct: float = 1.0
     rule: str = "vote"
     calibration: dict[str, list[float]] | None = None
+    fit: dict[str, Any] | None = None
 
     def validate_rule(self):
         if self.rule not in RULES:
@@ -108,6 +122,7 @@ class ComposedModel(PreTrainedModel):
         super().__init__(config)
         self.members = nn.ModuleList()
         self._plan_cache: dict[str, Any] = {}
+        self._heads_cache: dict[str, Any] = {}
         self.post_init()
         for module in members:  # attached after post_init: trained weights are never re-initialised
             self.members.append(module.eval())
@@ -223,17 +238,20 @@ class ComposedModel(PreTrainedModel):
         """How the members run together (rebuilt whenever a member or its weights change): which steps they share,
         and `rerun_fraction`, the share of the last batch's (image, module) pairs a mask made run alone."""
         members = list(self.members)
+        heads = self._heads()
 
         def build() -> ExecutionPlan:
-            return ExecutionPlan(members, [input_key(member) for member in members])
+            return ExecutionPlan(members, [input_key(member) for member in members], heads)
 
-        return cached(build, plan_key(members), self._plan_cache)
+        return cached(build, (plan_key(members), id(heads)), self._plan_cache)
 
     def _run_members(self, inputs: list[torch.Tensor], shared: bool) -> torch.Tensor:
         """Module i's logits on `inputs[i]`, (B, M, 2)."""
         if shared and not self.training:
             return self.execution_plan(inputs)
-        return torch.stack([module(x).logits for module, x in zip(self.members, inputs, strict=True)], dim=1)
+        heads = self._heads() or [Head.of(module) for module in self.members]
+        answers = [run_alone(module, head, x) for module, head, x in zip(self.members, heads, inputs, strict=True)]
+        return torch.stack(answers, dim=1)
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
@@ -302,6 +320,60 @@ class ComposedModel(PreTrainedModel):
         self.config.calibration = calibration
         self.config.rule = "calibrated"
         return calibration
+
+    def fit(
+        self,
+        dataset: datasets.Dataset | str | os.PathLike,
+        *,
+        split: str = "train",
+        images_per_class: int = 100,
+        seed: int = 0,
+        l2: float = 1e-3,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Make modules from unrelated parents compose: refit each member's own-vs-rest head on a small labelled
+        sample of the composition's classes (`images_per_class` seeded random images of each; every class must be
+        there, and no other). The members and their repos are not changed; the composition stores the fitted heads
+        (`config.fit`, saved and pushed with it) and answers with them. Use images you do not report results on.
+        `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes (with `split`).
+
+        Returns the fit record (see `ComposedConfig.fit`).
+        """
+        source = None if isinstance(dataset, datasets.Dataset) else dataset
+        record = fit_heads(
+            list(self.members),
+            self.labels,
+            self.config,
+            load_image_dataset(dataset, split=split),
+            dataset_source=source,
+            images_per_class=images_per_class,
+            seed=seed,
+            l2=l2,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        self.config.fit = record
+        self.config.rule, self.config.calibration = "vote", None  # fitted heads are calibrated by construction
+        return record
+
+    def _heads(self) -> list[Head] | None:
+        """The heads the members answer with: the fitted ones when the composition was fitted, else their own."""
+        fit = self.config.fit
+        if not fit:
+            return None
+        stale = stale_members(fit, self.labels, list(self.members))
+        if stale:
+            raise ValueError(
+                f"This composition was fitted for other members than it has now ({', '.join(stale)} changed since), "
+                "so its fit is stale. Fit it again (composed.fit(dataset)), or drop the fit "
+                "(composed.config.fit = None) to answer with the members' own heads."
+            )
+        key = (id(fit), tuple(id(member) for member in self.members))
+        if self._heads_cache.get("key") != key:
+            reference = [member.fc.weight for member in self.members]
+            self._heads_cache = {"key": key, "heads": fitted_heads(fit, self.labels, reference)}
+        return self._heads_cache["heads"]
 
     @torch.inference_mode()
     def predict_logits(

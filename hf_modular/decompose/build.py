@@ -13,9 +13,11 @@ def build_module(
     keep: dict[str, torch.Tensor],
     head_weight: torch.Tensor,
     head_bias: torch.Tensor,
+    *,
+    head_type: str = "linear",
 ) -> ModularResNetForImageClassification:
-    """The parent's weights, a 2-way head ((2, F) weight, (2,) bias: own class, rest), and a mask on every site
-    where `keep` ((C, H, W) bool per site, True where kept) drops a node."""
+    """The parent's weights, a two-way head ((R, F) weight and (R,) bias, own class first; see `decompose.heads`),
+    and a mask on every site where `keep` ((C, H, W) bool per site, True where kept) drops a node."""
     masked_sites = {site: kept for site, kept in keep.items() if not bool(kept.all())}
     config = ModularResNetConfig.from_dict(
         {
@@ -23,6 +25,8 @@ def build_module(
             "id2label": {0: "own", 1: REST_LABEL},  # named by `label_module`
             "label2id": {"own": 0, REST_LABEL: 1},
             "mask_shapes": {site: list(kept.shape) for site, kept in masked_sites.items()} or None,
+            "head_type": head_type,
+            "head_rows": len(head_weight) if head_type == "softmax" else None,
             "module": None,
         }
     )

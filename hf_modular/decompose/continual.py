@@ -150,7 +150,9 @@ def _relearn(
         for name in observed:
             observed[name] |= activity.negative[name][0]
     with masks_lifted(module):
-        spec = strategy.modularize(module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0)
+        spec = strategy.modularize(
+            module, observed, module.fc.weight.detach(), module.fc.bias.detach(), 0, module.config.head_type
+        )
     # The old evaluation describes the module before it changed: drop it, and keep the decomposition's cost record.
     info.evaluation = None
     info.details = {
@@ -171,7 +173,8 @@ def _relearn(
         "seed": seed,
         "masked_fraction_before": module.config.provenance.details["masked_fraction"],
     }
-    return label_module(build_module(module, spec.keep, spec.head_weight, spec.head_bias), info)
+    adapted = build_module(module, spec.keep, spec.head_weight, spec.head_bias, head_type=spec.head_type)
+    return label_module(adapted, info)
 
 
 __all__ = ["continuous_learning", "masks_lifted"]

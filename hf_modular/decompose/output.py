@@ -113,6 +113,7 @@ def decompose_to_directory(
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
         for label, accuracy in result.module_binary_accuracy.items():
             report["modules"][label]["binary_accuracy"] = accuracy
+            report["modules"][label]["own_vs_rest"] = result.own_vs_rest[label]
         summary = {
             "dataset": dataset_name(eval_dataset, eval_source) or "an in-memory datasets.Dataset",
             "split": dataset_split(eval_dataset, eval_split) if eval_source is None else eval_split,
@@ -130,7 +131,11 @@ def decompose_to_directory(
         }
         for label, module in modules.items():  # the measurements travel with each module, in its config and card
             info = module.config.provenance
-            info.evaluation = {**summary, "binary_accuracy": result.module_binary_accuracy[label]}
+            info.evaluation = {
+                **summary,
+                "binary_accuracy": result.module_binary_accuracy[label],
+                "own_vs_rest": result.own_vs_rest[label],
+            }
             module.config.provenance = info
     for label, module in modules.items():
         write_card(module.config, output / module_directory_name(label))

@@ -165,6 +165,8 @@ def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCar
 
 
 def _module_results(info: ModuleProvenance, hub_dataset: str | None) -> list[EvalResult]:
+    """The module's own results (its "own class or not" decision), for the card's model-index. The composition's
+    and the parent's figures stay in the card's text: they are not this model's results."""
     evaluation = info.evaluation
     common = {
         "task_type": "image-classification",
@@ -173,16 +175,18 @@ def _module_results(info: ModuleProvenance, hub_dataset: str | None) -> list[Eva
         "dataset_split": evaluation["split"],
     }
     label = info.target_label
-    metrics = [
-        ("accuracy", evaluation["binary_accuracy"], f"Binary accuracy ({label} vs rest)"),
-        ("accuracy", evaluation["composed"]["top1"], "Composed top-1 accuracy (all sibling modules)"),
-        ("top_5_accuracy", evaluation["composed"]["top5"], "Composed top-5 accuracy (all sibling modules)"),
-        ("accuracy", evaluation["parent"]["top1"], "Parent top-1 accuracy"),
-        ("top_5_accuracy", evaluation["parent"]["top5"], "Parent top-5 accuracy"),
-    ]
+    quality = evaluation.get("own_vs_rest", {}).get("module") or {"accuracy": evaluation["binary_accuracy"]}
+    names = {
+        "accuracy": ("accuracy", f"Own-vs-rest accuracy ({label} vs rest)"),
+        "precision": ("precision", f"Precision of '{label}'"),
+        "recall": ("recall", f"Recall of '{label}'"),
+        "auc": ("roc_auc", f"ROC AUC ({label} vs rest)"),
+        "ece": ("expected_calibration_error", f"Expected calibration error of P({label})"),
+    }
     return [
-        EvalResult(metric_type=kind, metric_value=round(value, 4), metric_name=name, **common)
-        for kind, value, name in metrics
+        EvalResult(metric_type=names[key][0], metric_value=round(value, 4), metric_name=names[key][1], **common)
+        for key, value in quality.items()
+        if key in names and value == value  # NaN (an AUC without negatives) is not a result
     ]
 
 

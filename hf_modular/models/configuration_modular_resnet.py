@@ -37,6 +37,8 @@ ARCHITECTURE_FIELDS = (
     "stage_channels",
     "block_widths",
     "shortcut_index",
+    "head_type",
+    "head_rows",
 )
 
 # Keys that only timm reads from config.json; they are derived from the typed fields, so they are dropped on load.
@@ -135,6 +137,13 @@ class ModularResNetConfig(PreTrainedConfig):
         shortcut_index (`dict[str, list[int]]`, *optional*):
             For a pruned network with option-A shortcuts, per shape-changing block (`"layer2.0"`), which input
             channel feeds each output channel of its shortcut (`-1`: a zero channel).
+        head_type (`str`, defaults to `"linear"`):
+            How the logits come from the pooled features. `"linear"`: one linear layer with `num_labels` rows.
+            `"softmax"` (class modules): the parent's `head_rows` rows, the module's own class first, and the module
+            answers (own logit, log-sum-exp of the other rows): its own-class probability is exactly the parent's
+            softmax probability of that class.
+        head_rows (`int`, *optional*):
+            Rows of a `"softmax"` head (the parent's number of classes). `None` for a linear head.
         module (`dict`, *optional*):
             Provenance of a class module (target class, parent, dataset, method and parameters), in the layout of
             [`~hf_modular.module.ModuleProvenance`]; read it typed through `config.provenance`. `None` on a plain
@@ -153,6 +162,7 @@ class ModularResNetConfig(PreTrainedConfig):
     block_types: ClassVar[tuple[str, ...]] = ("basic", "bottleneck")
     stem_types: ClassVar[tuple[str, ...]] = ("cifar", "imagenet")
     shortcuts: ClassVar[tuple[str, ...]] = ("A", "B")
+    head_types: ClassVar[tuple[str, ...]] = ("linear", "softmax")
 
     block_type: str = "basic"
     layers: list[int] | tuple[int, ...] = (3, 3, 3)
@@ -169,6 +179,8 @@ class ModularResNetConfig(PreTrainedConfig):
     stage_channels: list[int] | None = None
     block_widths: list[list[int]] | None = None
     shortcut_index: dict[str, list[int]] | None = None
+    head_type: str = "linear"
+    head_rows: int | None = None
     module: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
@@ -200,6 +212,17 @@ class ModularResNetConfig(PreTrainedConfig):
             raise ValueError("Every stage needs at least one block, and every width must be positive.")
         if self.stage_channels is not None and len(self.stage_channels) != len(self.layers) + 1:
             raise ValueError("stage_channels needs the stem's channel count, then one per stage.")
+        if self.head_type not in self.head_types:
+            raise ValueError(f"head_type={self.head_type!r} is not one of {self.head_types}.")
+        if (self.head_type == "softmax") != (self.head_rows is not None) or (self.head_rows or 2) < 2:
+            raise ValueError(
+                "A 'softmax' head needs head_rows >= 2 (the parent's class count) and a linear head none; got "
+                f"head_type={self.head_type!r}, head_rows={self.head_rows!r}."
+            )
+        if self.head_type == "softmax" and self.num_labels != 2:
+            raise ValueError(
+                f"A 'softmax' head answers (own class, rest): num_labels must be 2, not {self.num_labels}."
+            )
         if self.block_widths is not None and [len(stage) for stage in self.block_widths] != list(self.layers):
             raise ValueError(f"block_widths needs one width per block: {list(self.layers)} blocks per stage.")
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:

@@ -411,7 +411,7 @@ class ModularResNetForImageClassification(ModularResNetModel):
 
     def __init__(self, config: ModularResNetConfig):
         super().__init__(config)
-        self.fc = nn.Linear(self.num_features, config.num_labels)
+        self.fc = nn.Linear(self.num_features, config.head_rows or config.num_labels)
         self.post_init()
 
     @classmethod
@@ -435,7 +435,7 @@ class ModularResNetForImageClassification(ModularResNetModel):
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> logits (B, num_labels), or pooled features (B, num_features)."""
         pooled = self.global_pool(features)
-        return pooled if pre_logits else self.fc(pooled)
+        return pooled if pre_logits else head_logits(self.fc(pooled), self.config.head_type)
 
     def forward(
         self,
@@ -463,6 +463,14 @@ class ModularResNetForImageClassification(ModularResNetModel):
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
         )
         return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
+
+
+def head_logits(rows: torch.Tensor, head_type: str) -> torch.Tensor:
+    """The head's rows (B, R) -> logits (B, num_labels). A `"softmax"` head (own class first) answers
+    (own, log-sum-exp of the rest), so softmax over the two is the parent's softmax probability of the class."""
+    if head_type == "softmax":
+        return torch.stack([rows[:, 0], rows[:, 1:].logsumexp(dim=1)], dim=1)
+    return rows
 
 
 def import_cifar_resnet(

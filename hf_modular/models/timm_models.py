@@ -41,6 +41,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
             fields["image_mean"] = [sum(fields["image_mean"]) / len(fields["image_mean"])] * in_chans
             fields["image_std"] = [sum(fields["image_std"]) / len(fields["image_std"])] * in_chans
         fields["num_channels"] = in_chans
+        if fields.get("head_type") == "softmax" and num_classes != 2:  # another head asked for: a fresh linear one
+            fields["head_type"], fields["head_rows"] = "linear", None
         if img_size is not None:  # timm passes the pretrained config's input size for fixed-size models
             fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
         super().__init__(ModularResNetConfig(num_labels=max(num_classes, 1), preset=preset, **fields))
@@ -58,6 +60,7 @@ class TimmModularResNet(ModularResNetForImageClassification):
         """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads."""
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.config.head_type, self.config.head_rows = "linear", None
         if num_classes > 0:
             self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
 

@@ -5,7 +5,15 @@ layer above can use them.
 """
 
 from .description import ModuleDescription, describe, register_describer
-from .metrics import MacCounter, count_macs, count_parameters, jaccard_index, masked_fraction, weights_sha256
+from .metrics import (
+    MacCounter,
+    count_macs,
+    count_parameters,
+    jaccard_index,
+    masked_fraction,
+    own_vs_rest_quality,
+    weights_sha256,
+)
 from .naming import REST_LABEL, check_directory_names, module_directory_name, parent_name
 from .provenance import SCHEMA_VERSION, ModuleProvenance
 
@@ -22,6 +30,7 @@ __all__ = [
     "jaccard_index",
     "masked_fraction",
     "module_directory_name",
+    "own_vs_rest_quality",
     "parent_name",
     "register_describer",
     "weights_sha256",

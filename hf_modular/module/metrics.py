@@ -93,3 +93,45 @@ def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> dict[str, float]:
+    """How good a one-vs-rest decision is: (N,) own-class probabilities and (N,) bool truth ->
+
+    accuracy, precision and recall of "own" at probability > 0.5; AUC (the chance that an own-class image scores
+    above another one, ties counting half); ECE (expected calibration error: over `bins` equal-width bins of the
+    probability, the image-weighted mean gap between the mean probability and the share of own-class images).
+    """
+    probabilities, targets = probabilities.double().flatten(), targets.bool().flatten()
+    claims = probabilities > 0.5
+    hits = (claims & targets).sum().item()
+    quality = {
+        "accuracy": (claims == targets).double().mean().item(),
+        "precision": hits / max(claims.sum().item(), 1),
+        "recall": hits / max(targets.sum().item(), 1),
+        "auc": _auc(probabilities, targets),
+    }
+    which = (probabilities * bins).long().clamp(max=bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.sum().item() * abs(
+                probabilities[inside].mean().item() - targets[inside].double().mean().item()
+            )
+    quality["ece"] = gap / len(probabilities)
+    return quality
+
+
+def _auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mann-Whitney AUC with tied scores sharing their mean rank; NaN when a side is empty."""
+    positives, negatives = int(targets.sum()), int((~targets).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = scores.argsort()
+    _, counts = scores[order].unique_consecutive(return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_ranks = (ends - (counts.double() - 1) / 2).repeat_interleave(counts)  # 1-based mean rank of each tie group
+    ranks = torch.empty_like(mean_ranks)
+    ranks[order] = mean_ranks
+    return ((ranks[targets].sum() - positives * (positives + 1) / 2) / (positives * negatives)).item()

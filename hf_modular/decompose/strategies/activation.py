@@ -34,6 +34,7 @@ from ...distributed import DistributedState
 from ...models import ModularResNetForImageClassification, ShortcutA
 from ...module import ModuleDescription, ModuleProvenance, jaccard_index, masked_fraction
 from ..build import build_module
+from ..heads import HEAD_DESCRIPTIONS, HEADS, channel_head, module_head
 from ..sampling import SamplePlan
 from ..statistics import ActivityMaps, collect_activity
 from .base import BuiltModule, Strategy, register_strategy
@@ -50,8 +51,9 @@ class ModuleSpec:
         class_index: the parent's index of the module's class.
         keep: site name (a ReLU or conv module) -> (C, H, W) bool, True where the node is kept; installed as masks.
         node_keep: the same decision at the ReLU sites (where it is measured: masked fraction, Jaccard index).
-        head_weight: (2, num_features): row 0 own class, row 1 the rest.
-        head_bias: (2,).
+        head_weight: (R, num_features): row 0 own class; the rest as `head_type` says (see `decompose.heads`).
+        head_bias: (R,).
+        head_type: the module config's `head_type`: "linear" (the channeled head) or "softmax".
         details: numbers worth recording (e.g. features removed by backtracking).
     """
 
@@ -60,6 +62,7 @@ class ModuleSpec:
     node_keep: dict[str, torch.Tensor]
     head_weight: torch.Tensor
     head_bias: torch.Tensor
+    head_type: str = "linear"
     details: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +87,14 @@ class ActivationStrategy(Strategy):
     backtrack_input: bool = field(
         default=False, metadata={"help": "also run MC-BI, backtracking the maps through every conv (ReLU sites)"}
     )
+    head: str = field(
+        default="softmax",
+        metadata={
+            "help": "the module's head: 'softmax' answers the parent's probability of the class; 'channeled' is the "
+            "paper's own row against the mean of the others",
+            "choices": HEADS,
+        },
+    )
     name: ClassVar[str] = "activation"
     headline: ClassVar[str] = "jaccard_index"
     headline_format: ClassVar[str] = "mean Jaccard {:.3f}"
@@ -94,6 +105,8 @@ class ActivationStrategy(Strategy):
             raise ValueError(f"backtrack={self.backtrack!r} is not one of {BACKTRACK_READINGS}.")
         if self.sites not in SITE_KINDS:
             raise ValueError(f"sites={self.sites!r} is not one of {SITE_KINDS}.")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {HEADS}.")
         if self.sites == "conv" and self.backtrack_input:
             raise ValueError("backtrack_input (MC-BI) walks ReLU sites; use it with sites='relu'.")
 
@@ -136,7 +149,8 @@ class ActivationStrategy(Strategy):
                 "masked_fraction": masked_fraction(spec.node_keep),
                 "jaccard_index": jaccard_index(parent, spec.node_keep),
             }
-            built.append((build_module(parent, spec.keep, spec.head_weight, spec.head_bias), details))
+            module = build_module(parent, spec.keep, spec.head_weight, spec.head_bias, head_type=spec.head_type)
+            built.append((module, details))
         return built
 
     @classmethod
@@ -146,7 +160,7 @@ class ActivationStrategy(Strategy):
             summary="It follows the method of Pan & Rajan, *Decomposing Convolutional Neural Networks into Reusable "
             f"and Replaceable Modules* (ICSE 2022): it keeps the parent's weights, masks the {100 * masked:.2f}% of "
             "its nodes that this class does not use, and has a two-way head.",
-            head="It was never trained; it is the parent's own row for this class against the mean of the other rows.",
+            head=HEAD_DESCRIPTIONS[info.method.parameters.get("head", "channeled")] + " It was never trained.",
             rows=[
                 ("Masked nodes", f"{100 * masked:.2f}% of the ReLU-site nodes"),
                 ("Jaccard index vs parent", f"{jaccard:.3f} (retained nodes and edges over the parent's)"),
@@ -162,8 +176,10 @@ class ActivationStrategy(Strategy):
         observed = {
             site: activity.own[site][module_index] | activity.negative[site][module_index] for site in activity.own
         }
-        head_weight, head_bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
-        return self.modularize(parent, observed, head_weight, head_bias, class_index)
+        head_weight, head_bias, head_type = module_head(
+            parent.fc.weight.detach(), parent.fc.bias.detach(), class_index, self.head
+        )
+        return self.modularize(parent, observed, head_weight, head_bias, class_index, head_type)
 
     def modularize(
         self,
@@ -172,13 +188,16 @@ class ActivationStrategy(Strategy):
         head_weight: torch.Tensor,
         head_bias: torch.Tensor,
         class_index: int,
+        head_type: str,
     ) -> ModuleSpec:
         """From the nodes kept by identification (`observed`, per site of this strategy's kind) to the final masks:
-        residual consistency, MC-BLN with the channeled head, and MC-BI when asked."""
+        residual consistency, MC-BLN with the channeled head, and MC-BI when asked. `head_weight` and `head_bias`
+        are the module's head rows, own class first."""
         keep = dict(observed)
         if self.sites == "conv":
             keep.update(_consistent_residual_outputs(model, keep))
-        removed = backtrack_features(head_weight, self.backtrack, self.delta)
+        channeled, _ = channel_head(head_weight, head_bias, 0)  # MC-BLN reads the paper's head, whatever the module's
+        removed = backtrack_features(channeled, self.backtrack, self.delta)
         last_site = model.last_site()  # the ReLU feeding global average pooling and the head
         keep[last_site] = keep[last_site] & ~removed[:, None, None]
         details = {"features_removed_by_backtracking": int(removed.sum())}
@@ -187,7 +206,7 @@ class ActivationStrategy(Strategy):
             keep = backtrack_to_input(model, keep)
             details["nodes_removed_by_input_backtracking"] = before - sum(int(k.sum()) for k in keep.values())
         node_keep = keep if self.sites == "relu" else _keep_at_relu_sites(model, keep)
-        return ModuleSpec(class_index, keep, node_keep, head_weight, head_bias, details)
+        return ModuleSpec(class_index, keep, node_keep, head_weight, head_bias, head_type, details)
 
 
 def _consistent_residual_outputs(
@@ -214,14 +233,6 @@ def _keep_at_relu_sites(
             source = act if act == block.last_act_name else conv
             nodes[f"{name}.{act}"] = keep[f"{name}.{source}"]
     return nodes
-
-
-def channel_head(weight: torch.Tensor, bias: torch.Tensor, class_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n, F) weights and (n,) biases -> the 2-way head: (2, F) and (2,), own class first, then the others' mean."""
-    others = [k for k in range(weight.shape[0]) if k != class_index]
-    own_weight, own_bias = weight[class_index], bias[class_index]
-    rest_weight, rest_bias = weight[others].mean(0), bias[others].mean(0)
-    return torch.stack([own_weight, rest_weight]).clone(), torch.stack([own_bias, rest_bias]).clone()
 
 
 def backtrack_features(head_weight: torch.Tensor, reading: str, delta: float) -> torch.Tensor:

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from ....distributed import DistributedState
 from ....models import ModularResNetForImageClassification
 from ....module import ModuleDescription, ModuleProvenance, count_macs, count_parameters
+from ...heads import HEAD_DESCRIPTIONS, HEADS, module_head
 from ...sampling import SamplePlan
-from ..activation import channel_head
 from ..base import BuiltModule, Strategy, register_strategy
 from .importance import IMPORTANCE, collect_channel_scores
 from .pruning import ChannelSelection, prune, tied_stem
@@ -62,6 +62,10 @@ class ChannelStrategy(Strategy):
     distill_batch_size: int = field(default=128, metadata={"help": "batch size of the recovery steps"})
     learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the recovery steps"})
     mirror: bool = field(default=True, metadata={"help": "recover on each image and its mirror image"})
+    head: str = field(
+        default="softmax",
+        metadata={"help": "the module's head, as for the activation strategy", "choices": HEADS},
+    )
     name: ClassVar[str] = "channel"
     headline: ClassVar[str] = "macs_fraction"
     headline_format: ClassVar[str] = "mean {:.1%} of the parent's multiply-accumulates"
@@ -71,6 +75,8 @@ class ChannelStrategy(Strategy):
             raise ValueError(
                 f"keep and keep_residual are shares of channels in (0, 1]; got {self.keep}, {self.keep_residual}."
             )
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {HEADS}.")
         if self.importance not in IMPORTANCE:
             raise ValueError(f"importance must be one of {IMPORTANCE}, got {self.importance!r}.")
         if self.distill_steps < 0:
@@ -238,8 +244,8 @@ class ChannelStrategy(Strategy):
                     f"{details['distillation_loss']:.4f}",
                 )
             )
-        head = "It started as the parent's own row for this class against the mean of the other rows" + (
-            " and was distilled with the pruned part." if distilled else "."
+        head = HEAD_DESCRIPTIONS[info.method.parameters.get("head", "channeled")] + (
+            " It was distilled with the pruned part." if distilled else ""
         )
         return ModuleDescription(
             summary=summary,
@@ -284,8 +290,14 @@ def build_compact_modules(
         m = class_indices.index(class_index)
         selection = strategy.select(parent, scores, m)
         module = prune(parent, selection)
-        head_weight, head_bias = channel_head(module.fc.weight.detach(), module.fc.bias.detach(), class_index)
-        module.fc = nn.Linear(module.fc.in_features, 2)
+        head_weight, head_bias, head_type = module_head(
+            module.fc.weight.detach(), module.fc.bias.detach(), class_index, strategy.head
+        )
+        module.config.head_type, module.config.head_rows = (
+            head_type,
+            len(head_weight) if head_type == "softmax" else None,
+        )
+        module.fc = nn.Linear(module.fc.in_features, len(head_weight))
         with torch.no_grad():
             module.fc.weight.copy_(head_weight)
             module.fc.bias.copy_(head_bias)

@@ -1,0 +1,185 @@
+"""Fit a composition of strangers: modules from parents that never saw each other's classes.
+
+A module says "not my class" only to the classes its parent knew. Composed with modules of another parent, it has no
+reason to reject their classes. `fit` refits each member's own-vs-rest head by logistic regression on the member's
+pooled features (its trunk stays frozen and its repo unchanged), over a small labelled sample of the composition's
+classes, so that each member's probability is calibrated against every other member's class. The composition
+stores the fitted heads, the data they were fitted on and the members they were fitted for; editing the members
+afterwards makes the fit stale, and the composition then refuses to answer until it is fitted again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import dataset_name, dataset_split, find_columns, iterate_batches, label_ids, label_names
+from ..models import ModularResNetForImageClassification, image_mode
+from ..module import weights_sha256
+from .execution import Head
+from .members import composed_image_processor, prepare_input
+
+
+def sample_for_fit(
+    dataset: datasets.Dataset, labels: Sequence[str], images_per_class: int, seed: int
+) -> tuple[datasets.Dataset, torch.Tensor]:
+    """`images_per_class` seeded random rows of each of `labels`' classes, and their indices into `labels`."""
+    if images_per_class < 1:
+        raise ValueError(f"images_per_class must be >= 1, got {images_per_class}.")
+    _, label_column = find_columns(dataset)
+    names = label_names(dataset, label_column)
+    missing = [label for label in labels if label not in names]
+    if missing:
+        raise ValueError(
+            f"The fit dataset has no images of {missing}: every member's class needs labelled images. Its classes "
+            f"are {names}."
+        )
+    extra = [name for name in names if name not in labels]
+    ids = label_ids(dataset, label_column)
+    if extra and bool(torch.isin(ids, torch.tensor([names.index(name) for name in extra])).any()):
+        raise ValueError(
+            f"The fit dataset has images of {extra[:5]}, classes no member answers. Select the composition's classes "
+            "first: hf_modular.data.select_classes(dataset, composed.labels)."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    rows, targets = [], []
+    for index, label in enumerate(labels):
+        members = (ids == names.index(label)).nonzero().flatten()
+        if len(members) < images_per_class:
+            raise ValueError(
+                f"Class {label!r} has {len(members)} images in the fit dataset; fitting takes images_per_class="
+                f"{images_per_class}. Lower images_per_class or add images of {label!r}."
+            )
+        rows.append(members[torch.randperm(len(members), generator=generator)[:images_per_class]])
+        targets.append(torch.full((images_per_class,), index))
+    rows, targets = torch.cat(rows), torch.cat(targets)
+    order = rows.argsort()  # read the dataset in its own order
+    return dataset.select(rows[order].tolist()), targets[order]
+
+
+@torch.inference_mode()
+def pooled_features(
+    members: Sequence[ModularResNetForImageClassification],
+    composed_config: Any,
+    dataset: datasets.Dataset,
+    *,
+    batch_size: int,
+    progress: bool,
+) -> list[torch.Tensor]:
+    """Each member's pooled features (N, F_m) on `dataset`'s images, each member seeing its own preprocessing."""
+    image_column, label_column = find_columns(dataset)
+    batches = iterate_batches(
+        dataset,
+        composed_image_processor(composed_config),
+        image_column=image_column,
+        label_column=label_column,
+        batch_size=batch_size,
+        image_mode=image_mode(composed_config.num_channels),
+    )
+    features: list[list[torch.Tensor]] = [[] for _ in members]
+    for pixel_values, _ in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress, desc="fit"):
+        for member, found in zip(members, features, strict=True):
+            parameter = next(member.parameters())
+            prepared = prepare_input(pixel_values.to(parameter.device, parameter.dtype), member)
+            found.append(member.forward_head(member.forward_features(prepared), pre_logits=True).float().cpu())
+    return [torch.cat(found) for found in features]
+
+
+def logistic_regression(features: torch.Tensor, targets: torch.Tensor, l2: float) -> tuple[torch.Tensor, float]:
+    """(N, F) features and (N,) 0/1 targets -> the weight (F,) and bias of `sigmoid(w . x + b)` that maximise the
+    likelihood with an L2 penalty `l2 * |w|^2` (L-BFGS, in float64)."""
+    x, y = features.double(), targets.double()
+    scale = x.std(0).clamp_min(1e-6)  # fitted on standardised features, returned for the raw ones
+    center = x.mean(0)
+    standard = (x - center) / scale
+    parameters = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([parameters], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = standard @ parameters[:-1] + parameters[-1]
+        value = F.binary_cross_entropy_with_logits(logits, y) + l2 * parameters[:-1].square().sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        optimizer.step(loss)
+    weight = parameters[:-1].detach() / scale
+    bias = float(parameters[-1].detach() - (weight * center).sum())
+    return weight.float(), bias
+
+
+def fit_heads(
+    members: Sequence[ModularResNetForImageClassification],
+    labels: Sequence[str],
+    composed_config: Any,
+    dataset: datasets.Dataset,
+    *,
+    dataset_source: Any = None,
+    images_per_class: int = 100,
+    seed: int = 0,
+    l2: float = 1e-3,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Refit every member's own-vs-rest head on the composition's classes; returns the fit record (see module doc)."""
+    started = time.perf_counter()
+    sample, targets = sample_for_fit(dataset, labels, images_per_class, seed)
+    features = pooled_features(members, composed_config, sample, batch_size=batch_size, progress=progress)
+    heads = {}
+    for index, (label, found) in enumerate(zip(labels, features, strict=True)):
+        weight, bias = logistic_regression(found, targets == index, l2)
+        heads[label] = {"weight": weight.tolist(), "bias": bias}
+    return {
+        "method": "head",
+        "heads": heads,
+        "members": [
+            {"label": label, "weights_sha256": member_fingerprint(member)}
+            for label, member in zip(labels, members, strict=True)
+        ],
+        "data": {
+            "name_or_path": dataset_name(dataset, dataset_source),
+            "split": dataset_split(dataset, "train"),
+            "fingerprint": dataset._fingerprint,
+            "images_per_class": images_per_class,
+            "images": len(sample),
+            "seed": seed,
+        },
+        "l2": l2,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def fitted_heads(fit: dict[str, Any], labels: Sequence[str], reference: Sequence[torch.Tensor]) -> list[Head]:
+    """The fit's heads as `Head`s, in `labels`' order (`reference[i]`: a tensor of member i, for dtype and device).
+    A fitted head has two rows, the fitted one and zeros, so its own-class probability is `sigmoid(w . x + b)`."""
+    heads = []
+    for label, like in zip(labels, reference, strict=True):
+        weight = torch.tensor(fit["heads"][label]["weight"], dtype=torch.float32)
+        bias = torch.tensor([fit["heads"][label]["bias"], 0.0], dtype=torch.float32)
+        rows = torch.stack([weight, torch.zeros_like(weight)])
+        heads.append(Head(rows.to(like), bias.to(like), "linear"))
+    return heads
+
+
+def member_fingerprint(member: ModularResNetForImageClassification) -> str:
+    """The member's weights sha256, computed once per set of tensor versions (it is checked on every answer)."""
+    key = tuple((id(t), -1 if t.is_inference() else t._version) for t in (*member.parameters(), *member.buffers()))
+    cached = getattr(member, "_hf_modular_fingerprint", None)
+    if cached is None or cached[0] != key:
+        cached = (key, weights_sha256(member))
+        member._hf_modular_fingerprint = cached
+    return cached[1]
+
+
+def stale_members(fit: dict[str, Any], labels: Sequence[str], members: Sequence[Any]) -> list[str]:
+    """The labels whose member is not the one the fit was made for (replaced, added or removed since)."""
+    fitted = {entry["label"]: entry["weights_sha256"] for entry in fit["members"]}
+    current = {label: member_fingerprint(member) for label, member in zip(labels, members, strict=True)}
+    return sorted(label for label in fitted.keys() | current.keys() if fitted.get(label) != current.get(label))

@@ -1,0 +1,155 @@
+"""Composition of strangers: modules of parents that never saw each other's classes, fitted on a few labelled images
+of the union of their classes; the fit round-trips, goes stale when a member changes, and refuses bad data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hf_modular  # noqa: F401
+from hf_modular import ComposedModel, ModularResNetForImageClassification
+from hf_modular.cli import main
+from hf_modular.decompose import decompose
+from hf_modular.evaluation import evaluate
+from tests.hub_server import DEFAULT_USER, HubServer, hub_server_fixture  # noqa: F401
+from tests.test_decompose import image_dataset, tiny_config
+
+ALL = ["dark", "bright", "mid", "dim"]
+GREYS = {"dark": 20, "bright": 235, "mid": 128, "dim": 70}
+
+
+def _data(labels: list[str], per_class: int, seed: int):
+    values = [GREYS[label] for label in labels] * per_class
+    return image_dataset(values, list(range(len(labels))) * per_class, noise=25, seed=seed, names=labels)
+
+
+def _stranger_modules(first: list[str], second: list[str]) -> list[ModularResNetForImageClassification]:
+    """Modules of two parents (different seeds, different widths) that each know only their own classes."""
+    modules = []
+    for seed, labels, widths in ((0, first, [4, 8]), (1, second, [6, 8])):
+        torch.manual_seed(seed)
+        parent = ModularResNetForImageClassification(
+            tiny_config(widths=widths, stem_width=widths[0], id2label=dict(enumerate(labels)))
+        ).eval()
+        built = decompose(parent, _data(labels, 6, seed), samples_per_class=6, progress=False)
+        modules.extend(built.values())
+    return modules
+
+
+@pytest.fixture(scope="module")
+def strangers():
+    return _stranger_modules(["dark", "bright"], ["mid", "dim"])
+
+
+def test_fitting_makes_strangers_compose(strangers):
+    composed = ComposedModel.from_modules(strangers)
+    held_out = _data(ALL, 20, seed=7)
+    vote = evaluate(composed, held_out, progress=False).top1
+    record = composed.fit(_data(ALL, 30, seed=3), images_per_class=20, progress=False)
+    fitted = evaluate(composed, held_out, progress=False).top1
+    assert fitted > vote and fitted >= 0.9, (vote, fitted)
+    assert record["data"]["images"] == 80 and record["data"]["images_per_class"] == 20
+    assert [entry["label"] for entry in record["members"]] == ALL
+    assert len(record["heads"]["mid"]["weight"]) == strangers[2].config.num_features
+    for member, original in zip(composed.members, strangers, strict=True):  # the members themselves are untouched
+        assert member is original and member.config.head_type == "softmax"
+
+
+def test_a_fitted_composition_round_trips_exactly(strangers, tmp_path):
+    composed = ComposedModel.from_modules(strangers)
+    composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)
+    composed.save_pretrained(tmp_path / "composed", materialize=True)
+    reloaded = ComposedModel.from_pretrained(tmp_path / "composed")
+    assert reloaded.config.fit == json.loads(json.dumps(composed.config.fit))
+    pixel_values = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(reloaded.module_logits(pixel_values), composed.module_logits(pixel_values))
+        assert torch.equal(
+            reloaded.module_logits(pixel_values, shared=False), composed.module_logits(pixel_values, shared=False)
+        )
+
+
+def test_a_fitted_composition_round_trips_through_the_hub(strangers, hub_server: HubServer):
+    composed = ComposedModel.from_modules(strangers)
+    composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)
+    composed.push_to_hub(f"{DEFAULT_USER}/fitted-strangers")
+    reloaded = ComposedModel.from_pretrained(f"{DEFAULT_USER}/fitted-strangers")
+    images = _data(ALL, 3, seed=9)["image"]
+    assert reloaded.predict(images) == composed.predict(images)
+    with torch.no_grad():
+        assert torch.equal(reloaded.predict_logits(images), composed.predict_logits(images))
+
+
+def test_editing_a_fitted_composition_makes_the_fit_stale(strangers):
+    composed = ComposedModel.from_modules(strangers)
+    composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)
+    images = _data(ALL, 1, seed=9)["image"]
+    composed.predict(images)
+    other = _stranger_modules(["bright", "dark"], ["mid", "dim"])[0]  # another parent's 'bright' module
+    composed.replace("dark", other)
+    with pytest.raises(ValueError, match="fit is stale"):
+        composed.predict(images)
+    composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)  # fitting again answers again
+    composed.predict(images)
+    composed.remove("dim")
+    with pytest.raises(ValueError, match=r"\(dim changed since\)"):
+        composed.predict(images)
+    composed.config.fit = None  # dropping the fit answers with the members' own heads
+    composed.predict(images)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (lambda: _data(["dark", "bright", "mid"], 10, 3), r"no images of \['dim'\]"),
+        (lambda: _data(ALL, 3, 3), "'dark' has 3 images"),
+    ],
+)
+def test_bad_fit_data_is_named(strangers, data, message):
+    composed = ComposedModel.from_modules(strangers)
+    with pytest.raises(ValueError, match=message):
+        composed.fit(data(), images_per_class=5, progress=False)
+    assert composed.config.fit is None
+
+
+def test_fit_data_with_classes_no_member_answers_is_refused(strangers):
+    GREYS["white"] = 255
+    try:
+        data = _data([*ALL, "white"], 6, 3)
+    finally:
+        del GREYS["white"]
+    composed = ComposedModel.from_modules(strangers)
+    with pytest.raises(ValueError, match=r"images of \['white'\], classes no member answers.*select_classes"):
+        composed.fit(data, images_per_class=5, progress=False)
+
+
+def test_cli_compose_fit(strangers, tmp_path, capsys):
+    for module in strangers:
+        module.save_pretrained(tmp_path / module.config.provenance.target_label)
+    _data(ALL, 10, seed=3).to_parquet(str(tmp_path / "fit.parquet"))
+    modules = [str(tmp_path / label) for label in ALL]
+    output = tmp_path / "composed"
+    arguments = ["--fit", str(tmp_path / "fit.parquet"), "--images-per-class", "8"]
+    assert main(["-q", "compose", *modules, "--output", str(output), *arguments]) == 0
+    assert "Fitted each module's head on 32 images" in capsys.readouterr().out
+    fit = json.loads((output / "config.json").read_text())["fit"]
+    assert fit["data"]["images_per_class"] == 8 and set(fit["heads"]) == set(ALL)
+    assert (
+        main(
+            [
+                "-q",
+                "compose",
+                *modules,
+                "--output",
+                str(tmp_path / "bad"),
+                "--fit",
+                str(tmp_path / "fit.parquet"),
+                "--images-per-class",
+                "50",
+            ]
+        )
+        == 1
+    )
+    assert "has 10 images in the fit dataset" in capsys.readouterr().err
