@@ -3,7 +3,8 @@ Hugging Face Hub, and compose new classifiers from them without retraining.
 
 The folders follow the data: `models/` (the network, its config and converters) -> `decompose/` (sampling, the
 statistics pass, `strategies/`) -> `module/` (the artifact: provenance, names, metrics) -> `compose/` (composed
-models) and `hub/` (publishing and cards).
+models) and `hub/` (publishing and cards). Imports run the other way, bottom up: `module/` -> `hub/` -> `models/`
+-> `compose/`, `evaluation` -> `decompose/` -> `cli`, `demo`, `train`, `scenarios`.
 
 Importing the package registers `ModularResNetConfig` and the models with transformers' Auto classes and the
 `modular_resnet*` architectures with timm's registry.

@@ -51,7 +51,10 @@ def _load_any(args: argparse.Namespace):
 
 
 def _info(args: argparse.Namespace) -> None:
-    model = _load(args)
+    model = _load_any(args)
+    if isinstance(model, ComposedModel):
+        _print_summary(_composed_summary(model, args.model), args.json)
+        return
     config = model.config
     summary = {
         "source": args.model,
@@ -66,6 +69,8 @@ def _info(args: argparse.Namespace) -> None:
         "labels": [config.id2label[i] for i in range(config.num_labels)],
         "sites": len(model.sites()),
         "masked_sites": len(config.mask_shapes or {}),
+        "pruned_widths": config.block_widths if config.is_pruned else None,
+        "head": config.head_type if config.head_rows is None else f"{config.head_type} ({config.head_rows} rows)",
         "module": config.module,
     }
     if args.json:
@@ -74,13 +79,46 @@ def _info(args: argparse.Namespace) -> None:
     summary.pop("module")
     if config.is_module:  # a readable digest; --json has everything
         info = config.provenance
-        summary["module of"] = f"{info.parent.repo_id or info.parent.path} (weights {info.parent.weights_sha256[:12]})"
+        parent = info.parent.repo_id or info.parent.path or f"an in-memory {info.parent.architecture}"
+        summary["module of"] = f"{parent} (weights {info.parent.weights_sha256[:12]})"
         summary["class"] = f"{info.target_label} (index {info.target_index})"
         summary["method"] = ", ".join([info.method.strategy, *(f"{k}={v}" for k, v in info.method.parameters.items())])
         summary.update(describe(info).measures)
         if info.evaluation:
             evaluation = info.evaluation
             summary["binary accuracy"] = f"{100 * evaluation['binary_accuracy']:.2f}% on {evaluation['split']}"
+            if evaluation.get("own_vs_rest"):
+                own, parent_own = evaluation["own_vs_rest"]["module"], evaluation["own_vs_rest"]["parent"]
+                summary["alone (AUC, ECE)"] = (
+                    f"{own['auc']:.4f}, {own['ece']:.4f} (parent's own decision: {parent_own['auc']:.4f}, "
+                    f"{parent_own['ece']:.4f})"
+                )
+    _print_summary(summary, json_output=False)
+
+
+def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
+    config = composed.config
+    return {
+        "source": source,
+        "composed of": len(composed.labels),
+        "labels": composed.labels,
+        "members": [
+            f"{entry['label']}: {entry.get('source') or entry.get('subfolder')}"
+            + (f"@{entry['revision'][:12]}" if entry.get("revision") else "")
+            for entry in config.members
+        ],
+        "input": [config.num_channels, config.image_size, config.image_size],
+        "rule": config.rule,
+        "fit": None
+        if not config.fit
+        else f"{config.fit['data']['images']} images of {config.fit['data']['name_or_path']}",
+    }
+
+
+def _print_summary(summary: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(summary, indent=2))
+        return
     width = max(len(key) for key in summary)
     for key, value in summary.items():
         if value is not None:
@@ -370,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training")
     trn.set_defaults(run=_train)
 
-    info = command("info", "describe a saved model or module (local directory or Hub repo id)")
+    info = command("info", "describe a saved model, module or composition (local directory or Hub repo id)")
     info.add_argument("model", metavar="PATH_OR_REPO")
     info.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     info.add_argument("--json", action="store_true", help="print JSON")

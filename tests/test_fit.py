@@ -134,6 +134,9 @@ def test_cli_compose_fit(strangers, tmp_path, capsys):
     arguments = ["--fit", str(tmp_path / "fit.parquet"), "--images-per-class", "8"]
     assert main(["-q", "compose", *modules, "--output", str(output), *arguments]) == 0
     assert "Fitted each module's head on 32 images" in capsys.readouterr().out
+    assert main(["info", str(output)]) == 0  # a composition is described too
+    described = capsys.readouterr().out
+    assert "composed of" in described and "fit" in described and "32 images" in described
     fit = json.loads((output / "config.json").read_text())["fit"]
     assert fit["data"]["images_per_class"] == 8 and set(fit["heads"]) == set(ALL)
     assert (

@@ -164,3 +164,23 @@ def test_each_module_reports_its_own_quality_next_to_its_parents(tmp_path):
         assert set(results) == {"accuracy", "precision", "recall", "roc_auc", "expected_calibration_error"}
         assert results["accuracy"] == round(row["module"]["accuracy"], 4)  # the module's own, not the composition's
         assert "calibration error (ECE)" in card.content
+
+
+def test_distillation_trains_the_softmax_head_as_the_module_answers():
+    """Recovery fits the module's answer (own logit against the log-sum-exp of the others) to the parent's
+    probability; fitting the first two rows instead would leave the answer worse than before."""
+    parent, data = _parent(), _data()
+    pixel_values = _pixels(parent, data)
+    options = dict(strategy="channel", prune_from="layer1", keep=0.25, reconstruct=False, samples_per_class=8)
+    options |= dict(distill_images=24, distill_batch_size=24, learning_rate=1e-2, mirror=False, progress=False)
+    with torch.no_grad():
+        target = parent(pixel_values).logits.softmax(dim=1)
+    gaps = {}
+    for steps in (0, 60):
+        modules = decompose(parent, data, distill_steps=steps, **options)
+        with torch.no_grad():
+            gaps[steps] = sum(
+                (modules[label](pixel_values).logits.softmax(dim=1)[:, 0] - target[:, index]).abs().mean().item()
+                for index, label in enumerate(NAMES)
+            )
+    assert gaps[60] < 0.75 * gaps[0], gaps  # (fitting the first two rows made it 5x worse than undistilled)

@@ -5,7 +5,7 @@
     composed.replace("cat", better_cat)  # swap one class's module
 
 `model.py` holds the composed model, `rules.py` how answers combine, `members.py` how members are loaded and fed,
-`execution.py` how members of one parent share their trunk.
+`execution.py` how members of one parent share their trunk, `fitting.py` how modules of strangers are fitted.
 """
 
 from .execution import ExecutionPlan

@@ -221,7 +221,7 @@ class ComposedModel(PreTrainedModel):
     def module_logits(self, pixel_values: torch.Tensor, *, shared: bool = True) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] -> (B, M, 2) logits, each module seeing its own size and normalisation.
 
-        Modules of one parent share the parent's trunk, which then runs once per batch (`hf_modular.execution`);
+        Modules of one parent share the parent's trunk, which then runs once per batch (`hf_modular.compose.execution`);
         `shared=False` runs every module alone, with the same result.
         """
         prepared: dict[str, torch.Tensor] = {}

@@ -3,9 +3,9 @@
     modules = hf_modular.decompose(model, dataset)          # {"cat": <module>, ...}
 
 The data flows one way, one file per step: `sampling.py` (which rows each module observes) -> `statistics.py` (the
-data-parallel pass) -> `strategies/` (what each module keeps) -> `build.py` (module models) -> `pipeline.py`
-(labels and provenance) -> `output.py` (module directories, report, resume). `continual.py` adapts modules for
-composition across datasets.
+data-parallel pass) -> `strategies/` (what each module keeps) -> `heads.py` (its two-way head) -> `build.py`
+(module models) -> `pipeline.py` (labels and provenance) -> `output.py` (module directories, report, resume).
+`continual.py` adapts modules for composition across datasets.
 """
 
 from .continual import continuous_learning

@@ -41,8 +41,9 @@ def module_head(
 
 # What a module card says about each head (its limitations section).
 HEAD_DESCRIPTIONS = {
-    "softmax": "It is the parent's classifier with this class's row first: the first output's probability is the "
-    "parent's softmax probability of this class, so the module says what its parent would.",
+    "softmax": "It is the parent's classifier with this class's row first, and the first output's probability is "
+    "that classifier's softmax probability of this class on the module's features: where the module computes what "
+    "its parent computes, it says what its parent would.",
     "channeled": "It is the paper's channeled head, the parent's own row for this class against the mean of the "
     "other rows: it ranks images like the parent but claims its class far too often when used alone.",
 }

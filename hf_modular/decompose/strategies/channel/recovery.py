@@ -154,7 +154,7 @@ def distill(
         hidden_state = features[batch].contiguous(memory_format=torch.channels_last)
         for step in tail:
             hidden_state = step(hidden_state)
-        logits = module.fc(module.global_pool(hidden_state))
+        logits = module.forward_head(hidden_state)  # the head as the module answers (softmax or channeled)
         loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], targets[batch])
         optimizer.zero_grad()
         loss.backward()
