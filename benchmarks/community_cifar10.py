@@ -47,6 +47,10 @@ def pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def pp(value: float) -> str:
+    return f"{100 * value:+.2f} pp"
+
+
 def parent(name: str, preset: str, labels: list[str], data: datasets.Dataset, recipe: dict, work_dir: Path):
     """A parent trained with `recipe` on `data`'s images of `labels`, or loaded from the work dir."""
     spec = {"preset": preset, "labels": labels, "rows": len(data), **recipe}
@@ -110,7 +114,7 @@ def composition_table(
         results[name] = {"top1": top1, "seconds": seconds}
         log(f"  {name}: top-1 {pct(top1)}")
         rows.append(
-            f"| {name} | {pct(top1)} | {pct(top1 - baseline)} | {'-' if seconds is None else f'{seconds:.1f} s'} |"
+            f"| {name} | {pct(top1)} | {pp(top1 - baseline)} | {'-' if seconds is None else f'{seconds:.1f} s'} |"
         )
 
     softmax = [*first["softmax"].values(), *second["softmax"].values()]
