@@ -89,15 +89,16 @@ def _info(args: argparse.Namespace) -> None:
             summary["binary accuracy"] = f"{100 * evaluation['binary_accuracy']:.2f}% on {evaluation['split']}"
             if evaluation.get("own_vs_rest"):
                 own, parent_own = evaluation["own_vs_rest"]["module"], evaluation["own_vs_rest"]["parent"]
-                summary["alone (AUC, ECE)"] = (
-                    f"{own['auc']:.4f}, {own['ece']:.4f} (parent's own decision: {parent_own['auc']:.4f}, "
-                    f"{parent_own['ece']:.4f})"
+                summary["alone (accuracy, ECE)"] = (
+                    f"{100 * own['accuracy']:.2f}%, {own['ece']:.4f} (parent's own decision: "
+                    f"{100 * parent_own['accuracy']:.2f}%, {parent_own['ece']:.4f})"
                 )
     _print_summary(summary, json_output=False)
 
 
 def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     config = composed.config
+    fitted_on = (config.fit or {}).get("data", {}).get("name_or_path") or "an in-memory dataset"
     return {
         "source": source,
         "composed of": len(composed.labels),
@@ -109,9 +110,7 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
         ],
         "input": [config.num_channels, config.image_size, config.image_size],
         "rule": config.rule,
-        "fit": None
-        if not config.fit
-        else f"{config.fit['data']['images']} images of {config.fit['data']['name_or_path']}",
+        "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}",
     }
 
 

@@ -3,6 +3,7 @@ of the union of their classes; the fit round-trips, goes stale when a member cha
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -156,3 +157,21 @@ def test_cli_compose_fit(strangers, tmp_path, capsys):
         == 1
     )
     assert "has 10 images in the fit dataset" in capsys.readouterr().err
+
+
+def test_a_fitted_composition_moves_across_dtypes_and_still_trains(strangers):
+    composed = ComposedModel.from_modules([copy.deepcopy(module) for module in strangers])
+    composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)
+    images = _data(ALL, 2, seed=9)["image"]
+    answer = composed.predict(images)  # builds the fitted heads under inference mode
+    pixel_values = torch.rand(3, 3, 8, 8, requires_grad=True)
+    composed(pixel_values).logits.sum().backward()  # ... yet they serve a call that needs gradients
+    assert pixel_values.grad is not None
+    composed.double()  # the same members in another dtype: the fit is not stale, and answers the same
+    assert composed.predict(images) == answer
+    assert composed.module_logits(pixel_values.detach().double()).dtype == torch.float64
+
+
+def test_fitting_one_member_is_refused(strangers):
+    with pytest.raises(ValueError, match="at least two members"):
+        ComposedModel.from_modules(strangers[:1]).fit(_data(["dark"], 5, 3), images_per_class=5, progress=False)

@@ -101,6 +101,7 @@ def test_release_0_1_0_modules_compose_and_save_in_the_current_schema(tmp_path):
         (lambda m: {k: v for k, v in m.items() if k != "target_label"}, "module.target_label"),
         (lambda m: {**m, "schema_version": 99}, "module.schema_version"),
         (lambda m: {**m, "surprise": 1}, "unknown fields ['surprise']"),
+        (lambda m: {**m, "sampling": {**m["sampling"], "negatives_ratio": True}}, "module.sampling.negatives_ratio"),
     ],
 )
 def test_a_malformed_module_section_is_refused_with_the_field_name(tmp_path, change, field_name):

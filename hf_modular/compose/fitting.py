@@ -129,6 +129,11 @@ def fit_heads(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Refit every member's own-vs-rest head on the composition's classes; returns the fit record (see module doc)."""
+    if len(members) < 2 or images_per_class < 2:
+        raise ValueError(
+            "Fitting learns each member's class against the other members' classes: it needs at least two members "
+            f"and images_per_class >= 2 (got {len(members)} members, images_per_class={images_per_class})."
+        )
     started = time.perf_counter()
     sample, targets = sample_for_fit(dataset, labels, images_per_class, seed)
     features = pooled_features(members, composed_config, sample, batch_size=batch_size, progress=progress)
@@ -160,20 +165,27 @@ def fitted_heads(fit: dict[str, Any], labels: Sequence[str], reference: Sequence
     """The fit's heads as `Head`s, in `labels`' order (`reference[i]`: a tensor of member i, for dtype and device).
     A fitted head has two rows, the fitted one and zeros, so its own-class probability is `sigmoid(w . x + b)`."""
     heads = []
-    for label, like in zip(labels, reference, strict=True):
-        weight = torch.tensor(fit["heads"][label]["weight"], dtype=torch.float32)
-        bias = torch.tensor([fit["heads"][label]["bias"], 0.0], dtype=torch.float32)
-        rows = torch.stack([weight, torch.zeros_like(weight)])
-        heads.append(Head(rows.to(like), bias.to(like), "linear"))
+    with torch.inference_mode(False):  # built once and reused: they must also serve calls that train
+        for label, like in zip(labels, reference, strict=True):
+            heads.append(_fitted_head(fit["heads"][label], like))
     return heads
 
 
+def _fitted_head(fitted: dict[str, Any], like: torch.Tensor) -> Head:
+    """A fitted head as a `Head` on `like`'s device and dtype."""
+    weight = torch.tensor(fitted["weight"], dtype=torch.float32)
+    bias = torch.tensor([fitted["bias"], 0.0], dtype=torch.float32)
+    rows = torch.stack([weight, torch.zeros_like(weight)])
+    return Head(rows.to(like), bias.to(like), "linear")
+
+
 def member_fingerprint(member: ModularResNetForImageClassification) -> str:
-    """The member's weights sha256, computed once per set of tensor versions (it is checked on every answer)."""
+    """The member's weights sha256 in float32 (a member moved to another dtype or device is the same member),
+    computed once per set of tensor versions (it is checked on every answer)."""
     key = tuple((id(t), -1 if t.is_inference() else t._version) for t in (*member.parameters(), *member.buffers()))
     cached = getattr(member, "_hf_modular_fingerprint", None)
     if cached is None or cached[0] != key:
-        cached = (key, weights_sha256(member))
+        cached = (key, weights_sha256(member, dtype=torch.float32))
         member._hf_modular_fingerprint = cached
     return cached[1]
 

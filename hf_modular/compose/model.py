@@ -243,7 +243,8 @@ class ComposedModel(PreTrainedModel):
         def build() -> ExecutionPlan:
             return ExecutionPlan(members, [input_key(member) for member in members], heads)
 
-        return cached(build, (plan_key(members), id(heads)), self._plan_cache)
+        key = (plan_key(members), id(heads), torch.is_inference_mode_enabled())  # inference tensors can't train
+        return cached(build, key, self._plan_cache)
 
     def _run_members(self, inputs: list[torch.Tensor], shared: bool) -> torch.Tensor:
         """Module i's logits on `inputs[i]`, (B, M, 2)."""
@@ -369,10 +370,14 @@ class ComposedModel(PreTrainedModel):
                 "so its fit is stale. Fit it again (composed.fit(dataset)), or drop the fit "
                 "(composed.config.fit = None) to answer with the members' own heads."
             )
-        key = (id(fit), tuple(id(member) for member in self.members))
-        if self._heads_cache.get("key") != key:
-            reference = [member.fc.weight for member in self.members]
-            self._heads_cache = {"key": key, "heads": fitted_heads(fit, self.labels, reference)}
+        reference = [member.fc.weight for member in self.members]
+        key = tuple(
+            (id(member), weight.device, weight.dtype) for member, weight in zip(self.members, reference, strict=True)
+        )
+        key += (torch.is_inference_mode_enabled(),)
+        cache = self._heads_cache
+        if cache.get("fit") is not fit or cache.get("key") != key:  # the fit itself, not its id: ids are reused
+            self._heads_cache = {"fit": fit, "key": key, "heads": fitted_heads(fit, self.labels, reference)}
         return self._heads_cache["heads"]
 
     @torch.inference_mode()
@@ -388,7 +393,9 @@ class ComposedModel(PreTrainedModel):
             if key not in prepared:
                 mode = image_mode(module.config.num_channels)
                 processor = image_processor_for(module.config)
-                prepared[key] = processor([p.convert(mode) for p in pictures], return_tensors="pt")["pixel_values"]
+                pixel_values = processor([p.convert(mode) for p in pictures], return_tensors="pt")["pixel_values"]
+                parameter = next(module.parameters())  # inputs follow the member's device and dtype
+                prepared[key] = pixel_values.to(parameter.device, parameter.dtype)
             inputs.append(prepared[key])
         return self.eval()._run_members(inputs, shared)
 

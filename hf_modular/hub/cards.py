@@ -186,7 +186,7 @@ def _module_results(info: ModuleProvenance, hub_dataset: str | None) -> list[Eva
     return [
         EvalResult(metric_type=names[key][0], metric_value=round(value, 4), metric_name=names[key][1], **common)
         for key, value in quality.items()
-        if key in names and value == value  # NaN (an AUC without negatives) is not a result
+        if key in names and value is not None  # an AUC without negatives is undefined, not a result
     ]
 
 

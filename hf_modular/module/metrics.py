@@ -55,10 +55,13 @@ def _conv_edges(conv: nn.Conv2d, kept_inputs: torch.Tensor, kept_outputs: torch.
     return int((reach * kept_outputs).sum())
 
 
-def weights_sha256(model: nn.Module) -> str:
-    """A fingerprint of a model's tensors (names, dtypes, shapes and bytes), independent of file format."""
+def weights_sha256(model: nn.Module, dtype: torch.dtype | None = None) -> str:
+    """A fingerprint of a model's tensors (names, dtypes, shapes and bytes), independent of file format; with
+    `dtype`, floating-point tensors are hashed as that dtype (independent of the model's own)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -95,7 +98,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> dict[str, float]:
+def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> dict[str, float | None]:
     """How good a one-vs-rest decision is: (N,) own-class probabilities and (N,) bool truth ->
 
     accuracy, precision and recall of "own" at probability > 0.5; AUC (the chance that an own-class image scores
@@ -109,7 +112,7 @@ def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins
         "accuracy": (claims == targets).double().mean().item(),
         "precision": hits / max(claims.sum().item(), 1),
         "recall": hits / max(targets.sum().item(), 1),
-        "auc": _auc(probabilities, targets),
+        "auc": _auc(probabilities, targets),  # None when the images hold only one side
     }
     which = (probabilities * bins).long().clamp(max=bins - 1)
     gap = 0.0
@@ -123,11 +126,11 @@ def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins
     return quality
 
 
-def _auc(scores: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mann-Whitney AUC with tied scores sharing their mean rank; NaN when a side is empty."""
+def _auc(scores: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Mann-Whitney AUC with tied scores sharing their mean rank; None (JSON null) when a side is empty."""
     positives, negatives = int(targets.sum()), int((~targets).sum())
     if positives == 0 or negatives == 0:
-        return float("nan")
+        return None
     order = scores.argsort()
     _, counts = scores[order].unique_consecutive(return_counts=True)
     ends = counts.cumsum(0).double()

@@ -125,7 +125,10 @@ def _build(record: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in fields(record)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"config.json `{where}` has unknown fields {unknown}; it was not written by hf_modular.")
+        raise ValueError(
+            f"config.json `{where}` has unknown fields {unknown}: a newer hf_modular may have written it "
+            "(pip install -U hf-modular)."
+        )
     arguments = {}
     for name, spec in known.items():
         path = f"{where}.{name}"
@@ -149,7 +152,8 @@ def _check_type(value: Any, annotation: str, path: str) -> None:
         return
     for option in options:
         expected = _TYPES.get(option.split("[")[0])
-        if expected is not None and isinstance(value, expected) and not (option == "int" and isinstance(value, bool)):
+        numeric = option in ("int", "float")
+        if expected is not None and isinstance(value, expected) and not (numeric and isinstance(value, bool)):
             if option == "list[str]" and not all(isinstance(item, str) for item in value):
                 continue
             return
