@@ -1,4 +1,8 @@
-"""Top-1 / top-5 accuracy of a classifier on a labelled image dataset."""
+"""Top-1 / top-5 accuracy of a classifier on a labelled image dataset, data-parallel under `accelerate launch`.
+
+Each process evaluates a contiguous share of the rows and the counts are summed over processes, so N processes give
+exactly one process's numbers (no padding, no duplicated rows). Inputs follow the model's device and dtype.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,15 @@ from tqdm.auto import tqdm
 
 from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
 from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names
+from .distributed import (
+    DistributedState,
+    autocast,
+    concat_over_processes,
+    distributed_state,
+    split_rows,
+    sum_over_processes,
+    to_model,
+)
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .module import own_vs_rest_quality
 
@@ -32,43 +45,49 @@ def evaluate(
     image_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 256,
+    state: DistributedState | None = None,
     progress: bool = True,
 ) -> Accuracy:
     """Evaluate a classifier or a composed model on `dataset`, preprocessing with the model's own image processor.
 
     A composed model is measured on the rows of its own classes (a 2-class composition on the 2 classes' images);
-    a classifier on every row, and a label it does not know is an error.
+    a classifier on every row, and a label it does not know is an error. The rows are shared between the processes
+    of `state` (default: this process's `PartialState`); every process returns the same result.
     """
+    state = distributed_state(state)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     composed = isinstance(model, ComposedModel)
-    to_model = dataset_to_model_labels(
+    to_model_labels = dataset_to_model_labels(
         label_names(dataset, label_column), model.config.id2label, unknown_as=-1 if composed else None
     )
     processor = composed_image_processor(model.config) if composed else image_processor_for(model.config)
     num_labels = model.config.num_labels
-    hits_top1 = torch.zeros(num_labels)
-    hits_top5 = torch.zeros(num_labels)
-    totals = torch.zeros(num_labels)
+    tallies = torch.zeros(3, num_labels, dtype=torch.long)  # top-1 hits, top-5 hits, images; per class
     model.eval()
+    with split_rows(state, len(dataset)) as rows:
+        shard = dataset.select(rows)
     batches = iterate_batches(
-        dataset,
+        shard,
         processor,
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(model.config.num_channels),
     )
-    for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
-        labels = to_model[labels]
+    batches = _progress(batches, len(shard), batch_size, state, progress)
+    for pixel_values, labels in batches:
+        labels = to_model_labels[labels]
         known = labels >= 0
         if not known.any():
             continue
         pixel_values, labels = pixel_values[known], labels[known]
-        logits = model(pixel_values).logits
-        top = logits.topk(min(5, num_labels), dim=1).indices
-        totals += torch.bincount(labels, minlength=num_labels)
-        hits_top1 += torch.bincount(labels[top[:, 0] == labels], minlength=num_labels)
-        hits_top5 += torch.bincount(labels[(top == labels[:, None]).any(1)], minlength=num_labels)
+        with autocast(state):  # a composition moves its inputs itself: each member takes its own device and dtype
+            logits = model(pixel_values if composed else to_model(pixel_values, model)).logits
+        top = logits.topk(min(5, num_labels), dim=1).indices.cpu()
+        tallies[0] += torch.bincount(labels[top[:, 0] == labels], minlength=num_labels)
+        tallies[1] += torch.bincount(labels[(top == labels[:, None]).any(1)], minlength=num_labels)
+        tallies[2] += torch.bincount(labels, minlength=num_labels)
+    hits_top1, hits_top5, totals = sum_over_processes(tallies, state)
     count = int(totals.sum())
     if count == 0:
         raise ValueError("No image of the dataset has one of the model's labels: nothing to evaluate.")
@@ -100,39 +119,46 @@ def evaluate_composition(
     image_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 256,
+    state: DistributedState | None = None,
     progress: bool = True,
 ) -> CompositionAccuracy:
     """Top-1/top-5 of the parent and of the modules composed by the paper's vote, plus each module's binary accuracy.
 
     Images whose label has no module are skipped, so a composition of a subset of classes is measured on those classes.
+    Data-parallel over the processes of `state`, as `evaluate`.
     """
+    state = distributed_state(state)
     image_column, label_column = find_columns(dataset, image_column, label_column)
-    to_model = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
+    to_model_labels = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
     module_classes = torch.tensor([modules[label].config.provenance.target_index for label in modules])
     members = [module.eval() for module in modules.values()]
     shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()
-    tallies = torch.zeros(5)  # parent top-1, top-5, composed top-1, top-5, count
-    binary_hits = torch.zeros(len(modules))
-    per_class = {label: torch.zeros(3) for label in modules}  # parent hits, composed hits, count
+    tallies = torch.zeros(5, dtype=torch.long)  # parent top-1, top-5, composed top-1, top-5, count
+    binary_hits = torch.zeros(len(modules), dtype=torch.long)
+    per_class = torch.zeros(len(modules), 3, dtype=torch.long)  # parent hits, composed hits, count
     module_probabilities, parent_probabilities, seen_labels = [], [], []  # per batch: (B, M), (B, M), (B,)
+    with split_rows(state, len(dataset)) as rows:
+        shard = dataset.select(rows)
     batches = iterate_batches(
-        dataset,
+        shard,
         image_processor_for(parent.config),
         image_column=image_column,
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(parent.config.num_channels),
     )
-    for pixel_values, labels in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress):
-        labels = to_model[labels]
+    batches = _progress(batches, len(shard), batch_size, state, progress)
+    for pixel_values, labels in batches:
+        labels = to_model_labels[labels]
         keep = torch.isin(labels, module_classes)
         pixel_values, labels = pixel_values[keep], labels[keep]
         if len(labels) == 0:
             continue
-        parent_logits = parent(pixel_values).logits
+        with autocast(state):
+            parent_logits = parent(to_model(pixel_values, parent)).logits.float().cpu()
+            module_logits = shared([to_model(pixel_values, member) for member in members]).float().cpu()
         parent_top = parent_logits.topk(min(5, parent.config.num_labels), dim=1).indices
-        module_logits = shared([pixel_values] * len(members))
         composed_top1 = module_classes[vote(module_logits)]
         composed_top = module_classes[top_k(module_logits)]
         tallies += torch.tensor(
@@ -142,20 +168,19 @@ def evaluate_composition(
                 (composed_top1 == labels).sum(),
                 (composed_top == labels[:, None]).any(1).sum(),
                 len(labels),
-            ],
-            dtype=torch.float,
+            ]
         )
         claims = module_logits[..., 0] > module_logits[..., 1]
         binary_hits += (claims == (labels[:, None] == module_classes[None, :])).sum(0)
         module_probabilities.append(own_class_probabilities(module_logits))
         parent_probabilities.append(parent_logits.softmax(dim=1)[:, module_classes])
         seen_labels.append(labels)
-        for m, label in enumerate(modules):
+        for m in range(len(modules)):
             mine = labels == module_classes[m]
-            per_class[label] += torch.tensor(
-                [(parent_top[mine, 0] == labels[mine]).sum(), (composed_top1[mine] == labels[mine]).sum(), mine.sum()],
-                dtype=torch.float,
+            per_class[m] += torch.stack(
+                [(parent_top[mine, 0] == labels[mine]).sum(), (composed_top1[mine] == labels[mine]).sum(), mine.sum()]
             )
+    tallies, binary_hits, per_class = (sum_over_processes(t, state) for t in (tallies, binary_hits, per_class))
     count = int(tallies[4])
     if count == 0:
         raise ValueError("No image of the dataset belongs to a module's class: nothing to evaluate.")
@@ -163,17 +188,21 @@ def evaluate_composition(
         float(tallies[0] / count),
         float(tallies[1] / count),
         count,
-        {k: float(v[0] / v[2]) for k, v in per_class.items() if v[2]},
+        {label: float(v[0] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]},
     )
     composed_accuracy = Accuracy(
         float(tallies[2] / count),
         float(tallies[3] / count),
         count,
-        {k: float(v[1] / v[2]) for k, v in per_class.items() if v[2]},
+        {label: float(v[1] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]},
     )
     binary = {label: float(binary_hits[m] / count) for m, label in enumerate(modules)}
-    truth = torch.cat(seen_labels)[:, None] == module_classes[None, :]  # (N, M)
-    module_probabilities, parent_probabilities = torch.cat(module_probabilities), torch.cat(parent_probabilities)
+    seen_labels = concat_over_processes(torch.cat(seen_labels or [torch.empty(0, dtype=torch.long)]), state)
+    module_probabilities, parent_probabilities = (
+        concat_over_processes(torch.cat(parts or [torch.empty(0, len(modules))]), state)
+        for parts in (module_probabilities, parent_probabilities)
+    )
+    truth = seen_labels[:, None] == module_classes[None, :]  # (N, M)
     own_vs_rest = {
         label: {
             "module": own_vs_rest_quality(module_probabilities[:, m], truth[:, m]),
@@ -182,3 +211,10 @@ def evaluate_composition(
         for m, label in enumerate(modules)
     }
     return CompositionAccuracy(parent_accuracy, composed_accuracy, binary, own_vs_rest)
+
+
+def _progress(batches, rows: int, batch_size: int, state: DistributedState, progress: bool):
+    """One bar, on the main process, over its share of the rows."""
+    return tqdm(
+        batches, desc="evaluation", total=-(-rows // batch_size), disable=not progress or not state.is_main_process
+    )

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from .data import dataset_to_model_labels, find_columns, label_names
+from .distributed import sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 
@@ -64,24 +65,30 @@ def train(
     seed: int = 0,
     output_dir: str | os.PathLike | None = None,
     accelerator: Accelerator | None = None,
+    mixed_precision: str | None = None,
     progress: bool = True,
 ) -> TrainingHistory:
     """Train `model` in place on `train_dataset` (labels matched to the model's `id2label` by name).
 
     `horizontal_flip=False` for data where mirroring changes the class (digits, text). With `output_dir`, the state
     after each epoch is saved there and a rerun continues from the last completed epoch.
+
+    Runs where `accelerator` (default: one for this process, with Accelerate's `mixed_precision` "no", "fp16" or
+    "bf16") places the model, in the model's dtype; under `accelerate launch` each process trains on its share of
+    every epoch and the evaluation is shared too. The model is left where the accelerator put it.
     """
-    accelerator = accelerator or Accelerator()
+    accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
     set_seed(seed)
     image_column, label_column = find_columns(train_dataset)
-    to_model = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
+    to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     processor = image_processor_for(model.config)
     augment = augmentation(model.config.image_size, horizontal_flip)
     mode = image_mode(model.config.num_channels)
 
     def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         pixel_values = processor([row[image_column].convert(mode) for row in rows], return_tensors="pt")["pixel_values"]
-        return torch.stack([augment(image) for image in pixel_values]), to_model[[row[label_column] for row in rows]]
+        labels = to_model_labels[[row[label_column] for row in rows]]
+        return torch.stack([augment(image) for image in pixel_values]), labels
 
     loader = torch.utils.data.DataLoader(
         train_dataset.select_columns([image_column, label_column]),
@@ -110,15 +117,18 @@ def train(
         for pixel_values, labels in tqdm(
             loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not accelerator.is_local_main_process
         ):
-            loss = prepared_model(pixel_values, labels=labels).loss
+            loss = prepared_model(to_model(pixel_values, model), labels=labels).loss
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
             total, count = total + loss.item() * len(labels), count + len(labels)
+        total, count = sum_over_processes(torch.tensor([total, count], dtype=torch.float64), accelerator).tolist()
         record = {"epoch": epoch + 1, "loss": total / max(count, 1)}
-        if eval_dataset is not None and accelerator.is_main_process:
-            accuracy = evaluate(accelerator.unwrap_model(prepared_model), eval_dataset, progress=False)
+        if eval_dataset is not None:  # every process evaluates its share of the rows
+            accuracy = evaluate(
+                accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False
+            )
             record.update(top1=accuracy.top1, top5=accuracy.top5)
         history.epochs.append(record)
         logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})

@@ -15,6 +15,7 @@ their module alone. The result equals running every module on its own (up to flo
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -82,7 +83,9 @@ def _same_step(first: nn.Module, second: nn.Module) -> bool:
     if structure[0] != structure[1] or tensors[0].keys() != tensors[1].keys():  # index: a pruned shortcut's mapping
         return False
     return all(
-        a.shape == b.shape and (a.data_ptr() == b.data_ptr() or torch.equal(a, b))
+        a.shape == b.shape
+        and (a.device, a.dtype) == (b.device, b.dtype)
+        and (a.data_ptr() == b.data_ptr() or torch.equal(a, b))
         for a, b in zip(tensors[0].values(), tensors[1].values(), strict=True)
     )
 
@@ -181,14 +184,17 @@ class ExecutionPlan:
     def __call__(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
         batch = inputs[0].shape[0]
         num_labels = self.modules[0].config.num_labels
-        logits = inputs[0].new_empty(batch, len(self.modules), num_labels)
+        # Members may live on different devices and dtypes: their logits meet on the first one's device, in the
+        # members' common dtype (float64 members answer in float64, a bfloat16 and a float32 one in float32).
+        logits = torch.empty(batch, len(self.modules), num_labels, device=inputs[0].device, dtype=common_dtype(inputs))
         fired = torch.zeros(batch, len(self.modules), dtype=torch.bool, device=inputs[0].device)
         for root in self.roots:
             self._run(root, inputs[root.members[0]], logits, fired)
         self.rerun_fraction = fired.float().mean().item()
         for index in fired.any(dim=0).nonzero().flatten().tolist():  # the rare pairs a mask changed: run them alone
             rows = fired[:, index].nonzero().flatten()
-            logits[rows, index] = run_alone(self.modules[index], self.heads[index], inputs[index][rows])
+            rerun = run_alone(self.modules[index], self.heads[index], inputs[index][rows.to(inputs[index].device)])
+            logits[rows, index] = rerun.to(logits)
         return logits
 
     def _run(self, node: _Node, hidden_state: torch.Tensor, logits: torch.Tensor, fired: torch.Tensor) -> None:
@@ -197,7 +203,7 @@ class ExecutionPlan:
         while True:
             hidden_state = node.step(hidden_state)
             for probe in node.probes:
-                fired[:, node.members] |= probe.fired
+                fired[:, node.members] |= probe.fired.to(fired.device)
                 probe.fired = None
             if len(node.children) != 1:
                 break
@@ -206,10 +212,15 @@ class ExecutionPlan:
             pooled = self.modules[node.members[0]].global_pool(hidden_state)
             rows = F.linear(pooled, node.head_weight, node.head_bias).split(node.head_rows, dim=1)
             for index, member_rows in zip(node.members, rows, strict=True):
-                logits[:, index] = head_logits(member_rows, self.heads[index].head_type)
+                logits[:, index] = head_logits(member_rows, self.heads[index].head_type).to(logits)
             return
         for child in node.children:
             self._run(child, hidden_state, logits, fired)
+
+
+def common_dtype(tensors: Sequence[torch.Tensor]) -> torch.dtype:
+    """The dtype all of `tensors` promote to."""
+    return functools.reduce(torch.promote_types, (tensor.dtype for tensor in tensors))
 
 
 def _count(node: _Node) -> int:

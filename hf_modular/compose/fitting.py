@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import dataset_name, dataset_split, find_columns, iterate_batches, label_ids, label_names
+from ..distributed import DistributedState, concat_over_processes, distributed_state, split_rows
 from ..models import ModularResNetForImageClassification, image_mode
 from ..module import weights_sha256
 from .execution import Head
@@ -70,12 +71,17 @@ def pooled_features(
     dataset: datasets.Dataset,
     *,
     batch_size: int,
+    state: DistributedState | None = None,
     progress: bool,
 ) -> list[torch.Tensor]:
-    """Each member's pooled features (N, F_m) on `dataset`'s images, each member seeing its own preprocessing."""
+    """Each member's pooled features (N, F_m) on `dataset`'s images, each member seeing its own preprocessing; the
+    rows are shared between the processes of `state` and every process gets all of them, in order."""
+    state = distributed_state(state)
     image_column, label_column = find_columns(dataset)
+    with split_rows(state, len(dataset)) as rows:
+        shard = dataset.select(rows)
     batches = iterate_batches(
-        dataset,
+        shard,
         composed_image_processor(composed_config),
         image_column=image_column,
         label_column=label_column,
@@ -83,12 +89,20 @@ def pooled_features(
         image_mode=image_mode(composed_config.num_channels),
     )
     features: list[list[torch.Tensor]] = [[] for _ in members]
-    for pixel_values, _ in tqdm(batches, total=-(-len(dataset) // batch_size), disable=not progress, desc="fit"):
+    progress = progress and state.is_main_process
+    for pixel_values, _ in tqdm(batches, total=-(-len(shard) // batch_size), disable=not progress, desc="fit"):
         for member, found in zip(members, features, strict=True):
             parameter = next(member.parameters())
             prepared = prepare_input(pixel_values.to(parameter.device, parameter.dtype), member)
-            found.append(member.forward_head(member.forward_features(prepared), pre_logits=True).float().cpu())
-    return [torch.cat(found) for found in features]
+            pooled = member.forward_head(member.forward_features(prepared), pre_logits=True)
+            # The regression is small and its result is stored as JSON: it runs on the CPU in float64, wherever the
+            # members are; the fitted heads are then cached on each member's device and in its dtype.
+            found.append(pooled.float().cpu())
+    widths = [member.config.num_features for member in members]
+    return [
+        concat_over_processes(torch.cat(found) if found else torch.empty(0, width), state)
+        for found, width in zip(features, widths, strict=True)
+    ]
 
 
 def logistic_regression(features: torch.Tensor, targets: torch.Tensor, l2: float) -> tuple[torch.Tensor, float]:
@@ -126,6 +140,7 @@ def fit_heads(
     seed: int = 0,
     l2: float = 1e-3,
     batch_size: int = 256,
+    state: DistributedState | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Refit every member's own-vs-rest head on the composition's classes; returns the fit record (see module doc)."""
@@ -136,7 +151,7 @@ def fit_heads(
         )
     started = time.perf_counter()
     sample, targets = sample_for_fit(dataset, labels, images_per_class, seed)
-    features = pooled_features(members, composed_config, sample, batch_size=batch_size, progress=progress)
+    features = pooled_features(members, composed_config, sample, batch_size=batch_size, state=state, progress=progress)
     heads = {}
     for index, (label, found) in enumerate(zip(labels, features, strict=True)):
         weight, bias = logistic_regression(found, targets == index, l2)

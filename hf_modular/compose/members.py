@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
 
+from ..distributed import device_and_dtype
 from ..models import ModularResNetForImageClassification, load_module
 from ..models.processing import IMAGENET_CROP_PCT
 
@@ -28,14 +29,19 @@ def composed_image_processor(config: PreTrainedConfig) -> BaseImageProcessor:
 
 
 def input_key(module: ModularResNetForImageClassification) -> tuple:
-    """Modules with equal keys take identical inputs (the fields `image_processor_for` and `_prepare` read)."""
+    """Modules with equal keys take identical inputs (the fields `image_processor_for` and `prepare_input` read, and
+    where the module runs)."""
     config = module.config
-    return (config.num_channels, config.image_size, config.stem_type, tuple(config.image_mean), tuple(config.image_std))
+    normalisation = (tuple(config.image_mean), tuple(config.image_std))
+    return (config.num_channels, config.image_size, config.stem_type, *normalisation, *device_and_dtype(module))
 
 
 def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:
-    """[0, 1] images -> the module's size and normalisation."""
+    """[0, 1] images -> the module's size and normalisation, on its device and in its dtype (prepared in float32 or
+    wider, so a bfloat16 module is not given a bfloat16 resize)."""
     config = module.config
+    device, dtype = device_and_dtype(module)
+    pixel_values = pixel_values.to(device=device, dtype=torch.promote_types(pixel_values.dtype, torch.float32))
     if pixel_values.shape[1] != config.num_channels:
         if config.num_channels == 1:  # RGB into a grey model: luminance, as PIL's "L" conversion computes it
             weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixel_values.dtype, device=pixel_values.device)
@@ -47,7 +53,7 @@ def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClass
         pixel_values = F.interpolate(pixel_values, size=size, mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(config.image_mean, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
     std = torch.tensor(config.image_std, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
-    return (pixel_values - mean) / std
+    return ((pixel_values - mean) / std).to(dtype)
 
 
 def load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassification:

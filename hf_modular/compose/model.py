@@ -37,11 +37,12 @@ from ..data import (
     label_names,
     load_image_dataset,
 )
+from ..distributed import DistributedState
 from ..hub import PushOptions, PushResult, composed_card, module_card, upload_folder
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
-from .execution import ExecutionPlan, Head, cached, plan_key, run_alone
+from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
 from .fitting import fit_heads, fitted_heads, stale_members
 from .members import (
     as_pil_list,
@@ -252,7 +253,8 @@ class ComposedModel(PreTrainedModel):
             return self.execution_plan(inputs)
         heads = self._heads() or [Head.of(module) for module in self.members]
         answers = [run_alone(module, head, x) for module, head, x in zip(self.members, heads, inputs, strict=True)]
-        return torch.stack(answers, dim=1)
+        dtype = common_dtype(answers)  # members may differ in device and dtype, as in `ExecutionPlan`
+        return torch.stack([answer.to(answers[0].device, dtype) for answer in answers], dim=1)
 
     def forward(
         self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool | None = None, **kwargs
@@ -331,6 +333,7 @@ class ComposedModel(PreTrainedModel):
         seed: int = 0,
         l2: float = 1e-3,
         batch_size: int = 256,
+        state: DistributedState | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
         """Make modules from unrelated parents compose: refit each member's own-vs-rest head on a small labelled
@@ -338,6 +341,7 @@ class ComposedModel(PreTrainedModel):
         there, and no other). The members and their repos are not changed; the composition stores the fitted heads
         (`config.fit`, saved and pushed with it) and answers with them. Use images you do not report results on.
         `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes (with `split`).
+        Under `accelerate launch` the processes of `state` share the images; each gets the same fit.
 
         Returns the fit record (see `ComposedConfig.fit`).
         """
@@ -352,6 +356,7 @@ class ComposedModel(PreTrainedModel):
             seed=seed,
             l2=l2,
             batch_size=batch_size,
+            state=state,
             progress=progress,
         )
         self.config.fit = record

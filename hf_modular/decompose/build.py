@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import device_and_dtype
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import REST_LABEL, ModuleProvenance
 
@@ -30,7 +31,7 @@ def build_module(
             "module": None,
         }
     )
-    module = ModularResNetForImageClassification(config)
+    module = ModularResNetForImageClassification(config).to(*device_and_dtype(parent))
     state = {k: v for k, v in parent.state_dict().items() if not k.startswith("fc.") and not k.endswith(".mask")}
     state["fc.weight"], state["fc.bias"] = head_weight, head_bias
     state.update({f"{site}.mask": kept for site, kept in masked_sites.items()})

@@ -23,7 +23,7 @@ import datasets
 from accelerate import Accelerator, PartialState
 
 from ..data import dataset_name, dataset_split, load_image_dataset
-from ..distributed import distributed_state
+from ..distributed import device_and_dtype, distributed_state
 from ..evaluation import evaluate_composition
 from ..hub import module_card
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
@@ -87,10 +87,12 @@ def decompose_to_directory(
         state.wait_for_everyone()
 
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
-    if not state.is_main_process:
+    if eval_dataset is None and not state.is_main_process:
         return report
+    # Every process reads the written modules (those of an earlier run too) and evaluates its share of the rows.
+    device, _ = device_and_dtype(model)
     modules = {
-        label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label))
+        label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(device)
         for label in wanted
     }
     provenance = {label: module.config.provenance for label, module in modules.items()}
@@ -109,7 +111,7 @@ def decompose_to_directory(
         report[f"mean_{headline}"] = sum(values) / len(values)
     if eval_dataset is not None:
         evaluation_started = time.perf_counter()
-        result = evaluate_composition(model, modules, eval_dataset, progress=progress)
+        result = evaluate_composition(model, modules, eval_dataset, state=state, progress=progress)
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
         for label, accuracy in result.module_binary_accuracy.items():
             report["modules"][label]["binary_accuracy"] = accuracy
@@ -137,6 +139,8 @@ def decompose_to_directory(
                 "own_vs_rest": result.own_vs_rest[label],
             }
             module.config.provenance = info
+    if not state.is_main_process:
+        return report
     for label, module in modules.items():
         write_card(module.config, output / module_directory_name(label))
     timings["total_seconds"] = time.perf_counter() - started

@@ -23,7 +23,7 @@ from ..data import (
     label_names,
     load_image_dataset,
 )
-from ..distributed import distributed_state
+from ..distributed import device_and_dtype, distributed_state, mixed_precision_of
 from ..emissions import measure_compute
 from ..models import ModularResNetForImageClassification
 from ..module import ModuleProvenance, weights_sha256
@@ -84,7 +84,9 @@ def decompose(
             f"{parent.repo_id or parent.path}."
         )
     state = distributed_state(accelerator)
-    device = next(model.parameters()).device  # the statistics pass moves the model; it is put back at the end
+    # The passes run on this process's device (as `accelerator.prepare` would place the model); the parent and the
+    # modules are returned where the parent was. Modules keep the parent's dtype.
+    device, dtype = device_and_dtype(model)
     dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
     dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
     image_column, label_column = find_columns(dataset, image_column, label_column)
@@ -122,7 +124,7 @@ def decompose(
             progress=progress,
         )
         statistics_seconds = compute.wall_seconds_so_far()
-        model = model.cpu().eval()  # modules are built and returned on the CPU
+        model.eval()  # modules are built where the statistics pass ran, and returned where the parent was
         built = method.build(
             model,
             observations,
@@ -138,7 +140,14 @@ def decompose(
         "dataset": _dataset_record(dataset, dataset_source, split, image_column, label_column, dataset_revision),
         "method": MethodRecord(method.name, method.parameters()),
         "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
-        "compute": {**compute.to_dict(), "statistics_seconds": statistics_seconds, "modules_built": len(class_indices)},
+        "compute": {
+            **compute.to_dict(),
+            "statistics_seconds": statistics_seconds,
+            "modules_built": len(class_indices),
+            # The activation strategy's sign test reads values computed in this dtype and autocast.
+            "dtype": str(dtype).removeprefix("torch."),
+            "mixed_precision": mixed_precision_of(state),
+        },
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hf_modular_version": __version__,
     }
@@ -153,7 +162,7 @@ def decompose(
             details=details,
             **common,
         )
-        modules[label] = label_module(module, provenance)
+        modules[label] = label_module(module.to(device), provenance)
     model.to(device)  # the caller's model goes back where it was
     return modules
 

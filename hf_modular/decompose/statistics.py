@@ -20,7 +20,7 @@ from accelerate.utils import reduce
 from tqdm.auto import tqdm
 
 from ..data import iterate_batches
-from ..distributed import DistributedState, distributed_state
+from ..distributed import DistributedState, autocast, distributed_state, to_model
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .sampling import SamplePlan
 
@@ -97,7 +97,8 @@ def collect_activity(
     try:
         for start, pixel_values in batches:
             segments[:] = _segments(plan.group[start : start + len(pixel_values)])
-            model(pixel_values.to(device))
+            with autocast(state):
+                model(to_model(pixel_values, model))
     finally:
         for handle in handles:
             handle.remove()

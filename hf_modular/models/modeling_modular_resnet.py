@@ -395,7 +395,9 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         size, parameter = self.config.image_size, next(self.parameters())
         try:
             with torch.inference_mode():
-                self.forward_features(torch.zeros(1, self.config.num_channels, size, size, device=parameter.device))
+                self.forward_features(
+                    torch.zeros(1, self.config.num_channels, size, size, device=parameter.device, dtype=parameter.dtype)
+                )
         finally:
             for handle in handles:
                 handle.remove()

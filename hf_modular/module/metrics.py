@@ -88,9 +88,11 @@ class MacCounter:
 
 
 def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of `model` on one image of `pixel_values`'s shape."""
+    """Multiply-accumulates of one forward pass of `model` on one image of `pixel_values`'s shape (run on the
+    model's device, in its dtype)."""
+    parameter = next(model.parameters())
     with MacCounter() as counter, torch.inference_mode():
-        model(pixel_values[:1])
+        model(pixel_values[:1].to(device=parameter.device, dtype=parameter.dtype))
     return counter.total
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import datasets
 import torch
-from accelerate.utils import gather_object
 from torch import nn
 
-from ....distributed import DistributedState
+from ....distributed import DistributedState, gather_in_order, to_model
 from ....models import ModularResNetForImageClassification
 from ...sampling import SamplePlan
 from ...statistics import planned_batches
@@ -73,7 +72,7 @@ def collect_channel_scores(
     try:
         for start, pixel_values in batches:
             rows = usage[start : start + len(pixel_values)]  # (B, M)
-            for name, value in _batch_scores(model, pixel_values.to(device), rows, classes, captured, importance):
+            for name, value in _batch_scores(model, to_model(pixel_values, model), rows, classes, captured, importance):
                 per_row[name].append(value.cpu())
     finally:
         for handle in handles:
@@ -82,7 +81,7 @@ def collect_channel_scores(
     scores = {}
     for name in sites:
         local = torch.cat(per_row[name]) if per_row[name] else None  # None: this process had no rows
-        parts = gather_object([local]) if state.num_processes > 1 else [local]
+        parts = gather_in_order(local, state)
         rows = torch.cat([part for part in parts if part is not None])  # (U, M, C), in row order
         scores[name] = rows.double().sum(0) / counts[:, None]
     return scores

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....distributed import to_model
 from ....models import ModularResNetConfig, ModularResNetForImageClassification, image_mode, image_processor_for
 from .importance import log_odds
 from .pruning import ChannelSelection
@@ -76,15 +77,15 @@ def _fit_conv(
     if len(rows) > max_rows:
         sample = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))[:max_rows]
         rows, wanted = rows[sample], wanted[sample]
-    design = torch.cat([rows, torch.ones(len(rows), 1)], dim=1).double()
+    design = torch.cat([rows.double(), torch.ones(len(rows), 1, dtype=torch.float64, device=rows.device)], dim=1)
     gram = design.T @ design
-    gram += 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-    solution = torch.linalg.solve(gram, design.T @ wanted.double())
-    conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape).float())
+    gram += 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+    solution = torch.linalg.solve(gram, design.T @ wanted.double())  # in float64 whatever the module's dtype
+    conv.weight.copy_(solution[:-1].T.reshape(conv.weight.shape))
     norm.running_mean.zero_()
     norm.running_var.fill_(1 - norm.eps)
     norm.weight.fill_(1)
-    norm.bias.copy_(solution[-1].float())
+    norm.bias.copy_(solution[-1])
 
 
 def rebuild(config_dict: dict[str, Any], state: dict[str, torch.Tensor]) -> ModularResNetForImageClassification:
@@ -117,7 +118,7 @@ def distillation_data(
     features, teacher = [], []
     for begin in range(0, count, 256):
         images = [image.convert(mode) for image in subset[begin : begin + 256][image_column]]
-        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+        pixel_values = to_model(processor(images, return_tensors="pt")["pixel_values"], parent)
         if mirror:  # each image and its mirror image: twice the data for the cost of preparing it
             pixel_values = torch.cat([pixel_values, pixel_values.flip(-1)])
         features.append(prefix(pixel_values))

@@ -26,11 +26,10 @@ from typing import Any, ClassVar
 
 import datasets
 import torch
-from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 
-from ....distributed import DistributedState
+from ....distributed import DistributedState, device_and_dtype, gather_in_order
 from ....models import ModularResNetForImageClassification
 from ....module import ModuleDescription, ModuleProvenance, count_macs, count_parameters
 from ...heads import HEAD_DESCRIPTIONS, HEADS, module_head
@@ -274,8 +273,8 @@ def build_compact_modules(
     progress: bool = True,
 ) -> list[BuiltModule]:
     """Prune and (optionally) distill one module per class (classes split across processes); returns (module,
-    details) per class on every process."""
-    parent = parent.cpu().eval()
+    details) per class on every process, on the parent's device and in its dtype."""
+    parent = parent.eval()
     start = strategy.shared_steps(parent)
     features, teacher = (None, None)
     if strategy.distill_steps > 0 or strategy.reconstruct:
@@ -297,7 +296,8 @@ def build_compact_modules(
             head_type,
             len(head_weight) if head_type == "softmax" else None,
         )
-        module.fc = nn.Linear(module.fc.in_features, len(head_weight))
+        device, dtype = device_and_dtype(module)
+        module.fc = nn.Linear(module.fc.in_features, len(head_weight), device=device, dtype=dtype)
         with torch.no_grad():
             module.fc.weight.copy_(head_weight)
             module.fc.bias.copy_(head_bias)
@@ -320,15 +320,15 @@ def build_compact_modules(
             module.config.to_dict(),
             details,
         )
-    if state.num_processes > 1:
-        gathered = gather_object([built])
-        built = {k: v for part in gathered for k, v in part.items()}
+    if state.num_processes > 1:  # exchanged through the CPU: each process's device is its own
+        on_cpu = {k: ({n: t.cpu() for n, t in tensors.items()}, c, d) for k, (tensors, c, d) in built.items()}
+        built = {k: v for part in gather_in_order(on_cpu, state) for k, v in part.items()}
     results = []
     example = torch.zeros(1, parent.config.num_channels, parent.config.image_size, parent.config.image_size)
     parent_macs, parent_parameters = count_macs(parent, example), count_parameters(parent)
     for class_index in class_indices:
         tensors, config_dict, details = built[class_index]
-        module = rebuild(config_dict, tensors)
+        module = rebuild(config_dict, tensors).to(*device_and_dtype(parent))
         macs, parameters = count_macs(module, example), count_parameters(module)
         details.update(
             macs=macs,

@@ -1,0 +1,52 @@
+"""Evaluate, fit and train a tiny seeded model and its modules on generated images; the main process writes what it
+measured to OUT/eval-n{num_processes}.json. Run plainly or under `torchrun --nproc_per_node 2`: the evaluation
+numbers must not depend on the number of processes (nor the fitted heads, beyond float rounding), and training's
+per-epoch evaluation must equal a plain evaluation of the trained weights."""
+
+import dataclasses
+import json
+import sys
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from PIL import Image
+
+from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.decompose import decompose
+from hf_modular.evaluation import evaluate, evaluate_composition
+from hf_modular.train import train
+
+output = sys.argv[1]
+accelerator = Accelerator(cpu=True)
+torch.manual_seed(0)
+labels = ["a", "b", "c"]
+config = ModularResNetConfig(layers=[1, 1], widths=[4, 8], stem_width=4, image_size=8, id2label=dict(enumerate(labels)))
+model = ModularResNetForImageClassification(config).eval()
+rng = np.random.default_rng(0)
+# 61 rows: the shards are uneven on 2 processes, which is the case that padding would get wrong.
+images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(61)]
+features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=labels)})
+data = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(61)]}, features=features)
+modules = decompose(model, data, samples_per_class=15, batch_size=4, accelerator=accelerator, progress=False)
+
+measured = {
+    "parent": dataclasses.asdict(evaluate(model, data, batch_size=4, state=accelerator, progress=False)),
+    "composition": dataclasses.asdict(
+        evaluate_composition(model, modules, data, batch_size=4, state=accelerator, progress=False)
+    ),
+    "composed": dataclasses.asdict(
+        evaluate(
+            ComposedModel.from_modules(list(modules.values())), data, batch_size=4, state=accelerator, progress=False
+        )
+    ),
+}
+composed = ComposedModel.from_modules(modules.values())
+measured["fit"] = composed.fit(data, images_per_class=10, batch_size=4, state=accelerator, progress=False)["heads"]
+history = train(model, data, eval_dataset=data, epochs=1, batch_size=8, accelerator=accelerator, progress=False)
+plain = evaluate(model, data, batch_size=4, state=accelerator, progress=False)
+measured["training"] = {"history": history.epochs, "plain_top1": plain.top1, "plain_top5": plain.top5}
+if accelerator.is_main_process:
+    with open(f"{output}/eval-n{accelerator.num_processes}.json", "w") as file:
+        json.dump(measured, file)

@@ -1,0 +1,137 @@
+"""Every entry point runs with the parent in any floating dtype and on any device.
+
+Without a GPU, float64 and bfloat16 stand in for a device: an input left in float32 fails exactly where an input
+left on the CPU would fail on a GPU. Where CUDA is present the same tests run on it too (`pytest -m gpu`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hf_modular
+from hf_modular import ComposedModel, ModularResNetForImageClassification
+from hf_modular.decompose import decompose_to_directory
+from hf_modular.evaluation import evaluate, evaluate_composition
+from hf_modular.train import train
+from tests.test_decompose import image_dataset, tiny_config
+
+LABELS = ["dark", "bright", "mid"]
+GREYS = [20, 235, 128]
+
+
+def _data(per_class: int, seed: int, size: int = 8):
+    return image_dataset(GREYS * per_class, [0, 1, 2] * per_class, size=size, noise=25, seed=seed, names=LABELS)
+
+
+CASES = [
+    pytest.param("cpu", torch.float64, id="cpu-float64"),
+    pytest.param("cpu", torch.bfloat16, id="cpu-bfloat16"),
+    pytest.param("cuda", torch.float32, id="cuda-float32", marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.bfloat16, id="cuda-bfloat16", marks=pytest.mark.gpu),
+    pytest.param("cuda", torch.float16, id="cuda-float16", marks=pytest.mark.gpu),
+]
+
+
+def _where(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    parameter = next(model.parameters())
+    return parameter.device, parameter.dtype
+
+
+@pytest.mark.parametrize(("device", "dtype"), CASES)
+def test_the_whole_pipeline_follows_the_parents_device_and_dtype(device, dtype, tmp_path):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    parent = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).eval()
+    parent.to(device=device, dtype=dtype)
+    where = (torch.device(device, 0) if device == "cuda" else torch.device(device), dtype)
+    data, held_out = _data(8, seed=0), _data(4, seed=1)
+
+    assert evaluate(parent, held_out, progress=False).count == 12
+    built = {}
+    for strategy, options in (("activation", {}), ("channel", {"distill_steps": 2, "distill_images": 12})):
+        built[strategy] = modules = hf_modular.decompose(
+            parent, data, samples_per_class=4, strategy=strategy, progress=False, **options
+        )
+        assert _where(parent) == where, f"{strategy} moved the parent"
+        for module in modules.values():
+            assert _where(module) == where, f"{strategy} built a module elsewhere"
+        result = evaluate_composition(parent, modules, held_out, progress=False)
+        assert result.composed.count == 12
+
+    composed = ComposedModel.from_modules(list(modules.values()))
+    pixels = torch.rand(2, 3, 8, 8)  # [0, 1] float32 images on the CPU: the composition moves them
+    assert composed(pixels).logits.shape == (2, 3)
+    assert composed.module_logits(pixels).shape == (2, 3, 2)
+    assert len(composed.predict((pixels * 255).to(torch.uint8))) == 2
+    composed.calibrate(data, progress=False)
+    assert evaluate(composed, held_out, progress=False).count == 12
+    composed.fit(data, images_per_class=4, progress=False)
+    assert evaluate(composed, held_out, progress=False).count == 12
+    assert all(_where(member) == where for member in composed.members)
+
+    adapted = hf_modular.continuous_learning(list(built["activation"].values()), data, progress=False)
+    assert all(_where(module) == where for module in adapted)
+
+    report = decompose_to_directory(
+        parent, data, tmp_path / "out", eval_dataset=held_out, samples_per_class=4, progress=False
+    )
+    assert report["evaluation"]["images"] == 12
+    assert _where(parent) == where
+
+    history = train(parent, data, eval_dataset=held_out, epochs=1, batch_size=8, progress=False)
+    assert history.final["top1"] >= 0 and _where(parent) == where
+
+
+def test_evaluation_and_fitting_are_the_same_on_one_and_two_processes(tmp_path):
+    script = Path(__file__).parent / "scripts" / "evaluate_tiny.py"
+    single = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    double = subprocess.run([*launcher, str(script), str(tmp_path)], capture_output=True, text=True)
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = (json.loads((tmp_path / f"eval-n{n}.json").read_text()) for n in (1, 2))
+    for measured in (one, two):  # training's own evaluation after its epoch is a plain evaluation of its weights
+        assert measured["parent"]["count"] == 61
+        epoch = measured["training"]["history"][-1]
+        assert (epoch["top1"], epoch["top5"]) == (
+            measured["training"]["plain_top1"],
+            measured["training"]["plain_top5"],
+        )
+    # Two processes each see a share of the rows; summed, they measure exactly what one process does.
+    assert one["parent"] == two["parent"]
+    assert one["composition"] == two["composition"]
+    assert one["composed"] == two["composed"]
+    for label, head in one["fit"].items():  # fitting shares the images too, and fits the same heads
+        assert head["bias"] == pytest.approx(two["fit"][label]["bias"], abs=1e-4)
+        assert head["weight"] == pytest.approx(two["fit"][label]["weight"], abs=1e-4)
+
+
+def test_cli_runs_models_under_mixed_precision_and_records_it(tmp_path):
+    """`--mixed-precision bf16` on train, decompose and evaluate (one subprocess each: Accelerate fixes the precision
+    once per process); the modules record it next to the parent's dtype."""
+    _data(10, seed=0, size=32).to_parquet(str(tmp_path / "data" / "train.parquet"))
+    _data(4, seed=1, size=32).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    cli = [sys.executable, "-m", "hf_modular.cli", "-q"]
+    data = ["--dataset", str(tmp_path / "data")]
+    commands = [
+        ["train", *data, "--epochs", "1", "--batch-size", "10"],
+        ["decompose", str(tmp_path / "parent"), *data, "--eval-split", "test", "--samples-per-class", "4"],
+        ["evaluate", str(tmp_path / "parent"), *data, "--json"],
+    ]
+    outputs = [["--output", str(tmp_path / "parent")], ["--output", str(tmp_path / "modules")], []]
+    for command, output in zip(commands, outputs, strict=True):
+        done = subprocess.run([*cli, *command, "--mixed-precision", "bf16", *output], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["count"] == 12
+    module = ModularResNetForImageClassification.from_pretrained(tmp_path / "modules" / "dark-module")
+    compute = module.config.provenance.compute
+    assert (compute["mixed_precision"], compute["dtype"]) == ("bf16", "float32")
+    report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())
+    assert report["evaluation"]["images"] == 12
