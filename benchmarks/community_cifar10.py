@@ -176,7 +176,7 @@ def composition_table(
 
 
 def refit_last_blocks(
-    composed: ComposedModel, data: datasets.Dataset, images_per_class: int, steps: int = 300, seed: int = 0
+    composed: ComposedModel, data: datasets.Dataset, images_per_class: int, steps: int = 100, seed: int = 0
 ) -> list:
     """Copies of a fitted composition's members whose last block and own-vs-rest head are trained (binary
     cross-entropy, own class against every other member's class; Adam, batch norm frozen as in the compact strategy's

@@ -587,3 +587,27 @@ def test_masks_travel_in_the_pushed_safetensors(hub_server: HubServer, modules) 
     assert set(masks) == expected and all(value.dtype == torch.bool for value in masks.values())
     for key, value in masks.items():
         assert torch.equal(value, modules["dark"].state_dict()[key])
+
+
+def test_push_takes_transformers_options_and_save_pretrained_pushes(
+    hub_server: HubServer, modules, pixel_values, tmp_path: Path
+) -> None:
+    repo_id = f"{DEFAULT_USER}/dark-sharded"
+    modules["dark"].push_to_hub(
+        repo_id, commit_message="First module", commit_description="Why: a test", tags=["cifar10"], max_shard_size="2KB"
+    )
+    api = HfApi()
+    files = api.list_repo_files(repo_id)
+    assert "model.safetensors.index.json" in files and "model.safetensors" not in files
+    assert sum(name.startswith("model-") for name in files) > 1
+    loaded = ModularResNetForImageClassification.from_pretrained(repo_id).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(pixel_values).logits, modules["dark"].eval()(pixel_values).logits)
+    assert "cifar10" in ModelCard.load(repo_id).data.tags
+    commit = api.list_repo_commits(repo_id)[0]
+    assert commit.title == "First module" and "Why: a test" in commit.message
+
+    target = f"{DEFAULT_USER}/dark-saved"
+    modules["dark"].save_pretrained(tmp_path / "dark-saved", push_to_hub=True, repo_id=target, private=True)
+    assert (tmp_path / "dark-saved" / "model.safetensors").is_file()
+    assert api.file_exists(target, "model.safetensors") and api.repo_info(target).private

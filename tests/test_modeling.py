@@ -236,3 +236,41 @@ def test_from_pretrained_does_not_reinitialise_loaded_weights(tmp_path, tiny_con
     for key, value in original.items():
         assert state[key].dtype == value.dtype, key
         assert torch.equal(state[key], value), key
+
+
+def test_trainer_with_gradient_checkpointing_trains_the_model(tmp_path, tiny_config, randomize):
+    """transformers' own Trainer, with `gradient_checkpointing=True`, on the classifier as transformers knows it."""
+    from transformers import Trainer, TrainingArguments
+
+    model = randomize(ModularResNetForImageClassification(tiny_config))
+    generator = torch.Generator().manual_seed(0)
+    rows = [{"pixel_values": torch.randn(3, 32, 32, generator=generator), "labels": i % 3} for i in range(8)]
+    before = [p.detach().clone() for p in model.parameters()]
+    arguments = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        gradient_checkpointing=True,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+    )
+    Trainer(model=model, args=arguments, train_dataset=rows).train()
+    assert model.gradient_checkpointing
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, randomize):
+    model = randomize(ModularResNetForImageClassification(tiny_config)).train()
+    x, labels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 0])
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(x, labels=labels).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for a, b in zip(plain, gradients(), strict=True):
+        torch.testing.assert_close(a, b)

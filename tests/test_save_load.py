@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification, ModularResNetModel
+from hf_modular.decompose import decompose
 from hf_modular.models.timm_models import TimmModularResNet
 
 SAVED_FILES = ["config.json", "model.safetensors", "preprocessor_config.json"]
@@ -165,28 +166,64 @@ def _edit_config(directory: Path, **changes) -> None:
     path.write_text(json.dumps(config))
 
 
-def test_config_widths_that_do_not_match_the_tensors_raise(tmp_path, saved):
+def test_config_widths_that_do_not_match_the_tensors_follow_transformers(tmp_path, saved):
     directory = shutil.copytree(saved, tmp_path / "wider")
     _edit_config(directory, widths=[4, 16])
-    with pytest.raises(ValueError, match="do not match its config"):
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # transformers' own error and advice
         ModularResNetForImageClassification.from_pretrained(directory)
+    model, info = ModularResNetForImageClassification.from_pretrained(
+        directory, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert model.layer2[0].conv1.out_channels == 16
+    assert "layer2.0.conv1.weight" in {entry[0] for entry in info["mismatched_keys"]}
 
 
-def test_config_with_fewer_blocks_than_the_checkpoint_raises(tmp_path, tiny_config):
+def test_num_labels_mismatch_raises_as_transformers_does_and_can_be_ignored(tmp_path, saved):
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):  # as for transformers' own ResNet
+        ModularResNetForImageClassification.from_pretrained(saved, num_labels=5)
+    model = ModularResNetForImageClassification.from_pretrained(saved, num_labels=5, ignore_mismatched_sizes=True)
+    assert model.fc.out_features == 5
+
+
+def test_extra_and_missing_tensors_are_reported_as_transformers_does(tmp_path, tiny_config, saved):
     deeper = ModularResNetConfig(**{**tiny_config.to_dict(), "layers": [2, 2]})
     ModularResNetForImageClassification(deeper).save_pretrained(tmp_path / "deep")
     _edit_config(tmp_path / "deep", layers=[1, 1])  # the checkpoint still holds layer1.1.* and layer2.1.*
-    with pytest.raises(ValueError, match=r"0 tensors missing.*20 unexpected \(e\.g\. layer1\.1\.bn1\.bias"):
-        ModularResNetForImageClassification.from_pretrained(tmp_path / "deep")
+    _, info = ModularResNetForImageClassification.from_pretrained(tmp_path / "deep", output_loading_info=True)
+    assert "layer1.1.bn1.bias" in info["unexpected_keys"] and not info["missing_keys"]
 
-
-def test_checkpoint_missing_tensors_raises(tmp_path, saved):
     directory = shutil.copytree(saved, tmp_path / "partial")
     tensors = load_file(directory / "model.safetensors")
     del tensors["layer2.0.conv1.weight"]
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"1 tensors missing \(e\.g\. layer2\.0\.conv1\.weight\)"):
-        ModularResNetForImageClassification.from_pretrained(directory)
+    model, info = ModularResNetForImageClassification.from_pretrained(directory, output_loading_info=True)
+    assert set(info["missing_keys"]) == {"layer2.0.conv1.weight"}
+    assert model.layer2[0].conv1.weight.abs().sum() > 0  # initialised, not left empty
+
+
+def test_a_module_without_its_masks_is_refused(tmp_path):
+    from tests.test_decompose import dark_bright_dataset, tiny_config
+
+    torch.manual_seed(0)
+    parent = ModularResNetForImageClassification(tiny_config()).eval()
+    module = decompose(parent, dark_bright_dataset(), samples_per_class=6, progress=False)["dark"]
+    module.save_pretrained(tmp_path / "dark")
+    tensors = load_file(tmp_path / "dark" / "model.safetensors")
+    masks = sorted(key for key in tensors if key.endswith(".mask"))
+    assert masks
+    del tensors[masks[0]]
+    save_file(tensors, tmp_path / "dark" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"class module without its {masks[0]}"):
+        ModularResNetForImageClassification.from_pretrained(tmp_path / "dark")
+
+
+def test_from_pretrained_with_no_name_takes_config_and_state_dict(tiny_config, randomize):
+    original = randomize(ModularResNetForImageClassification(tiny_config))
+    loaded = ModularResNetForImageClassification.from_pretrained(
+        None, config=tiny_config, state_dict=original.state_dict()
+    )
+    for key, tensor in original.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
 
 
 def _shared_tensor_state_dict(model: ModularResNetForImageClassification) -> dict[str, torch.Tensor]:
@@ -246,12 +283,9 @@ def test_successful_save_into_an_existing_directory_replaces_weights_and_keeps_o
         assert torch.equal(reloaded(x).logits, model(x).logits)
 
 
-def test_save_refuses_a_file_path_and_push_to_hub(tmp_path, model):
+def test_save_refuses_a_file_path(tmp_path, model):
     path = tmp_path / "a-file"
     path.write_text("not a directory")
     with pytest.raises(FileExistsError):
         model.save_pretrained(path)
     assert path.read_text() == "not a directory"
-    with pytest.raises(ValueError, match="push_to_hub"):
-        model.save_pretrained(tmp_path / "pushed", push_to_hub=True)
-    assert not (tmp_path / "pushed").exists()

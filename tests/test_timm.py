@@ -144,3 +144,88 @@ def test_from_timm_rejects_non_resnet_models(name):
     # resnext26ts is timm's ByobNet, not a timm.models.resnet.ResNet, so it is a different model class here.
     with pytest.raises(TypeError, match=type(model).__name__):
         ModularResNetForImageClassification.from_timm(model)
+
+
+# --- timm's backbone contract: feature maps, intermediates, checkpointing, parameter groups ----------------------
+
+
+@pytest.mark.parametrize(("name", "size"), [("modular_resnet20", 32), ("modular_resnet18", 64)])
+def test_features_only_returns_the_maps_feature_info_describes(name, size):
+    features = timm.create_model(name, features_only=True).eval()
+    x = _images(size)
+    with torch.no_grad():
+        maps = features(x)
+    info = features.feature_info
+    assert len(maps) == len(info.channels()) == (4 if name.endswith("20") else 5)
+    for tensor, channels, reduction in zip(maps, info.channels(), info.reduction(), strict=True):
+        assert tensor.shape == (2, channels, size // reduction, size // reduction)
+    picked = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        chosen = picked(x)
+    assert [t.shape[1] for t in chosen] == picked.feature_info.channels() == [info.channels()[1], info.channels()[3]]
+    if name.endswith("18"):  # the stage after the last index asked for is pruned away
+        assert isinstance(picked.model.layer4, nn.Identity)
+
+
+def test_forward_intermediates_follows_timm():
+    model = timm.create_model("modular_resnet20", num_classes=10).eval()
+    x = _images(32)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert torch.equal(model.forward_head(final), model(x))
+        assert [t.shape[1] for t in intermediates] == [info["num_chs"] for info in model.feature_info]
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert [t.shape for t in last_two] == [t.shape for t in intermediates[-2:]]
+        early, stopped = model.forward_intermediates(x, indices=[1], stop_early=True)
+        assert torch.equal(early, intermediates[1]) and torch.equal(stopped[0], intermediates[1])
+    assert model.head_hidden_size == model.num_features == 64
+    with pytest.raises(ValueError, match="NCHW"):
+        model.forward_intermediates(x, output_fmt="NHWC")
+
+
+def test_parameter_groups_cover_every_parameter():
+    from timm.models import group_parameters
+
+    model = timm.create_model("modular_resnet20")
+    for coarse in (True, False):
+        groups = group_parameters(model, model.group_matcher(coarse=coarse))
+        named = sorted(name for names in groups.values() for name in names)
+        assert named == sorted(name for name, _ in model.named_parameters())
+    assert len(group_parameters(model, model.group_matcher(coarse=True))) < len(
+        group_parameters(model, model.group_matcher())
+    )
+
+
+def test_grad_checkpointing_gives_the_same_gradients(randomize):
+    model = randomize(timm.create_model("modular_resnet20", num_classes=10)).train()
+    x = _images(32)
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        model(x).square().sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = gradients()
+    model.set_grad_checkpointing(True)
+    assert model.gradient_checkpointing
+    checkpointed = gradients()
+    for a, b in zip(plain, checkpointed, strict=True):
+        torch.testing.assert_close(a, b)
+    model.set_grad_checkpointing(False)
+    assert not model.gradient_checkpointing
+
+
+def test_resolve_data_config_and_export():
+    from timm.data import resolve_data_config
+
+    model = timm.create_model("modular_resnet20", num_classes=10).eval()
+    config = resolve_data_config({}, model=model)
+    assert config["input_size"] == (3, 32, 32) and config["mean"] == tuple(model.config.image_mean)
+    x = _images(32)
+    exported = torch.export.export(model, (x,))
+    traced = torch.jit.trace(model, x)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(exported.module()(x), expected)
+    torch.testing.assert_close(traced(x), expected)

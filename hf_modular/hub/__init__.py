@@ -8,6 +8,7 @@ from .cards import composed_card, module_card, parent_card
 from .mixin import HubMixin
 from .publish import (
     DEFAULT_NAME_TEMPLATE,
+    PUSH_ONLY_OPTIONS,
     REQUIRED_FILES,
     PushOptions,
     PushResult,
@@ -19,6 +20,7 @@ from .publish import (
 
 __all__ = [
     "DEFAULT_NAME_TEMPLATE",
+    "PUSH_ONLY_OPTIONS",
     "REQUIRED_FILES",
     "HubMixin",
     "PushOptions",

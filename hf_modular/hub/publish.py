@@ -8,6 +8,7 @@ sent, and a push that changes nothing makes no commit.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ except ImportError:  # pragma: no cover - other huggingface_hub versions
     from httpx import TransportError
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+SHARD_INDEX = "model.safetensors.index.json"  # transformers' index of sharded weights (`max_shard_size`)
 DEFAULT_NAME_TEMPLATE = "{parent_name}-{label}-module"
 # A decomposition's output directory, `{label: module}`, or any iterable of modules.
 ModulesOrDirectory = str | os.PathLike | Mapping[str, PreTrainedModel] | Iterable[PreTrainedModel]
@@ -41,7 +43,9 @@ class PushOptions(TypedDict, total=False):
 
     private: create the repo private (ignored when it exists). revision: the branch to push to (created if missing).
     token: a Hub token (default: the logged-in one). create_pr: open a pull request instead of committing.
-    commit_message: the commit's title. license: the license id written into the model card.
+    commit_message: the commit's title; commit_description: its body. license: the license id written into the
+    model card; tags: more tags for the card's metadata. max_shard_size: shard the weights above this size ("5GB",
+    as transformers' `save_pretrained`; pushing a model object only).
     """
 
     private: bool | None
@@ -49,7 +53,14 @@ class PushOptions(TypedDict, total=False):
     token: str | bool | None
     create_pr: bool
     commit_message: str | None
+    commit_description: str | None
     license: str | None
+    tags: list[str] | None
+    max_shard_size: int | str | None
+
+
+# The options only a push reads (`save_pretrained(push_to_hub=True, ...)` passes them on; `token` serves both).
+PUSH_ONLY_OPTIONS = ("private", "revision", "create_pr", "commit_message", "commit_description", "license", "tags")
 
 
 @dataclass
@@ -64,8 +75,9 @@ class PushResult:
 
 def push_model(model: PreTrainedModel, repo_id: str, **options: Unpack[PushOptions]) -> PushResult:
     """Push a module or a parent model to `repo_id` (created if missing) in one commit, with its card."""
+    shard = {"max_shard_size": options.pop("max_shard_size")} if options.get("max_shard_size") else {}
     with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **shard)
         return push_directory(staging, repo_id, model=None if _is_module(model.config) else model, **options)
 
 
@@ -81,7 +93,10 @@ def push_directory(
     The directory is read through transformers' Auto classes, which know the ModularResNet classes once
     `hf_modular` is imported."""
     directory = Path(directory)
+    options.pop("max_shard_size", None)  # a saved directory is pushed as it was saved
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if (directory / SHARD_INDEX).is_file():  # sharded weights stand in for a single model.safetensors
+        missing = [name for name in missing if name != "model.safetensors"]
     if missing:
         raise FileNotFoundError(
             f"{directory} is missing {', '.join(missing)}: it is not a complete saved model. Save it again with "
@@ -95,8 +110,10 @@ def push_directory(
     else:
         model = model or AutoModelForImageClassification.from_pretrained(directory)
         card = parent_card(model, repo_id, license=license)
+    tags = options.pop("tags", None) or []
+    card.data.tags = [*(card.data.tags or []), *(tag for tag in tags if tag not in (card.data.tags or []))]
     with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
-        for name in REQUIRED_FILES:
+        for name in _model_files(directory):
             shutil.copy2(directory / name, Path(staging) / name)
         card.save(Path(staging) / "README.md")
         what = f"{ModuleProvenance.from_dict(config.module).target_label} module" if _is_module(config) else "model"
@@ -122,6 +139,7 @@ def upload_folder(
             revision=revision,
             create_pr=options.get("create_pr", False),
             commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
+            commit_description=options.get("commit_description"),
         )
     return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
 
@@ -150,6 +168,15 @@ def push_modules(
         )
         results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
     return results
+
+
+def _model_files(directory: Path) -> list[str]:
+    """The files of a saved model: config, image processor, and its weights (one file, or an index and shards)."""
+    names = [name for name in REQUIRED_FILES if (directory / name).is_file()]
+    if (directory / SHARD_INDEX).is_file():
+        shards = sorted(set(json.loads((directory / SHARD_INDEX).read_text())["weight_map"].values()))
+        names += [SHARD_INDEX, *shards]
+    return names
 
 
 def _is_module(config: PreTrainedConfig) -> bool:

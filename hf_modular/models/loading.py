@@ -14,13 +14,19 @@ from safetensors import SafetensorError
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".th", ".ckpt"}
 
 
-def load_checked(load: Callable[..., Any], source: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *args: Any, **kwargs: Any) -> Any:
     """Run transformers' `from_pretrained` (`load`) under this package's policy; returns what the caller asked for
-    (the model, or `(model, loading_info)` with `output_loading_info=True`)."""
+    (the model, or `(model, loading_info)` with `output_loading_info=True`).
+
+    Missing, unexpected and mismatched tensors follow transformers' convention (initialised and reported; a shape
+    mismatch raises transformers' own error unless `ignore_mismatched_sizes=True`), with one exception: a class
+    module's masks and head define it, so a module checkpoint without them is refused.
+    """
     kwargs.setdefault("use_safetensors", True)
     output_loading_info = kwargs.pop("output_loading_info", False)
-    source = str(source)
-    refuse_pickle_only_directory(source, kwargs["use_safetensors"])
+    source = None if source is None else str(source)  # None: `config=` and `state_dict=` give everything
+    if source is not None:
+        refuse_pickle_only_directory(source, kwargs["use_safetensors"])
     try:
         model, info = load(source, *args, output_loading_info=True, **kwargs)
     except SafetensorError as error:
@@ -28,30 +34,15 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike, *args: Any
             f"{source}: model.safetensors is corrupt or truncated ({error}). Download or save it again "
             "(delete the cached copy first when it came from the Hub)."
         ) from error
-    except RuntimeError as error:
-        if "mismatch" not in str(error):
-            raise
-        raise ValueError(
-            f"The weights in {source} do not match its config (a tensor has another shape; the table above "
-            "lists them). Fix config.json so it describes the checkpoint, or re-save the model."
-        ) from error
-
-    # A trunk-only checkpoint may get a fresh head, and a classifier's head is ignored by the trunk model
-    # (transformers reports both); old checkpoints lack batch-norm step counters. Any other gap is an error.
-    def tolerated(key: str) -> bool:
-        fresh_head = key.startswith("fc.") and not model.config.is_module  # a module's head is never random
-        return fresh_head or key.endswith("num_batches_tracked")
-
-    missing = [key for key in info["missing_keys"] if not tolerated(key)]
-    unexpected = [key for key in info["unexpected_keys"] if not tolerated(key)]
-    if missing or unexpected:
-        raise ValueError(
-            f"The checkpoint in {source} does not match its config: {len(missing)} tensors missing "
-            f"(e.g. {', '.join(sorted(missing)[:3]) or '-'}), {len(unexpected)} unexpected "
-            f"(e.g. {', '.join(sorted(unexpected)[:3]) or '-'}). Fix config.json (layers, widths, block_type) "
-            "so it describes the checkpoint, or re-save the model."
-        )
-    model.source_revision = resolved_revision(source, kwargs)
+    if model.config.is_module:
+        defining = [key for key in info["missing_keys"] if key.endswith(".mask") or key.startswith("fc.")]
+        if defining:
+            raise ValueError(
+                f"{source or 'The state dict'} is a class module without its {', '.join(sorted(defining)[:3])}: "
+                "a module is defined by its masks and head, and random ones would answer wrongly. Load the "
+                "module's own checkpoint (or its parent, to decompose it again)."
+            )
+    model.source_revision = resolved_revision(source, kwargs) if source is not None else None
     return (model, info) if output_loading_info else model
 
 

@@ -16,11 +16,13 @@ zeroes the masked positions after the ReLU.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models._features import feature_take_indices  # what timm's own ResNet uses
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -29,7 +31,7 @@ from transformers.modeling_outputs import (
     ImageClassifierOutputWithNoAttention,
 )
 
-from ..hub import HubMixin
+from ..hub import PUSH_ONLY_OPTIONS, HubMixin
 from ..saving import atomic_directory
 from .configuration_modular_resnet import ModularResNetConfig
 from .convert import CIFAR10_LABELS, config_from_timm_resnet, load_exactly, read_cifar_checkpoint
@@ -241,6 +243,7 @@ class ModularResNetPreTrainedModel(HubMixin, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     _no_split_modules = ["BasicBlock", "Bottleneck"]
+    supports_gradient_checkpointing = True  # each residual block is recomputed in the backward pass when enabled
 
     def _init_weights(self, module: nn.Module) -> None:
         # `transformers.initialization` skips tensors already loaded from a checkpoint, so this never clobbers them.
@@ -261,20 +264,26 @@ class ModularResNetPreTrainedModel(HubMixin, PreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
         """Write `config.json`, `model.safetensors` and `preprocessor_config.json`, atomically.
 
-        Everything is written to a temporary directory first, so a failure leaves `save_directory` as it was.
+        Everything is written to a temporary directory first, so a failure leaves `save_directory` as it was. With
+        `push_to_hub=True` the model is then pushed, as transformers does, to `repo_id` (default: the directory's
+        name) with the push options `push_to_hub` takes (`private`, `token`, `commit_message`, `create_pr`, ...).
         """
-        if kwargs.get("push_to_hub"):
-            raise ValueError("Save first, then call `push_to_hub(repo_id)`: pushing from save_pretrained is disabled.")
+        push = kwargs.pop("push_to_hub", False)
+        repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
+        push_options = {key: kwargs.pop(key) for key in PUSH_ONLY_OPTIONS if key in kwargs}
         if not kwargs.get("is_main_process", True):
             return
         with atomic_directory(save_directory) as staging:
             super().save_pretrained(staging, *args, **kwargs)
             image_processor_for(self.config).save_pretrained(staging)
+        if push:
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **push_options)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
-        """Load from a local directory or a Hub repo id. Only safetensors weights load, unless the caller opts in
-        to pickle checkpoints with `use_safetensors=False`; missing or mismatched tensors raise (see
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any):
+        """Load from a local directory or a Hub repo id (or from `config=` and `state_dict=` with None). Only
+        safetensors weights load, unless the caller opts in to pickle checkpoints with `use_safetensors=False`;
+        missing tensors are handled as transformers does, except a module's masks and head (see
         `hf_modular.models.loading`)."""
         return load_checked(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
 
@@ -319,6 +328,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             self.stage_names.append(stage_name)
         self.num_features = channels[-1]
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.gradient_checkpointing = False  # `gradient_checkpointing_enable()`, timm's `set_grad_checkpointing`
         self.post_init()
 
     def forward_features(
@@ -335,10 +345,86 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         if hidden_states is not None:
             hidden_states.append(hidden_state)
         for stage_name in self.stage_names:
-            hidden_state = getattr(self, stage_name)(hidden_state)
+            hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
             if hidden_states is not None:
                 hidden_states.append(hidden_state)
         return hidden_state
+
+    def _run_stage(self, stage: nn.Sequential, hidden_state: torch.Tensor) -> torch.Tensor:
+        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
+            return stage(hidden_state)
+        for block in stage:  # trade compute for memory: keep only each block's input for the backward pass
+            hidden_state = self._gradient_checkpointing_func(block.__call__, hidden_state)
+        return hidden_state
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature extraction API: the outputs of the stem (index 0) and of each stage (1..S), as
+        (B, C_i, H / r_i, W / r_i) maps (see `feature_info`). `indices`: which ones (an int n: the last n); returns
+        `intermediates` with `intermediates_only`, else `(final features, intermediates)`."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"Only output_fmt='NCHW' is supported, not {output_fmt!r}.")
+        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
+        intermediates: list[torch.Tensor] = []
+        hidden_state = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        if 0 in take:
+            intermediates.append(hidden_state)
+        stages = self.stage_names[:last] if stop_early else self.stage_names
+        for index, stage_name in enumerate(stages, start=1):
+            hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
+            if index in take:
+                intermediates.append(hidden_state)
+        return intermediates if intermediates_only else (hidden_state, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of `indices` (and the head with `prune_head`), as timm's models do for
+        `features_only`; returns the kept indices."""
+        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
+        for stage_name in self.stage_names[last:]:
+            setattr(self, stage_name, nn.Identity())
+        self.stage_names = self.stage_names[:last]
+        if prune_head and hasattr(self, "fc"):
+            self.fc = nn.Identity()
+        return take
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """timm's description of the feature maps `forward_intermediates` returns: channels, reduction, module."""
+        reduction = 4 if self.config.stem_type == "imagenet" else 1
+        info = [{"num_chs": self.bn1.num_features, "reduction": reduction, "module": "act1"}]
+        for index, stage_name in enumerate(self.stage_names):
+            reduction *= 2 if index > 0 else 1
+            last_block = getattr(self, stage_name)[-1]
+            info.append({"num_chs": last_block.last_norm.num_features, "reduction": reduction, "module": stage_name})
+        return info
+
+    @property
+    def head_hidden_size(self) -> int:
+        """timm's name for the width of the features the head reads."""
+        return self.num_features
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch for gradient checkpointing (transformers': `gradient_checkpointing_enable()`)."""
+        arguments = {"use_reentrant": False}
+        if hasattr(self, "activation_checkpointing_enable"):  # transformers' newer name for the same switch
+            self.activation_checkpointing_enable(arguments) if enable else self.activation_checkpointing_disable()
+        elif enable:
+            self.gradient_checkpointing_enable(gradient_checkpointing_kwargs=arguments)
+        else:
+            self.gradient_checkpointing_disable()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (layer-wise learning-rate decay): the stem, then the stages (coarse) or blocks."""
+        return {"stem": r"^conv1|^bn1", "blocks": r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"}
 
     def forward(
         self,

@@ -46,6 +46,7 @@ class TimmModularResNet(ModularResNetForImageClassification):
         if img_size is not None:  # timm passes the pretrained config's input size for fixed-size models
             fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
         super().__init__(ModularResNetConfig(num_labels=max(num_classes, 1), preset=preset, **fields))
+        self.loss_type = "ForImageClassification"  # transformers reads it from the class name, which lacks it here
         self.num_classes = num_classes
         if num_classes == 0:  # timm's convention: no classifier, the model returns pooled features
             self.fc = nn.Identity()
@@ -91,7 +92,10 @@ default_cfgs = generate_default_cfgs(
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> TimmModularResNet:
     if variant in PRESETS:
         kwargs.setdefault("preset", variant)
-    return build_model_with_cfg(TimmModularResNet, variant, pretrained, **kwargs)
+    layers = kwargs.get("layers") or PRESETS[kwargs.get("preset") or "modular_resnet20"]["layers"]
+    # `features_only=True`: timm's getter wraps `forward_intermediates`; every level (stem, stages) by default.
+    feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(len(layers) + 1))}
+    return build_model_with_cfg(TimmModularResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model
