@@ -124,9 +124,18 @@ def _print_summary(summary: dict[str, Any], json_output: bool) -> None:
             print(f"{key:<{width}}  {value}")
 
 
+CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
+
+
 def _import(args: argparse.Namespace) -> None:
-    labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
-    model = import_cifar_resnet(args.checkpoint, labels=labels)
+    source = Path(args.checkpoint)
+    if source.is_file() or source.suffix in CHECKPOINT_SUFFIXES:  # a CIFAR checkpoint file from the wild
+        labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
+        model = import_cifar_resnet(args.checkpoint, labels=labels)
+    else:  # a transformers ResNet: a saved directory or a Hub repo id
+        if args.labels:
+            raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
+        model = ModularResNetForImageClassification.from_transformers(args.checkpoint, revision=args.revision)
     model.save_pretrained(args.output)
     print(f"Saved {model.config.preset or 'modular_resnet'} ({model.config.num_labels} classes) to {args.output}")
 
@@ -431,8 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(run=_info)
 
-    imp = command("import", "convert a CIFAR ResNet checkpoint (akamaster layout) into a ModularResNet directory")
-    imp.add_argument("checkpoint", metavar="CHECKPOINT", help="a .th/.pt file, read with weights_only=True")
+    imp = command("import", "convert a CIFAR ResNet checkpoint or a transformers ResNet into a ModularResNet directory")
+    imp.add_argument(
+        "checkpoint",
+        metavar="SOURCE",
+        help="a CIFAR checkpoint file (.th/.pt, read with weights_only=True), or a transformers ResNet "
+        "(ResNetForImageClassification: directory or Hub repo id, e.g. microsoft/resnet-50)",
+    )
+    imp.add_argument("--revision", default=None, help="Hub branch, tag or commit of a transformers ResNet")
     imp.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     imp.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
     imp.set_defaults(run=_import)

@@ -31,12 +31,18 @@ def test_push_composed_model_and_load_it_back(hub_server, tmp_path):
     assert "modules/sun-module/model.safetensors" in files  # a local module cannot be referenced: stored inside
     assert not any(name.startswith("modules/dark") for name in files)  # a Hub module is referenced, pinned
     config = ComposedModel.config_class.from_pretrained(repo)
-    assert config.members[0] == {"label": "dark", "source": dark_repo, "revision": first.commit_sha}
+    assert config.members[0] == {
+        "label": "dark",
+        "source": dark_repo,
+        "revision": first.commit_sha,
+        "parent": modules_a["dark"].config.provenance.parent.repo_id or "modular_resnet",
+    }
     assert composed.push_to_hub(repo, evaluation=evaluation).changed is False
     assert result.changed
 
     card = ModelCard.load(repo)
     assert "composed-model" in card.data.tags and card.data.base_model == [dark_repo]
+    assert card.data.base_model_relation == "merge" and "Decomposed from:" in card.text
     assert first.commit_sha in card.text and "sun" in card.text
     assert card.data.eval_results[0].metric_value == 0.5
 

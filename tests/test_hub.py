@@ -338,7 +338,7 @@ def test_card_of_a_module_decomposed_from_a_hub_parent(hub_server: HubServer, pa
     assert parent.source_revision == parent_sha
     data = training_data()
     decompose_to_directory(parent, data, tmp_path / "out", eval_dataset=data, samples_per_class=8, progress=False)
-    results = push_modules(tmp_path / "out", DEFAULT_USER, license="mit")
+    results = push_modules(tmp_path / "out", DEFAULT_USER)  # the license comes from the parent's card
     repo_id = results["dark"].repo_id
     assert repo_id == f"{DEFAULT_USER}/{PARENT_NAME}-dark-module"
 
@@ -349,17 +349,14 @@ def test_card_of_a_module_decomposed_from_a_hub_parent(hub_server: HubServer, pa
     assert metadata.library_name == "hf_modular"
     assert metadata.pipeline_tag == "image-classification"
     assert {"hf-modular", "cnn-module", "image-classification", "modular-resnet", "class-dark"} <= set(metadata.tags)
-    assert metadata.base_model == parent_repo
-    assert metadata.license == "mit"
-    results_by_name = {r.metric_name: r for r in metadata.eval_results}
+    assert metadata.base_model == parent_repo and metadata.base_model_relation == "finetune"
+    assert metadata.license == "mit" and "License: `mit` (the parent's)." in card.text
+    assert metadata.co2_eq_emissions["emissions"] > 0 and metadata.co2_eq_emissions["training_type"] == "decomposition"
+    # Measured on an in-memory dataset: no model-index (it needs a real dataset id), the figures are in the text.
     evaluation = json.loads(Path(HfApi().hf_hub_download(repo_id, "config.json")).read_text())["module"]["evaluation"]
-    binary = results_by_name["Own-vs-rest accuracy (dark vs rest)"]
-    assert binary.metric_value == round(evaluation["binary_accuracy"], 4) and binary.task_type == "image-classification"
-    assert results_by_name["ROC AUC (dark vs rest)"].metric_value == round(
-        evaluation["own_vs_rest"]["module"]["auc"], 4
-    )
-    assert not any("top-1" in name or "Parent" in name for name in results_by_name)  # the module's own results only
-    assert "model-index" in card.content and metadata.model_name == repo_id
+    assert metadata.eval_results is None and "model-index" not in card.content
+    assert f"{100 * evaluation['binary_accuracy']:.2f}%" in card.text and metadata.model_name == repo_id
+    assert "pip install hf-modular" in card.text
 
     assert f"| Parent revision | `{parent_sha}` |" in card.text
     assert f"[{parent_repo}](https://huggingface.co/{parent_repo})" in card.text
@@ -611,3 +608,17 @@ def test_push_takes_transformers_options_and_save_pretrained_pushes(
     modules["dark"].save_pretrained(tmp_path / "dark-saved", push_to_hub=True, repo_id=target, private=True)
     assert (tmp_path / "dark-saved" / "model.safetensors").is_file()
     assert api.file_exists(target, "model.safetensors") and api.repo_info(target).private
+
+
+def test_module_card_model_index_names_a_hub_dataset_and_its_revision(modules) -> None:
+    config = copy.deepcopy(modules["dark"].config)
+    info = config.provenance
+    info.dataset.name_or_path, info.dataset.revision = "someone/greys", "0123abcd"
+    info.evaluation = {**info.evaluation, "dataset": "someone/greys"}
+    config.provenance = info
+    card = module_card(config, "user/dark-module", license="apache-2.0")
+    results = {r.metric_name: r for r in card.data.eval_results}
+    accuracy = results["Own-vs-rest accuracy (dark vs rest)"]
+    assert accuracy.dataset_type == "someone/greys" and accuracy.dataset_revision == "0123abcd"
+    assert not any("top-1" in name or "Parent" in name for name in results)  # the module's own results only
+    assert card.data.datasets == ["someone/greys"] and "model-index" in card.content

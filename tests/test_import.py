@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from hf_modular import ModularResNetForImageClassification
+from hf_modular.cli import main
 from hf_modular.evaluation import evaluate
 from hf_modular.models import CIFAR10_LABELS, import_cifar_resnet
+from tests.conftest import randomize_
 
 
 def _images(batch: int = 4, seed: int = 0) -> torch.Tensor:
@@ -168,3 +170,57 @@ def test_synthetic_checkpoint_has_the_real_layout(shared_dir, akamaster_checkpoi
     assert {k: v.shape for k, v in real["state_dict"].items()} == {
         k: v.shape for k, v in synthetic["state_dict"].items()
     }
+
+
+# --- transformers' own ResNets (microsoft/resnet-18/50 layout) ------------------------------------------------------
+
+
+def _transformers_resnet(layer_type: str):
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        layer_type=layer_type,
+        embedding_size=8,
+        hidden_sizes=[8, 16, 32] if layer_type == "basic" else [16, 32, 64],
+        depths=[1, 2, 1],
+        num_labels=3,
+        id2label={0: "cat", 1: "dog", 2: "bird"},
+        label2id={"cat": 0, "dog": 1, "bird": 2},
+    )
+    return randomize_(ResNetForImageClassification(config)).eval()
+
+
+@pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
+def test_transformers_resnets_import_with_the_same_logits(tmp_path, layer_type):
+    from transformers import ConvNextImageProcessor
+
+    original = _transformers_resnet(layer_type)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = original(x).logits
+    assert not torch.allclose(expected[0], expected[1])
+    converted = ModularResNetForImageClassification.from_transformers(original).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x).logits, expected)
+    assert converted.config.id2label == {0: "cat", 1: "dog", 2: "bird"}
+
+    # A saved directory, as a Hub repo holds it: the model and its image processor (here with its own statistics).
+    original.save_pretrained(tmp_path / "hf-resnet")
+    ConvNextImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]).save_pretrained(
+        tmp_path / "hf-resnet"
+    )
+    assert main(["-q", "import", str(tmp_path / "hf-resnet"), "--output", str(tmp_path / "ours")]) == 0
+    imported = ModularResNetForImageClassification.from_pretrained(tmp_path / "ours").eval()
+    assert imported.config.image_mean == [0.5, 0.5, 0.5] and imported.config.image_std == [0.25, 0.25, 0.25]
+    with torch.no_grad():
+        torch.testing.assert_close(imported(x).logits, expected)
+
+
+def test_unsupported_transformers_resnets_are_refused():
+    original = _transformers_resnet("bottleneck")
+    original.config.downsample_in_bottleneck = True
+    with pytest.raises(ValueError, match="downsample_in_bottleneck"):
+        ModularResNetForImageClassification.from_transformers(original)
+    with pytest.raises(TypeError, match="ResNetForImageClassification"):
+        ModularResNetForImageClassification.from_transformers(torch.nn.Linear(2, 2))

@@ -16,6 +16,7 @@ from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedC
 from ..distributed import device_and_dtype
 from ..models import ModularResNetForImageClassification, load_module
 from ..models.processing import IMAGENET_CROP_PCT
+from ..module import parent_name
 
 
 def composed_image_processor(config: PreTrainedConfig) -> BaseImageProcessor:
@@ -81,7 +82,8 @@ def member_entry(module: ModularResNetForImageClassification, *, label: str) -> 
         source = None  # a Hub id whose revision is unknown cannot be pinned: store the module itself
     if source and Path(source).exists():
         source = str(Path(source).resolve())
-    return {"label": label, "source": source, "revision": revision}
+    parent = module.config.provenance.parent  # named by its Hub id, or by its directory's name: never a local path
+    return {"label": label, "source": source, "revision": revision, "parent": parent.repo_id or parent_name(parent)}
 
 
 def check_unique(labels: list[str]) -> None:

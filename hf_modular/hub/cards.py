@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import platform
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ from ..module import ModuleProvenance, count_parameters, describe, parent_name, 
 from ..module.provenance import ParentRecord
 
 TAGS = ["hf-modular", "image-classification"]
+# How a card ties a model to its base models, in the Hub's vocabulary (adapter, merge, quantized, finetune): a module
+# is a changed copy of its parent's weights that runs on its own ("finetune"; "adapter" would mean weights that need
+# the base model loaded beside them); a composition combines several models into one ("merge").
+MODULE_RELATION, COMPOSED_RELATION = "finetune", "merge"
+UNKNOWN_LICENSE = "The license is unknown: the parent's card states none. Check the parent's terms before reuse."
 
 
 def template_path(name: str) -> str:
@@ -43,11 +49,14 @@ def module_card(config: PreTrainedConfig, repo_id: str | None = None, *, license
         pipeline_tag="image-classification",
         tags=[*TAGS, "cnn-module", _architecture(config), f"class-{info.target_label}"],
         base_model=parent.repo_id,
+        base_model_relation=MODULE_RELATION if parent.repo_id else None,
         datasets=[hub_dataset] if hub_dataset else None,
         metrics=["accuracy"],
         license=license,
         model_name=repo_id or f"{info.target_label}-module",
-        eval_results=_module_results(info, hub_dataset) if evaluation else None,
+        # The Hub's model-index needs a real dataset id: results on local data stay in the card's text.
+        eval_results=_module_results(info) if evaluation and _is_repo_id(evaluation["dataset"]) else None,
+        co2_eq_emissions=co2_metadata(info.compute, "decomposition"),
     )
     return _render(
         "module",
@@ -59,6 +68,7 @@ def module_card(config: PreTrainedConfig, repo_id: str | None = None, *, license
         repo_id=repo_id or f"path/to/{info.target_label}-module",
         parent_link=_parent_link(parent),
         parent_revision=f"`{parent.revision}`" if parent.revision else "local weights (see sha256)",
+        license_text=f"`{license}` (the parent's)." if license else UNKNOWN_LICENSE,
         dataset_link=f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})"
         if hub_dataset
         else f"`{dataset_name}`"
@@ -120,11 +130,12 @@ def composed_card(
             }
         )
     hub_modules = [entry["source"] for entry in config.members if entry.get("source")]
+    parents = sorted({parent for parent in (_member_parent(entry) for entry in config.members) if parent})
     eval_results = None
-    if evaluation:
+    if evaluation and _is_repo_id(evaluation["dataset"]):  # the model-index needs a real dataset id
         common = {
             "task_type": "image-classification",
-            "dataset_type": evaluation["dataset"] if _is_repo_id(evaluation["dataset"]) else "local",
+            "dataset_type": evaluation["dataset"],
             "dataset_name": evaluation["dataset"],
             "dataset_split": evaluation["split"],
         }
@@ -141,6 +152,7 @@ def composed_card(
         pipeline_tag="image-classification",
         tags=[*TAGS, "composed-model"],
         base_model=hub_modules or None,
+        base_model_relation=COMPOSED_RELATION if hub_modules else None,
         metrics=["accuracy"],
         license=license,
         model_name=repo_id or "composed-model",
@@ -151,10 +163,29 @@ def composed_card(
         card_data,
         title=repo_id or "Composed classifier",
         members=members,
+        parents=parents,
         evaluation=evaluation,
         repo_id=repo_id or "path/to/composed",
         input_size=f"{config.num_channels}x{config.image_size}x{config.image_size}",
     )
+
+
+def co2_metadata(compute: dict[str, Any] | None, training_type: str) -> dict[str, Any] | None:
+    """The Hub's `co2_eq_emissions` metadata (grams, source, training type, hardware) for a measured compute record."""
+    if not compute or not compute.get("co2e_kg"):
+        return None
+    source = "codecarbon" if compute.get("method") == "codecarbon" else "estimated (Pan & Rajan's formula)"
+    return {
+        "emissions": round(1000 * compute["co2e_kg"], 4),
+        "source": source,
+        "training_type": training_type,
+        "hardware_used": compute.get("details", {}).get("hardware") or platform.processor() or platform.machine(),
+    }
+
+
+def _member_parent(entry: dict[str, Any]) -> str | None:
+    """The parent a composition member was decomposed from, as its entry records it (Hub id or local name)."""
+    return entry.get("parent")
 
 
 def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCard:
@@ -164,15 +195,17 @@ def _render(template: str, card_data: ModelCardData, **context: Any) -> ModelCar
         raise ValueError(f"Could not render the {template} card from {template_path(template)}: {error}") from error
 
 
-def _module_results(info: ModuleProvenance, hub_dataset: str | None) -> list[EvalResult]:
+def _module_results(info: ModuleProvenance) -> list[EvalResult]:
     """The module's own results (its "own class or not" decision), for the card's model-index. The composition's
     and the parent's figures stay in the card's text: they are not this model's results."""
     evaluation = info.evaluation
+    same_data = evaluation["dataset"] == info.dataset.name_or_path  # then the decomposition's revision is known
     common = {
         "task_type": "image-classification",
-        "dataset_type": hub_dataset or "local",
+        "dataset_type": evaluation["dataset"],
         "dataset_name": evaluation["dataset"],
         "dataset_split": evaluation["split"],
+        "dataset_revision": info.dataset.revision if same_data else None,
     }
     label = info.target_label
     quality = evaluation.get("own_vs_rest", {}).get("module") or {"accuracy": evaluation["binary_accuracy"]}
@@ -196,6 +229,7 @@ def _input_fields(config: PreTrainedConfig) -> dict[str, Any]:
         "mean": [round(m, 4) for m in config.image_mean],
         "std": [round(s, 4) for s in config.image_std],
         "architecture": _architecture(config),
+        "image_mode": "L" if config.num_channels == 1 else "RGB",  # what PIL must give the processor
     }
 
 

@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForImageClassification, PreTrained
 from typing_extensions import Unpack
 
 from ..module import ModuleProvenance, module_directory_name, parent_name
+from ..module.provenance import ParentRecord
 from .cards import module_card, parent_card
 
 try:  # the HTTP client huggingface_hub 2.x uses; its transport errors are network failures
@@ -106,6 +107,7 @@ def push_directory(
     license = options.pop("license", None)
     config = AutoConfig.from_pretrained(directory)
     if _is_module(config):
+        license = license or parent_license(ModuleProvenance.from_dict(config.module).parent, options.get("token"))
         card = module_card(config, repo_id, license=license)
     else:
         model = model or AutoModelForImageClassification.from_pretrained(directory)
@@ -168,6 +170,17 @@ def push_modules(
         )
         results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
     return results
+
+
+def parent_license(parent: ParentRecord, token: str | bool | None = None) -> str | None:
+    """The license on the card of a module's parent, when the parent is a Hub repo whose card states one."""
+    if not parent.repo_id:
+        return None
+    try:
+        card_data = HfApi(token=token).model_info(parent.repo_id, revision=parent.revision).card_data
+    except (HfHubHTTPError, TransportError, OSError):  # unreachable or private: the card says it is unknown
+        return None
+    return getattr(card_data, "license", None) if card_data else None
 
 
 def _model_files(directory: Path) -> list[str]:

@@ -59,6 +59,63 @@ def config_from_timm_resnet(model: nn.Module) -> ModularResNetConfig:
     return ModularResNetConfig(**fields)
 
 
+def config_from_transformers_resnet(model: nn.Module) -> ModularResNetConfig:
+    """The config of a transformers `ResNetForImageClassification` (the layout of microsoft/resnet-18/50 and the
+    many models fine-tuned from them)."""
+    from_config = getattr(model, "config", None)
+    if getattr(from_config, "model_type", None) != "resnet" or not hasattr(model, "classifier"):
+        raise TypeError(
+            f"from_transformers converts transformers' ResNetForImageClassification; got {type(model).__name__}."
+        )
+    config = from_config
+    unsupported = {
+        "hidden_act": config.hidden_act != "relu",
+        "downsample_in_first_stage": config.downsample_in_first_stage,
+        "downsample_in_bottleneck": getattr(config, "downsample_in_bottleneck", False),
+    }
+    if any(unsupported.values()):
+        wrong = [name for name, bad in unsupported.items() if bad]
+        raise ValueError(f"This ResNet sets {wrong}; ModularResNet models ReLU ResNets with the standard layout only.")
+    bottleneck = config.layer_type == "bottleneck"
+    return ModularResNetConfig(
+        block_type="bottleneck" if bottleneck else "basic",
+        layers=list(config.depths),
+        widths=[size // 4 for size in config.hidden_sizes] if bottleneck else list(config.hidden_sizes),
+        stem_type="imagenet",
+        stem_width=config.embedding_size,
+        shortcut="B",
+        num_channels=config.num_channels,
+        image_size=224,
+        num_labels=config.num_labels,
+        id2label=dict(config.id2label),
+        label2id=dict(config.label2id),
+    )
+
+
+def tensors_from_transformers_resnet(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers' ResNet tensor names -> ModularResNet's (timm's): `resnet.embedder.embedder.convolution` ->
+    `conv1`, `resnet.encoder.stages.{s}.layers.{b}.layer.{i}` -> `layer{s+1}.{b}.conv{i+1}` / `bn{i+1}`,
+    `...shortcut` -> `...downsample.0/1`, `classifier.1` -> `fc`."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        name = key.removeprefix("resnet.")
+        name = name.replace("embedder.embedder.convolution", "conv1").replace("embedder.embedder.normalization", "bn1")
+        if name.startswith("encoder.stages."):
+            _, _, stage, _, block, rest = name.split(".", 5)
+            part, *tail = rest.split(".")
+            if part == "shortcut":
+                layer, attribute = tail[0], ".".join(tail[1:])
+                layer = {"convolution": "downsample.0", "normalization": "downsample.1"}[layer]
+                name = f"layer{int(stage) + 1}.{block}.{layer}.{attribute}"
+            else:  # layer.{i}.convolution / layer.{i}.normalization
+                index, kind, attribute = tail[0], tail[1], ".".join(tail[2:])
+                layer = {"convolution": "conv", "normalization": "bn"}[kind] + str(int(index) + 1)
+                name = f"layer{int(stage) + 1}.{block}.{layer}.{attribute}"
+        name = name.replace("classifier.1.", "fc.")
+        renamed[name] = tensor
+    return renamed
+
+
 def read_cifar_checkpoint(
     checkpoint: str | os.PathLike,
     *,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models._features import feature_take_indices  # what timm's own ResNet uses
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoImageProcessor, PreTrainedModel, ResNetForImageClassification
 from transformers import initialization as init
 from transformers.modeling_outputs import (
     BaseModelOutputWithPoolingAndNoAttention,
@@ -34,7 +34,14 @@ from transformers.modeling_outputs import (
 from ..hub import PUSH_ONLY_OPTIONS, HubMixin
 from ..saving import atomic_directory
 from .configuration_modular_resnet import ModularResNetConfig
-from .convert import CIFAR10_LABELS, config_from_timm_resnet, load_exactly, read_cifar_checkpoint
+from .convert import (
+    CIFAR10_LABELS,
+    config_from_timm_resnet,
+    config_from_transformers_resnet,
+    load_exactly,
+    read_cifar_checkpoint,
+    tensors_from_transformers_resnet,
+)
 from .loading import load_checked
 from .processing import image_processor_for
 
@@ -519,6 +526,27 @@ class ModularResNetForImageClassification(ModularResNetModel):
         converted = cls(config)
         load_exactly(converted, model.state_dict(), f"timm model {type(model).__name__}")
         return converted.train(model.training)
+
+    @classmethod
+    def from_transformers(
+        cls, model_or_repo: str | os.PathLike | nn.Module, **load_kwargs: Any
+    ) -> ModularResNetForImageClassification:
+        """Convert a transformers `ResNetForImageClassification` (an object, a local directory or a Hub repo id such
+        as `"microsoft/resnet-50"`, loaded with `load_kwargs`) into this class, with the same labels, weights and
+        logits, ready to decompose. The image processor's mean and std come along when the source has one."""
+        source = model_or_repo
+        if isinstance(model_or_repo, (str, os.PathLike)):
+            source = ResNetForImageClassification.from_pretrained(model_or_repo, **load_kwargs)
+        config = config_from_transformers_resnet(source)
+        if isinstance(model_or_repo, (str, os.PathLike)):
+            try:
+                processor = AutoImageProcessor.from_pretrained(model_or_repo, **load_kwargs)
+                config.image_mean, config.image_std = list(processor.image_mean), list(processor.image_std)
+            except (OSError, ValueError, AttributeError, TypeError):  # no processor saved: ImageNet's, as configured
+                pass
+        converted = cls(config)
+        load_exactly(converted, tensors_from_transformers_resnet(source.state_dict()), "transformers ResNet")
+        return converted.train(source.training)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, num_features, h, w) -> logits (B, num_labels), or pooled features (B, num_features)."""
