@@ -10,7 +10,7 @@ Importing the package registers `ModularResNetConfig` and the models with transf
 `modular_resnet*` architectures with timm's registry.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from . import hub
 from .compose import ComposedConfig, ComposedModel
@@ -26,6 +26,7 @@ from .models import (
     import_cifar_resnet,
     load_module,
 )
+from .models.processing import GreyscaleConvNextImageProcessor, GreyscaleViTImageProcessor, processor_registry_key
 from .version import __version__
 
 AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
@@ -33,6 +34,12 @@ AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
 AutoModelForImageClassification.register(ModularResNetConfig, ModularResNetForImageClassification, exist_ok=True)
 AutoConfig.register(ComposedConfig.model_type, ComposedConfig, exist_ok=True)
 AutoModelForImageClassification.register(ComposedConfig, ComposedModel, exist_ok=True)
+# transformers finds a saved processor's class by name among the registered ones. The greyscale processors of
+# 1-channel models are registered under keys of their own, so that RGB models keep transformers' own ViT/ConvNext
+# processors (readable without hf_modular) and a model's config never picks a processor for it.
+for processor_class in (GreyscaleViTImageProcessor, GreyscaleConvNextImageProcessor):
+    key = processor_registry_key(processor_class)
+    AutoImageProcessor.register(key, image_processor_classes={"torchvision": processor_class}, exist_ok=True)
 
 __all__ = [
     "PRESETS",

@@ -138,7 +138,8 @@ def test_config_json_carries_timm_keys(tmp_path):
     assert saved["num_classes"] == 3
     assert saved["num_features"] == 64
     assert saved["label_names"] == ["cat", "dog", "bird"]
-    assert saved["model_args"] == {field: getattr(config, field) for field in ARCHITECTURE_FIELDS}
+    normalisation = {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}  # timm's defaults are RGB's
+    assert saved["model_args"] == {**{field: getattr(config, field) for field in ARCHITECTURE_FIELDS}, **normalisation}
     cfg = saved["pretrained_cfg"]
     assert cfg["input_size"] == [3, 32, 32]
     assert cfg["mean"] == [0.1, 0.2, 0.3] and cfg["std"] == [0.4, 0.5, 0.6]

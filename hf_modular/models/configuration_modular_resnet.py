@@ -304,12 +304,17 @@ class ModularResNetConfig(PreTrainedConfig):
             "num_classes": self.num_labels,
             "num_features": self.num_features,
             "label_names": labels,
-            "model_args": self.architecture_args(),
+            # The normalisation travels too: timm's defaults are RGB's, wrong for any other channel count.
+            "model_args": {
+                **self.architecture_args(),
+                "image_mean": list(self.image_mean),
+                "image_std": list(self.image_std),
+            },
             "pretrained_cfg": pretrained_cfg,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        image_processor_type = image_processor_class(self.stem_type).__name__
+        image_processor_type = image_processor_class(self.stem_type, self.num_channels).__name__
         return {**super().to_dict(), **self.timm_config(), "image_processor_type": image_processor_type}
 
 

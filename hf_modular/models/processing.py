@@ -1,7 +1,16 @@
-"""The stock transformers image processor that matches a ModularResNet config (no hand-written preprocessing)."""
+"""The stock transformers image processor that matches a ModularResNet config (no hand-written preprocessing).
+
+1-channel models get the same processors with one step in front: images are converted to luminance (as PIL's "L"
+mode computes it), because transformers' pipelines hand every image over as RGB.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
 from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
 
 # timm's ImageNet evaluation recipe: resize the shorter side to image_size / 0.875, then centre-crop image_size.
@@ -13,8 +22,49 @@ def image_mode(num_channels: int) -> str:
     return "RGB" if num_channels == 3 else "L"
 
 
-def image_processor_class(stem_type: str) -> type[BaseImageProcessor]:
-    """The stock processor class for a stem: timm's ImageNet recipe (resize, centre crop) or a plain resize."""
+def _luminance(images: Any) -> Any:
+    """PIL images, HxWx3 arrays or 3xHxW tensors (or lists of them) -> the same as 1-channel luminance images."""
+    if isinstance(images, (list, tuple)):
+        return [_luminance(image) for image in images]
+    if isinstance(images, Image.Image):
+        return images.convert("L")
+    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] == 3:
+        return Image.fromarray(images.astype(np.uint8)).convert("L") if images.dtype == np.uint8 else images @ LUMA
+    if isinstance(images, torch.Tensor) and images.ndim >= 3 and images.shape[-3] == 3:
+        return (images * torch.tensor(LUMA, dtype=images.dtype)[:, None, None]).sum(-3, keepdim=True)
+    return images
+
+
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, PIL's "L"
+
+
+class GreyscaleViTImageProcessor(ViTImageProcessor):
+    """`ViTImageProcessor` for 1-channel models: converts images to luminance first."""
+
+    def preprocess(self, images: Any, *args: Any, **kwargs: Any):
+        return super().preprocess(_luminance(images), *args, **kwargs)
+
+
+class GreyscaleConvNextImageProcessor(ConvNextImageProcessor):
+    """`ConvNextImageProcessor` for 1-channel models: converts images to luminance first."""
+
+    def preprocess(self, images: Any, *args: Any, **kwargs: Any):
+        return super().preprocess(_luminance(images), *args, **kwargs)
+
+
+def processor_registry_key(processor_class: type[BaseImageProcessor]) -> type[PreTrainedConfig]:
+    """A config class that exists only to register `processor_class` with `AutoImageProcessor` (which keys its
+    registry by config class) without tying it to a model type."""
+    return type(
+        f"{processor_class.__name__}Key", (PreTrainedConfig,), {"model_type": f"hf_modular_{processor_class.__name__}"}
+    )
+
+
+def image_processor_class(stem_type: str, num_channels: int = 3) -> type[BaseImageProcessor]:
+    """The stock processor class for a stem: timm's ImageNet recipe (resize, centre crop) or a plain resize; its
+    greyscale variant for 1-channel models."""
+    if num_channels == 1:
+        return GreyscaleConvNextImageProcessor if stem_type == "imagenet" else GreyscaleViTImageProcessor
     return ConvNextImageProcessor if stem_type == "imagenet" else ViTImageProcessor
 
 
@@ -25,14 +75,15 @@ def image_processor_for(config: PreTrainedConfig) -> BaseImageProcessor:
     models follow timm's evaluation recipe: resize the shorter side to `image_size / 0.875`, center-crop
     `image_size`.
     """
+    processor_class = image_processor_class(config.stem_type, config.num_channels)
     if config.stem_type == "imagenet":
-        return ConvNextImageProcessor(
+        return processor_class(
             size={"shortest_edge": config.image_size},
             crop_pct=IMAGENET_CROP_PCT,
             image_mean=list(config.image_mean),
             image_std=list(config.image_std),
         )
-    return ViTImageProcessor(
+    return processor_class(
         size={"height": config.image_size, "width": config.image_size},
         image_mean=list(config.image_mean),
         image_std=list(config.image_std),

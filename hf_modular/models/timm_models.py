@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
@@ -37,6 +38,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
         if unknown:
             raise TypeError(f"Unknown ModularResNet arguments for timm: {sorted(unknown)}.")
         fields = {**(PRESETS[preset] if preset else {}), **architecture}
+        if in_chans != 3 and "image_mean" not in fields:  # the config's defaults are RGB's
+            fields["image_mean"], fields["image_std"] = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
         if len(fields.get("image_mean", ())) not in (0, in_chans):  # e.g. in_chans=1 on an RGB preset
             fields["image_mean"] = [sum(fields["image_mean"]) / len(fields["image_mean"])] * in_chans
             fields["image_std"] = [sum(fields["image_std"]) / len(fields["image_std"])] * in_chans

@@ -1,0 +1,72 @@
+"""Models of any channel count load and classify through every path: transformers, timm and pipeline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, pipeline
+
+import hf_modular  # noqa: F401  (registers the classes)
+from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.models.processing import GreyscaleConvNextImageProcessor, GreyscaleViTImageProcessor
+from tests.conftest import randomize_
+
+
+def _grey_model(stem_type: str) -> ModularResNetForImageClassification:
+    torch.manual_seed(0)
+    size = 64 if stem_type == "imagenet" else 16
+    config = ModularResNetConfig(
+        layers=[1, 1],
+        widths=[4, 8],
+        stem_width=4,
+        stem_type=stem_type,
+        image_size=size,
+        num_channels=1,
+        image_mean=[0.4],
+        image_std=[0.3],
+        id2label={0: "zero", 1: "one", 2: "two"},
+    )
+    return randomize_(ModularResNetForImageClassification(config)).eval()
+
+
+@pytest.mark.parametrize(
+    ("stem_type", "processor_class"),
+    [
+        ("cifar", GreyscaleViTImageProcessor),
+        ("imagenet", GreyscaleConvNextImageProcessor),
+    ],
+)
+def test_a_one_channel_model_loads_and_classifies_through_every_path(tmp_path, stem_type, processor_class):
+    model = _grey_model(stem_type)
+    model.save_pretrained(tmp_path / "grey")
+    size = model.config.image_size
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)
+    grey = Image.fromarray(pixels)
+
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "grey")
+    assert type(processor) is processor_class
+    pixel_values = processor(grey, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 1, size, size)
+    with torch.no_grad():
+        expected = model(pixel_values).logits
+
+    via_timm = timm.create_model(f"local-dir:{tmp_path / 'grey'}", pretrained=True).eval()
+    assert list(via_timm.pretrained_cfg["mean"]) == [0.4] and via_timm.config.image_std == [0.3]
+    with torch.no_grad():
+        torch.testing.assert_close(via_timm(pixel_values), expected)
+
+    classify = pipeline("image-classification", model=str(tmp_path / "grey"))
+    answer = classify(grey, top_k=3)  # the pipeline hands over RGB; the processor takes its luminance
+    assert answer == classify(grey.convert("RGB"), top_k=3)
+    best = expected.softmax(-1)[0].argmax().item()
+    assert answer[0]["label"] == model.config.id2label[best]
+    assert answer[0]["score"] == pytest.approx(expected.softmax(-1)[0, best].item(), abs=1e-5)
+
+
+def test_rgb_models_keep_transformers_own_processors(tmp_path):
+    config = ModularResNetConfig(layers=[1, 1], widths=[4, 8], stem_width=4)
+    ModularResNetForImageClassification(config).save_pretrained(tmp_path / "rgb")
+    assert type(AutoImageProcessor.from_pretrained(tmp_path / "rgb")).__name__ == "ViTImageProcessor"
