@@ -224,3 +224,14 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     odd = tmp_path / "me@home" / "dark-module"  # a local path with '@' is a path, not repo@revision
     modules_a["dark"].save_pretrained(odd)
     assert ComposedModel.from_modules([odd]).labels == ["dark"]
+
+
+def test_load_from_a_local_subfolder_with_dtype(tmp_path, modules_a, modules_b):
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]])
+    composed.save_pretrained(tmp_path / "repo" / "compositions" / "dark-sun", materialize=True)
+    loaded = ComposedModel.from_pretrained(tmp_path / "repo", subfolder="compositions/dark-sun", dtype=torch.float64)
+    assert loaded.labels == composed.labels
+    assert all(next(member.parameters()).dtype == torch.float64 for member in loaded.members)
+    composition_dir = tmp_path / "repo" / "compositions" / "dark-sun"
+    module = ModularResNetForImageClassification.from_pretrained(composition_dir, subfolder="modules/dark-module")
+    assert module.config.provenance.target_label == "dark"

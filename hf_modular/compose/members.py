@@ -142,5 +142,6 @@ def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[
 
 def load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):
     if Path(source).is_dir():
-        return load_module(str(Path(source) / subfolder))
+        local_kwargs = {key: value for key, value in hub_kwargs.items() if key in ("dtype", "device_map")}
+        return load_module(str(Path(source) / subfolder), **local_kwargs)
     return load_module(source, subfolder=subfolder, revision=revision, **hub_kwargs)

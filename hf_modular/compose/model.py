@@ -457,18 +457,23 @@ class ComposedModel(PreTrainedModel):
     def from_pretrained(
         cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any
     ) -> ComposedModel:
-        """Load a composed model from a directory or Hub repo, fetching each module it names."""
-        revision = kwargs.get("revision")
+        """Load a composed model from a directory or Hub repo (its `subfolder`, if given), fetching each module it
+        names; `dtype` and `device_map` apply to every member, as transformers applies them to a model."""
+        revision, subfolder = kwargs.get("revision"), kwargs.get("subfolder") or ""
         keys = ("cache_dir", "token", "local_files_only", "force_download")
         hub_kwargs = {key: kwargs[key] for key in keys if key in kwargs}
+        member_kwargs = {**hub_kwargs, **{key: kwargs[key] for key in ("dtype", "device_map") if key in kwargs}}
         source = str(pretrained_model_name_or_path)
-        config = ComposedConfig.from_pretrained(source, revision=revision, **hub_kwargs)
+        if subfolder and Path(source).is_dir():  # a local directory: the composition is in its subfolder
+            source, subfolder = str(Path(source) / subfolder), ""
+        config = ComposedConfig.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
         members = []
         for entry in config.members or []:
             if entry.get("subfolder"):
-                module = load_from_subfolder(source, entry["subfolder"], revision, hub_kwargs)
+                inside = f"{subfolder}/{entry['subfolder']}" if subfolder else entry["subfolder"]
+                module = load_from_subfolder(source, inside, revision, member_kwargs)
             else:
-                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], hub_kwargs)
+                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         return cls(config, members)
 

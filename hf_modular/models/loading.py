@@ -25,8 +25,9 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *ar
     kwargs.setdefault("use_safetensors", True)
     output_loading_info = kwargs.pop("output_loading_info", False)
     source = None if source is None else str(source)  # None: `config=` and `state_dict=` give everything
-    if source is not None:
-        refuse_pickle_only_directory(source, kwargs["use_safetensors"])
+    if source is not None:  # a local directory's weights sit in its `subfolder` when one is given, as on the Hub
+        local = os.path.join(source, kwargs["subfolder"]) if kwargs.get("subfolder") else source
+        refuse_pickle_only_directory(local, kwargs["use_safetensors"])
     try:
         model, info = load(source, *args, output_loading_info=True, **kwargs)
     except SafetensorError as error:
