@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from transformers import AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.utils import logging as transformers_logging
 
-from .compose import ComposedModel
+from .compose import ComposedConfig, ComposedModel
 from .data import find_columns, label_names, load_image_dataset
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
 from .evaluation import evaluate
-from .hub import DEFAULT_NAME_TEMPLATE, module_card, parent_card, push_directory, push_modules
+from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card, push_directory, push_modules
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
 from .train import train
@@ -291,8 +291,10 @@ def _push_parent(args: argparse.Namespace) -> None:
 
 def _card(args: argparse.Namespace) -> None:
     directory = Path(_model_source(args.directory))
-    config = ModularResNetConfig.from_pretrained(directory)
-    if config.is_module:
+    config = AutoConfig.from_pretrained(directory)
+    if isinstance(config, ComposedConfig):
+        card = composed_card(config, args.repo_id, license=args.license)
+    elif config.is_module:
         card = module_card(config, args.repo_id, license=args.license)
     else:
         model = ModularResNetForImageClassification.from_pretrained(directory)

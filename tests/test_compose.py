@@ -14,6 +14,7 @@ from transformers import pipeline
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
+from hf_modular.cli import main
 from hf_modular.compose import composed_image_processor, vote
 from hf_modular.decompose import decompose
 from hf_modular.models import image_processor_for
@@ -127,7 +128,13 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     expected = composed.predict_logits(images)
 
     composed.save_pretrained(tmp_path / "by-reference")
-    assert sorted(p.name for p in (tmp_path / "by-reference").iterdir()) == ["config.json", "preprocessor_config.json"]
+    saved = sorted(p.name for p in (tmp_path / "by-reference").iterdir())
+    assert saved == ["README.md", "config.json", "preprocessor_config.json"]  # a local composition has its card
+    card = (tmp_path / "by-reference" / "README.md").read_text()
+    assert "`dark-module` (a local directory)" in card and str(tmp_path) not in card
+    (tmp_path / "by-reference" / "README.md").unlink()
+    assert main(["-q", "card", str(tmp_path / "by-reference"), "--repo-id", "me/dark-sun"]) == 0
+    assert 'ComposedModel.from_pretrained("me/dark-sun")' in (tmp_path / "by-reference" / "README.md").read_text()
     composed.save_pretrained(tmp_path / "materialized", materialize=True)
     assert (tmp_path / "materialized" / "modules" / "dark-module" / "model.safetensors").is_file()
     card = (tmp_path / "materialized" / "modules" / "dark-module" / "README.md").read_text()

@@ -433,6 +433,7 @@ class ComposedModel(PreTrainedModel):
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
+            composed_card(config).save(Path(staging) / "README.md")  # a local composition has its card too
 
     def push_to_hub(
         self,

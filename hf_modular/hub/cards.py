@@ -124,12 +124,14 @@ def composed_card(
             {
                 "label": entry["label"],
                 "where": f"[{source}](https://huggingface.co/{source})"
+                if _is_repo_id(source)
+                else f"`{Path(source).name}` (a local directory)"  # named, never by its path on this machine
                 if source
                 else f"`{entry.get('subfolder')}` (inside this repo)",
                 "revision": f"`{entry['revision']}`" if entry.get("revision") else "-",
             }
         )
-    hub_modules = [entry["source"] for entry in config.members if entry.get("source")]
+    hub_modules = [entry["source"] for entry in config.members if _is_repo_id(entry.get("source"))]
     parents = sorted({parent for parent in (_member_parent(entry) for entry in config.members) if parent})
     eval_results = None
     if evaluation and _is_repo_id(evaluation["dataset"]):  # the model-index needs a real dataset id
