@@ -160,10 +160,10 @@ def test_each_module_reports_its_own_quality_next_to_its_parents(tmp_path):
         config = json.loads((tmp_path / "out" / f"{label}-module" / "config.json").read_text())
         assert config["module"]["evaluation"]["own_vs_rest"]["module"] == pytest.approx(row["module"])
         card = ModelCard.load(tmp_path / "out" / f"{label}-module" / "README.md")
-        results = {result.metric_type: result.metric_value for result in card.data.eval_results}
-        assert set(results) == {"accuracy", "precision", "recall", "roc_auc", "expected_calibration_error"}
-        assert results["accuracy"] == round(row["module"]["accuracy"], 4)  # the module's own, not the composition's
-        assert "calibration error (ECE)" in card.content
+        # In-memory data has no dataset id for the Hub's model-index: the figures are in the card's text (a Hub
+        # dataset's model-index is tested in test_hub).
+        assert card.data.eval_results is None
+        assert f"{100 * row['module']['accuracy']:.2f}%" in card.content and "calibration error (ECE)" in card.content
 
 
 def test_distillation_trains_the_softmax_head_as_the_module_answers():
