@@ -313,8 +313,12 @@ def _compose(args: argparse.Namespace) -> None:
         calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
         print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
     if args.fit:
-        record = composed.fit(
-            args.fit, split=args.fit_split, images_per_class=args.images_per_class, progress=not args.quiet
+        record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
+            args.fit,
+            split=args.fit_split,
+            images_per_class=args.images_per_class,
+            other_classes="skip",
+            progress=not args.quiet,
         )
         print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
     composed.save_pretrained(args.output, materialize=args.materialize)
@@ -530,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fit",
         default=None,
         metavar="DATASET",
-        help="refit each module's own-vs-rest head on labelled images of the composition's classes, so modules "
-        "from unrelated parents compose (use held-out images)",
+        help="refit each module's own-vs-rest head on labelled images of the composition's classes (other classes "
+        "in DATASET are skipped), so modules from unrelated parents compose (use held-out images)",
     )
     comp.add_argument("--fit-split", default=_default(ComposedModel.fit, "split"), metavar="SPLIT")
     comp.add_argument(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import json
 
+import datasets
+import numpy as np
 import pytest
 import torch
 
@@ -175,3 +177,21 @@ def test_a_fitted_composition_moves_across_dtypes_and_still_trains(strangers):
 def test_fitting_one_member_is_refused(strangers):
     with pytest.raises(ValueError, match="at least two members"):
         ComposedModel.from_modules(strangers[:1]).fit(_data(["dark"], 5, 3), images_per_class=5, progress=False)
+
+
+def test_images_of_other_classes_are_refused_or_skipped(strangers):
+    mixed = _data(ALL, 12, seed=4)
+    extra = mixed.cast_column("label", datasets.ClassLabel(names=[*ALL, "other"]))
+    extra = datasets.concatenate_datasets([extra, extra.select(range(4)).map(lambda row: {"label": 4})])
+    composed = ComposedModel.from_modules(strangers)
+    with pytest.raises(ValueError, match="classes no member answers.*other_classes='skip'"):
+        composed.fit(extra, images_per_class=10, progress=False)
+    record = composed.fit(extra, images_per_class=10, other_classes="skip", progress=False)
+    assert record["data"]["images"] == 40
+
+
+def test_predict_takes_a_list_of_uint8_arrays(strangers):
+    composed = ComposedModel.from_modules(strangers)
+    images = _data(ALL, 1, seed=5)["image"]
+    arrays = [np.asarray(image) for image in images]
+    assert composed.predict(arrays) == composed.predict(images)

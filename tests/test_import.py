@@ -207,12 +207,13 @@ def test_transformers_resnets_import_with_the_same_logits(tmp_path, layer_type):
 
     # A saved directory, as a Hub repo holds it: the model and its image processor (here with its own statistics).
     original.save_pretrained(tmp_path / "hf-resnet")
-    ConvNextImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]).save_pretrained(
-        tmp_path / "hf-resnet"
-    )
+    ConvNextImageProcessor(
+        size={"shortest_edge": 64}, image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25]
+    ).save_pretrained(tmp_path / "hf-resnet")
     assert main(["-q", "import", str(tmp_path / "hf-resnet"), "--output", str(tmp_path / "ours")]) == 0
     imported = ModularResNetForImageClassification.from_pretrained(tmp_path / "ours").eval()
     assert imported.config.image_mean == [0.5, 0.5, 0.5] and imported.config.image_std == [0.25, 0.25, 0.25]
+    assert imported.config.image_size == 64  # a fine-tune's own input size, not ImageNet's 224
     with torch.no_grad():
         torch.testing.assert_close(imported(x).logits, expected)
 

@@ -28,9 +28,16 @@ from .members import composed_image_processor, prepare_input
 
 
 def sample_for_fit(
-    dataset: datasets.Dataset, labels: Sequence[str], images_per_class: int, seed: int
+    dataset: datasets.Dataset,
+    labels: Sequence[str],
+    images_per_class: int,
+    seed: int,
+    other_classes: str = "refuse",
 ) -> tuple[datasets.Dataset, torch.Tensor]:
-    """`images_per_class` seeded random rows of each of `labels`' classes, and their indices into `labels`."""
+    """`images_per_class` seeded random rows of each of `labels`' classes, and their indices into `labels`. Images
+    of other classes are refused (`other_classes="refuse"`: they may be a mistake) or skipped (`"skip"`)."""
+    if other_classes not in ("refuse", "skip"):
+        raise ValueError(f"other_classes must be 'refuse' or 'skip', not {other_classes!r}.")
     if images_per_class < 1:
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}.")
     _, label_column = find_columns(dataset)
@@ -43,10 +50,14 @@ def sample_for_fit(
         )
     extra = [name for name in names if name not in labels]
     ids = label_ids(dataset, label_column)
-    if extra and bool(torch.isin(ids, torch.tensor([names.index(name) for name in extra])).any()):
+    if (
+        other_classes == "refuse"
+        and extra
+        and bool(torch.isin(ids, torch.tensor([names.index(n) for n in extra])).any())
+    ):
         raise ValueError(
             f"The fit dataset has images of {extra[:5]}, classes no member answers. Select the composition's classes "
-            "first: hf_modular.data.select_classes(dataset, composed.labels)."
+            "first (hf_modular.data.select_classes(dataset, composed.labels)), or pass other_classes='skip'."
         )
     generator = torch.Generator().manual_seed(seed)
     rows, targets = [], []
@@ -140,6 +151,7 @@ def fit_heads(
     seed: int = 0,
     l2: float = 1e-3,
     batch_size: int = 256,
+    other_classes: str = "refuse",
     state: DistributedState | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -150,7 +162,7 @@ def fit_heads(
             f"and images_per_class >= 2 (got {len(members)} members, images_per_class={images_per_class})."
         )
     started = time.perf_counter()
-    sample, targets = sample_for_fit(dataset, labels, images_per_class, seed)
+    sample, targets = sample_for_fit(dataset, labels, images_per_class, seed, other_classes)
     features = pooled_features(members, composed_config, sample, batch_size=batch_size, state=state, progress=progress)
     heads = {}
     for index, (label, found) in enumerate(zip(labels, features, strict=True)):

@@ -126,7 +126,7 @@ def as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> li
         if array.dtype != np.uint8:
             raise ValueError("Raw image arrays must be uint8 (0-255); pass PIL images or uint8 data.")
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
-    return list(images)
+    return [image if isinstance(image, Image.Image) else as_pil_list(image)[0] for image in images]  # mixed lists
 
 
 def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):

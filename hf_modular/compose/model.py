@@ -333,6 +333,7 @@ class ComposedModel(PreTrainedModel):
         seed: int = 0,
         l2: float = 1e-3,
         batch_size: int = 256,
+        other_classes: str = "refuse",
         state: DistributedState | None = None,
         progress: bool = True,
     ) -> dict[str, Any]:
@@ -341,7 +342,8 @@ class ComposedModel(PreTrainedModel):
         there, and no other). The members and their repos are not changed; the composition stores the fitted heads
         (`config.fit`, saved and pushed with it) and answers with them. Use images you do not report results on.
         `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes (with `split`).
-        Under `accelerate launch` the processes of `state` share the images; each gets the same fit.
+        Images of classes no member answers are refused, or skipped with `other_classes="skip"`. Under
+        `accelerate launch` the processes of `state` share the images; each gets the same fit.
 
         Returns the fit record (see `ComposedConfig.fit`).
         """
@@ -356,6 +358,7 @@ class ComposedModel(PreTrainedModel):
             seed=seed,
             l2=l2,
             batch_size=batch_size,
+            other_classes=other_classes,
             state=state,
             progress=progress,
         )

@@ -533,7 +533,8 @@ class ModularResNetForImageClassification(ModularResNetModel):
     ) -> ModularResNetForImageClassification:
         """Convert a transformers `ResNetForImageClassification` (an object, a local directory or a Hub repo id such
         as `"microsoft/resnet-50"`, loaded with `load_kwargs`) into this class, with the same labels, weights and
-        logits, ready to decompose. The image processor's mean and std come along when the source has one."""
+        logits, ready to decompose. The image processor's mean, std and input size come along when the source has one.
+        """
         source = model_or_repo
         if isinstance(model_or_repo, (str, os.PathLike)):
             source = ResNetForImageClassification.from_pretrained(model_or_repo, **load_kwargs)
@@ -542,6 +543,8 @@ class ModularResNetForImageClassification(ModularResNetModel):
             try:
                 processor = AutoImageProcessor.from_pretrained(model_or_repo, **load_kwargs)
                 config.image_mean, config.image_std = list(processor.image_mean), list(processor.image_std)
+                size = dict(processor.size or {})  # a fine-tune may use another input size than 224
+                config.image_size = int(size.get("shortest_edge") or size.get("height") or config.image_size)
             except (OSError, ValueError, AttributeError, TypeError):  # no processor saved: ImageNet's, as configured
                 pass
         converted = cls(config)

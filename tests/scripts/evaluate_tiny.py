@@ -7,28 +7,17 @@ import dataclasses
 import json
 import sys
 
-import datasets
-import numpy as np
-import torch
 from accelerate import Accelerator
-from PIL import Image
+from tiny_setup import tiny_model_and_data
 
-from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular import ComposedModel
 from hf_modular.decompose import decompose
 from hf_modular.evaluation import evaluate, evaluate_composition
 from hf_modular.train import train
 
 output = sys.argv[1]
 accelerator = Accelerator(cpu=True)
-torch.manual_seed(0)
-labels = ["a", "b", "c"]
-config = ModularResNetConfig(layers=[1, 1], widths=[4, 8], stem_width=4, image_size=8, id2label=dict(enumerate(labels)))
-model = ModularResNetForImageClassification(config).eval()
-rng = np.random.default_rng(0)
-# 61 rows: the shards are uneven on 2 processes, which is the case that padding would get wrong.
-images = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(61)]
-features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=labels)})
-data = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(61)]}, features=features)
+model, data = tiny_model_and_data()
 modules = decompose(model, data, samples_per_class=15, batch_size=4, accelerator=accelerator, progress=False)
 
 measured = {
