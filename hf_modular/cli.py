@@ -28,6 +28,7 @@ from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card,
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
 from .train import train
+from .validation import cli_number
 from .version import __version__
 
 logger = logging.getLogger("hf_modular")
@@ -124,6 +125,7 @@ def _print_summary(summary: dict[str, Any], json_output: bool) -> None:
             print(f"{key:<{width}}  {value}")
 
 
+COUNT = cli_number(minimum=1, integer=True)  # sizes and counts: a whole number, at least one
 CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
 
 
@@ -431,9 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--push-to", default=None, metavar="REPO_ID", help="push the trained model to the Hub")
     trn.add_argument("--split", default="train")
     trn.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
-    trn.add_argument("--epochs", type=int, default=_default(train, "epochs"))
-    trn.add_argument("--batch-size", type=int, default=_default(train, "batch_size"))
-    trn.add_argument("--learning-rate", type=float, default=_default(train, "learning_rate"))
+    trn.add_argument("--epochs", type=COUNT, default=_default(train, "epochs"))
+    trn.add_argument("--batch-size", type=COUNT, default=_default(train, "batch_size"))
+    trn.add_argument("--learning-rate", type=cli_number(above=0), default=_default(train, "learning_rate"))
     trn.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     trn.add_argument("--seed", type=int, default=_default(train, "seed"))
     trn.add_argument("--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training")
@@ -466,13 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--split", default=_default(decompose, "split"), help="split observed by the statistics pass")
     dec.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
-    dec.add_argument("--eval-limit", type=int, default=None, help="measure on the first N rows of the eval split")
+    dec.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
     dec.add_argument(
-        "--samples-per-class", type=int, default=_default(decompose, "samples_per_class"), help="own-class inputs"
+        "--samples-per-class", type=COUNT, default=_default(decompose, "samples_per_class"), help="own-class inputs"
     )
     dec.add_argument(
-        "--negatives-ratio", type=float, default=_default(decompose, "negatives_ratio"), help="negatives per own input"
+        "--negatives-ratio",
+        type=cli_number(minimum=0),
+        default=_default(decompose, "negatives_ratio"),
+        help="negatives per own input",
     )
     dec.add_argument(
         "--strategy",
@@ -481,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="activation: the paper's masked full-size modules; channel: compact, physically pruned modules",
     )
     _add_strategy_options(dec.add_argument_group("strategy options (each names the strategies that take it)"))
-    dec.add_argument("--batch-size", type=int, default=_default(decompose, "batch_size"), help="images per step")
+    dec.add_argument("--batch-size", type=COUNT, default=_default(decompose, "batch_size"), help="images per step")
     dec.add_argument("--seed", type=int, default=_default(decompose, "seed"), help="seed of sampling and recovery")
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     _add_compute_options(dec)
@@ -539,7 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--fit-split", default=_default(ComposedModel.fit, "split"), metavar="SPLIT")
     comp.add_argument(
-        "--images-per-class", type=int, default=_default(ComposedModel.fit, "images_per_class"), help="for --fit"
+        "--images-per-class",
+        type=cli_number(minimum=2, integer=True),
+        default=_default(ComposedModel.fit, "images_per_class"),
+        help="for --fit",
     )
     comp.set_defaults(run=_compose)
 
@@ -558,8 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     ev.add_argument("--image-column", default=None, help="default: the dataset's Image column")
     ev.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")
-    ev.add_argument("--batch-size", type=int, default=_default(evaluate, "batch_size"))
-    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N rows")
+    ev.add_argument("--batch-size", type=COUNT, default=_default(evaluate, "batch_size"))
+    ev.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N rows")
     ev.add_argument("--json", action="store_true", help="print JSON")
     _add_compute_options(ev)
     ev.set_defaults(run=_evaluate)

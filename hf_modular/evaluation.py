@@ -25,6 +25,7 @@ from .distributed import (
 )
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .module import own_vs_rest_quality
+from .validation import check_number
 
 
 @dataclass
@@ -54,6 +55,7 @@ def evaluate(
     a classifier on every row, and a label it does not know is an error. The rows are shared between the processes
     of `state` (default: this process's `PartialState`); every process returns the same result.
     """
+    check_number("batch_size", batch_size, minimum=1, integer=True)
     state = distributed_state(state)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     composed = isinstance(model, ComposedModel)
@@ -127,6 +129,7 @@ def evaluate_composition(
     Images whose label has no module are skipped, so a composition of a subset of classes is measured on those classes.
     Data-parallel over the processes of `state`, as `evaluate`.
     """
+    check_number("batch_size", batch_size, minimum=1, integer=True)
     state = distributed_state(state)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     to_model_labels = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)

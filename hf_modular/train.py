@@ -28,6 +28,7 @@ from .data import dataset_to_model_labels, find_columns, label_names
 from .distributed import sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
+from .validation import check_number
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"
@@ -77,6 +78,10 @@ def train(
     "bf16") places the model, in the model's dtype; under `accelerate launch` each process trains on its share of
     every epoch and the evaluation is shared too. The model is left where the accelerator put it.
     """
+    check_number("epochs", epochs, minimum=1, integer=True)
+    check_number("batch_size", batch_size, minimum=1, integer=True)
+    check_number("learning_rate", learning_rate, above=0)
+    check_number("weight_decay", weight_decay, minimum=0)
     accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
     set_seed(seed)
     image_column, label_column = find_columns(train_dataset)

@@ -29,6 +29,7 @@ from ..hub import module_card
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import check_directory_names, describe, module_directory_name, weights_sha256
 from ..saving import atomic_directory
+from ..validation import check_number
 from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose
 from .strategies import STRATEGIES, get_strategy
 
@@ -56,6 +57,8 @@ def decompose_to_directory(
     the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
     (`module.evaluation`) and model card.
     """
+    if eval_limit is not None:
+        check_number("eval_limit", eval_limit, minimum=1, integer=True)
     state = distributed_state(accelerator)
     output = Path(output)
     eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None

@@ -28,6 +28,7 @@ from ..emissions import measure_compute
 from ..models import ModularResNetForImageClassification
 from ..module import ModuleProvenance, weights_sha256
 from ..module.provenance import DatasetRecord, MethodRecord, ParentRecord, SampleCounts, SamplingRecord
+from ..validation import check_number
 from ..version import __version__
 from .build import label_module
 from .sampling import plan_samples
@@ -76,6 +77,9 @@ def decompose(
         `{label: module}` in the model's class order; each module is a `ModularResNetForImageClassification` with
         two outputs (`label`, `"rest"`) whose `config.module` records its provenance.
     """
+    check_number("samples_per_class", samples_per_class, minimum=1, integer=True)
+    check_number("negatives_ratio", negatives_ratio, minimum=0)
+    check_number("batch_size", batch_size, minimum=1, integer=True)
     method = get_strategy(strategy, **strategy_options)
     if model.config.is_module:
         parent = model.config.provenance.parent

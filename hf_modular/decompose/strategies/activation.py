@@ -33,6 +33,7 @@ from torch import nn
 from ...distributed import DistributedState
 from ...models import ModularResNetForImageClassification, ShortcutA
 from ...module import ModuleDescription, ModuleProvenance, jaccard_index, masked_fraction
+from ...validation import check_number
 from ..build import build_module
 from ..heads import HEAD_DESCRIPTIONS, HEADS, channel_head, module_head
 from ..sampling import SamplePlan
@@ -107,6 +108,7 @@ class ActivationStrategy(Strategy):
             raise ValueError(f"sites={self.sites!r} is not one of {SITE_KINDS}.")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r} is not one of {HEADS}.")
+        check_number("delta", self.delta, minimum=0)
         if self.sites == "conv" and self.backtrack_input:
             raise ValueError("backtrack_input (MC-BI) walks ReLU sites; use it with sites='relu'.")
 

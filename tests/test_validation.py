@@ -1,0 +1,73 @@
+"""Numeric options are checked where they enter, with a message that names the option and its range."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import hf_modular
+from hf_modular import ModularResNetForImageClassification
+from hf_modular.cli import main
+from hf_modular.evaluation import evaluate
+from hf_modular.train import train
+from hf_modular.validation import check_number
+from tests.test_decompose import dark_bright_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def parent():
+    torch.manual_seed(0)
+    return ModularResNetForImageClassification(tiny_config()).eval()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"samples_per_class": 0}, "samples_per_class must be an integer >= 1, got 0"),
+        ({"samples_per_class": -3}, "samples_per_class must be an integer >= 1, got -3"),
+        ({"samples_per_class": 2.5}, "samples_per_class must be an integer >= 1, got 2.5"),
+        ({"negatives_ratio": -1.0}, "negatives_ratio must be a number >= 0, got -1.0"),
+        ({"delta": math.nan}, "delta must be a number >= 0, got nan"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ],
+)
+def test_decompose_refuses_out_of_range_options(parent, options, message):
+    with pytest.raises(ValueError, match=message):
+        hf_modular.decompose(parent, dark_bright_dataset(), progress=False, **options)
+
+
+def test_train_and_evaluate_refuse_out_of_range_options(parent):
+    data = dark_bright_dataset()
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        train(parent, data, epochs=0, progress=False)
+    with pytest.raises(ValueError, match="learning_rate must be a number > 0, got -0.1"):
+        train(parent, data, epochs=1, learning_rate=-0.1, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        evaluate(parent, data, batch_size=0, progress=False)
+
+
+def test_booleans_and_infinities_are_not_numbers_here():
+    with pytest.raises(ValueError, match="got True"):
+        check_number("samples_per_class", True, minimum=1, integer=True)
+    with pytest.raises(ValueError, match="got inf"):
+        check_number("negatives_ratio", math.inf, minimum=0)
+    check_number("negatives_ratio", 0, minimum=0)  # an int is a number
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["evaluate", "m", "--dataset", "d", "--limit", "0"], "--limit: must be an integer >= 1, got 0"),
+        (["train", "--dataset", "d", "--output", "o", "--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+        (["decompose", "m", "--dataset", "d", "--output", "o", "--samples-per-class", "-1"], "--samples-per-class"),
+        (["decompose", "m", "--dataset", "d", "--output", "o", "--negatives-ratio", "nan"], "--negatives-ratio"),
+        (["evaluate", "m", "--dataset", "d", "--batch-size", "ten"], "expected an integer, got 'ten'"),
+    ],
+)
+def test_the_cli_refuses_them_before_any_work(capsys, arguments, fragment):
+    with pytest.raises(SystemExit) as exit_info:
+        main(arguments)
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
