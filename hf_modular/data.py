@@ -89,10 +89,26 @@ def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
     return list(dataset.features[label_column].names)
 
 
+UNLABELLED = -1  # the datasets convention for a row without a label
+
+
 def label_ids(dataset: datasets.Dataset, label_column: str) -> torch.Tensor:
     """The label column as an (N,) int64 tensor, read as one Arrow column (indexing `dataset[column]` row by row
     costs seconds on 50k rows)."""
-    return dataset.select_columns([label_column]).with_format("torch")[:][label_column].long()
+    ids = dataset.select_columns([label_column]).with_format("torch")[:][label_column].long()
+    feature = dataset.features[label_column]
+    count = feature.num_classes if isinstance(feature, datasets.ClassLabel) else None
+    bad = ids < UNLABELLED
+    if count is not None:
+        bad |= ids >= count
+    if bad.any():
+        row = int(bad.nonzero()[0])
+        allowed = f"0-{count - 1}" if count is not None else "0 and up"
+        raise ValueError(
+            f"Row {row} of the dataset has label {int(ids[row])}, outside its {label_column!r} column's ids "
+            f"({allowed}, or -1 for an unlabelled row). Fix or drop that row."
+        )
+    return ids
 
 
 def select_classes(dataset: datasets.Dataset, labels: list[str], label_column: str | None = None) -> datasets.Dataset:
@@ -142,14 +158,13 @@ def dataset_to_model_labels(
     dataset_labels: list[str], model_labels: dict[int, str], *, unknown_as: int | None = None
 ) -> torch.Tensor:
     """Index map from the dataset's label ids to the model's, matched by name. Unknown names raise, or map to
-    `unknown_as` when it is given."""
+    `unknown_as` when it is given. The map has one entry more, -1, last: indexed with the datasets convention for an
+    unlabelled row (-1) it gives -1, which every consumer skips, instead of the last class."""
     by_name = {name: index for index, name in model_labels.items()}
     unknown = [name for name in dataset_labels if name not in by_name]
-    if unknown and unknown_as is not None:
-        return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels])
-    if unknown:
+    if unknown and unknown_as is None:
         raise ValueError(
             f"The dataset has labels the model does not know: {unknown[:5]}. The model's labels are "
             f"{list(by_name)[:10]}. Use a dataset with the model's classes, or select those rows first."
         )
-    return torch.tensor([by_name[name] for name in dataset_labels])
+    return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels] + [UNLABELLED])

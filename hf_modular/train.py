@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from .data import dataset_to_model_labels, find_columns, label_names
+from .data import dataset_to_model_labels, find_columns, label_ids, label_names
 from .distributed import sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
@@ -95,6 +95,10 @@ def train(
         labels = to_model_labels[[row[label_column] for row in rows]]
         return torch.stack([augment(image) for image in pixel_values]), labels
 
+    labelled = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten()
+    if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here
+        logger.info("Skipping %d unlabelled rows", len(train_dataset) - len(labelled))
+        train_dataset = train_dataset.select(labelled.tolist())
     loader = torch.utils.data.DataLoader(
         train_dataset.select_columns([image_column, label_column]),
         batch_size=batch_size,

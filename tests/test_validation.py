@@ -71,3 +71,26 @@ def test_the_cli_refuses_them_before_any_work(capsys, arguments, fragment):
         main(arguments)
     assert exit_info.value.code == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_unlabelled_rows_are_skipped_never_taken_as_the_last_class(parent):
+    """datasets marks an unlabelled row with -1; indexing a label map with -1 would pick the last class."""
+    data = dark_bright_dataset()  # 6 dark, 6 bright, 6 mid ("mid" is the last class)
+    unlabelled = data.map(lambda row, index: {"label": -1 if index < 6 else row["label"]}, with_indices=True)
+    modules = hf_modular.decompose(parent, unlabelled, samples_per_class=6, classes=["mid"], progress=False)
+    assert modules["mid"].config.provenance.samples.own == 6  # not 12: the dark rows are not "mid"
+    assert evaluate(parent, unlabelled, progress=False).count == 12
+    history = train(parent, unlabelled, epochs=1, batch_size=4, progress=False)
+    assert history.final["loss"] > 0
+
+
+def test_a_label_outside_the_class_list_names_its_row(parent):
+    import datasets
+
+    data = dark_bright_dataset()
+    raw = data.cast_column("label", datasets.Value("int64")).map(
+        lambda row, i: {"label": 15 if i == 4 else row["label"]}, with_indices=True
+    )
+    broken = raw.cast_column("label", datasets.ClassLabel(names=["dark", "bright", "mid"]))
+    with pytest.raises(ValueError, match="Row 4 of the dataset has label 15"):
+        hf_modular.decompose(parent, broken, progress=False)
