@@ -94,3 +94,23 @@ def test_a_label_outside_the_class_list_names_its_row(parent):
     broken = raw.cast_column("label", datasets.ClassLabel(names=["dark", "bright", "mid"]))
     with pytest.raises(ValueError, match="Row 4 of the dataset has label 15"):
         hf_modular.decompose(parent, broken, progress=False)
+
+
+def test_duplicate_class_names_are_refused(tmp_path, akamaster_checkpoint, capsys):
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from hf_modular import ModularResNetConfig
+
+    with pytest.raises(StrictDataclassClassValidationError, match=r"gives the names \['cat'\] to more than one"):
+        ModularResNetConfig(id2label={0: "cat", 1: "dog", 2: "cat"})
+    path, _ = akamaster_checkpoint(blocks_per_stage=1, num_classes=3)
+    code = main(["import", str(path), "--labels", "cat,cat,dog", "--output", str(tmp_path / "out")])
+    assert code == 1 and "to more than one class" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_name_template_with_unknown_fields_is_refused_before_any_push(tmp_path):
+    from hf_modular.hub import push_modules
+
+    with pytest.raises(ValueError, match=r"uses \['model'\]; it may use \{parent_name\}, \{label\}"):
+        push_modules(tmp_path / "nothing-here", "me", name_template="{model}-{label}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -159,6 +160,7 @@ def push_modules(
     `{label: module}` dict or any iterable). `name_template` may use `{parent_name}`, `{label}`, `{index}` and
     `{architecture}`. `options` (see `PushOptions`) apply to every push.
     """
+    check_name_template(name_template)
     results = {}
     for directory, config in _module_directories(modules_or_dir):
         info = ModuleProvenance.from_dict(config.module)
@@ -170,6 +172,20 @@ def push_modules(
         )
         results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
     return results
+
+
+NAME_FIELDS = ("parent_name", "label", "index", "architecture")
+
+
+def check_name_template(template: str) -> None:
+    """Refuse a repo-name template with fields other than `NAME_FIELDS`, before anything is pushed."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise ValueError(f"The name template {template!r} is not a valid format string: {error}.") from error
+    unknown = [field for field in fields if field not in NAME_FIELDS]
+    if unknown:
+        raise ValueError(f"The name template {template!r} uses {unknown}; it may use {{{'}, {'.join(NAME_FIELDS)}}}.")
 
 
 def parent_license(parent: ParentRecord, token: str | bool | None = None) -> str | None:

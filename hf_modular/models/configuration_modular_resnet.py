@@ -197,6 +197,12 @@ class ModularResNetConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Reject inconsistent shapes with a message that says what to change."""
         super().validate_architecture()
+        names = list((self.id2label or {}).values())
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:  # label2id would keep only one of them
+            raise ValueError(
+                f"id2label gives the names {duplicates} to more than one class; every class needs its own."
+            )
         if self.block_type not in self.block_types:
             raise ValueError(f"block_type={self.block_type!r} is not one of {self.block_types}.")
         if self.stem_type not in self.stem_types:
