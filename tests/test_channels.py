@@ -58,6 +58,14 @@ def test_a_one_channel_model_loads_and_classifies_through_every_path(tmp_path, s
     with torch.no_grad():
         torch.testing.assert_close(via_timm(pixel_values), expected)
 
+    rgb = np.asarray(grey.convert("RGB"))  # the same image as uint8 and float arrays and tensors, in RGB
+    for other in (rgb, torch.from_numpy(rgb).permute(2, 0, 1), rgb.astype(np.float32) / 255):
+        options = {"do_rescale": False} if other.dtype == np.float32 else {}
+        converted = processor(other, return_tensors="pt", **options)["pixel_values"]
+        assert converted.shape == pixel_values.shape
+        if stem_type == "cifar":  # no resize: the same pixels up to the rounding of the luminance (1/255)
+            torch.testing.assert_close(converted, pixel_values, atol=1.01 / 255 / 0.3, rtol=0)
+
     classify = pipeline("image-classification", model=str(tmp_path / "grey"))
     answer = classify(grey, top_k=3)  # the pipeline hands over RGB; the processor takes its luminance
     assert answer == classify(grey.convert("RGB"), top_k=3)

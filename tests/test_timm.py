@@ -165,6 +165,8 @@ def test_features_only_returns_the_maps_feature_info_describes(name, size):
     assert [t.shape[1] for t in chosen] == picked.feature_info.channels() == [info.channels()[1], info.channels()[3]]
     if name.endswith("18"):  # the stage after the last index asked for is pruned away
         assert isinstance(picked.model.layer4, nn.Identity)
+        reference = timm.create_model("resnet18", features_only=True).feature_info  # timm's own ResNet-18
+        assert info.channels() == reference.channels() and info.reduction() == reference.reduction()
 
 
 def test_forward_intermediates_follows_timm():

@@ -241,6 +241,10 @@ class Bottleneck(ResidualBlock):
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
+# What a Hub download takes, as opposed to what building the model takes (dtype, device_map, ...).
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
+
+
 class ModularResNetPreTrainedModel(HubMixin, PreTrainedModel):
     """Weight init and loading concerns shared by the ModularResNet models; `push_to_hub` comes from `HubMixin`."""
 
@@ -278,6 +282,8 @@ class ModularResNetPreTrainedModel(HubMixin, PreTrainedModel):
         push = kwargs.pop("push_to_hub", False)
         repo_id = kwargs.pop("repo_id", None) or Path(save_directory).resolve().name
         push_options = {key: kwargs.pop(key) for key in PUSH_ONLY_OPTIONS if key in kwargs}
+        if "max_shard_size" in kwargs:  # the pushed copy is sharded like the saved one
+            push_options["max_shard_size"] = kwargs["max_shard_size"]
         if not kwargs.get("is_main_process", True):
             return
         with atomic_directory(save_directory) as staging:
@@ -342,13 +348,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         self, pixel_values: torch.Tensor, hidden_states: list[torch.Tensor] | None = None
     ) -> torch.Tensor:
         """Stem and stages. Appends the stem's and each stage's output to `hidden_states` when given."""
-        size = self.config.image_size
-        if self.config.mask_shapes and tuple(pixel_values.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"This module's masks are defined on {size}x{size} inputs but got "
-                f"{tuple(pixel_values.shape[-2:])}. Resize the images with the module's image processor."
-            )
-        hidden_state = self.maxpool(self.act1(self.bn1(self.conv1(pixel_values))))
+        hidden_state = self.maxpool(self._stem(pixel_values))
         if hidden_states is not None:
             hidden_states.append(hidden_state)
         for stage_name in self.stage_names:
@@ -356,6 +356,16 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             if hidden_states is not None:
                 hidden_states.append(hidden_state)
         return hidden_state
+
+    def _stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """conv1 -> bn1 -> act1 (before the max-pool), after checking a masked module's input size."""
+        size = self.config.image_size
+        if self.config.mask_shapes and tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"This module's masks are defined on {size}x{size} inputs but got "
+                f"{tuple(pixel_values.shape[-2:])}. Resize the images with the module's image processor."
+            )
+        return self.act1(self.bn1(self.conv1(pixel_values)))
 
     def _run_stage(self, stage: nn.Sequential, hidden_state: torch.Tensor) -> torch.Tensor:
         if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
@@ -380,9 +390,10 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             raise ValueError(f"Only output_fmt='NCHW' is supported, not {output_fmt!r}.")
         take, last = feature_take_indices(len(self.stage_names) + 1, indices)
         intermediates: list[torch.Tensor] = []
-        hidden_state = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        if 0 in take:
+        hidden_state = self._stem(x)
+        if 0 in take:  # the stem's output before the max-pool, as timm's ResNets give it
             intermediates.append(hidden_state)
+        hidden_state = self.maxpool(hidden_state)
         stages = self.stage_names[:last] if stop_early else self.stage_names
         for index, stage_name in enumerate(stages, start=1):
             hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
@@ -406,10 +417,11 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         """timm's description of the feature maps `forward_intermediates` returns: channels, reduction, module."""
-        reduction = 4 if self.config.stem_type == "imagenet" else 1
+        imagenet = self.config.stem_type == "imagenet"
+        reduction = 2 if imagenet else 1  # the stem conv's stride; the max-pool halves again before stage 1
         info = [{"num_chs": self.bn1.num_features, "reduction": reduction, "module": "act1"}]
         for index, stage_name in enumerate(self.stage_names):
-            reduction *= 2 if index > 0 else 1
+            reduction *= 2 if (index > 0 or imagenet) else 1
             last_block = getattr(self, stage_name)[-1]
             info.append({"num_chs": last_block.last_norm.num_features, "reduction": reduction, "module": stage_name})
         return info
@@ -541,7 +553,8 @@ class ModularResNetForImageClassification(ModularResNetModel):
         config = config_from_transformers_resnet(source)
         if isinstance(model_or_repo, (str, os.PathLike)):
             try:
-                processor = AutoImageProcessor.from_pretrained(model_or_repo, **load_kwargs)
+                hub = {key: load_kwargs[key] for key in HUB_KWARGS if key in load_kwargs}  # not dtype, device_map, ...
+                processor = AutoImageProcessor.from_pretrained(model_or_repo, **hub)
                 config.image_mean, config.image_std = list(processor.image_mean), list(processor.image_std)
                 size = dict(processor.size or {})  # a fine-tune may use another input size than 224
                 config.image_size = int(size.get("shortest_edge") or size.get("height") or config.image_size)

@@ -28,10 +28,14 @@ def _luminance(images: Any) -> Any:
         return [_luminance(image) for image in images]
     if isinstance(images, Image.Image):
         return images.convert("L")
-    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] == 3:
-        return Image.fromarray(images.astype(np.uint8)).convert("L") if images.dtype == np.uint8 else images @ LUMA
-    if isinstance(images, torch.Tensor) and images.ndim >= 3 and images.shape[-3] == 3:
-        return (images * torch.tensor(LUMA, dtype=images.dtype)[:, None, None]).sum(-3, keepdim=True)
+    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] == 3:  # (H, W, 3)
+        if images.dtype == np.uint8:
+            return Image.fromarray(images).convert("L")
+        return (images @ LUMA)[..., None].astype(images.dtype)  # keeps a channel axis, as PIL's "L" does
+    if isinstance(images, torch.Tensor) and images.ndim >= 3 and images.shape[-3] == 3:  # (..., 3, H, W)
+        weights = torch.tensor(LUMA, dtype=torch.float32, device=images.device)[:, None, None]
+        grey = (images.float() * weights).sum(-3, keepdim=True)
+        return grey.round().to(images.dtype) if not images.is_floating_point() else grey.to(images.dtype)
     return images
 
 
