@@ -114,3 +114,17 @@ def test_a_name_template_with_unknown_fields_is_refused_before_any_push(tmp_path
 
     with pytest.raises(ValueError, match=r"uses \['model'\]; it may use \{parent_name\}, \{label\}"):
         push_modules(tmp_path / "nothing-here", "me", name_template="{model}-{label}")
+
+
+def test_output_problems_are_found_before_the_statistics_pass(tmp_path, parent):
+    from hf_modular.decompose import decompose_to_directory
+
+    (tmp_path / "a-file").write_text("not a directory")
+    data = dark_bright_dataset()
+    with pytest.raises(OSError, match="Cannot write into the output directory"):
+        decompose_to_directory(parent, data, tmp_path / "a-file" / "out", samples_per_class=6, progress=False)
+    long_name = "x" * 300
+    renamed = ModularResNetForImageClassification(tiny_config(id2label={0: "dark", 1: "bright", 2: long_name}))
+    with pytest.raises(ValueError, match="byte directory name"):
+        decompose_to_directory(renamed, "no-such-dataset-is-read", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before anything was written or read

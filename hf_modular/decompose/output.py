@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ def decompose_to_directory(
     started = time.perf_counter()
     wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
     check_directory_names(wanted)
+    if state.is_main_process:
+        check_writable(output)  # before the statistics pass, not after it
     training = load_image_dataset(
         dataset, split=options.get("split", "train"), revision=options.get("dataset_revision")
     )
@@ -149,6 +152,19 @@ def decompose_to_directory(
     timings["total_seconds"] = time.perf_counter() - started
     _write_json_atomically(output / REPORT_NAME, report)
     return report
+
+
+def check_writable(output: Path) -> None:
+    """Create `output` if needed and make sure files can be written in it."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as error:
+        raise OSError(
+            f"Cannot write into the output directory {output} ({error.strerror or error}). Choose another --output, "
+            "or fix its permissions."
+        ) from error
 
 
 def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None = None) -> None:
