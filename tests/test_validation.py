@@ -128,3 +128,40 @@ def test_output_problems_are_found_before_the_statistics_pass(tmp_path, parent):
     with pytest.raises(ValueError, match="byte directory name"):
         decompose_to_directory(renamed, "no-such-dataset-is-read", tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()  # refused before anything was written or read
+
+
+def test_a_composition_cannot_point_its_members_outside_itself(tmp_path):
+    """A crafted composed config must not make from_pretrained read weights from elsewhere on this machine."""
+    import json
+
+    from hf_modular import ComposedModel
+
+    torch.manual_seed(0)
+    parent = ModularResNetForImageClassification(tiny_config()).eval()
+    modules = hf_modular.decompose(parent, dark_bright_dataset(), samples_per_class=6, progress=False)
+    ComposedModel.from_modules([modules["dark"], modules["bright"]]).save_pretrained(tmp_path / "composed")
+    modules["mid"].save_pretrained(tmp_path / "elsewhere" / "private-mid")  # outside the composition
+    config_path = tmp_path / "composed" / "config.json"
+    original = json.loads(config_path.read_text())
+    (tmp_path / "composed" / "modules" / "link").symlink_to(tmp_path / "elsewhere" / "private-mid")
+    for subfolder, message in [
+        ("../elsewhere/private-mid", "points outside the composition"),
+        (str(tmp_path / "elsewhere" / "private-mid"), "points outside the composition"),
+        ("modules/link", "through a symbolic link"),
+    ]:
+        crafted = json.loads(json.dumps(original))
+        crafted["members"][0] = {"label": "dark", "subfolder": subfolder}
+        config_path.write_text(json.dumps(crafted))
+        with pytest.raises(ValueError, match=message):
+            ComposedModel.from_pretrained(tmp_path / "composed")
+    config_path.write_text(json.dumps(original))
+    assert ComposedModel.from_pretrained(tmp_path / "composed").labels == ["dark", "bright"]
+
+
+def test_a_downloaded_composition_may_not_name_local_paths(tmp_path):
+    from hf_modular.compose.members import confined_source
+
+    assert confined_source("user/dark-module", "user/composition") == "user/dark-module"
+    assert confined_source(str(tmp_path), str(tmp_path)) == str(tmp_path)  # a local composition may
+    with pytest.raises(ValueError, match="may only name Hub repos"):
+        confined_source(str(tmp_path), "user/composition")

@@ -140,7 +140,40 @@ def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[
         ) from error
 
 
+def confined_subfolder(source: str, subfolder: str) -> str:
+    """`subfolder` if it names a place inside the composition `source` (a local directory or a Hub repo): relative,
+    no `..`, and for a local directory, inside it once symlinks are resolved. A crafted config must not make a
+    composition read files from elsewhere on this machine."""
+    parts = Path(subfolder).parts
+    if not subfolder or Path(subfolder).is_absolute() or ".." in parts or "\\" in subfolder:
+        raise ValueError(
+            f"A member's subfolder {subfolder!r} points outside the composition: members are stored inside it "
+            "(a relative path without '..') or named by Hub repo id. This config was edited or crafted; do not load it."
+        )
+    if Path(source).is_dir():
+        root, target = Path(source).resolve(), (Path(source) / subfolder).resolve()
+        if not target.is_relative_to(root):
+            raise ValueError(
+                f"A member's subfolder {subfolder!r} leads outside the composition's directory ({target}) through a "
+                "symbolic link. Store the module inside the composition (save with materialize=True)."
+            )
+    return subfolder
+
+
+def confined_source(source: str, composition: str) -> str:
+    """A member named by `source` in the config of `composition`: a composition that is not a local directory (a Hub
+    repo) may only name Hub repos, never a path on this machine."""
+    local = Path(source).is_absolute() or source.startswith((".", "~")) or Path(source).exists()
+    if local and not Path(composition).is_dir():
+        raise ValueError(
+            f"This composition ({composition}) names a member by a local path ({source!r}). A downloaded "
+            "composition may only name Hub repos, so it is refused; ask its author to push it with its modules."
+        )
+    return source
+
+
 def load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):
+    subfolder = confined_subfolder(source, subfolder)
     if Path(source).is_dir():
         local_kwargs = {key: value for key, value in hub_kwargs.items() if key in ("dtype", "device_map")}
         return load_module(str(Path(source) / subfolder), **local_kwargs)

@@ -49,6 +49,8 @@ from .members import (
     check_compatible,
     check_unique,
     composed_image_processor,
+    confined_source,
+    confined_subfolder,
     input_fields,
     input_key,
     load_from_subfolder,
@@ -474,10 +476,13 @@ class ComposedModel(PreTrainedModel):
         members = []
         for entry in config.members or []:
             if entry.get("subfolder"):
-                inside = f"{subfolder}/{entry['subfolder']}" if subfolder else entry["subfolder"]
-                module = load_from_subfolder(source, inside, revision, member_kwargs)
+                inside = confined_subfolder(source, entry["subfolder"])  # a crafted config must not leave the repo
+                module = load_from_subfolder(
+                    source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
+                )
             else:
-                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
+                member = confined_source(entry["source"], source)
+                module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         return cls(config, members)
 
