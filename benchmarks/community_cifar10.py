@@ -39,7 +39,7 @@ import hf_modular
 from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.compose.fitting import sample_for_fit
 from hf_modular.compose.members import composed_image_processor, prepare_input
-from hf_modular.data import iterate_batches, load_image_dataset, select_classes
+from hf_modular.data import find_columns, iterate_batches, load_image_dataset, select_classes
 from hf_modular.distributed import distributed_state
 from hf_modular.evaluation import evaluate, evaluate_composition
 from hf_modular.models import CIFAR10_LABELS
@@ -182,7 +182,11 @@ def refit_last_blocks(
     cross-entropy, own class against every other member's class; Adam, batch norm frozen as in the compact strategy's
     recovery) on the fit's labelled sample, each image also mirrored; starts from the fitted heads."""
     sample, targets = sample_for_fit(data, composed.labels, images_per_class, seed)
-    pixels = torch.cat([x for x, _ in iterate_batches(sample, composed_image_processor(composed.config), **_columns())])
+    image_column, label_column = find_columns(sample)
+    batches = iterate_batches(
+        sample, composed_image_processor(composed.config), image_column=image_column, label_column=label_column
+    )
+    pixels = torch.cat([x for x, _ in batches])
     pixels = torch.cat([pixels, pixels.flip(-1)])
     targets = torch.cat([targets, targets])
     refitted = []
@@ -212,10 +216,6 @@ def refit_last_blocks(
         module.config.head_type, module.config.head_rows = "linear", None
         refitted.append(module.eval())
     return refitted
-
-
-def _columns() -> dict:
-    return {"image_column": "img", "label_column": "label", "batch_size": 256}
 
 
 def main() -> None:

@@ -178,11 +178,11 @@ def evaluate_composition(
         module_probabilities.append(own_class_probabilities(module_logits))
         parent_probabilities.append(parent_logits.softmax(dim=1)[:, module_classes])
         seen_labels.append(labels)
-        for m in range(len(modules)):
-            mine = labels == module_classes[m]
-            per_class[m] += torch.stack(
-                [(parent_top[mine, 0] == labels[mine]).sum(), (composed_top1[mine] == labels[mine]).sum(), mine.sum()]
-            )
+        mine = labels[:, None] == module_classes[None, :]  # (B, M): image b is of module m's class
+        right = torch.stack(
+            [parent_top[:, 0] == labels, composed_top1 == labels, torch.ones_like(labels, dtype=torch.bool)]
+        )
+        per_class += (mine[None] & right[:, :, None]).sum(1).T  # per module: parent hits, composed hits, images
     tallies, binary_hits, per_class = (sum_over_processes(t, state) for t in (tallies, binary_hits, per_class))
     count = int(tallies[4])
     if count == 0:
