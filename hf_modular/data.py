@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.parquet
 import torch
+from datasets.data_files import SPLIT_KEYWORDS
+from datasets.fingerprint import Hasher
+from PIL import Image
 from transformers import BaseImageProcessor
+
+# "val", "dev", "validation" -> "validation"; "test", "eval" -> "test"...: the names datasets recognises in files.
+SPLIT_OF_KEYWORD = {keyword: str(split) for split, keywords in SPLIT_KEYWORDS.items() for keyword in keywords}
 
 
 def load_image_dataset(
@@ -20,31 +28,68 @@ def load_image_dataset(
 ) -> datasets.Dataset:
     """A `datasets.Dataset` from a Dataset, a Hub name, a `.parquet` file, or a folder of parquet files or images.
 
-    A parquet file's split is taken from its name when it is `train.parquet`/`test.parquet`; any other name is
-    loaded as the requested split. `revision` pins a Hub dataset to a branch, tag or commit.
+    A `.parquet` file is one split: the one its name says (`test.parquet`, `cifar-train.parquet`, by the split
+    keywords `datasets` itself uses), else `train`. Asking it for another split is an error, so that test images
+    are never recorded, or evaluated, as another split. A folder's parquet files are picked by name
+    (`{split}*.parquet`). `revision` pins a Hub dataset to a branch, tag or commit.
     """
     if isinstance(name_or_path, datasets.Dataset):
         return name_or_path
+    dataset = _load(name_or_path, split, revision, **load_kwargs)
+    if len(dataset) == 0:
+        raise ValueError(f"The {split!r} split of {name_or_path} has no rows: there is nothing to read.")
+    return dataset
+
+
+def _load(name_or_path: str | os.PathLike, split: str, revision: str | None, **load_kwargs: Any) -> datasets.Dataset:
     path = Path(name_or_path)
     if path.suffix == ".parquet" and path.is_file():
-        return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, **load_kwargs)
+        own_split = parquet_file_split(path)
+        if SPLIT_OF_KEYWORD.get(split, split) != own_split:
+            raise ValueError(
+                f"{path.name} holds the {own_split!r} split (by its name), not {split!r}. Ask for split "
+                f"{own_split!r}, or give the folder that holds a {split}*.parquet file as well."
+            )
+        return _load_parquet([path], split, **load_kwargs)
     if path.is_dir():
         parquet = sorted(path.glob(f"{split}*.parquet")) or sorted(path.glob(f"*/{split}*.parquet"))
         if parquet:
-            files = [str(p) for p in parquet]
-            return datasets.load_dataset("parquet", data_files={split: files}, split=split, **load_kwargs)
+            return _load_parquet(parquet, split, **load_kwargs)
+        others = sorted({parquet_file_split(p) for p in [*path.glob("*.parquet"), *path.glob("*/*.parquet")]})
+        if others:
+            raise ValueError(f"{path} has no {split}*.parquet file; the splits it holds are {others}.")
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
     return datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
+
+
+def _load_parquet(files: list[Path], split: str, **load_kwargs: Any) -> datasets.Dataset:
+    if sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files) == 0:  # datasets' own error is vague
+        raise ValueError(f"{', '.join(file.name for file in files)} has no rows: there is nothing to read.")
+    return datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split, **load_kwargs)
+
+
+def parquet_file_split(path: Path) -> str:
+    """The split a parquet file's name announces (`test.parquet`, `cifar10-test-00000.parquet`), else `train`."""
+    words = re.split(r"[^a-z]+", path.stem.lower())
+    return next((SPLIT_OF_KEYWORD[word] for word in words if word in SPLIT_OF_KEYWORD), "train")
 
 
 def dataset_name(dataset: datasets.Dataset, source: Any = None) -> str | None:
     """What to call a dataset in provenance: the name or path it was loaded from, else its builder's name unless
     that is a generic loader ("parquet", "imagefolder", ...) that says nothing about the data."""
     if source is not None:
-        return str(source)
+        # Local data is named by its base name, marked "./": provenance is published with a module, and an absolute
+        # path would tell the world about the user's machine (and look like nothing the Hub knows).
+        return f"./{Path(source).resolve().name}" if Path(source).exists() else str(source)
     builder_name = dataset.info.dataset_name
     generic = builder_name in (None, "parquet", "imagefolder", "csv", "json", "arrow", "generator", "text")
     return None if generic else builder_name
+
+
+def dataset_fingerprint(dataset: datasets.Dataset) -> str:
+    """A hash of the dataset's content and the transforms applied to it (datasets' public `Hasher`), recorded in
+    provenance to recognise the same data on a rerun."""
+    return Hasher.hash(dataset)
 
 
 def dataset_split(dataset: datasets.Dataset, default: str) -> str:
@@ -134,24 +179,55 @@ def iterate_batches(
     batch_size: int = 256,
     image_mode: str = "RGB",
     num_workers: int = 0,
+    rows: Sequence[int] | None = None,
+    image_size: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(pixel_values (B, C, H, W), labels (B,))` in dataset order, preprocessed by `processor`.
 
-    Images are converted to `image_mode` first ("RGB" for 3 input channels, "L" for 1).
+    Images are converted to `image_mode` first ("RGB" for 3 input channels, "L" for 1). Each image is decoded
+    here, one by one, so that a broken one is reported by its row number: `rows` gives the numbers of `dataset`'s
+    rows in the dataset the user passed, when `dataset` is a selection of it. With `image_size`, every image must
+    be `image_size` x `image_size`: nothing is resized behind the user's back.
     """
+    columns = dataset.select_columns([image_column, label_column])
+    if isinstance(columns.features[image_column], datasets.Image):
+        columns = columns.cast_column(image_column, datasets.Image(decode=False))
+    numbers = range(len(dataset)) if rows is None else list(rows)
 
-    def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [row[image_column].convert(image_mode) for row in rows]
+    def collate(positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = columns[positions]
+        images = [
+            _decoded(value, numbers[position], image_mode, image_size)
+            for position, value in zip(positions, batch[image_column], strict=True)
+        ]
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-        return pixel_values, torch.tensor([row[label_column] for row in rows])
+        return pixel_values, torch.tensor(batch[label_column])
 
     loader = torch.utils.data.DataLoader(
-        dataset.select_columns([image_column, label_column]),
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=num_workers,
+        range(len(columns)), batch_size=batch_size, collate_fn=collate, num_workers=num_workers
     )
     yield from loader
+
+
+_IMAGE = datasets.Image()
+
+
+def _decoded(value: Any, row: int, mode: str, size: int | None) -> Image.Image:
+    """One image of the dataset, decoded (datasets' own decoder) and converted to `mode`; a truncated or corrupt
+    file, or an image of the wrong size, is an error that names its row."""
+    try:
+        image = _IMAGE.decode_example(value) if isinstance(value, dict) else value
+        image = image.convert(mode)  # PIL decodes lazily: a truncated file fails here
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Row {row}: its image cannot be decoded ({error}). Fix or drop that row.") from error
+    if size is not None and image.size != (size, size):
+        width, height = image.size
+        raise ValueError(
+            f"Row {row}: its image is {width}x{height}, but the model takes {size}x{size} and the statistics describe "
+            "the model at its own input size. Resize the dataset's images first, e.g. "
+            f"dataset.map(lambda row: {{'image': row['image'].resize(({size}, {size}))}})."
+        )
+    return image
 
 
 def dataset_to_model_labels(

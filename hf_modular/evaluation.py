@@ -75,6 +75,7 @@ def evaluate(
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(model.config.num_channels),
+        rows=rows,
     )
     batches = _progress(batches, len(shard), batch_size, state, progress)
     for pixel_values, labels in batches:
@@ -150,6 +151,7 @@ def evaluate_composition(
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(parent.config.num_channels),
+        rows=rows,
     )
     batches = _progress(batches, len(shard), batch_size, state, progress)
     for pixel_values, labels in batches:

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data import dataset_name, dataset_split, find_columns, iterate_batches, label_ids, label_names
+from ..data import (
+    dataset_fingerprint,
+    dataset_name,
+    dataset_split,
+    find_columns,
+    iterate_batches,
+    label_ids,
+    label_names,
+)
 from ..distributed import DistributedState, concat_over_processes, distributed_state, split_rows
 from ..models import ModularResNetForImageClassification, image_mode
 from ..module import weights_sha256
@@ -98,6 +106,7 @@ def pooled_features(
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(composed_config.num_channels),
+        rows=rows,
     )
     features: list[list[torch.Tensor]] = [[] for _ in members]
     progress = progress and state.is_main_process
@@ -178,7 +187,7 @@ def fit_heads(
         "data": {
             "name_or_path": dataset_name(dataset, dataset_source),
             "split": dataset_split(dataset, "train"),
-            "fingerprint": dataset._fingerprint,
+            "fingerprint": dataset_fingerprint(dataset),
             "images_per_class": images_per_class,
             "images": len(sample),
             "seed": seed,

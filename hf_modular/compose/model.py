@@ -513,6 +513,7 @@ def collect_module_logits(
         label_column=label_column,
         batch_size=batch_size,
         image_mode=image_mode(composed.config.num_channels),
+        rows=rows.tolist(),
     )
     composed.eval()
     logits, labels = [], []

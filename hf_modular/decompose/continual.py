@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from datasets import Dataset
 
-from ..data import dataset_name, find_columns, label_ids, label_names, load_image_dataset
+from ..data import dataset_fingerprint, dataset_name, find_columns, label_ids, label_names, load_image_dataset
 from ..distributed import distributed_state
 from ..models import ModularResNetForImageClassification
 from ..module import jaccard_index, masked_fraction
@@ -165,7 +165,7 @@ def _relearn(
         "negative_datasets": {
             modules[j].config.provenance.target_label: {
                 "name_or_path": names[j],
-                "fingerprint": sources[j]._fingerprint,
+                "fingerprint": dataset_fingerprint(sources[j]),
             }
             for j in others
         },

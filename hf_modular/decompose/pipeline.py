@@ -15,6 +15,7 @@ import datasets
 from accelerate import Accelerator, PartialState
 
 from ..data import (
+    dataset_fingerprint,
     dataset_name,
     dataset_split,
     dataset_to_model_labels,
@@ -91,32 +92,34 @@ def decompose(
     # The passes run on this process's device (as `accelerator.prepare` would place the model); the parent and the
     # modules are returned where the parent was. Modules keep the parent's dtype.
     device, dtype = device_and_dtype(model)
-    dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
-    dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
-    image_column, label_column = find_columns(dataset, image_column, label_column)
-    model_labels = model.config.id2label
-    names = label_names(dataset, label_column)
-    if len(names) != model.config.num_labels:
-        raise ValueError(
-            f"The model has {model.config.num_labels} outputs but the dataset's {label_column!r} column has "
-            f"{len(names)} classes. Decompose a model with the dataset it was trained on."
-        )
-    to_model = dataset_to_model_labels(names, model_labels)
-    class_indices = _resolve_classes(classes, model_labels)
-    if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
-        _check_image_size(dataset, image_column, model.config.image_size)
-
-    plan = plan_samples(
-        to_model[label_ids(dataset, label_column)],
-        class_indices,
-        model.config.num_labels,
-        samples_per_class=samples_per_class,
-        negatives_ratio=negatives_ratio,
-        seed=seed,
-        class_names=[model_labels[i] for i in range(model.config.num_labels)],
-    )
-    # The whole decomposition's cost (all modules, this process), and the statistics pass's share of it.
+    # The whole decomposition's cost, from reading the data to the labelled modules (all modules, this process),
+    # and the statistics pass's share of it.
     with measure_compute() as compute:
+        dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
+        dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
+        image_column, label_column = find_columns(dataset, image_column, label_column)
+        model_labels = model.config.id2label
+        names = label_names(dataset, label_column)
+        if len(names) != model.config.num_labels:
+            raise ValueError(
+                f"The model has {model.config.num_labels} outputs but the dataset's {label_column!r} column has "
+                f"{len(names)} classes. Decompose a model with the dataset it was trained on."
+            )
+        to_model = dataset_to_model_labels(names, model_labels)
+        class_indices = _resolve_classes(classes, model_labels)
+        if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
+            _check_image_size(dataset, image_column, model.config.image_size)
+
+        plan = plan_samples(
+            to_model[label_ids(dataset, label_column)],
+            class_indices,
+            model.config.num_labels,
+            samples_per_class=samples_per_class,
+            negatives_ratio=negatives_ratio,
+            seed=seed,
+            class_names=[model_labels[i] for i in range(model.config.num_labels)],
+        )
+        statistics_started = compute.wall_seconds_so_far()
         observations = method.observe(
             model,
             dataset,
@@ -127,7 +130,7 @@ def decompose(
             state=state,
             progress=progress,
         )
-        statistics_seconds = compute.wall_seconds_so_far()
+        statistics_seconds = compute.wall_seconds_so_far() - statistics_started
         model.eval()  # modules are built where the statistics pass ran, and returned where the parent was
         built = method.build(
             model,
@@ -139,9 +142,11 @@ def decompose(
             state=state,
             progress=progress,
         )
+        parent_record = _parent_record(model)
+        dataset_record = _dataset_record(dataset, dataset_source, split, image_column, label_column, dataset_revision)
     common = {
-        "parent": _parent_record(model),
-        "dataset": _dataset_record(dataset, dataset_source, split, image_column, label_column, dataset_revision),
+        "parent": parent_record,
+        "dataset": dataset_record,
         "method": MethodRecord(method.name, method.parameters()),
         "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
         "compute": {
@@ -205,7 +210,8 @@ def _parent_record(model: ModularResNetForImageClassification) -> ParentRecord:
         labels=[model.config.id2label[i] for i in range(model.config.num_labels)],
         repo_id=None if is_local else source,
         revision=getattr(model, "source_revision", None),
-        path=source if is_local else None,
+        # A local parent is named by its directory's name only: provenance is published with the module.
+        path=Path(source).resolve().name if source and is_local else None,
     )
 
 
@@ -221,7 +227,7 @@ def _dataset_record(
         name_or_path=dataset_name(dataset, source),
         split=dataset_split(dataset, split) if source is None else split,
         revision=dataset_revision,
-        fingerprint=dataset._fingerprint,
+        fingerprint=dataset_fingerprint(dataset),
         image_column=image_column,
         label_column=label_column,
         rows=len(dataset),

@@ -134,14 +134,16 @@ def planned_batches(
     batch's first row, pixel values (B, C, H, W)). The progress bar counts all processes' rows."""
     positions = list(range(len(plan.rows)))
     with state.split_between_processes(positions) as shard:
-        subset = dataset.select(plan.rows[shard].tolist()) if shard else dataset.select([])
+        rows = plan.rows[shard].tolist() if shard else []
         batches = iterate_batches(
-            subset,
+            dataset.select(rows),
             image_processor_for(model.config),
             image_column=image_column,
             label_column=label_column,
             batch_size=batch_size,
             image_mode=image_mode(model.config.num_channels),
+            rows=rows,
+            image_size=model.config.image_size,  # the statistics describe the model at its own input size
         )
         start = shard[0] if shard else 0
         disable = not progress or not state.is_local_main_process

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....data import find_columns, iterate_batches
 from ....distributed import to_model
 from ....models import ModularResNetConfig, ModularResNetForImageClassification, image_mode, image_processor_for
 from .importance import log_odds
@@ -111,14 +112,19 @@ def distillation_data(
     log-odds of every class on them: (N, C, H, W) features and (N, n) targets."""
     count = min(count, len(dataset))
     rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-    subset = dataset.select(rows.tolist()).select_columns([image_column])
-    processor = image_processor_for(parent.config)
-    mode = image_mode(parent.config.num_channels)
+    batches = iterate_batches(
+        dataset.select(rows.tolist()),
+        image_processor_for(parent.config),
+        image_column=image_column,
+        label_column=find_columns(dataset, image_column)[1],
+        image_mode=image_mode(parent.config.num_channels),
+        rows=rows.tolist(),
+        image_size=parent.config.image_size,
+    )
     prefix = nn.Sequential(*parent.steps()[:start])
     features, teacher = [], []
-    for begin in range(0, count, 256):
-        images = [image.convert(mode) for image in subset[begin : begin + 256][image_column]]
-        pixel_values = to_model(processor(images, return_tensors="pt")["pixel_values"], parent)
+    for pixel_values, _ in batches:
+        pixel_values = to_model(pixel_values, parent)
         if mirror:  # each image and its mirror image: twice the data for the cost of preparing it
             pixel_values = torch.cat([pixel_values, pixel_values.flip(-1)])
         features.append(prefix(pixel_values))
