@@ -8,6 +8,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import huggingface_hub
 from transformers import AutoConfig, AutoModelForImageClassification
 from transformers.utils import logging as transformers_logging
 
@@ -27,6 +29,7 @@ from .evaluation import evaluate
 from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card, push_directory, push_modules
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
+from .saving import atomic_directory, check_overwrite
 from .train import train
 from .validation import cli_number
 from .version import __version__
@@ -130,6 +133,7 @@ CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
 
 
 def _import(args: argparse.Namespace) -> None:
+    check_overwrite(args.output, args.overwrite)
     source = Path(args.checkpoint)
     if source.is_file() or source.suffix in CHECKPOINT_SUFFIXES:  # a CIFAR checkpoint file from the wild
         labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
@@ -138,7 +142,8 @@ def _import(args: argparse.Namespace) -> None:
         if args.labels:
             raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
         model = ModularResNetForImageClassification.from_transformers(args.checkpoint, revision=args.revision)
-    model.save_pretrained(args.output)
+    with atomic_directory(args.output, keep=()) as staging:  # a model directory is replaced as a whole
+        model.save_pretrained(staging)
     print(f"Saved {model.config.preset or 'modular_resnet'} ({model.config.num_labels} classes) to {args.output}")
 
 
@@ -181,6 +186,7 @@ def _decompose(args: argparse.Namespace) -> None:
         classes=args.classes.split(",") if args.classes else None,
         accelerator=state,
         progress=not args.quiet,
+        overwrite=args.overwrite,
         samples_per_class=args.samples_per_class,
         negatives_ratio=args.negatives_ratio,
         split=args.split,
@@ -310,6 +316,7 @@ def _compose(args: argparse.Namespace) -> None:
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
+    check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
     if args.calibrate:
         calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
@@ -323,13 +330,16 @@ def _compose(args: argparse.Namespace) -> None:
             progress=not args.quiet,
         )
         print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
-    composed.save_pretrained(args.output, materialize=args.materialize)
+    with atomic_directory(args.output, keep=()) as staging:
+        composed.save_pretrained(staging, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
         _print_pushes({"composed": composed.push_to_hub(args.push_to, materialize=args.materialize)})
 
 
 def _replace(args: argparse.Namespace) -> None:
+    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
+        check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_pretrained(_model_source(args.composed))
     composed.replace(args.label, _model_source(args.module))
     output = args.output or args.composed
@@ -338,6 +348,9 @@ def _replace(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    check_overwrite(args.output, args.overwrite)
+    if args.overwrite and Path(args.output).exists():
+        shutil.rmtree(args.output)  # the demo fills its folder step by step: an earlier run's files go first
     summary = run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
     if args.push_to:
         summary["pushed"] = {
@@ -351,6 +364,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    output = Path(args.output)
+    if output.is_dir() and {entry.name for entry in output.iterdir()} <= {"training"}:
+        pass  # new, or an interrupted run's checkpoints only: training resumes from them
+    elif args.overwrite and (output / "training").exists():
+        shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
+    else:
+        check_overwrite(output, args.overwrite)
     train_split = load_image_dataset(args.dataset, split=args.split)
     eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
     _, label_column = find_columns(train_split)
@@ -373,11 +393,12 @@ def _train(args: argparse.Namespace) -> None:
         learning_rate=args.learning_rate,
         horizontal_flip=not args.no_flip,
         seed=args.seed,
-        output_dir=Path(args.output) / "training",
+        output_dir=output / "training",
         accelerator=training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision),
         progress=not args.quiet,
     )
-    model.save_pretrained(args.output)
+    with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
+        model.save_pretrained(staging)
     if args.push_to:
         _print_pushes({"model": model.push_to_hub(args.push_to)})
     final = history.final
@@ -403,6 +424,12 @@ def _add_compute_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--overwrite", action="store_true", help="replace what --output already holds (refused without it)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-modular",
@@ -423,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smaller run, for CI")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument("--push-to", default=None, metavar="NAMESPACE", help="also push the ten modules to the Hub")
+    _add_overwrite_option(demo)
     demo.set_defaults(run=_demo)
 
     trn = command("train", "train a ModularResNet parent on an image-classification dataset (Accelerate)")
@@ -439,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     trn.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
     trn.add_argument("--seed", type=int, default=_default(train, "seed"))
     trn.add_argument("--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training")
+    _add_overwrite_option(trn)
     _add_compute_options(trn)
     trn.set_defaults(run=_train)
 
@@ -457,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     imp.add_argument("--revision", default=None, help="Hub branch, tag or commit of a transformers ResNet")
     imp.add_argument("--output", required=True, metavar="DIR", help="directory to write")
+    _add_overwrite_option(imp)
     imp.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
     imp.set_defaults(run=_import)
 
@@ -491,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     _add_compute_options(dec)
     dec.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
+    _add_overwrite_option(dec)
     dec.add_argument("--push-to", default=None, metavar="NAMESPACE", help="push every module to this Hub namespace")
     dec.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     dec.add_argument("--private", action="store_true", help="create the module repos private")
@@ -524,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp = command("compose", "compose modules (local directories or Hub repo ids, @revision to pin) into a classifier")
     comp.add_argument("modules", nargs="+", metavar="MODULE")
     comp.add_argument("--output", required=True, metavar="DIR")
+    _add_overwrite_option(comp)
     comp.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
     comp.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     comp.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
@@ -556,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("label", metavar="LABEL")
     rep.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
     rep.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
+    _add_overwrite_option(rep)
     rep.add_argument("--materialize", action="store_true", help="store the modules' weights in the directory")
     rep.set_defaults(run=_replace)
 
@@ -574,6 +607,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HUB_TIMEOUT_VARIABLE = "HF_MODULAR_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT = 120.0  # seconds without a byte from the Hub; a large commit is answered well within it
+
+
+def hub_timeout() -> float:
+    value = os.environ.get(HUB_TIMEOUT_VARIABLE, "")
+    try:
+        return float(value) if value else DEFAULT_HUB_TIMEOUT
+    except ValueError:
+        raise ValueError(f"{HUB_TIMEOUT_VARIABLE}={value!r} is not a number of seconds.") from None
+
+
+def _is_timeout(error: BaseException | None) -> bool:
+    """Whether `error`, or what caused it, is an HTTP timeout (httpx's classes, whichever httpx the Hub client uses)."""
+    while error is not None:
+        if isinstance(error, TimeoutError) or type(error).__name__.endswith("Timeout"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -582,10 +636,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()
         datasets.disable_progress_bars()
     try:
+        # huggingface_hub's client waits forever by default: a server that accepts the connection and never answers
+        # would hang a push. Every request of this command gets a time limit.
+        huggingface_hub.get_session().timeout = hub_timeout()
         args.run(args)
     except Exception as error:
         if args.debug:
             raise
+        if _is_timeout(error):
+            error = f"the Hub ({huggingface_hub.constants.ENDPOINT}) did not answer within {hub_timeout():g} s. Check "
+            f"the connection, or allow more time with {HUB_TIMEOUT_VARIABLE}=<seconds>."
         print(f"hf-modular {args.command}: error: {error}", file=sys.stderr)
         print("(run with --debug for the full traceback)", file=sys.stderr)
         return 1

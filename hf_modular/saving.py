@@ -6,18 +6,26 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+LOCK_NAME = ".hf-modular.lock"
+
+
+STAGING_SUFFIXES = (".partial", ".old")  # atomic_directory's temporary names, left behind only by a killed process
+
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory beside `path`; when the block succeeds, it becomes `path`.
 
     If the block raises, the temporary directory is removed and `path` is untouched. Files of an existing `path`
-    that the block did not write (a model card, say) are carried over by hard link, then the old directory is
-    renamed aside and the new one renamed into place, so readers see either the old set of files or the new one.
+    that the block did not write (a model card, say) are carried over by hard link (only those named in `keep`,
+    when it is given: `keep=()` replaces the directory as a whole), then the old directory is renamed aside and the
+    new one renamed into place, so readers see either the old set of files or the new one.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -27,9 +35,12 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is as readable as any directory
     try:
         yield staging
+        for written in staging.rglob("*"):  # some writers (safetensors' via a temporary file) make files private
+            if written.is_file() and not written.is_symlink():
+                os.chmod(written, 0o666 & ~_umask())
         if path.exists():
             for entry in path.iterdir():
-                if not (staging / entry.name).exists():
+                if not (staging / entry.name).exists() and (keep is None or entry.name in keep):
                     _link_or_copy(entry, staging / entry.name)
             retired = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
             os.replace(path, retired)
@@ -39,6 +50,42 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
+    """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
+    unless `overwrite` is set; an empty directory is fine."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    what = "a model directory" if (path / "config.json").is_file() else "a directory" if path.is_dir() else "a file"
+    raise FileExistsError(
+        f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
+        f"whole, or choose another {option}."
+    )
+
+
+@contextmanager
+def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold `path` (created if needed) for one writer: a second run that wants it meanwhile fails at once, and a
+    killed run's lock dies with its process. Staging debris of killed runs is removed once the lock is held."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path / LOCK_NAME, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise RuntimeError(
+            f"Another hf-modular run is writing into {path} (it holds {path / LOCK_NAME}). Wait for it to finish, "
+            "or choose another output directory."
+        ) from error
+    try:
+        for entry in path.iterdir():
+            if entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIXES):
+                shutil.rmtree(entry, ignore_errors=True)
+        yield path
+    finally:
+        lock.release()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

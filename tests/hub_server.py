@@ -513,6 +513,9 @@ class HubServer:
                         The client retries LFS uploads (up to 5 times, 1s, 2s, 4s... apart), so a single drop is
                         survived; more than 5 make the push fail before any commit is sent.
       fail_next_commit  cut the next commit request mid-body (the client does not retry commits: the push fails).
+      fail_commits_to   repo ids whose commit requests are all cut mid-body, as fail_next_commit does.
+      lose_next_commit_answer
+                        apply the next commit, then drop the connection instead of answering (the answer is lost).
     Observability: `requests` (method, path) of every request, `unhandled` requests that matched no route,
     `errors` tracebacks of internal errors (500). The `hub_server` fixture fails the test if `errors` is not empty.
     """
@@ -527,6 +530,8 @@ class HubServer:
         self.lfs_threshold = LFS_SIZE_THRESHOLD
         self.fail_uploads = 0
         self.fail_next_commit = False
+        self.fail_commits_to: set[str] = set()
+        self.lose_next_commit_answer = False
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
         self.errors: list[str] = []
@@ -995,8 +1000,9 @@ class HubServer:
         create_pr = request.flag("create_pr")
         repo = self._writable_repo(request, pull_request=create_pr or revision.startswith("refs/pr/"))
         with self._lock:
-            drop = self.fail_next_commit
+            drop = self.fail_next_commit or repo.repo_id in self.fail_commits_to
             self.fail_next_commit = False
+            lose_answer, self.lose_next_commit_answer = self.lose_next_commit_answer, False
         if drop:
             request.body.read(max((request.body.length or 2) // 2, 1))
             raise DropConnection
@@ -1026,6 +1032,8 @@ class HubServer:
             else:
                 repo.branches[revision.removeprefix("refs/heads/")] = commit.id
             self.storage.save(repo)
+        if lose_answer:
+            raise DropConnection  # the commit landed; the client never hears so
         repo_url = self._repo_url(request, repo.repo_type, repo.repo_id)
         return Response.json(
             {

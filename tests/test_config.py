@@ -197,7 +197,7 @@ def _config_error(**fields) -> str:
         ({"block_type": "wide"}, ["block_type='wide'", "basic", "bottleneck"]),
         ({"stem_type": "deep"}, ["stem_type='deep'", "cifar", "imagenet"]),
         ({"shortcut": "C"}, ["shortcut='C'", "'A'", "'B'"]),
-        ({"layers": [0, 1], "widths": [4, 8]}, ["at least one block"]),
+        ({"layers": [0, 1], "widths": [4, 8]}, ["`layers` must be an integer >= 1, got 0"]),
         ({"image_mean": [0.5, 0.5]}, ["image_mean", "num_channels=3"]),
         ({"image_std": [0.5]}, ["image_std", "num_channels=3"]),
         ({"num_channels": 1}, ["image_mean", "num_channels=1"]),

@@ -362,7 +362,7 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
     report = decompose_to_directory(
         brightness_model, data, output, eval_dataset=data, samples_per_class=6, progress=False
     )
-    assert sorted(p.name for p in output.iterdir()) == [
+    assert sorted(p.name for p in output.iterdir() if not p.name.startswith(".")) == [  # not the run's lock file
         "bright-module",
         "dark-module",
         "decomposition.json",
@@ -388,12 +388,14 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
         "mid": False,
     }
     assert weights.stat().st_mtime_ns == before
-    # Other parameters, or other data: nothing is reused.
-    report = decompose_to_directory(brightness_model, data, output, samples_per_class=5, progress=False)
+    # Other parameters, or other data: nothing is reused (and the earlier modules are replaced only on request).
+    with pytest.raises(FileExistsError, match="not built by this decomposition"):
+        decompose_to_directory(brightness_model, data, output, samples_per_class=5, progress=False)
+    report = decompose_to_directory(brightness_model, data, output, samples_per_class=5, overwrite=True, progress=False)
     assert not any(row["resumed"] for row in report["modules"].values())
     other_data = image_dataset([10] * 6 + [240] * 6 + [100] * 6, [0] * 6 + [1] * 6 + [2] * 6)
     report = decompose_to_directory(
-        brightness_model, other_data, output, samples_per_class=5, dataset_revision=None, progress=False
+        brightness_model, other_data, output, samples_per_class=5, dataset_revision=None, overwrite=True, progress=False
     )
     assert not any(row["resumed"] for row in report["modules"].values())
     assert not list(tmp_path.glob("**/*.partial"))

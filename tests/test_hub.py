@@ -443,7 +443,7 @@ def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
     with pytest.raises(ConnectionError) as error:
         modules["bright"].push_to_hub(repo_id)
     message = str(error.value)
-    assert repo_id in message and "nothing partial was published" in message and "again" in message
+    assert repo_id in message and "this one did not land" in message and "again" in message
     assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 1
     hub_server.fail_uploads = 0
 
@@ -451,7 +451,7 @@ def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
     hub_server.fail_next_commit = True
     with pytest.raises(ConnectionError) as error:
         modules["bright"].push_to_hub(repo_id)
-    assert repo_id in str(error.value) and "nothing partial was published" in str(error.value)
+    assert repo_id in str(error.value) and "this one did not land" in str(error.value)
     assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 2
     assert hf_modular.load_module(repo_id).config.provenance.target_label == "dark"
 

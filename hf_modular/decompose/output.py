@@ -11,10 +11,12 @@ the same output skips the classes whose module was built from the same parent wi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -23,13 +25,13 @@ from typing import Any
 import datasets
 from accelerate import Accelerator, PartialState
 
-from ..data import dataset_name, dataset_split, load_image_dataset
+from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset
 from ..distributed import device_and_dtype, distributed_state
 from ..evaluation import evaluate_composition
 from ..hub import module_card
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import check_directory_names, describe, module_directory_name, weights_sha256
-from ..saving import atomic_directory
+from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
 from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose
 from .strategies import STRATEGIES, get_strategy
@@ -49,6 +51,7 @@ def decompose_to_directory(
     classes: list[str] | None = None,
     accelerator: Accelerator | PartialState | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Decompose `model` into `output` (see the module docstring) and return the report that was written.
@@ -56,30 +59,61 @@ def decompose_to_directory(
     `options` are `decompose`'s keyword arguments. With `eval_dataset` (a Dataset, or a name or path loaded with
     `eval_split`; only its first `eval_limit` rows when given), the report has each module's binary accuracy and
     the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
-    (`module.evaluation`) and model card.
+    (`module.evaluation`) and model card; a rerun without one keeps the earlier run's measurements.
+
+    `output` is held by one run at a time. Modules it already holds from another decomposition (another parent,
+    other parameters, classes not asked for now) are an error, unless `overwrite=True`: then this run's modules
+    replace them, and the directory ends up holding only this run's.
     """
     if eval_limit is not None:
         check_number("eval_limit", eval_limit, minimum=1, integer=True)
     state = distributed_state(accelerator)
     output = Path(output)
+    wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    check_directory_names(wanted)
+    check_writable(output)  # the output's problems are found before the statistics pass, not after it
+    with locked_directory(output) if state.is_main_process else contextlib.nullcontext():
+        return _write_decomposition(
+            model, dataset, output, wanted, eval_dataset, eval_split, eval_limit, state, progress, overwrite, options
+        )
+
+
+def _write_decomposition(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset | str | os.PathLike,
+    output: Path,
+    wanted: list[str],
+    eval_dataset: datasets.Dataset | str | os.PathLike | None,
+    eval_split: str,
+    eval_limit: int | None,
+    state: PartialState,
+    progress: bool,
+    overwrite: bool,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    """`decompose_to_directory`'s work, once `output` is held by this run."""
+    started = time.perf_counter()
     eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None
     if eval_dataset is not None:
         eval_dataset = load_image_dataset(eval_dataset, split=eval_split)
         if eval_limit:
             eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
-    started = time.perf_counter()
-    wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
-    check_directory_names(wanted)
-    if state.is_main_process:
-        check_writable(output)  # before the statistics pass, not after it
     training = load_image_dataset(
         dataset, split=options.get("split", "train"), revision=options.get("dataset_revision")
     )
     expected = _expected_provenance(model, training, options)
     done = [label for label in wanted if _is_complete(output, label, expected)]
     todo = [label for label in wanted if label not in done]
+    foreign = _foreign_entries(output, {module_directory_name(label) for label in done})
+    if foreign and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, not built by this "
+            "decomposition (another parent, other parameters or other classes); nothing was written. Pass "
+            "--overwrite (overwrite=True) to replace them with this run's modules, or choose another --output."
+        )
     if done:
         logger.info("Resuming: %d module(s) already built with the same parameters: %s", len(done), ", ".join(done))
+    earlier = _read_report(output) if not todo else None  # nothing rebuilt: the earlier measurements still hold
 
     timings: dict[str, float] = {}
     if todo:
@@ -91,6 +125,9 @@ def decompose_to_directory(
             for label, module in modules.items():
                 module.save_pretrained(output / module_directory_name(label))
         state.wait_for_everyone()
+    if state.is_main_process:  # with overwrite=True: what is not this run's goes, once this run's modules exist
+        for name in _foreign_entries(output, {module_directory_name(label) for label in wanted}):
+            _remove(output / name)
 
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
     if eval_dataset is None and not state.is_main_process:
@@ -109,6 +146,12 @@ def decompose_to_directory(
             "samples": {"own": info.samples.own, "negative": info.samples.negative},
             "resumed": label in done,
         }
+        if eval_dataset is None and info.evaluation:  # measured by an earlier run: a module keeps its figures
+            report["modules"][label]["binary_accuracy"] = info.evaluation["binary_accuracy"]
+            if info.evaluation.get("own_vs_rest"):
+                report["modules"][label]["own_vs_rest"] = info.evaluation["own_vs_rest"]
+    if eval_dataset is None and earlier and "evaluation" in earlier and set(earlier.get("modules", {})) == set(wanted):
+        report["evaluation"] = earlier["evaluation"]  # the same modules as then: the composition's figures hold
     first = next(iter(provenance.values()))
     report["method"] = {"strategy": first.method.strategy, **first.method.parameters}
     headline = STRATEGIES[first.method.strategy].headline
@@ -174,6 +217,29 @@ def write_card(config: ModularResNetConfig, directory: Path, repo_id: str | None
         module_card(config, repo_id).save(staging / "README.md")
 
 
+def _foreign_entries(output: Path, ours: set[str]) -> list[str]:
+    """What `output` holds besides this run's module directories (`ours`), its report and hidden bookkeeping."""
+    return sorted(
+        entry.name
+        for entry in output.iterdir()
+        if entry.name not in ours and entry.name != REPORT_NAME and not entry.name.startswith(".")
+    )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _read_report(output: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((output / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
     """Whether `output` already holds this class's module, built from the same parent and data with the same
     parameters (`expected`, see `_expected_provenance`)."""
@@ -208,7 +274,7 @@ def _expected_provenance(model, dataset: datasets.Dataset, options: dict[str, An
         "weights_sha256": weights_sha256(model),
         "method": (method.name, method.parameters()),
         "sampling": sampling,
-        "dataset": (dataset._fingerprint, split),
+        "dataset": (dataset_fingerprint(dataset), split),
     }
 
 

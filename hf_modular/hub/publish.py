@@ -9,6 +9,7 @@ sent, and a push that changes nothing makes no commit.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import string
@@ -64,6 +65,8 @@ class PushOptions(TypedDict, total=False):
 # The options only a push reads (`save_pretrained(push_to_hub=True, ...)` passes them on; `token` serves both).
 PUSH_ONLY_OPTIONS = ("private", "revision", "create_pr", "commit_message", "commit_description", "license", "tags")
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class PushResult:
@@ -96,14 +99,7 @@ def push_directory(
     `hf_modular` is imported."""
     directory = Path(directory)
     options.pop("max_shard_size", None)  # a saved directory is pushed as it was saved
-    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
-    if (directory / SHARD_INDEX).is_file():  # sharded weights stand in for a single model.safetensors
-        missing = [name for name in missing if name != "model.safetensors"]
-    if missing:
-        raise FileNotFoundError(
-            f"{directory} is missing {', '.join(missing)}: it is not a complete saved model. Save it again with "
-            "save_pretrained (or rerun the decomposition) before pushing."
-        )
+    check_complete(directory)
     _validate(repo_id)
     license = options.pop("license", None)
     config = AutoConfig.from_pretrained(directory)
@@ -123,6 +119,18 @@ def push_directory(
         return upload_folder(staging, repo_id, what=what, **options)
 
 
+def check_complete(directory: Path) -> None:
+    """Raise FileNotFoundError unless `directory` holds a whole saved model (config, processor and weights)."""
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if (directory / SHARD_INDEX).is_file():  # sharded weights stand in for a single model.safetensors
+        missing = [name for name in missing if name != "model.safetensors"]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} is missing {', '.join(missing)}: it is not a complete saved model. Save it again with "
+            "save_pretrained (or rerun the decomposition) before pushing."
+        )
+
+
 def upload_folder(
     folder: str | os.PathLike, repo_id: str, *, what: str = "model", **options: Unpack[PushOptions]
 ) -> PushResult:
@@ -136,15 +144,34 @@ def upload_folder(
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            revision=revision,
-            create_pr=options.get("create_pr", False),
-            commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
-            commit_description=options.get("commit_description"),
-        )
+        try:
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                revision=revision,
+                create_pr=options.get("create_pr", False),
+                commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
+                commit_description=options.get("commit_description"),
+            )
+        except Exception as error:
+            if _network_cause(error) is None or options.get("create_pr"):
+                raise
+            # The connection failed: the commit may have landed all the same, its answer lost on the way back.
+            landed = _head_if_moved(api, repo_id, revision, head)
+            if landed is None:
+                raise
+            logger.warning("%s: the Hub's answer was lost, but the commit landed (%s).", repo_id, landed[:12])
+            return PushResult(repo_id, landed, None, changed=True)
     return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
+
+
+def _head_if_moved(api: HfApi, repo_id: str, revision: str | None, before: str) -> str | None:
+    """The revision's head commit if it is no longer `before`; None if it is, or if the Hub cannot tell us."""
+    try:
+        head = api.repo_info(repo_id, revision=revision).sha
+    except Exception:
+        return None
+    return head if head != before else None
 
 
 def push_modules(
@@ -161,6 +188,9 @@ def push_modules(
     `{architecture}`. `options` (see `PushOptions`) apply to every push.
     """
     check_name_template(name_template)
+    if isinstance(modules_or_dir, (str, os.PathLike)):  # every module is checked before the first is pushed
+        for directory, _ in _module_directories(modules_or_dir):
+            check_complete(directory)
     results = {}
     for directory, config in _module_directories(modules_or_dir):
         info = ModuleProvenance.from_dict(config.module)
@@ -170,8 +200,25 @@ def push_modules(
             index=info.target_index,
             architecture=(config.preset or "modular_resnet").replace("_", "-"),
         )
-        results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
+        try:
+            results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
+        except Exception as error:
+            if not results:
+                raise  # nothing is live: the error as it is
+            raise PartialPushError(results, info.target_label, error) from error
     return results
+
+
+class PartialPushError(RuntimeError):
+    """A batch push stopped at one module: `pushed` are live on the Hub, `failed` and the rest are not."""
+
+    def __init__(self, pushed: dict[str, PushResult], failed: str, error: Exception):
+        self.pushed, self.failed = dict(pushed), failed
+        live = ", ".join(f"{label} ({result.repo_id})" for label, result in pushed.items())
+        super().__init__(
+            f"Pushing the {failed!r} module failed: {error} Modules live on the Hub: {live}. Run the same push "
+            "again to finish: modules already pushed are unchanged and make no new commit."
+        )
 
 
 NAME_FIELDS = ("parent_name", "label", "index", "architecture")
@@ -218,7 +265,9 @@ def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Pa
         if not root.is_dir():
             raise FileNotFoundError(f"No such directory: {root}.")
         found = []
-        for child in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+        # Hidden entries are never modules: they are the staging directories of writes a killed run left behind.
+        children = [p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file()]
+        for child in sorted(children):
             config = AutoConfig.from_pretrained(child)
             if _is_module(config):
                 found.append((child, config))
@@ -271,7 +320,8 @@ class _explained:
         if cause is not None:
             raise ConnectionError(
                 f"Pushing to {self.repo_id} failed on the network ({type(cause).__name__}: {cause}). A commit is "
-                "all-or-nothing, so nothing partial was published; run the push again to complete it."
+                "all-or-nothing and this one did not land (the branch's head did not move), or the Hub could not "
+                "be asked; run the push again to complete it."
             ) from error
         return False
 

@@ -16,6 +16,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from ..module.provenance import ModuleProvenance
+from ..validation import check_number
 from .processing import IMAGENET_CROP_PCT, image_processor_class
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -186,10 +187,11 @@ class ModularResNetConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         for key in _DERIVED_KEYS:  # derived from the typed fields; see `to_dict`
             kwargs.pop(key, None)
-        self.layers = [int(n) for n in self.layers]
-        self.widths = [int(w) for w in self.widths]
-        self.image_mean = [float(m) for m in self.image_mean]
-        self.image_std = [float(s) for s in self.image_std]
+        # A config.json edited by hand is refused with the field's name, not with a crash in int() or deep in a model.
+        for name in ("stem_width", "num_channels", "image_size"):
+            check_number(f"config field `{name}`", getattr(self, name), minimum=1, integer=True)
+        self.layers, self.widths = _counts("layers", self.layers), _counts("widths", self.widths)
+        self.image_mean, self.image_std = _numbers("image_mean", self.image_mean), _numbers("image_std", self.image_std)
         if self.module is not None:  # validated and upgraded to the current schema, so every reader sees one layout
             self.module = ModuleProvenance.from_dict(self.module).to_dict()
         super().__post_init__(**kwargs)
@@ -325,3 +327,20 @@ class ModularResNetConfig(PreTrainedConfig):
 
 
 __all__ = ["ModularResNetConfig", "PRESETS", "ARCHITECTURE_FIELDS"]
+
+
+def _counts(name: str, values: Any) -> list[int]:
+    """A list of whole numbers >= 1 (JSON gives ints; a tuple default is fine), or an error naming the field."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"config field `{name}` must be a list of integers >= 1, got {values!r:.60}.")
+    for value in values:
+        check_number(f"each entry of config field `{name}`", value, minimum=1, integer=True)
+    return list(values)
+
+
+def _numbers(name: str, values: Any) -> list[float]:
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"config field `{name}` must be a list of numbers, got {values!r:.60}.")
+    for value in values:
+        check_number(f"each entry of config field `{name}`", value)
+    return [float(value) for value in values]
