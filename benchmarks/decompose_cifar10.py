@@ -51,7 +51,7 @@ def pass_overhead(model, train, samples_per_class: int) -> tuple[float, float]:
     def run(observe: bool) -> float:
         start = time.perf_counter()
         collect_activity(
-            model, train, plan, image_column=image_column, label_column=label_column, observe=observe, progress=False
+            model, train, plan, image_column=image_column, label_column=label_column, observe=observe, progress=True
         )
         return time.perf_counter() - start
 
@@ -86,11 +86,11 @@ def main() -> None:
         for reading in () if args.overhead_only else ("text", "pseudocode"):
             start = time.perf_counter()
             modules = decompose(
-                parent, train, samples_per_class=args.samples_per_class, backtrack=reading, progress=False
+                parent, train, samples_per_class=args.samples_per_class, backtrack=reading, progress=True
             )
             wall = time.perf_counter() - start
             same_as = next((r for r, (m, *_) in results.items() if all(_same(m[k], modules[k]) for k in modules)), None)
-            result = results[same_as][1] if same_as else evaluate_composition(parent, modules, test, progress=False)
+            result = results[same_as][1] if same_as else evaluate_composition(parent, modules, test, progress=True)
             results[reading] = (modules, result, wall)
             jaccard = sum(m.config.provenance.details["jaccard_index"] for m in modules.values()) / len(modules)
             masked = sum(m.config.provenance.details["masked_fraction"] for m in modules.values()) / len(modules)

@@ -9,6 +9,7 @@ images, to have a faulty module to replace later). The token and endpoint come f
 """
 
 import argparse
+import sys
 import tempfile
 
 import hf_modular
@@ -28,6 +29,7 @@ parser.add_argument("--parent-name", default="digits", help="repo name of the pa
 parser.add_argument("--epochs", type=int, default=15)
 parser.add_argument("--samples-per-class", type=int, default=100)
 args = parser.parse_args()
+# What it is doing goes to stderr, as the progress bars do; stdout has only the results, one module per line.
 work = tempfile.mkdtemp(prefix="hf-modular-publish-")
 
 if args.model:
@@ -38,12 +40,15 @@ else:
     if args.weak_class:
         data = weaken(data, args.weak_class, keep=0.1)
     parent = ModularResNetForImageClassification(digits_parent_config())
-    train(parent, data, epochs=args.epochs, learning_rate=0.05, batch_size=64, horizontal_flip=False, progress=False)
+    print(f"Training a parent on the digits for {args.epochs} epochs ...", file=sys.stderr)
+    train(parent, data, epochs=args.epochs, learning_rate=0.05, batch_size=64, horizontal_flip=False)
     # Publish the parent too, so every module's card can name it as its base model.
     parent.push_to_hub(f"{args.namespace}/{args.parent_name}")
     parent = ModularResNetForImageClassification.from_pretrained(f"{args.namespace}/{args.parent_name}")
 
-decompose_to_directory(parent, data, f"{work}/modules", samples_per_class=args.samples_per_class, progress=False)
+print("Decomposing it into one module per class ...", file=sys.stderr)
+decompose_to_directory(parent, data, f"{work}/modules", samples_per_class=args.samples_per_class)
+print(f"Pushing the modules to {args.namespace}/ ...", file=sys.stderr)
 results = hf_modular.hub.push_modules(f"{work}/modules", args.namespace, name_template=args.name_template)
 for label, result in results.items():
     print(f"{label}\t{result.repo_id}\t{result.commit_sha}")

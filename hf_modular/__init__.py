@@ -10,7 +10,7 @@ Importing the package registers `ModularResNetConfig` and the models with transf
 `modular_resnet*` architectures with timm's registry.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import AutoBackbone, AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
 
 from . import hub
 from .compose import ComposedConfig, ComposedModel
@@ -19,6 +19,7 @@ from .hub import push_modules
 from .models import (
     PRESETS,
     ModularResNet,
+    ModularResNetBackbone,
     ModularResNetConfig,
     ModularResNetForImageClassification,
     ModularResNetModel,
@@ -32,6 +33,7 @@ from .version import __version__
 AutoConfig.register(ModularResNetConfig.model_type, ModularResNetConfig, exist_ok=True)
 AutoModel.register(ModularResNetConfig, ModularResNetModel, exist_ok=True)
 AutoModelForImageClassification.register(ModularResNetConfig, ModularResNetForImageClassification, exist_ok=True)
+AutoBackbone.register(ModularResNetConfig, ModularResNetBackbone, exist_ok=True)
 AutoConfig.register(ComposedConfig.model_type, ComposedConfig, exist_ok=True)
 AutoModelForImageClassification.register(ComposedConfig, ComposedModel, exist_ok=True)
 # transformers finds a saved processor's class by name among the registered ones. The greyscale processors of
@@ -46,6 +48,7 @@ __all__ = [
     "ComposedConfig",
     "ComposedModel",
     "ModularResNet",
+    "ModularResNetBackbone",
     "ModularResNetConfig",
     "ModularResNetForImageClassification",
     "ModularResNetModel",

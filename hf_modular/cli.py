@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import datasets
 import huggingface_hub
 from transformers import AutoConfig, AutoModelForImageClassification
-from transformers.utils import logging as transformers_logging
 
+from . import console
 from .compose import ComposedConfig, ComposedModel
 from .data import find_columns, label_names, load_image_dataset
 from .decompose import STRATEGIES, decompose, decompose_to_directory
@@ -150,7 +149,7 @@ def _import(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
     model = _load_any(args).to(state.device)
-    dataset = load_image_dataset(args.dataset, split=args.split)
+    dataset = load_image_dataset(args.dataset, split=args.split, config_name=args.dataset_config)
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     result = evaluate(
@@ -161,6 +160,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         state=state,
         progress=not args.quiet,
+        num_workers=args.num_workers,
     )
     if not state.is_main_process:
         return
@@ -191,6 +191,8 @@ def _decompose(args: argparse.Namespace) -> None:
         negatives_ratio=args.negatives_ratio,
         split=args.split,
         dataset_revision=args.dataset_revision,
+        dataset_config=args.dataset_config,
+        num_workers=args.num_workers,
         batch_size=args.batch_size,
         seed=args.seed,
         strategy=args.strategy,
@@ -371,8 +373,12 @@ def _train(args: argparse.Namespace) -> None:
         shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
     else:
         check_overwrite(output, args.overwrite)
-    train_split = load_image_dataset(args.dataset, split=args.split)
-    eval_split = load_image_dataset(args.dataset, split=args.eval_split) if args.eval_split else None
+    train_split = load_image_dataset(args.dataset, split=args.split, config_name=args.dataset_config)
+    eval_split = (
+        load_image_dataset(args.dataset, split=args.eval_split, config_name=args.dataset_config)
+        if args.eval_split
+        else None
+    )
     _, label_column = find_columns(train_split)
     labels = label_names(train_split, label_column)
     if args.from_timm:  # a timm ResNet's architecture (and weights, with pretrained=True) with a new head
@@ -396,6 +402,7 @@ def _train(args: argparse.Namespace) -> None:
         output_dir=output / "training",
         accelerator=training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision),
         progress=not args.quiet,
+        num_workers=args.num_workers,
     )
     with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
         model.save_pretrained(staging)
@@ -424,6 +431,13 @@ def _add_compute_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_data_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dataset-config", default=None, metavar="NAME", help="a Hub dataset's configuration")
+    command.add_argument(
+        "--num-workers", type=cli_number(minimum=0, integer=True), default=0, help="processes that decode images"
+    )
+
+
 def _add_overwrite_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--overwrite", action="store_true", help="replace what --output already holds (refused without it)"
@@ -438,7 +452,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hf-modular {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="also the libraries' own messages and per-file progress bars"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
@@ -455,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     trn = command("train", "train a ModularResNet parent on an image-classification dataset (Accelerate)")
     trn.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
+    _add_data_options(trn)
     trn.add_argument("--preset", default="modular_resnet20", help="architecture (see hf_modular.PRESETS)")
     trn.add_argument("--from-timm", default=None, metavar="NAME", help="start from a timm ResNet (e.g. resnet18)")
     trn.add_argument("--pretrained", action="store_true", help="with --from-timm: load timm's pretrained weights")
@@ -497,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
     dec.add_argument("--split", default=_default(decompose, "split"), help="split observed by the statistics pass")
     dec.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
+    _add_data_options(dec)
     dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
     dec.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
     dec.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
@@ -595,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = command("evaluate", "top-1/top-5 and per-class accuracy of a model or composed model on a dataset split")
     ev.add_argument("model", metavar="PATH_OR_REPO")
     ev.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
+    _add_data_options(ev)
     ev.add_argument("--split", default="test")
     ev.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     ev.add_argument("--image-column", default=None, help="default: the dataset's Image column")
@@ -631,10 +652,7 @@ def _is_timeout(error: BaseException | None) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.quiet:
-        transformers_logging.disable_progress_bar()
-        datasets.disable_progress_bars()
+    console.configure(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.DEFAULT)
     try:
         # huggingface_hub's client waits forever by default: a server that accepts the connection and never answers
         # would hang a push. Every request of this command gets a time limit.

@@ -13,6 +13,7 @@ import pyarrow.parquet
 import torch
 from datasets.data_files import SPLIT_KEYWORDS
 from datasets.fingerprint import Hasher
+from huggingface_hub import HfApi
 from PIL import Image
 from transformers import BaseImageProcessor
 
@@ -21,9 +22,10 @@ SPLIT_OF_KEYWORD = {keyword: str(split) for split, keywords in SPLIT_KEYWORDS.it
 
 
 def load_image_dataset(
-    name_or_path: str | os.PathLike | datasets.Dataset,
+    name_or_path: str | os.PathLike | datasets.Dataset | datasets.DatasetDict,
     split: str = "train",
     revision: str | None = None,
+    config_name: str | None = None,
     **load_kwargs: Any,
 ) -> datasets.Dataset:
     """A `datasets.Dataset` from a Dataset, a Hub name, a `.parquet` file, or a folder of parquet files or images.
@@ -31,17 +33,48 @@ def load_image_dataset(
     A `.parquet` file is one split: the one its name says (`test.parquet`, `cifar-train.parquet`, by the split
     keywords `datasets` itself uses), else `train`. Asking it for another split is an error, so that test images
     are never recorded, or evaluated, as another split. A folder's parquet files are picked by name
-    (`{split}*.parquet`). `revision` pins a Hub dataset to a branch, tag or commit.
+    (`{split}*.parquet`). `revision` pins a Hub dataset to a branch, tag or commit; `config_name` picks one of its
+    configurations. A `DatasetDict` gives its `split`.
     """
-    if isinstance(name_or_path, datasets.Dataset):
-        return name_or_path
-    dataset = _load(name_or_path, split, revision, **load_kwargs)
+    if isinstance(name_or_path, datasets.DatasetDict):
+        if split not in name_or_path:
+            raise ValueError(f"The DatasetDict has no {split!r} split; its splits are {list(name_or_path)}.")
+        return require_dataset(name_or_path[split])
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        return require_dataset(name_or_path)
+    dataset = _load(name_or_path, split, revision, config_name, **load_kwargs)
     if len(dataset) == 0:
         raise ValueError(f"The {split!r} split of {name_or_path} has no rows: there is nothing to read.")
     return dataset
 
 
-def _load(name_or_path: str | os.PathLike, split: str, revision: str | None, **load_kwargs: Any) -> datasets.Dataset:
+def require_dataset(dataset: Any) -> datasets.Dataset:
+    """`dataset` itself if it is a `datasets.Dataset`; anything else is refused with what to pass instead."""
+    if isinstance(dataset, datasets.Dataset):
+        return dataset
+    if isinstance(dataset, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise TypeError(
+            "A streaming (iterable) dataset has no random access, which class sampling, sharding across processes "
+            "and resumable runs need. Load it without streaming=True, or materialise the part you need: "
+            "datasets.Dataset.from_generator(lambda: (yield from stream.take(N)), features=stream.features)."
+        )
+    if isinstance(dataset, datasets.DatasetDict):
+        raise TypeError(f"Pass one split of the DatasetDict (e.g. dataset['test']); it has {list(dataset)}.")
+    raise TypeError(f"Expected a datasets.Dataset, a Hub name or a local path; got {type(dataset).__name__}.")
+
+
+def hub_dataset_commit(name: str, revision: str | None) -> str | None:
+    """The commit a Hub dataset's `revision` (default: its main branch) points at now, or None when the Hub cannot
+    say (offline, or not a Hub dataset). Recorded in provenance so the exact data can be loaded again."""
+    try:
+        return HfApi().dataset_info(name, revision=revision).sha
+    except Exception:  # offline, unreachable, private or no Hub id: the given revision is all we know
+        return None
+
+
+def _load(
+    name_or_path: str | os.PathLike, split: str, revision: str | None, config_name: str | None, **load_kwargs: Any
+) -> datasets.Dataset:
     path = Path(name_or_path)
     if path.suffix == ".parquet" and path.is_file():
         own_split = parquet_file_split(path)
@@ -59,6 +92,8 @@ def _load(name_or_path: str | os.PathLike, split: str, revision: str | None, **l
         if others:
             raise ValueError(f"{path} has no {split}*.parquet file; the splits it holds are {others}.")
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
+    if config_name is not None:
+        load_kwargs["name"] = config_name
     return datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
 
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from tqdm.auto import tqdm
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
 from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
-from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names
+from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names, require_dataset
 from .distributed import (
     DistributedState,
     autocast,
@@ -48,6 +48,7 @@ def evaluate(
     batch_size: int = 256,
     state: DistributedState | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> Accuracy:
     """Evaluate a classifier or a composed model on `dataset`, preprocessing with the model's own image processor.
 
@@ -56,7 +57,9 @@ def evaluate(
     of `state` (default: this process's `PartialState`); every process returns the same result.
     """
     check_number("batch_size", batch_size, minimum=1, integer=True)
+    check_number("num_workers", num_workers, minimum=0, integer=True)
     state = distributed_state(state)
+    dataset = require_dataset(dataset)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     composed = isinstance(model, ComposedModel)
     to_model_labels = dataset_to_model_labels(
@@ -76,6 +79,7 @@ def evaluate(
         batch_size=batch_size,
         image_mode=image_mode(model.config.num_channels),
         rows=rows,
+        num_workers=num_workers,
     )
     batches = _progress(batches, len(shard), batch_size, state, progress)
     for pixel_values, labels in batches:
@@ -124,6 +128,7 @@ def evaluate_composition(
     batch_size: int = 256,
     state: DistributedState | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> CompositionAccuracy:
     """Top-1/top-5 of the parent and of the modules composed by the paper's vote, plus each module's binary accuracy.
 
@@ -131,7 +136,9 @@ def evaluate_composition(
     Data-parallel over the processes of `state`, as `evaluate`.
     """
     check_number("batch_size", batch_size, minimum=1, integer=True)
+    check_number("num_workers", num_workers, minimum=0, integer=True)
     state = distributed_state(state)
+    dataset = require_dataset(dataset)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     to_model_labels = dataset_to_model_labels(label_names(dataset, label_column), parent.config.id2label)
     module_classes = torch.tensor([modules[label].config.provenance.target_index for label in modules])
@@ -152,6 +159,7 @@ def evaluate_composition(
         batch_size=batch_size,
         image_mode=image_mode(parent.config.num_channels),
         rows=rows,
+        num_workers=num_workers,
     )
     batches = _progress(batches, len(shard), batch_size, state, progress)
     for pixel_values, labels in batches:

@@ -21,10 +21,10 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
-from .data import dataset_to_model_labels, find_columns, label_ids, label_names
+from .data import dataset_to_model_labels, find_columns, label_ids, label_names, require_dataset
 from .distributed import sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
@@ -68,6 +68,7 @@ def train(
     accelerator: Accelerator | None = None,
     mixed_precision: str | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> TrainingHistory:
     """Train `model` in place on `train_dataset` (labels matched to the model's `id2label` by name).
 
@@ -82,8 +83,11 @@ def train(
     check_number("batch_size", batch_size, minimum=1, integer=True)
     check_number("learning_rate", learning_rate, above=0)
     check_number("weight_decay", weight_decay, minimum=0)
+    check_number("num_workers", num_workers, minimum=0, integer=True)
     accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
     set_seed(seed)
+    train_dataset = require_dataset(train_dataset)
+    eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
     image_column, label_column = find_columns(train_dataset)
     to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     processor = image_processor_for(model.config)
@@ -105,6 +109,7 @@ def train(
         shuffle=True,
         collate_fn=collate,
         generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
     )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
@@ -140,7 +145,8 @@ def train(
             )
             record.update(top1=accuracy.top1, top5=accuracy.top5)
         history.epochs.append(record)
-        logger.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
+        scores = f"  top-1 {100 * record['top1']:.2f}%  top-5 {100 * record['top5']:.2f}%" if "top1" in record else ""
+        logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
         if output_dir is not None:
             accelerator.save_state(str(Path(output_dir) / "checkpoint"))
             if accelerator.is_main_process:

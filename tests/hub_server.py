@@ -1313,6 +1313,9 @@ def use_hub_server(url: str, hf_home: Path, monkeypatch: pytest.MonkeyPatch, tok
     for name, value in patched.items():
         monkeypatch.setattr(constants, name, value)
     monkeypatch.setattr(hf_api.api, "endpoint", url)  # module-level HfApi behind `huggingface_hub.upload_file` etc.
+    datasets_config = sys.modules.get("datasets.config")
+    if datasets_config is not None:  # datasets reads HF_ENDPOINT once, at import, into its own config
+        monkeypatch.setattr(datasets_config, "HF_ENDPOINT", url)
     _forget_endpoint_caches(monkeypatch)
 
 

@@ -66,7 +66,7 @@ def _masked_equivalent(model, selection: ChannelSelection) -> ModularResNetForIm
         if name == "act1":
             keep[selection.residual[0]] = True
         else:
-            stage = model.stage_names.index(name.split(".")[0]) + 1
+            stage = model.stage_layers.index(name.split(".")[0]) + 1
             block, act = name.rsplit(".", 1)
             inner = selection.inner[block]
             keep[inner[0] if act == "act1" else selection.residual[stage]] = True

@@ -622,3 +622,24 @@ def test_module_card_model_index_names_a_hub_dataset_and_its_revision(modules) -
     assert accuracy.dataset_type == "someone/greys" and accuracy.dataset_revision == "0123abcd"
     assert not any("top-1" in name or "Parent" in name for name in results)  # the module's own results only
     assert card.data.datasets == ["someone/greys"] and "model-index" in card.content
+
+
+@pytest.mark.parametrize("verbosity", [[], ["-v"]])
+def test_the_cli_never_prints_a_token_or_a_signed_url(
+    hub_server: HubServer, decomposed: Path, capfd, verbosity
+) -> None:
+    """At INFO the HTTP client logs every request; the CLI keeps it at WARNING, in -v too."""
+    threshold, hub_server.lfs_threshold = hub_server.lfs_threshold, 1  # the weights go through signed LFS URLs
+    try:
+        for _ in range(2):  # the second push changes nothing: no library notice about an empty commit either
+            assert main([*verbosity, "push", str(decomposed), "--namespace", DEFAULT_USER, "--name-template",
+                         f"secrets{len(verbosity)}-{{label}}"]) == 0  # fmt: skip
+    finally:
+        hub_server.lfs_threshold = threshold
+    out, err = capfd.readouterr()
+    printed = out + err
+    assert "lfs-upload" in "".join(path for _, path in hub_server.requests)  # signed URLs were used...
+    assert "sig=" not in printed and "lfs-upload" not in printed and DEFAULT_TOKEN not in printed  # ...never shown
+    assert "(unchanged)" in out
+    if not verbosity:
+        assert "No files have been modified" not in printed

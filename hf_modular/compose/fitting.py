@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
 from ..data import (
     dataset_fingerprint,

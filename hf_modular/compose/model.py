@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from PIL import Image
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from typing_extensions import Unpack
@@ -349,7 +349,7 @@ class ComposedModel(PreTrainedModel):
 
         Returns the fit record (see `ComposedConfig.fit`).
         """
-        source = None if isinstance(dataset, datasets.Dataset) else dataset
+        source = dataset if isinstance(dataset, (str, os.PathLike)) else None
         record = fit_heads(
             list(self.members),
             self.labels,

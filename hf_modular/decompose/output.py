@@ -25,6 +25,7 @@ from typing import Any
 import datasets
 from accelerate import Accelerator, PartialState
 
+from ..console import library_bars_off
 from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset
 from ..distributed import device_and_dtype, distributed_state
 from ..evaluation import evaluate_composition
@@ -93,13 +94,16 @@ def _write_decomposition(
 ) -> dict[str, Any]:
     """`decompose_to_directory`'s work, once `output` is held by this run."""
     started = time.perf_counter()
-    eval_source = eval_dataset if not isinstance(eval_dataset, datasets.Dataset) else None
+    eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        eval_dataset = load_image_dataset(eval_dataset, split=eval_split)
+        eval_dataset = load_image_dataset(eval_dataset, split=eval_split, config_name=options.get("dataset_config"))
         if eval_limit:
             eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     training = load_image_dataset(
-        dataset, split=options.get("split", "train"), revision=options.get("dataset_revision")
+        dataset,
+        split=options.get("split", "train"),
+        revision=options.get("dataset_revision"),
+        config_name=options.get("dataset_config"),
     )
     expected = _expected_provenance(model, training, options)
     done = [label for label in wanted if _is_complete(output, label, expected)]
@@ -122,8 +126,9 @@ def _write_decomposition(
         timings["statistics_seconds"] = next(iter(modules.values())).config.provenance.compute["statistics_seconds"]
         # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
         if state.is_main_process:
-            for label, module in modules.items():
-                module.save_pretrained(output / module_directory_name(label))
+            with library_bars_off():  # one module after the other, each a few small files: no bar per file
+                for label, module in modules.items():
+                    module.save_pretrained(output / module_directory_name(label))
         state.wait_for_everyone()
     if state.is_main_process:  # with overwrite=True: what is not this run's goes, once this run's modules exist
         for name in _foreign_entries(output, {module_directory_name(label) for label in wanted}):
@@ -134,10 +139,11 @@ def _write_decomposition(
         return report
     # Every process reads the written modules (those of an earlier run too) and evaluates its share of the rows.
     device, _ = device_and_dtype(model)
-    modules = {
-        label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(device)
-        for label in wanted
-    }
+    with library_bars_off():
+        modules = {
+            label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(device)
+            for label in wanted
+        }
     provenance = {label: module.config.provenance for label, module in modules.items()}
     for label, info in provenance.items():
         report["modules"][label] = {

@@ -20,6 +20,7 @@ from ..data import (
     dataset_split,
     dataset_to_model_labels,
     find_columns,
+    hub_dataset_commit,
     label_ids,
     label_names,
     load_image_dataset,
@@ -50,6 +51,8 @@ def decompose(
     strategy: str = "activation",
     split: str = "train",
     dataset_revision: str | None = None,
+    dataset_config: str | None = None,
+    num_workers: int = 0,
     image_column: str | None = None,
     label_column: str | None = None,
     batch_size: int = 128,
@@ -69,7 +72,9 @@ def decompose(
         strategy: a registered strategy's name (`hf_modular.decompose.STRATEGIES`): `"activation"` (the paper's
             method; options `sites`, `backtrack`, `delta`, `backtrack_input`, see `ActivationStrategy`) or
             `"channel"` (compact modules, see `ChannelStrategy`). `strategy_options` go to its class.
-        dataset_revision: the Hub dataset's branch, tag or commit to load (recorded in the modules).
+        dataset_revision: the Hub dataset's branch, tag or commit to load; the commit it resolves to is recorded.
+        dataset_config: the Hub dataset's configuration (`datasets.load_dataset`'s `name`).
+        num_workers: DataLoader worker processes that decode and preprocess images (0: in this process).
         accelerator: an `accelerate.Accelerator` or `PartialState` to shard the work across processes (default:
             the state `accelerate launch` / `torchrun` set up, else one process). Every process returns the same
             modules.
@@ -81,6 +86,7 @@ def decompose(
     check_number("samples_per_class", samples_per_class, minimum=1, integer=True)
     check_number("negatives_ratio", negatives_ratio, minimum=0)
     check_number("batch_size", batch_size, minimum=1, integer=True)
+    check_number("num_workers", num_workers, minimum=0, integer=True)
     method = get_strategy(strategy, **strategy_options)
     if model.config.is_module:
         parent = model.config.provenance.parent
@@ -95,8 +101,8 @@ def decompose(
     # The whole decomposition's cost, from reading the data to the labelled modules (all modules, this process),
     # and the statistics pass's share of it.
     with measure_compute() as compute:
-        dataset_source = dataset if not isinstance(dataset, datasets.Dataset) else None
-        dataset = load_image_dataset(dataset, split=split, revision=dataset_revision)
+        dataset_source = dataset if isinstance(dataset, (str, os.PathLike)) else None
+        dataset = load_image_dataset(dataset, split=split, revision=dataset_revision, config_name=dataset_config)
         image_column, label_column = find_columns(dataset, image_column, label_column)
         model_labels = model.config.id2label
         names = label_names(dataset, label_column)
@@ -129,6 +135,7 @@ def decompose(
             batch_size=batch_size,
             state=state,
             progress=progress,
+            num_workers=num_workers,
         )
         statistics_seconds = compute.wall_seconds_so_far() - statistics_started
         model.eval()  # modules are built where the statistics pass ran, and returned where the parent was
@@ -143,7 +150,9 @@ def decompose(
             progress=progress,
         )
         parent_record = _parent_record(model)
-        dataset_record = _dataset_record(dataset, dataset_source, split, image_column, label_column, dataset_revision)
+        dataset_record = _dataset_record(
+            dataset, dataset_source, split, image_column, label_column, dataset_revision, dataset_config
+        )
     common = {
         "parent": parent_record,
         "dataset": dataset_record,
@@ -222,11 +231,16 @@ def _dataset_record(
     image_column: str,
     label_column: str,
     dataset_revision: str | None,
+    dataset_config: str | None,
 ) -> DatasetRecord:
+    name = dataset_name(dataset, source)
+    from_hub = source is not None and not str(name).startswith("./")
     return DatasetRecord(
-        name_or_path=dataset_name(dataset, source),
+        name_or_path=name,
         split=dataset_split(dataset, split) if source is None else split,
-        revision=dataset_revision,
+        config_name=dataset_config,
+        # A branch or tag moves: the commit it stands for now is what loads these exact images again.
+        revision=(hub_dataset_commit(name, dataset_revision) or dataset_revision) if from_hub else dataset_revision,
         fingerprint=dataset_fingerprint(dataset),
         image_column=image_column,
         label_column=label_column,

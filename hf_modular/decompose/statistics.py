@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import datasets
 import torch
 from accelerate.utils import reduce
-from tqdm.auto import tqdm
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
 from ..data import iterate_batches
 from ..distributed import DistributedState, autocast, distributed_state, to_model
@@ -52,6 +52,7 @@ def collect_activity(
     sites: str = "relu",
     observe: bool = True,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> ActivityMaps | None:
     """Run `model` over `dataset.select(plan.rows)`, sharded across the processes of `state` (default: this
     process's `PartialState`).
@@ -93,6 +94,7 @@ def collect_activity(
         state=state,
         progress=progress,
         desc="statistics pass" if observe else "inference pass",
+        num_workers=num_workers,
     )
     try:
         for start, pixel_values in batches:
@@ -129,6 +131,7 @@ def planned_batches(
     state: DistributedState,
     progress: bool,
     desc: str,
+    num_workers: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """This process's contiguous shard of the plan's rows, preprocessed for `model`, as (position in the plan of the
     batch's first row, pixel values (B, C, H, W)). The progress bar counts all processes' rows."""
@@ -144,6 +147,7 @@ def planned_batches(
             image_mode=image_mode(model.config.num_channels),
             rows=rows,
             image_size=model.config.image_size,  # the statistics describe the model at its own input size
+            num_workers=num_workers,
         )
         start = shard[0] if shard else 0
         disable = not progress or not state.is_local_main_process

@@ -25,6 +25,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 from typing_extensions import Unpack
 
+from ..console import library_bars_off
 from ..module import ModuleProvenance, module_directory_name, parent_name
 from ..module.provenance import ParentRecord
 from .cards import module_card, parent_card
@@ -81,7 +82,7 @@ class PushResult:
 def push_model(model: PreTrainedModel, repo_id: str, **options: Unpack[PushOptions]) -> PushResult:
     """Push a module or a parent model to `repo_id` (created if missing) in one commit, with its card."""
     shard = {"max_shard_size": options.pop("max_shard_size")} if options.get("max_shard_size") else {}
-    with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
+    with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging, library_bars_off():
         model.save_pretrained(staging, **shard)
         return push_directory(staging, repo_id, model=None if _is_module(model.config) else model, **options)
 
@@ -281,7 +282,8 @@ def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Pa
             if not _is_module(module.config):
                 raise ValueError("push_modules pushes class modules; push a plain model with push_model.")
             directory = Path(staging) / module_directory_name(module.config.provenance.target_label)
-            module.save_pretrained(directory)
+            with library_bars_off():
+                module.save_pretrained(directory)
             yield directory, module.config
 
 

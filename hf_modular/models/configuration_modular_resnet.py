@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.backbone_utils import BackboneConfigMixin
 
 from ..module.provenance import ModuleProvenance
 from ..validation import check_number
@@ -96,7 +97,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @strict
-class ModularResNetConfig(PreTrainedConfig):
+class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a [`ModularResNetForImageClassification`]: a ResNet whose every ReLU is an observable *site*
     that a class module can mask.
@@ -149,6 +150,9 @@ class ModularResNetConfig(PreTrainedConfig):
             Provenance of a class module (target class, parent, dataset, method and parameters), in the layout of
             [`~hf_modular.module.ModuleProvenance`]; read it typed through `config.provenance`. `None` on a plain
             classifier. Sections saved by older releases are upgraded on load; a malformed one is refused.
+        out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
+            For [`ModularResNetBackbone`] (`AutoBackbone`), as in transformers' `ResNetConfig`: which of `stage_names`
+            (`"stem"`, `"stage1"`, ... one per entry of `layers`) it returns. Default: the last stage.
 
     Example:
 
@@ -192,6 +196,12 @@ class ModularResNetConfig(PreTrainedConfig):
             check_number(f"config field `{name}`", getattr(self, name), minimum=1, integer=True)
         self.layers, self.widths = _counts("layers", self.layers), _counts("widths", self.widths)
         self.image_mean, self.image_std = _numbers("image_mean", self.image_mean), _numbers("image_std", self.image_std)
+        # As transformers' ResNetConfig: the stages a backbone (`ModularResNetBackbone`, AutoBackbone) can return.
+        kwargs.pop("stage_names", None)  # derived from `layers`
+        self.stage_names = ["stem", *(f"stage{index}" for index in range(1, len(self.layers) + 1))]
+        self.set_output_features_output_indices(
+            out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
+        )
         if self.module is not None:  # validated and upgraded to the current schema, so every reader sees one layout
             self.module = ModuleProvenance.from_dict(self.module).to_dict()
         super().__post_init__(**kwargs)

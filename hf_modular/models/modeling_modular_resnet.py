@@ -26,7 +26,9 @@ from timm.models._features import feature_take_indices  # what timm's own ResNet
 from torch import nn
 from transformers import AutoImageProcessor, PreTrainedModel, ResNetForImageClassification
 from transformers import initialization as init
+from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
+    BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
     ImageClassifierOutputWithNoAttention,
 )
@@ -317,7 +319,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem_type == "imagenet" else nn.Identity()
 
         block_cls = BLOCKS[config.block_type]
-        self.stage_names: list[str] = []
+        self.stage_layers: list[str] = []
         for stage_index, depth in enumerate(config.layers):
             stage_name = f"layer{stage_index + 1}"
             blocks = []
@@ -338,7 +340,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
                     )
                 )
             self.add_module(stage_name, nn.Sequential(*blocks))
-            self.stage_names.append(stage_name)
+            self.stage_layers.append(stage_name)
         self.num_features = channels[-1]
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
         self.gradient_checkpointing = False  # `gradient_checkpointing_enable()`, timm's `set_grad_checkpointing`
@@ -351,7 +353,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         hidden_state = self.maxpool(self._stem(pixel_values))
         if hidden_states is not None:
             hidden_states.append(hidden_state)
-        for stage_name in self.stage_names:
+        for stage_name in self.stage_layers:
             hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
             if hidden_states is not None:
                 hidden_states.append(hidden_state)
@@ -388,13 +390,13 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         `intermediates` with `intermediates_only`, else `(final features, intermediates)`."""
         if output_fmt != "NCHW":
             raise ValueError(f"Only output_fmt='NCHW' is supported, not {output_fmt!r}.")
-        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
+        take, last = feature_take_indices(len(self.stage_layers) + 1, indices)
         intermediates: list[torch.Tensor] = []
         hidden_state = self._stem(x)
         if 0 in take:  # the stem's output before the max-pool, as timm's ResNets give it
             intermediates.append(hidden_state)
         hidden_state = self.maxpool(hidden_state)
-        stages = self.stage_names[:last] if stop_early else self.stage_names
+        stages = self.stage_layers[:last] if stop_early else self.stage_layers
         for index, stage_name in enumerate(stages, start=1):
             hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
             if index in take:
@@ -406,10 +408,10 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     ) -> list[int]:
         """Drop the stages after the last of `indices` (and the head with `prune_head`), as timm's models do for
         `features_only`; returns the kept indices."""
-        take, last = feature_take_indices(len(self.stage_names) + 1, indices)
-        for stage_name in self.stage_names[last:]:
+        take, last = feature_take_indices(len(self.stage_layers) + 1, indices)
+        for stage_name in self.stage_layers[last:]:
             setattr(self, stage_name, nn.Identity())
-        self.stage_names = self.stage_names[:last]
+        self.stage_layers = self.stage_layers[:last]
         if prune_head and hasattr(self, "fc"):
             self.fc = nn.Identity()
         return take
@@ -420,7 +422,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         imagenet = self.config.stem_type == "imagenet"
         reduction = 2 if imagenet else 1  # the stem conv's stride; the max-pool halves again before stage 1
         info = [{"num_chs": self.bn1.num_features, "reduction": reduction, "module": "act1"}]
-        for index, stage_name in enumerate(self.stage_names):
+        for index, stage_name in enumerate(self.stage_layers):
             reduction *= 2 if (index > 0 or imagenet) else 1
             last_block = getattr(self, stage_name)[-1]
             info.append({"num_chs": last_block.last_norm.num_features, "reduction": reduction, "module": stage_name})
@@ -468,7 +470,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
 
     def blocks(self) -> list[tuple[str, ResidualBlock]]:
         """Every residual block with its name (`"layer2.0"`), in forward order."""
-        return [(f"{stage}.{i}", block) for stage in self.stage_names for i, block in enumerate(getattr(self, stage))]
+        return [(f"{stage}.{i}", block) for stage in self.stage_layers for i, block in enumerate(getattr(self, stage))]
 
     def steps(self) -> list[nn.Module]:
         """The trunk as a list of steps, each (B, C, H, W) -> (B, C', H', W'): the stem, then every block."""
@@ -507,6 +509,37 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             for handle in handles:
                 handle.remove()
         return shapes
+
+
+class ModularResNetBackbone(BackboneMixin, ModularResNetModel):
+    """The trunk as a transformers backbone, like `ResNetBackbone`: `AutoBackbone.from_pretrained(path,
+    out_features=["stage2", "stage3"])` returns `BackboneOutput.feature_maps`, one (B, C_i, H / r_i, W / r_i) map per
+    requested stage of `config.stage_names` ("stem": after the stem's max-pool, then one per stage). It loads a
+    classifier's or a module's weights (the head is left out), masks included."""
+
+    has_attentions = False
+    _keys_to_ignore_on_load_unexpected = [r"^fc\."]  # a classifier's or module's head: not part of a backbone
+
+    def __init__(self, config: ModularResNetConfig):
+        super().__init__(config)
+        # BackboneMixin's channel counts per stage name: the stem's, then each stage's output.
+        self.num_features = [info["num_chs"] for info in self.feature_info]
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BackboneOutput | tuple:
+        hidden_states: list[torch.Tensor] = []
+        self.forward_features(pixel_values, hidden_states)
+        feature_maps = tuple(hidden_states[index] for index in self.out_indices)
+        output = BackboneOutput(
+            feature_maps=feature_maps,
+            hidden_states=tuple(hidden_states) if self._resolve(output_hidden_states, "output_hidden_states") else None,
+        )
+        return output if self._resolve(return_dict, "return_dict") else output.to_tuple()
 
 
 class ModularResNetForImageClassification(ModularResNetModel):
@@ -642,6 +675,7 @@ __all__ = [
     "import_cifar_resnet",
     "load_module",
     "ModularResNet",
+    "ModularResNetBackbone",
     "ModularResNetForImageClassification",
     "ModularResNetModel",
     "ModularResNetPreTrainedModel",

@@ -17,7 +17,7 @@ import copy
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: `dataset.config_name`
 
 
 @dataclass
@@ -40,6 +40,7 @@ class DatasetRecord:
     split: str
     fingerprint: str | None = None
     revision: str | None = None
+    config_name: str | None = None
     image_column: str | None = None
     label_column: str | None = None
     rows: int | None = None
@@ -181,5 +182,5 @@ def upgrade(section: Any) -> dict[str, Any]:
         for key in ("masked_fraction", "jaccard_index"):
             if key in section and isinstance(details, dict):
                 details[key] = section.pop(key)
-        section["schema_version"] = SCHEMA_VERSION
+    section["schema_version"] = SCHEMA_VERSION  # 2 -> 3 only added optional fields
     return section

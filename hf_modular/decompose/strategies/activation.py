@@ -123,6 +123,7 @@ class ActivationStrategy(Strategy):
         batch_size: int,
         state: DistributedState,
         progress: bool,
+        num_workers: int = 0,
     ) -> ActivityMaps:
         return collect_activity(
             parent,
@@ -134,6 +135,7 @@ class ActivationStrategy(Strategy):
             state=state,
             sites=self.sites,
             progress=progress,
+            num_workers=num_workers,
         )
 
     def build(

@@ -54,9 +54,10 @@ class Strategy:
         batch_size: int,
         state: PartialState,
         progress: bool,
+        num_workers: int = 0,
     ) -> Any:
-        """Run the parent over the planned rows (sharded across `state`'s processes) and return what `build` needs;
-        every process must return the same observations."""
+        """Run the parent over the planned rows (sharded across `state`'s processes; images decoded by `num_workers`
+        DataLoader workers) and return what `build` needs; every process must return the same observations."""
         raise NotImplementedError
 
     def build(

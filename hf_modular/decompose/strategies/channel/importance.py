@@ -39,6 +39,7 @@ def collect_channel_scores(
     batch_size: int = 128,
     state: DistributedState,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Per site, (M, C) float64 channel scores for the plan's M modules (mean over each module's inputs).
 
@@ -68,6 +69,7 @@ def collect_channel_scores(
         state=state,
         progress=progress,
         desc="channel scores",
+        num_workers=num_workers,
     )
     try:
         for start, pixel_values in batches:

@@ -47,7 +47,7 @@ class ChannelSelection:
 
 def tied_stem(model: ModularResNetForImageClassification) -> bool:
     """Whether the stem's output and stage 1's stream are one residual stream (identity shortcut into stage 1)."""
-    return getattr(model, model.stage_names[0])[0].downsample is None
+    return getattr(model, model.stage_layers[0])[0].downsample is None
 
 
 def prune(
@@ -67,7 +67,7 @@ def prune(
     pruned_config.stage_channels = [len(index) for index in residual]
     pruned_config.block_widths = [
         [len(selection.inner[f"{stage}.{b}"][0]) for b in range(depth)]
-        for stage, depth in zip(model.stage_names, config.layers, strict=True)
+        for stage, depth in zip(model.stage_layers, config.layers, strict=True)
     ]
     for name, kept in selection.inner.items():
         if len({len(index) for index in kept}) != 1 or len(kept[0]) == 0:
@@ -90,7 +90,7 @@ def prune(
 
 def _stage_starts(model: nn.Module) -> list[tuple[int, tuple[str, nn.Module]]]:
     """(stage index from 0, (name, first block)) for each stage."""
-    return [(s, (f"{stage}.0", getattr(model, stage)[0])) for s, stage in enumerate(model.stage_names)]
+    return [(s, (f"{stage}.0", getattr(model, stage)[0])) for s, stage in enumerate(model.stage_layers)]
 
 
 def _shortcut_index(kept_in: torch.Tensor, kept_out: torch.Tensor, full_in: int, full_out: int) -> list[int]:
@@ -115,7 +115,7 @@ def _slice(
         return tensor[residual[0]].clone()
     if parts[0] == "fc":
         return tensor[:, residual[-1]].clone() if parts[1] == "weight" else tensor.clone()
-    stage = model.stage_names.index(parts[0]) + 1
+    stage = model.stage_layers.index(parts[0]) + 1
     block_index, layer = int(parts[1]), parts[2]
     kept_in = residual[stage - 1] if block_index == 0 else residual[stage]
     kept_out = residual[stage]

@@ -31,7 +31,7 @@ def reconstruct(
     the block's pre-activation sum matches the parent's on `features` (the prefix output) as well as the kept
     channels allow. The block's batch norm is folded into the fit. Each block sees the pruned blocks before it."""
     parent_steps, module_steps = parent.steps(), module.steps()
-    stages = [0] + [parent.stage_names.index(name.split(".")[0]) + 1 for name, _ in parent.blocks()]  # per step
+    stages = [0] + [parent.stage_layers.index(name.split(".")[0]) + 1 for name, _ in parent.blocks()]  # per step
     full, kept = features, features
     for position in range(start, len(parent_steps)):
         parent_step, module_step = parent_steps[position], module_steps[position]

@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 import datasets
 import torch
+from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from torch import nn
-from tqdm.auto import tqdm
 
 from ....distributed import DistributedState, device_and_dtype, gather_in_order
 from ....models import ModularResNetForImageClassification
@@ -95,11 +95,11 @@ class ChannelStrategy(Strategy):
         prune_from = self.prune_from or names[-1]
         if prune_from == "stem":
             return 0
-        if prune_from in model.stage_names:
+        if prune_from in model.stage_layers:
             prune_from = f"{prune_from}.0"
         if prune_from not in names:
             raise ValueError(
-                f"prune_from={prune_from!r}: choose 'stem', a stage ({', '.join(model.stage_names)}) or a block "
+                f"prune_from={prune_from!r}: choose 'stem', a stage ({', '.join(model.stage_layers)}) or a block "
                 f"({names[0]} ... {names[-1]})."
             )
         return names.index(prune_from)
@@ -116,7 +116,7 @@ class ChannelStrategy(Strategy):
             raise ValueError(
                 f"keep_residual={self.keep_residual} prunes the residual stream of stages pruned whole, and "
                 f"prune_from={self.prune_from!r} starts inside the last stage. Prune from a stage "
-                f"(e.g. {model.stage_names[-1]!r}) or from 'stem', or keep keep_residual=1."
+                f"(e.g. {model.stage_layers[-1]!r}) or from 'stem', or keep keep_residual=1."
             )
         if 1 in streams and (tied_stem(model) or self.prune_from == "stem"):
             streams.insert(0, 0)
@@ -132,7 +132,7 @@ class ChannelStrategy(Strategy):
             if position < first:
                 continue
             sites[name] = [f"{name}.{act}" for act in block.act_names[:-1]]  # the ReLUs after the inner convs
-            stage = model.stage_names.index(name.split(".")[0]) + 1
+            stage = model.stage_layers.index(name.split(".")[0]) + 1
             if stage in streams:
                 sites.setdefault(f"stream:{stage}", []).append(f"{name}.{block.last_act_name}")
         if 0 in streams:
@@ -174,6 +174,7 @@ class ChannelStrategy(Strategy):
         batch_size: int,
         state: DistributedState,
         progress: bool,
+        num_workers: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Per scored site, (M, C) channel scores for the plan's M modules."""
         sites = sorted({site for names in self.scored_sites(parent).values() for site in names})
@@ -188,6 +189,7 @@ class ChannelStrategy(Strategy):
             batch_size=batch_size,
             state=state,
             progress=progress,
+            num_workers=num_workers,
         )
 
     def build(

@@ -1,0 +1,98 @@
+"""What a `datasets` user passes is taken as they mean it: a DatasetDict's split, a Hub dataset's configuration and
+commit, DataLoader workers; a streaming dataset is refused with what to do instead."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+import hf_modular
+from hf_modular import ModularResNetForImageClassification
+from hf_modular.data import load_image_dataset
+from hf_modular.evaluation import evaluate
+from hf_modular.train import train
+from tests.conftest import randomize_
+from tests.hub_server import hub_server_fixture  # noqa: F401
+from tests.test_decompose import dark_bright_dataset, tiny_config
+
+PACKAGE = Path(hf_modular.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def parent() -> ModularResNetForImageClassification:
+    torch.manual_seed(0)
+    return randomize_(ModularResNetForImageClassification(tiny_config()).eval())
+
+
+def test_a_dataset_dict_gives_the_split_asked_for(parent):
+    splits = datasets.DatasetDict({"train": dark_bright_dataset(), "test": dark_bright_dataset().select(range(6))})
+    assert len(load_image_dataset(splits, split="test")) == 6
+    with pytest.raises(ValueError, match=r"no 'validation' split; its splits are \['train', 'test'\]"):
+        load_image_dataset(splits, split="validation")
+    modules = hf_modular.decompose(parent, splits, samples_per_class=6, classes=["dark"], progress=False)
+    assert modules["dark"].config.provenance.dataset.rows == 18
+    with pytest.raises(TypeError, match=r"Pass one split of the DatasetDict \(e.g. dataset\['test'\]\)"):
+        evaluate(parent, splits, progress=False)
+
+
+def test_a_streaming_dataset_is_refused_with_what_to_do(parent):
+    stream = dark_bright_dataset().to_iterable_dataset()
+    for run in (
+        lambda: hf_modular.decompose(parent, stream, progress=False),
+        lambda: evaluate(parent, stream, progress=False),
+        lambda: train(parent, stream, epochs=1, progress=False),
+    ):
+        with pytest.raises(TypeError, match="streaming .* has no random access.*Dataset.from_generator"):
+            run()
+
+
+def test_dataloader_workers_give_the_same_answer(parent):
+    data = dark_bright_dataset()
+    assert evaluate(parent, data, num_workers=2, progress=False) == evaluate(parent, data, progress=False)
+    modules = hf_modular.decompose(parent, data, samples_per_class=6, num_workers=2, progress=False)
+    alone = hf_modular.decompose(parent, data, samples_per_class=6, progress=False)
+    for label, module in modules.items():
+        assert module.config.mask_shapes == alone[label].config.mask_shapes
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(tensor, alone[label].state_dict()[name]), name
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 0, got -1"):
+        evaluate(parent, data, num_workers=-1, progress=False)
+
+
+def test_a_hub_dataset_records_its_configuration_and_the_commit_it_was_read_at(tmp_path, parent, hub_server):
+    api = HfApi()
+    api.create_repo("user/greys", repo_type="dataset")
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "noisy").mkdir()
+    dark_bright_dataset().to_parquet(str(tmp_path / "plain" / "train.parquet"))
+    dark_bright_dataset().select(range(12)).to_parquet(str(tmp_path / "noisy" / "train.parquet"))
+    (tmp_path / "README.md").write_text(
+        "---\nconfigs:\n- config_name: plain\n  data_files: plain/*.parquet\n"
+        "- config_name: noisy\n  data_files: noisy/*.parquet\n---\n"
+    )
+    commit = api.upload_folder(repo_id="user/greys", repo_type="dataset", folder_path=str(tmp_path)).oid
+    modules = hf_modular.decompose(
+        parent, "user/greys", dataset_config="plain", dataset_revision="main", samples_per_class=6, progress=False
+    )
+    record = modules["dark"].config.provenance.dataset
+    assert (record.name_or_path, record.config_name, record.revision, record.rows) == (
+        "user/greys",
+        "plain",
+        commit,
+        18,
+    )
+
+
+def test_no_private_attribute_of_datasets_is_read():
+    found = [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in PACKAGE.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\._(fingerprint|info|data|indices|format_type)\b", line)
+    ]
+    assert not found, found
