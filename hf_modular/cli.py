@@ -283,6 +283,7 @@ def _push(args: argparse.Namespace) -> None:
             revision=args.revision,
             create_pr=args.create_pr,
             license=args.license,
+            remote_code=args.remote_code,
         )
     )
 
@@ -295,6 +296,7 @@ def _push_parent(args: argparse.Namespace) -> None:
         revision=args.revision,
         create_pr=args.create_pr,
         license=args.license,
+        remote_code=args.remote_code,
     )
     _print_pushes({"model": result})
 
@@ -438,6 +440,14 @@ def _add_data_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_remote_code_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--remote-code",
+        action="store_true",
+        help="also publish auto_map and code files that import hf_modular, for from_pretrained(trust_remote_code=True)",
+    )
+
+
 def _add_overwrite_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--overwrite", action="store_true", help="replace what --output already holds (refused without it)"
@@ -555,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     push.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
+    _add_remote_code_option(push)
     push.set_defaults(run=_push)
 
     parent = command("push-parent", "push a plain model directory (a parent) to a Hub repo with its card")
@@ -564,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     parent.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     parent.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     parent.add_argument("--license", default=None, help="license id for the card")
+    _add_remote_code_option(parent)
     parent.set_defaults(run=_push_parent)
 
     card = command("card", "render the model card (README.md) of a saved model or module directory")

@@ -643,3 +643,31 @@ def test_the_cli_never_prints_a_token_or_a_signed_url(
     assert "(unchanged)" in out
     if not verbosity:
         assert "No files have been modified" not in printed
+
+
+def test_remote_code_lets_plain_transformers_load_a_module_or_say_what_to_install(
+    hub_server: HubServer, decomposed: Path, tmp_path: Path
+) -> None:
+    """Opt-in `remote_code=True`: `auto_map` and one-line files that import hf_modular. Without hf_modular, transformers
+    itself says to install it; with it, no `import hf_modular` is needed."""
+    push_directory(decomposed / "dark-module", f"{DEFAULT_USER}/remote-dark", remote_code=True)
+    pixel_values = torch.rand(2, 3, 8, 8)
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    script = (
+        "import sys, torch\n"
+        "if sys.argv[1] == 'hidden':  # as if hf_modular were not installed: drop its editable-install finder\n"
+        "    sys.meta_path = [f for f in sys.meta_path if 'hf_modular' not in getattr(f, '__module__', '')]\n"
+        "from transformers import AutoModelForImageClassification\n"
+        f"model = AutoModelForImageClassification.from_pretrained('{DEFAULT_USER}/remote-dark',\n"
+        "                                                         trust_remote_code=True)\n"
+        f"torch.save(model.eval()(torch.load({str(tmp_path / 'pixels.pt')!r})).logits, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    env = {**os.environ, **client_env(hub_server.url, hub_server.hf_home)}
+    env.pop("PYTHONPATH", None)
+    run = [sys.executable, "-c", script]
+    missing = subprocess.run([*run, "hidden"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "pip install hf_modular" in missing.stderr, missing.stderr[-2000:]
+    loaded = subprocess.run([*run, "installed"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    expected = hf_modular.load_module(decomposed / "dark-module").eval()(pixel_values).logits
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)

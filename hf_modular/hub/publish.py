@@ -49,7 +49,9 @@ class PushOptions(TypedDict, total=False):
     token: a Hub token (default: the logged-in one). create_pr: open a pull request instead of committing.
     commit_message: the commit's title; commit_description: its body. license: the license id written into the
     model card; tags: more tags for the card's metadata. max_shard_size: shard the weights above this size ("5GB",
-    as transformers' `save_pretrained`; pushing a model object only).
+    as transformers' `save_pretrained`; pushing a model object only). remote_code: also publish transformers'
+    `auto_map` and two one-line code files that import hf_modular, so that `AutoModel...from_pretrained(repo,
+    trust_remote_code=True)` works without `import hf_modular`, and tells a user without it to `pip install` it.
     """
 
     private: bool | None
@@ -58,13 +60,40 @@ class PushOptions(TypedDict, total=False):
     create_pr: bool
     commit_message: str | None
     commit_description: str | None
+    remote_code: bool
     license: str | None
     tags: list[str] | None
     max_shard_size: int | str | None
 
 
 # The options only a push reads (`save_pretrained(push_to_hub=True, ...)` passes them on; `token` serves both).
-PUSH_ONLY_OPTIONS = ("private", "revision", "create_pr", "commit_message", "commit_description", "license", "tags")
+PUSH_ONLY_OPTIONS = (
+    "private",
+    "revision",
+    "create_pr",
+    "commit_message",
+    "commit_description",
+    "license",
+    "tags",
+    "remote_code",
+)
+# `remote_code=True`: what transformers' dynamic loading reads. The files only import hf_modular (its checks turn a
+# missing package into "pip install hf_modular"); the classes stay the installed, reviewed ones.
+REMOTE_CODE_FILES = {
+    "configuration_modular_resnet.py": (
+        "from hf_modular import ModularResNetConfig  # noqa: F401  (pip install hf-modular)\n"
+    ),
+    "modeling_modular_resnet.py": (
+        "from hf_modular import (  # noqa: F401  (pip install hf-modular)\n"
+        "    ModularResNetBackbone,\n    ModularResNetForImageClassification,\n    ModularResNetModel,\n)\n"
+    ),
+}
+AUTO_MAP = {
+    "AutoConfig": "configuration_modular_resnet.ModularResNetConfig",
+    "AutoModel": "modeling_modular_resnet.ModularResNetModel",
+    "AutoModelForImageClassification": "modeling_modular_resnet.ModularResNetForImageClassification",
+    "AutoBackbone": "modeling_modular_resnet.ModularResNetBackbone",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +145,19 @@ def push_directory(
         for name in _model_files(directory):
             shutil.copy2(directory / name, Path(staging) / name)
         card.save(Path(staging) / "README.md")
+        if options.pop("remote_code", False):
+            _add_remote_code(Path(staging))
         what = f"{ModuleProvenance.from_dict(config.module).target_label} module" if _is_module(config) else "model"
         return upload_folder(staging, repo_id, what=what, **options)
+
+
+def _add_remote_code(staging: Path) -> None:
+    """Write `REMOTE_CODE_FILES` and the config's `auto_map` into a staged copy of a model directory."""
+    for name, text in REMOTE_CODE_FILES.items():
+        (staging / name).write_text(text)
+    config = json.loads((staging / "config.json").read_text())
+    config["auto_map"] = AUTO_MAP
+    (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def check_complete(directory: Path) -> None:
