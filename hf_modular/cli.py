@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from . import console
@@ -149,7 +150,9 @@ def _import(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
     model = _load_any(args).to(state.device)
-    dataset = load_image_dataset(args.dataset, split=args.split, config_name=args.dataset_config)
+    dataset = load_image_dataset(
+        args.dataset, split=args.split, revision=args.dataset_revision, config_name=args.dataset_config
+    )
     if args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     result = evaluate(
@@ -173,6 +176,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _decompose(args: argparse.Namespace) -> None:
+    if args.eval_limit and not args.eval_split:
+        raise ValueError("--eval-limit limits the evaluation, which needs --eval-split (e.g. --eval-split test).")
     state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
     strategy_options = _strategy_options(args)
     model = _load(args)
@@ -320,6 +325,10 @@ def _compose(args: argparse.Namespace) -> None:
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
+    output = Path(args.output).resolve()
+    inside = [m for m in args.modules if Path(m.split("@")[0]).exists() and _overlaps(Path(m.split("@")[0]), output)]
+    if inside:
+        raise ValueError(f"--output {args.output} would replace a module being composed ({', '.join(inside)}).")
     check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
     if args.calibrate:
@@ -339,6 +348,12 @@ def _compose(args: argparse.Namespace) -> None:
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
         _print_pushes({"composed": composed.push_to_hub(args.push_to, materialize=args.materialize)})
+
+
+def _overlaps(path: Path, other: Path) -> bool:
+    """Whether one of the two directories is, or holds, the other."""
+    path, other = path.resolve(), other.resolve()
+    return path.is_relative_to(other) or other.is_relative_to(path)
 
 
 def _replace(args: argparse.Namespace) -> None:
@@ -375,9 +390,10 @@ def _train(args: argparse.Namespace) -> None:
         shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
     else:
         check_overwrite(output, args.overwrite)
-    train_split = load_image_dataset(args.dataset, split=args.split, config_name=args.dataset_config)
+    revision, config_name = args.dataset_revision, args.dataset_config
+    train_split = load_image_dataset(args.dataset, split=args.split, revision=revision, config_name=config_name)
     eval_split = (
-        load_image_dataset(args.dataset, split=args.eval_split, config_name=args.dataset_config)
+        load_image_dataset(args.dataset, split=args.eval_split, revision=revision, config_name=config_name)
         if args.eval_split
         else None
     )
@@ -434,6 +450,7 @@ def _add_compute_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_data_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     command.add_argument("--dataset-config", default=None, metavar="NAME", help="a Hub dataset's configuration")
     command.add_argument(
         "--num-workers", type=cli_number(minimum=0, integer=True), default=0, help="processes that decode images"
@@ -525,7 +542,6 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
     dec.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
     dec.add_argument("--split", default=_default(decompose, "split"), help="split observed by the statistics pass")
-    dec.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     _add_data_options(dec)
     dec.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
     dec.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
@@ -652,13 +668,48 @@ def hub_timeout() -> float:
         raise ValueError(f"{HUB_TIMEOUT_VARIABLE}={value!r} is not a number of seconds.") from None
 
 
-def _is_timeout(error: BaseException | None) -> bool:
-    """Whether `error`, or what caused it, is an HTTP timeout (httpx's classes, whichever httpx the Hub client uses)."""
+def _is_http_timeout(error: BaseException | None) -> bool:
+    """Whether `error`, or what caused it, is a timeout of the HTTP client the Hub client uses (httpx's classes)."""
     while error is not None:
-        if isinstance(error, TimeoutError) or type(error).__name__.endswith("Timeout"):
+        kind = type(error)
+        if kind.__module__.split(".")[0].startswith(("httpx", "httpcore")) and "Timeout" in kind.__name__:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def limit_hub_requests(seconds: float) -> None:
+    """Give every request of huggingface_hub's client (transformers, timm and datasets download through it) a time
+    limit. Its requests carry no timeout (`timeout=None` per request, which overrides a client's default), so a
+    server that accepts the connection and never answers would hang a command forever. The client factory keeps
+    huggingface_hub's own hooks (offline mode, request ids) and adds one that fills the limit in where a request
+    has none; a factory, because the client is rebuilt after a failed request."""
+
+    def limit(request) -> None:
+        given = request.extensions.get("timeout") or {}
+        phases = ("connect", "read", "write", "pool")
+        request.extensions["timeout"] = {key: seconds if given.get(key) is None else given[key] for key in phases}
+
+    template = huggingface_hub.get_session()
+    client_class, hooks = type(template), {kind: list(functions) for kind, functions in template.event_hooks.items()}
+
+    def client():
+        request_hooks = [*hooks.get("request", []), limit]
+        return client_class(event_hooks={**hooks, "request": request_hooks}, follow_redirects=True, timeout=seconds)
+
+    huggingface_hub.set_client_factory(client)
+
+
+def _message(error: Exception) -> str:
+    """The one line the CLI prints for an error."""
+    if _is_http_timeout(error):
+        return (
+            f"the Hub ({huggingface_hub.constants.ENDPOINT}) did not answer within {hub_timeout():g} s. Check the "
+            f"connection, or allow more time with {HUB_TIMEOUT_VARIABLE}=<seconds>."
+        )
+    if isinstance(error, StrictDataclassClassValidationError) and error.__cause__ is not None:
+        return str(error.__cause__)  # the config's own message, without the validator's header line
+    return str(error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -666,18 +717,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console.configure(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.DEFAULT)
     try:
-        # huggingface_hub's client waits forever by default: a server that accepts the connection and never answers
-        # would hang a push. Every request of this command gets a time limit.
-        huggingface_hub.get_session().timeout = hub_timeout()
+        limit_hub_requests(hub_timeout())
         args.run(args)
     except Exception as error:
         if args.debug:
             raise
-        if _is_timeout(error):
-            error = f"the Hub ({huggingface_hub.constants.ENDPOINT}) did not answer within {hub_timeout():g} s. Check "
-            f"the connection, or allow more time with {HUB_TIMEOUT_VARIABLE}=<seconds>."
-        print(f"hf-modular {args.command}: error: {error}", file=sys.stderr)
-        print("(run with --debug for the full traceback)", file=sys.stderr)
+        print(f"hf-modular {args.command}: error: {_message(error)}", file=sys.stderr)
+        print(f"(run `hf-modular --debug {args.command} ...` for the full traceback)", file=sys.stderr)
         return 1
     return 0
 

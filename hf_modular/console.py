@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import datasets
 import huggingface_hub.utils
@@ -14,6 +15,13 @@ import transformers.utils.logging
 
 QUIET, DEFAULT, VERBOSE = -1, 0, 1
 HTTP_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "urllib3")
+BARS = "hf_modular"  # huggingface_hub's name for hf_modular's group of progress bars
+
+
+def progress_bar(*args: Any, **kwargs: Any) -> huggingface_hub.utils.tqdm:
+    """A progress bar of hf_modular's: huggingface_hub's tqdm, in its own group, so that HF_HUB_DISABLE_PROGRESS_BARS
+    silences it as it silences the Hub client's, and the libraries' bars can be off while these stay on."""
+    return huggingface_hub.utils.tqdm(*args, name=BARS, **kwargs)
 
 
 def configure(verbosity: int = DEFAULT) -> None:
@@ -34,10 +42,12 @@ def configure(verbosity: int = DEFAULT) -> None:
     # huggingface_hub's notices ("No files have been modified since last commit...") repeat what the command prints.
     huggingface_hub.utils.logging.set_verbosity(library_level if verbosity == VERBOSE else logging.ERROR)
     if verbosity < VERBOSE:  # "Loading weights" / "Writing model shards" for every small file: not a long phase
-        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()  # (it turns huggingface_hub's bars off too)
         datasets.disable_progress_bars()
-    if verbosity == QUIET:  # hf_modular's bars are huggingface_hub's tqdm: this silences them too
+    if verbosity == QUIET:
         huggingface_hub.utils.disable_progress_bars()
+    else:
+        huggingface_hub.utils.enable_progress_bars(BARS)
 
 
 @contextmanager
@@ -45,9 +55,12 @@ def library_bars_off() -> Iterator[None]:
     """Inside: no per-file progress bars from transformers (used around the many small saves and loads of one
     phase, so that the phase shows one bar, its own). The earlier setting comes back after."""
     enabled = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
+    ours = not huggingface_hub.utils.are_progress_bars_disabled(BARS)
+    transformers.utils.logging.disable_progress_bar()  # (all of huggingface_hub's bars too: ours come back below)
     try:
         yield
     finally:
         if enabled:
             transformers.utils.logging.enable_progress_bar()
+        if ours:
+            huggingface_hub.utils.enable_progress_bars(BARS)

@@ -80,8 +80,8 @@ def _load(
         own_split = parquet_file_split(path)
         if SPLIT_OF_KEYWORD.get(split, split) != own_split:
             raise ValueError(
-                f"{path.name} holds the {own_split!r} split (by its name), not {split!r}. Ask for split "
-                f"{own_split!r}, or give the folder that holds a {split}*.parquet file as well."
+                f"{path.name} holds the {own_split!r} split (by its name), not {split!r}. Give the folder that also "
+                f"holds a {split}*.parquet file, or ask for split {own_split!r} if these are the images you mean."
             )
         return _load_parquet([path], split, **load_kwargs)
     if path.is_dir():

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import datasets
 import torch
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
 from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
+from .console import progress_bar
 from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names, require_dataset
 from .distributed import (
     DistributedState,
@@ -228,6 +228,6 @@ def evaluate_composition(
 
 def _progress(batches, rows: int, batch_size: int, state: DistributedState, progress: bool):
     """One bar, on the main process, over its share of the rows."""
-    return tqdm(
+    return progress_bar(
         batches, desc="evaluation", total=-(-rows // batch_size), disable=not progress or not state.is_main_process
     )

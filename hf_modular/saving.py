@@ -54,15 +54,31 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
     """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
-    unless `overwrite` is set; an empty directory is fine."""
+    unless `overwrite` is set, and never over a directory another hf-modular run holds, nor the working directory
+    or one above it. An empty directory (or one holding only a finished run's lock file) is fine."""
     path = Path(path)
-    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    if path.is_dir() and Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise ValueError(f"{option} {path} is the working directory or holds it; choose a directory below it.")
+    if (path / LOCK_NAME).is_file():
+        lock = FileLock(path / LOCK_NAME, blocking=False)
+        try:
+            lock.acquire()
+        except Timeout as error:
+            raise RuntimeError(
+                f"Another hf-modular run is writing into {path}; wait for it to finish, or choose another {option}."
+            ) from error
+        lock.release()
+    if overwrite or not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
     what = "a model directory" if (path / "config.json").is_file() else "a directory" if path.is_dir() else "a file"
     raise FileExistsError(
         f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
         f"whole, or choose another {option}."
     )
+
+
+def _user_entries(directory: Path) -> list[Path]:
+    return [entry for entry in directory.iterdir() if entry.name != LOCK_NAME]
 
 
 @contextmanager

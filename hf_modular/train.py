@@ -21,9 +21,9 @@ import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from torchvision.transforms import v2
 
+from .console import progress_bar
 from .data import dataset_to_model_labels, find_columns, label_ids, label_names, require_dataset
 from .distributed import sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
@@ -128,7 +128,7 @@ def train(
     for epoch in range(start_epoch, epochs):
         prepared_model.train()
         total, count = 0.0, 0
-        for pixel_values, labels in tqdm(
+        for pixel_values, labels in progress_bar(
             loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not accelerator.is_local_main_process
         ):
             loss = prepared_model(to_model(pixel_values, model), labels=labels).loss

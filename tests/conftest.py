@@ -3,6 +3,7 @@ re-implementation of akamaster's CIFAR ResNet that writes checkpoints in that re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT / ".." / "shared"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `slow` (minutes each) run in CI (`CI=true`) or with `HF_MODULAR_SLOW=1`; a local run stays short."""
+    if os.environ.get("CI", "").lower() in ("1", "true") or os.environ.get("HF_MODULAR_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: runs in CI, or here with HF_MODULAR_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

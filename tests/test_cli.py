@@ -34,7 +34,8 @@ def _assert_one_error_line(stderr: str, command: str, *fragments: str) -> None:
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
     # Besides the error, at most the hint about --debug.
-    assert [line for line in lines if line != errors[0]] in ([], ["(run with --debug for the full traceback)"])
+    hint = f"(run `hf-modular --debug {command} ...` for the full traceback)"
+    assert [line for line in lines if line != errors[0]] in ([], [hint])
 
 
 def test_version(capsys):
@@ -139,3 +140,32 @@ def test_console_script_help():
     assert result.stdout.startswith("usage: hf-modular")
     for command in ("info", "import", "evaluate"):
         assert command in result.stdout
+
+
+def test_a_command_shows_its_own_bars_and_not_the_libraries(tmp_path, saved):
+    """Default: hf_modular's bar for the evaluation, none of transformers' per-file bars; -q: none at all;
+    HF_HUB_DISABLE_PROGRESS_BARS=1: none of hf_modular's either (huggingface_hub's switch)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_decompose import image_dataset
+
+    directory, model = saved
+    names = [model.config.id2label[i] for i in range(3)]
+    image_dataset([0, 128, 255] * 4, [0, 1, 2] * 4, size=model.config.image_size, names=names).to_parquet(
+        str(tmp_path / "test.parquet")
+    )
+    command = [sys.executable, "-m", "hf_modular.cli"]
+    evaluate = ["evaluate", str(directory), "--dataset", str(tmp_path / "test.parquet")]
+
+    def stderr(*flags: str, **env: str) -> str:
+        run = subprocess.run([*command, *flags, *evaluate], capture_output=True, text=True, env={**os.environ, **env})
+        assert run.returncode == 0, run.stderr
+        return run.stderr
+
+    default = stderr()
+    assert "evaluation" in default and "Loading weights" not in default
+    assert "evaluation" not in stderr("-q")
+    assert "evaluation" not in stderr(HF_HUB_DISABLE_PROGRESS_BARS="1")
+    assert "Loading weights" in stderr("-v")

@@ -96,3 +96,21 @@ def test_no_private_attribute_of_datasets_is_read():
         if re.search(r"\._(fingerprint|info|data|indices|format_type)\b", line)
     ]
     assert not found, found
+
+
+def test_a_pinned_hub_revision_holds_for_the_evaluation_split_too(tmp_path, parent, hub_server):
+    from hf_modular.decompose import decompose_to_directory
+
+    api = HfApi()
+    api.create_repo("user/pinned", repo_type="dataset")
+    (tmp_path / "data").mkdir()
+    dark_bright_dataset().to_parquet(str(tmp_path / "data" / "train.parquet"))
+    dark_bright_dataset().select(range(6)).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    first = api.upload_folder(repo_id="user/pinned", repo_type="dataset", folder_path=str(tmp_path)).oid
+    dark_bright_dataset().to_parquet(str(tmp_path / "data" / "test.parquet"))  # main moves on: 18 test rows
+    api.upload_folder(repo_id="user/pinned", repo_type="dataset", folder_path=str(tmp_path))
+    report = decompose_to_directory(
+        parent, "user/pinned", tmp_path / "out", eval_dataset="user/pinned", dataset_revision=first,
+        samples_per_class=6, progress=False,
+    )  # fmt: skip
+    assert report["evaluation"]["images"] == 6  # the test split as it was at the pinned commit

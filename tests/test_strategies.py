@@ -126,7 +126,7 @@ class WholeParentStrategy(Strategy):
     headline: ClassVar[str] = "kept_fraction"
     headline_format: ClassVar[str] = "{:.0%} kept"
 
-    def observe(self, parent, dataset, plan, *, image_column, label_column, batch_size, state, progress):
+    def observe(self, parent, dataset, plan, *, image_column, label_column, batch_size, state, progress, **context):
         return collect_activity(
             parent,
             dataset,

@@ -17,8 +17,8 @@ from typing import Any
 import datasets
 import torch
 import torch.nn.functional as F
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
+from ..console import progress_bar
 from ..data import (
     dataset_fingerprint,
     dataset_name,
@@ -110,7 +110,7 @@ def pooled_features(
     )
     features: list[list[torch.Tensor]] = [[] for _ in members]
     progress = progress and state.is_main_process
-    for pixel_values, _ in tqdm(batches, total=-(-len(shard) // batch_size), disable=not progress, desc="fit"):
+    for pixel_values, _ in progress_bar(batches, total=-(-len(shard) // batch_size), disable=not progress, desc="fit"):
         for member, found in zip(members, features, strict=True):
             parameter = next(member.parameters())
             prepared = prepare_input(pixel_values.to(parameter.device, parameter.dtype), member)

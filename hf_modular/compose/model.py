@@ -22,13 +22,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from PIL import Image
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 from typing_extensions import Unpack
 
+from ..console import progress_bar
 from ..data import (
     dataset_to_model_labels,
     find_columns,
@@ -517,7 +517,7 @@ def collect_module_logits(
     )
     composed.eval()
     logits, labels = [], []
-    for pixel_values, batch_labels in tqdm(batches, total=-(-len(rows) // batch_size), disable=not progress):
+    for pixel_values, batch_labels in progress_bar(batches, total=-(-len(rows) // batch_size), disable=not progress):
         logits.append(composed.module_logits(pixel_values))
         labels.append(to_model[batch_labels])
     return torch.cat(logits), torch.cat(labels)

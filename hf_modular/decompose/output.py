@@ -96,7 +96,14 @@ def _write_decomposition(
     started = time.perf_counter()
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        eval_dataset = load_image_dataset(eval_dataset, split=eval_split, config_name=options.get("dataset_config"))
+        # The training data's revision holds for its other splits: one pinned commit for both.
+        revision = options.get("dataset_revision") if str(eval_dataset) == str(dataset) else None
+        try:
+            eval_dataset = load_image_dataset(
+                eval_dataset, split=eval_split, revision=revision, config_name=options.get("dataset_config")
+            )
+        except ValueError as error:
+            raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
         if eval_limit:
             eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     training = load_image_dataset(
@@ -121,6 +128,7 @@ def _write_decomposition(
 
     timings: dict[str, float] = {}
     if todo:
+        logger.info("Decomposing into %d module(s): %s", len(todo), ", ".join(todo))
         modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, **options)
         timings["decompose_seconds"] = time.perf_counter() - started
         timings["statistics_seconds"] = next(iter(modules.values())).config.provenance.compute["statistics_seconds"]
@@ -130,9 +138,13 @@ def _write_decomposition(
                 for label, module in modules.items():
                     module.save_pretrained(output / module_directory_name(label))
         state.wait_for_everyone()
-    if state.is_main_process:  # with overwrite=True: what is not this run's goes, once this run's modules exist
-        for name in _foreign_entries(output, {module_directory_name(label) for label in wanted}):
-            _remove(output / name)
+    if state.is_main_process and overwrite:
+        # What the output held at the start and is not this run's goes, now that this run's modules exist; nothing
+        # that appeared meanwhile is touched.
+        ours = {module_directory_name(label) for label in wanted}
+        for name in foreign:
+            if name not in ours:
+                _remove(output / name)
 
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
     if eval_dataset is None and not state.is_main_process:
@@ -165,6 +177,7 @@ def _write_decomposition(
     if values:
         report[f"mean_{headline}"] = sum(values) / len(values)
     if eval_dataset is not None:
+        logger.info("Evaluating the parent and the %d module(s) on %d images", len(modules), len(eval_dataset))
         evaluation_started = time.perf_counter()
         result = evaluate_composition(model, modules, eval_dataset, state=state, progress=progress)
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started

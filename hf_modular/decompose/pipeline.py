@@ -102,6 +102,9 @@ def decompose(
     # and the statistics pass's share of it.
     with measure_compute() as compute:
         dataset_source = dataset if isinstance(dataset, (str, os.PathLike)) else None
+        if dataset_source is not None and not Path(dataset_source).exists():
+            # A Hub dataset: its branch or tag is pinned to the commit it points at now, which is read and recorded.
+            dataset_revision = hub_dataset_commit(str(dataset_source), dataset_revision) or dataset_revision
         dataset = load_image_dataset(dataset, split=split, revision=dataset_revision, config_name=dataset_config)
         image_column, label_column = find_columns(dataset, image_column, label_column)
         model_labels = model.config.id2label
@@ -233,14 +236,11 @@ def _dataset_record(
     dataset_revision: str | None,
     dataset_config: str | None,
 ) -> DatasetRecord:
-    name = dataset_name(dataset, source)
-    from_hub = source is not None and not str(name).startswith("./")
     return DatasetRecord(
-        name_or_path=name,
+        name_or_path=dataset_name(dataset, source),
         split=dataset_split(dataset, split) if source is None else split,
         config_name=dataset_config,
-        # A branch or tag moves: the commit it stands for now is what loads these exact images again.
-        revision=(hub_dataset_commit(name, dataset_revision) or dataset_revision) if from_hub else dataset_revision,
+        revision=dataset_revision,  # for a Hub dataset, the commit its branch or tag stood for when it was read
         fingerprint=dataset_fingerprint(dataset),
         image_column=image_column,
         label_column=label_column,

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import datasets
 import torch
 from accelerate.utils import reduce
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 
+from ..console import progress_bar
 from ..data import iterate_batches
 from ..distributed import DistributedState, autocast, distributed_state, to_model
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
@@ -151,7 +151,7 @@ def planned_batches(
         )
         start = shard[0] if shard else 0
         disable = not progress or not state.is_local_main_process
-        with tqdm(total=len(positions), disable=disable, desc=desc, unit="img") as bar:
+        with progress_bar(total=len(positions), disable=disable, desc=desc, unit="img") as bar:
             for pixel_values, _ in batches:
                 yield start, pixel_values
                 start += len(pixel_values)

@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 
 import datasets
 import torch
-from huggingface_hub.utils import tqdm  # its bars obey HF_HUB_DISABLE_PROGRESS_BARS, as the Hub client's do
 from torch import nn
 
+from ....console import progress_bar
 from ....distributed import DistributedState, device_and_dtype, gather_in_order
 from ....models import ModularResNetForImageClassification
 from ....module import ModuleDescription, ModuleProvenance, count_macs, count_parameters
@@ -287,7 +287,9 @@ def build_compact_modules(
         )
     mine = class_indices[state.process_index :: state.num_processes]
     built = {}
-    for class_index in tqdm(mine, desc="compact modules", disable=not progress or not state.is_local_main_process):
+    for class_index in progress_bar(
+        mine, desc="compact modules", disable=not progress or not state.is_local_main_process
+    ):
         m = class_indices.index(class_index)
         selection = strategy.select(parent, scores, m)
         module = prune(parent, selection)
