@@ -60,14 +60,7 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
     if path.is_dir() and Path.cwd().resolve().is_relative_to(path.resolve()):
         raise ValueError(f"{option} {path} is the working directory or holds it; choose a directory below it.")
     if (path / LOCK_NAME).is_file():
-        lock = FileLock(path / LOCK_NAME, blocking=False)
-        try:
-            lock.acquire()
-        except Timeout as error:
-            raise RuntimeError(
-                f"Another hf-modular run is writing into {path}; wait for it to finish, or choose another {option}."
-            ) from error
-        lock.release()
+        _hold(path, option).release()
     if overwrite or not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
     what = "a model directory" if (path / "config.json").is_file() else "a directory" if path.is_dir() else "a file"
@@ -75,6 +68,19 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
         f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
         f"whole, or choose another {option}."
     )
+
+
+def _hold(directory: Path, option: str) -> FileLock:
+    """`directory`'s lock, acquired; an error that says so when another run holds it."""
+    lock = FileLock(directory / LOCK_NAME, blocking=False)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise RuntimeError(
+            f"Another hf-modular run is writing into {directory} (it holds {directory / LOCK_NAME}). Wait for it to "
+            f"finish, or choose another {option}."
+        ) from error
+    return lock
 
 
 def _user_entries(directory: Path) -> list[Path]:
@@ -87,14 +93,7 @@ def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
     killed run's lock dies with its process. Staging debris of killed runs is removed once the lock is held."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(path / LOCK_NAME, blocking=False)
-    try:
-        lock.acquire()
-    except Timeout as error:
-        raise RuntimeError(
-            f"Another hf-modular run is writing into {path} (it holds {path / LOCK_NAME}). Wait for it to finish, "
-            "or choose another output directory."
-        ) from error
+    lock = _hold(path, "output directory")
     try:
         for entry in path.iterdir():
             if entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIXES):
