@@ -671,3 +671,7 @@ def test_remote_code_lets_plain_transformers_load_a_module_or_say_what_to_instal
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     expected = hf_modular.load_module(decomposed / "dark-module").eval()(pixel_values).logits
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    # Pushed again without the option, the repo drops the code files along with the config's auto_map.
+    push_directory(decomposed / "dark-module", f"{DEFAULT_USER}/remote-dark")
+    files = HfApi().list_repo_files(f"{DEFAULT_USER}/remote-dark")
+    assert not any(name.endswith(".py") for name in files), files

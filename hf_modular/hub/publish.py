@@ -193,6 +193,8 @@ def upload_folder(
                 create_pr=options.get("create_pr", False),
                 commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
                 commit_description=options.get("commit_description"),
+                # Code files a push with remote_code left: gone when this push has none (its config has no auto_map).
+                delete_patterns=[name for name in REMOTE_CODE_FILES if not (Path(folder) / name).exists()],
             )
         except Exception as error:
             if _network_cause(error) is None or options.get("create_pr"):
