@@ -27,6 +27,7 @@ from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
 from .evaluation import evaluate
 from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card, push_directory, push_modules
+from .hub.publish import without_url_queries
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
 from .saving import atomic_directory, check_overwrite
@@ -384,12 +385,13 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     output = Path(args.output)
-    if output.is_dir() and {entry.name for entry in output.iterdir()} <= {"training"}:
-        pass  # new, or an interrupted run's checkpoints only: training resumes from them
-    elif args.overwrite and (output / "training").exists():
-        shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
-    else:
-        check_overwrite(output, args.overwrite)
+    accelerator = training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    if not (output.is_dir() and {entry.name for entry in output.iterdir()} <= {"training"}):
+        check_overwrite(output, args.overwrite)  # an interrupted run's checkpoints alone are resumed, not refused
+    if args.overwrite and (output / "training").exists():
+        if accelerator.is_main_process:
+            shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
+        accelerator.wait_for_everyone()
     revision, config_name = args.dataset_revision, args.dataset_config
     train_split = load_image_dataset(args.dataset, split=args.split, revision=revision, config_name=config_name)
     eval_split = (
@@ -418,10 +420,12 @@ def _train(args: argparse.Namespace) -> None:
         horizontal_flip=not args.no_flip,
         seed=args.seed,
         output_dir=output / "training",
-        accelerator=training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision),
+        accelerator=accelerator,
         progress=not args.quiet,
         num_workers=args.num_workers,
     )
+    if not accelerator.is_main_process:  # the main process saves, pushes and reports
+        return
     with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
         model.save_pretrained(staging)
     if args.push_to:
@@ -691,7 +695,8 @@ def limit_hub_requests(seconds: float) -> None:
         request.extensions["timeout"] = {key: seconds if given.get(key) is None else given[key] for key in phases}
 
     template = huggingface_hub.get_session()
-    client_class, hooks = type(template), {kind: list(functions) for kind, functions in template.event_hooks.items()}
+    hooks = {kind: [f for f in functions if f.__name__ != "limit"] for kind, functions in template.event_hooks.items()}
+    client_class = type(template)  # (a limit set by an earlier call in this process is replaced, not stacked)
 
     def client():
         request_hooks = [*hooks.get("request", []), limit]
@@ -709,7 +714,7 @@ def _message(error: Exception) -> str:
         )
     if isinstance(error, StrictDataclassClassValidationError) and error.__cause__ is not None:
         return str(error.__cause__)  # the config's own message, without the validator's header line
-    return str(error)
+    return without_url_queries(str(error))  # the Hub client's messages quote URLs, and an upload URL's query signs it
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import datasets
+import huggingface_hub.constants
 import huggingface_hub.utils
 import transformers.utils.logging
 
@@ -46,7 +47,7 @@ def configure(verbosity: int = DEFAULT) -> None:
         datasets.disable_progress_bars()
     if verbosity == QUIET:
         huggingface_hub.utils.disable_progress_bars()
-    else:
+    elif not huggingface_hub.constants.HF_HUB_DISABLE_PROGRESS_BARS:  # the user's switch wins (and would warn)
         huggingface_hub.utils.enable_progress_bars(BARS)
 
 

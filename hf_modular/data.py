@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,14 @@ def _load(
             )
         return _load_parquet([path], split, **load_kwargs)
     if path.is_dir():
-        parquet = sorted(path.glob(f"{split}*.parquet")) or sorted(path.glob(f"*/{split}*.parquet"))
+        files = sorted([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
+        wanted = SPLIT_OF_KEYWORD.get(split, split)
+        parquet = [file for file in files if parquet_file_split(file) == wanted]
         if parquet:
             return _load_parquet(parquet, split, **load_kwargs)
-        others = sorted({parquet_file_split(p) for p in [*path.glob("*.parquet"), *path.glob("*/*.parquet")]})
-        if others:
-            raise ValueError(f"{path} has no {split}*.parquet file; the splits it holds are {others}.")
+        if files:
+            held = sorted({parquet_file_split(file) for file in files})
+            raise ValueError(f"{path} has no parquet file of the {split!r} split; the splits it holds are {held}.")
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
     if config_name is not None:
         load_kwargs["name"] = config_name
@@ -228,20 +231,34 @@ def iterate_batches(
     if isinstance(columns.features[image_column], datasets.Image):
         columns = columns.cast_column(image_column, datasets.Image(decode=False))
     numbers = range(len(dataset)) if rows is None else list(rows)
-
-    def collate(positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = columns[positions]
-        images = [
-            _decoded(value, numbers[position], image_mode, image_size)
-            for position, value in zip(positions, batch[image_column], strict=True)
-        ]
-        pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-        return pixel_values, torch.tensor(batch[label_column])
-
+    collate = _Collate(columns, processor, image_column, label_column, numbers, image_mode, image_size)
     loader = torch.utils.data.DataLoader(
         range(len(columns)), batch_size=batch_size, collate_fn=collate, num_workers=num_workers
     )
     yield from loader
+
+
+@dataclass
+class _Collate:
+    """`iterate_batches`' batch maker: a plain object rather than a closure, so that DataLoader workers started by
+    spawn (macOS, Windows, newer Pythons) can receive it."""
+
+    columns: datasets.Dataset
+    processor: BaseImageProcessor
+    image_column: str
+    label_column: str
+    numbers: Sequence[int]
+    image_mode: str
+    image_size: int | None
+
+    def __call__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.columns[positions]
+        images = [
+            _decoded(value, self.numbers[position], self.image_mode, self.image_size)
+            for position, value in zip(positions, batch[self.image_column], strict=True)
+        ]
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        return pixel_values, torch.tensor(batch[self.label_column])
 
 
 _IMAGE = datasets.Image()
@@ -263,6 +280,13 @@ def _decoded(value: Any, row: int, mode: str, size: int | None) -> Image.Image:
             f"dataset.map(lambda row: {{'image': row['image'].resize(({size}, {size}))}})."
         )
     return image
+
+
+def fixed_input_size(config: Any) -> int | None:
+    """The size every image must have for a decomposition's passes: a small-input (CIFAR-stem) model's own, since
+    its statistics describe the model at that size; None for an ImageNet-stem model, whose processor resizes and
+    crops any image as it did in training."""
+    return config.image_size if config.stem_type == "cifar" else None
 
 
 def dataset_to_model_labels(

@@ -13,6 +13,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 LOCK_NAME = ".hf-modular.lock"
+REPLACEABLE = ("config.json", "decomposition.json", "summary.json")  # a model or composition, modules, the demo
 
 
 STAGING_SUFFIXES = (".partial", ".old")  # atomic_directory's temporary names, left behind only by a killed process
@@ -54,15 +55,23 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
     """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
-    unless `overwrite` is set, and never over a directory another hf-modular run holds, nor the working directory
-    or one above it. An empty directory (or one holding only a finished run's lock file) is fine."""
+    unless `overwrite` is set, and then only over what hf-modular writes (a directory with a `config.json` or the
+    demo's `summary.json`); never over a directory another hf-modular run holds, nor the working directory or one
+    above it. An empty directory (or one holding only a finished run's lock file) is fine."""
     path = Path(path)
     if path.is_dir() and Path.cwd().resolve().is_relative_to(path.resolve()):
         raise ValueError(f"{option} {path} is the working directory or holds it; choose a directory below it.")
     if (path / LOCK_NAME).is_file():
         _hold(path, option).release()
-    if overwrite or not path.exists() or (path.is_dir() and not _user_entries(path)):
+    if not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
+    if overwrite and any((path / name).is_file() for name in REPLACEABLE):
+        return
+    if overwrite:
+        raise FileExistsError(
+            f"{path} holds no saved model or demo ({' or '.join(REPLACEABLE)}); --overwrite replaces hf-modular's "
+            f"own outputs only, so nothing was written. Choose another {option}."
+        )
     what = "a model directory" if (path / "config.json").is_file() else "a directory" if path.is_dir() else "a file"
     raise FileExistsError(
         f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
@@ -97,7 +106,10 @@ def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
     try:
         for entry in path.iterdir():
             if entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIXES):
-                shutil.rmtree(entry, ignore_errors=True)
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)  # a report's temporary file
         yield path
     finally:
         lock.release()

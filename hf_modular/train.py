@@ -53,6 +53,25 @@ def augmentation(image_size: int, horizontal_flip: bool = True) -> v2.Compose:
     return v2.Compose(steps)
 
 
+@dataclass
+class _TrainingBatch:
+    """Rows -> augmented (B, C, H, W) pixel values and the model's label ids: a plain object rather than a closure, so
+    that DataLoader workers started by spawn can receive it."""
+
+    processor: Any
+    augment: Any
+    image_mode: str
+    image_column: str
+    label_column: str
+    to_model_labels: torch.Tensor
+
+    def __call__(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = [row[self.image_column].convert(self.image_mode) for row in rows]
+        pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        labels = self.to_model_labels[[row[self.label_column] for row in rows]]
+        return torch.stack([self.augment(image) for image in pixel_values]), labels
+
+
 def train(
     model: ModularResNetForImageClassification,
     train_dataset: datasets.Dataset,
@@ -90,14 +109,14 @@ def train(
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
     image_column, label_column = find_columns(train_dataset)
     to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
-    processor = image_processor_for(model.config)
-    augment = augmentation(model.config.image_size, horizontal_flip)
-    mode = image_mode(model.config.num_channels)
-
-    def collate(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pixel_values = processor([row[image_column].convert(mode) for row in rows], return_tensors="pt")["pixel_values"]
-        labels = to_model_labels[[row[label_column] for row in rows]]
-        return torch.stack([augment(image) for image in pixel_values]), labels
+    collate = _TrainingBatch(
+        image_processor_for(model.config),
+        augmentation(model.config.image_size, horizontal_flip),
+        image_mode(model.config.num_channels),
+        image_column,
+        label_column,
+        to_model_labels,
+    )
 
     labelled = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten()
     if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here

@@ -65,7 +65,7 @@ def test_a_parquet_file_is_its_own_split_and_no_other(tmp_path, parent):
     assert load_image_dataset(tmp_path / "test.parquet", split="test").split == "test"
     with pytest.raises(ValueError, match=r"test.parquet holds the 'test' split \(by its name\), not 'train'"):
         load_image_dataset(tmp_path / "test.parquet", split="train")
-    with pytest.raises(ValueError, match="has no validation"):
+    with pytest.raises(ValueError, match="has no parquet file of the .validation. split"):
         load_image_dataset(tmp_path, split="validation")
     # The module says it was built from the test split, and an eval split the data does not have is refused early.
     output = tmp_path / "out"

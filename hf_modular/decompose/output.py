@@ -24,9 +24,10 @@ from typing import Any
 
 import datasets
 from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list
 
 from ..console import library_bars_off
-from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset
+from ..data import dataset_fingerprint, dataset_name, dataset_split, hub_dataset_commit, load_image_dataset
 from ..distributed import device_and_dtype, distributed_state
 from ..evaluation import evaluate_composition
 from ..hub import module_card
@@ -73,7 +74,17 @@ def decompose_to_directory(
     wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
     check_directory_names(wanted)
     check_writable(output)  # the output's problems are found before the statistics pass, not after it
-    with locked_directory(output) if state.is_main_process else contextlib.nullcontext():
+    with contextlib.ExitStack() as held:
+        refusal = None
+        if state.is_main_process:  # one process holds the output; all of them stop if it cannot
+            try:
+                held.enter_context(locked_directory(output))
+            except RuntimeError as error:
+                refusal = str(error)
+        if state.num_processes > 1:
+            refusal = broadcast_object_list([refusal])[0]
+        if refusal:
+            raise RuntimeError(refusal)
         return _write_decomposition(
             model, dataset, output, wanted, eval_dataset, eval_split, eval_limit, state, progress, overwrite, options
         )
@@ -94,13 +105,20 @@ def _write_decomposition(
 ) -> dict[str, Any]:
     """`decompose_to_directory`'s work, once `output` is held by this run."""
     started = time.perf_counter()
+    if isinstance(dataset, str) and not Path(dataset).exists():  # a Hub dataset: one commit for every read of it
+        options["dataset_revision"] = hub_dataset_commit(dataset, options.get("dataset_revision")) or options.get(
+            "dataset_revision"
+        )
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        # The training data's revision holds for its other splits: one pinned commit for both.
-        revision = options.get("dataset_revision") if str(eval_dataset) == str(dataset) else None
+        # The training data's revision and configuration hold for its other splits: one pinned commit for both.
+        same = str(eval_dataset) == str(dataset)
+        revision, config_name = (
+            (options.get("dataset_revision"), options.get("dataset_config")) if same else (None, None)
+        )
         try:
             eval_dataset = load_image_dataset(
-                eval_dataset, split=eval_split, revision=revision, config_name=options.get("dataset_config")
+                eval_dataset, split=eval_split, revision=revision, config_name=config_name
             )
         except ValueError as error:
             raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
@@ -116,6 +134,12 @@ def _write_decomposition(
     done = [label for label in wanted if _is_complete(output, label, expected)]
     todo = [label for label in wanted if label not in done]
     foreign = _foreign_entries(output, {module_directory_name(label) for label in done})
+    strangers = [name for name in foreign if not _is_module_directory(output / name)]
+    if strangers:  # --overwrite replaces modules, never the user's other files
+        raise FileExistsError(
+            f"{output} holds {', '.join(strangers[:5])}, which {'is' if len(strangers) == 1 else 'are'} not a class "
+            "module; nothing was written. Choose another --output for the modules."
+        )
     if foreign and not overwrite:
         raise FileExistsError(
             f"{output} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, not built by this "
@@ -243,6 +267,13 @@ def _foreign_entries(output: Path, ours: set[str]) -> list[str]:
         for entry in output.iterdir()
         if entry.name not in ours and entry.name != REPORT_NAME and not entry.name.startswith(".")
     )
+
+
+def _is_module_directory(path: Path) -> bool:
+    try:
+        return path.is_dir() and "module" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _remove(path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import reduce
 
 from ..console import progress_bar
-from ..data import iterate_batches
+from ..data import fixed_input_size, iterate_batches
 from ..distributed import DistributedState, autocast, distributed_state, to_model
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .sampling import SamplePlan
@@ -146,7 +146,7 @@ def planned_batches(
             batch_size=batch_size,
             image_mode=image_mode(model.config.num_channels),
             rows=rows,
-            image_size=model.config.image_size,  # the statistics describe the model at its own input size
+            image_size=fixed_input_size(model.config),
             num_workers=num_workers,
         )
         start = shard[0] if shard else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import string
 import tempfile
@@ -152,7 +153,9 @@ def push_directory(
 
 
 def _add_remote_code(staging: Path) -> None:
-    """Write `REMOTE_CODE_FILES` and the config's `auto_map` into a staged copy of a model directory."""
+    """Write `REMOTE_CODE_FILES` and the config's `auto_map` into a staged copy of a ModularResNet directory."""
+    if json.loads((staging / "config.json").read_text()).get("model_type") != "modular_resnet":
+        raise ValueError("remote_code=True publishes code for ModularResNet models and modules only.")
     for name, text in REMOTE_CODE_FILES.items():
         (staging / name).write_text(text)
     config = json.loads((staging / "config.json").read_text())
@@ -185,13 +188,14 @@ def upload_folder(
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
+        message = options.get("commit_message") or f"Upload {what} with hf_modular"
         try:
             info = api.upload_folder(
                 repo_id=repo_id,
                 folder_path=str(folder),
                 revision=revision,
                 create_pr=options.get("create_pr", False),
-                commit_message=options.get("commit_message") or f"Upload {what} with hf_modular",
+                commit_message=message,
                 commit_description=options.get("commit_description"),
                 # Code files a push with remote_code left: gone when this push has none (its config has no auto_map).
                 delete_patterns=[name for name in REMOTE_CODE_FILES if not (Path(folder) / name).exists()],
@@ -200,7 +204,7 @@ def upload_folder(
             if _network_cause(error) is None or options.get("create_pr"):
                 raise
             # The connection failed: the commit may have landed all the same, its answer lost on the way back.
-            landed = _head_if_moved(api, repo_id, revision, head)
+            landed = _landed_commit(api, repo_id, revision, head, message)
             if landed is None:
                 raise
             logger.warning("%s: the Hub's answer was lost, but the commit landed (%s).", repo_id, landed[:12])
@@ -208,13 +212,16 @@ def upload_folder(
     return PushResult(repo_id, info.oid, info.commit_url, changed=info.oid != head)
 
 
-def _head_if_moved(api: HfApi, repo_id: str, revision: str | None, before: str) -> str | None:
-    """The revision's head commit if it is no longer `before`; None if it is, or if the Hub cannot tell us."""
+def _landed_commit(api: HfApi, repo_id: str, revision: str | None, parent: str, message: str) -> str | None:
+    """The id of the commit this push made, if it landed: the newest on the revision, with this push's title, right
+    on top of `parent`. None otherwise, or when the Hub cannot tell (someone else's commit is not ours)."""
     try:
-        head = api.repo_info(repo_id, revision=revision).sha
-    except Exception:
+        commits = api.list_repo_commits(repo_id, revision=revision)
+    except Exception:  # unreachable again: nothing can be said
         return None
-    return head if head != before else None
+    if len(commits) >= 2 and commits[0].title == message and commits[1].commit_id == parent:
+        return commits[0].commit_id
+    return None
 
 
 def push_modules(
@@ -252,6 +259,11 @@ def push_modules(
     return results
 
 
+def without_url_queries(text: str) -> str:
+    """`text` with the query of every URL in it removed: an upload URL's query is its signature."""
+    return re.sub(r"(https?://[^\s?'\"]+)\?[^\s'\"]*", r"\1?...", text)
+
+
 class PartialPushError(RuntimeError):
     """A batch push stopped at one module: `pushed` are live on the Hub, `failed` and the rest are not."""
 
@@ -259,8 +271,8 @@ class PartialPushError(RuntimeError):
         self.pushed, self.failed = dict(pushed), failed
         live = ", ".join(f"{label} ({result.repo_id})" for label, result in pushed.items())
         super().__init__(
-            f"Pushing the {failed!r} module failed: {error} Modules live on the Hub: {live}. Run the same push "
-            "again to finish: modules already pushed are unchanged and make no new commit."
+            f"Pushing the {failed!r} module failed: {without_url_queries(str(error))} Modules live on the Hub: {live}. "
+            "Run the same push again to finish: modules already pushed are unchanged and make no new commit."
         )
 
 

@@ -512,10 +512,10 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
 
 
 class ModularResNetBackbone(BackboneMixin, ModularResNetModel):
-    """The trunk as a transformers backbone, like `ResNetBackbone`: `AutoBackbone.from_pretrained(path,
-    out_features=["stage2", "stage3"])` returns `BackboneOutput.feature_maps`, one (B, C_i, H / r_i, W / r_i) map per
-    requested stage of `config.stage_names` ("stem": after the stem's max-pool, then one per stage). It loads a
-    classifier's or a module's weights (the head is left out), masks included."""
+    """The trunk as a transformers backbone, like `ResNetBackbone`: `ModularResNetBackbone.from_pretrained(path,
+    out_features=["stage2", "stage3"])` (or `AutoBackbone`, from a Hub repo id) returns `BackboneOutput.feature_maps`,
+    one (B, C_i, H / r_i, W / r_i) map per requested stage of `config.stage_names` ("stem": after the stem's max-pool,
+    then one per stage). It loads a classifier's or a module's weights (the head is left out), masks included."""
 
     has_attentions = False
     _keys_to_ignore_on_load_unexpected = [r"^fc\."]  # a classifier's or module's head: not part of a backbone

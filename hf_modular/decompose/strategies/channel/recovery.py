@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ....data import find_columns, iterate_batches
+from ....data import find_columns, fixed_input_size, iterate_batches
 from ....distributed import to_model
 from ....models import ModularResNetConfig, ModularResNetForImageClassification, image_mode, image_processor_for
 from .importance import log_odds
@@ -119,7 +119,7 @@ def distillation_data(
         label_column=find_columns(dataset, image_column)[1],
         image_mode=image_mode(parent.config.num_channels),
         rows=rows.tolist(),
-        image_size=parent.config.image_size,
+        image_size=fixed_input_size(parent.config),
     )
     prefix = nn.Sequential(*parent.steps()[:start])
     features, teacher = [], []
