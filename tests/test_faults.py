@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hf_modular
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.cli import main
 from hf_modular.data import load_image_dataset
@@ -331,3 +332,41 @@ def test_a_missing_eval_split_is_named_as_the_evaluations(tmp_path, parent, caps
     assert "The evaluation data (split 'test'): train.parquet holds the 'train' split" in capsys.readouterr().err
     assert main([*base, "--eval-limit", "5"]) == 1
     assert "--eval-limit limits the evaluation, which needs --eval-split" in capsys.readouterr().err
+
+
+def test_an_imagenet_stem_model_takes_images_of_any_size(parent):
+    """Its processor resizes and crops, as in training: only small-input (CIFAR-stem) models need their own size."""
+    torch.manual_seed(0)
+    model = ModularResNetForImageClassification(tiny_config(stem_type="imagenet", image_size=32)).eval()
+    data = image_dataset([0] * 6 + [255] * 6 + [128] * 6, [0] * 6 + [1] * 6 + [2] * 6, size=40)
+    modules = hf_modular.decompose(model, data, samples_per_class=6, progress=False)
+    assert sorted(modules) == sorted(LABELS)
+
+
+def test_overwrite_never_reaches_files_hf_modular_did_not_write(tmp_path, parent, akamaster_checkpoint, capsys):
+    checkpoint, _ = akamaster_checkpoint(blocks_per_stage=1, num_classes=10)
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.tex").write_text("years of work")
+    assert main(["import", str(checkpoint), "--output", str(mine), "--overwrite"]) == 1
+    assert "replaces hf-modular's own outputs only" in capsys.readouterr().err
+    output = tmp_path / "out"
+    decompose_to_directory(parent, dark_bright_dataset(), output, samples_per_class=6, progress=False)
+    (output / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds notes.txt, which is not a class module"):
+        decompose_to_directory(parent, dark_bright_dataset(), output, samples_per_class=5, overwrite=True)
+    assert (mine / "chapter1.tex").is_file() and (output / "notes.txt").is_file()
+
+
+def test_a_folder_of_parquet_shards_is_read_by_the_split_its_names_say(tmp_path):
+    dark_bright_dataset().to_parquet(str(tmp_path / "cifar10-train-00000-of-00001.parquet"))
+    dark_bright_dataset().select(range(6)).to_parquet(str(tmp_path / "cifar10-test-00000-of-00001.parquet"))
+    assert len(load_image_dataset(tmp_path, split="train")) == 18
+    assert len(load_image_dataset(tmp_path, split="test")) == 6
+
+
+def test_printed_errors_carry_no_url_query():
+    from hf_modular.hub.publish import without_url_queries
+
+    text = "403 for url 'https://s3.example/lfs/abc?X-Amz-Signature=secret&X-Amz-Credential=me' while uploading"
+    assert without_url_queries(text) == "403 for url 'https://s3.example/lfs/abc?...' while uploading"
