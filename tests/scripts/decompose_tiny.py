@@ -33,3 +33,5 @@ tensors = {
 }
 if accelerator.is_main_process:
     save_file(tensors, f"{output}/n{accelerator.num_processes}.safetensors")
+accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: a process that just exits can abort its peer (gloo)

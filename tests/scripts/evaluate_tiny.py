@@ -39,3 +39,5 @@ measured["training"] = {"history": history.epochs, "plain_top1": plain.top1, "pl
 if accelerator.is_main_process:
     with open(f"{output}/eval-n{accelerator.num_processes}.json", "w") as file:
         json.dump(measured, file)
+accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: a process that just exits can abort its peer (gloo)
