@@ -51,7 +51,7 @@ class PushOptions(TypedDict, total=False):
     commit_message: the commit's title; commit_description: its body. license: the license id written into the
     model card; tags: more tags for the card's metadata. max_shard_size: shard the weights above this size ("5GB",
     as transformers' `save_pretrained`; pushing a model object only). remote_code: also publish transformers'
-    `auto_map` and two one-line code files that import hf_modular, so that `AutoModel...from_pretrained(repo,
+    `auto_map` and two small code files that only import hf_modular, so that `AutoModel...from_pretrained(repo,
     trust_remote_code=True)` works without `import hf_modular`, and tells a user without it to `pip install` it.
     """
 
