@@ -33,8 +33,8 @@ def load_image_dataset(
 
     A `.parquet` file is one split: the one its name says (`test.parquet`, `cifar-train.parquet`, by the split
     keywords `datasets` itself uses), else `train`. Asking it for another split is an error, so that test images
-    are never recorded, or evaluated, as another split. A folder's parquet files are picked by name
-    (`{split}*.parquet`). `revision` pins a Hub dataset to a branch, tag or commit; `config_name` picks one of its
+    are never recorded, or evaluated, as another split. A folder's parquet files (and its subfolders') are picked
+    by the same rule. `revision` pins a Hub dataset to a branch, tag or commit; `config_name` picks one of its
     configurations. A `DatasetDict` gives its `split`.
     """
     if isinstance(name_or_path, datasets.DatasetDict):
@@ -82,7 +82,8 @@ def _load(
         if SPLIT_OF_KEYWORD.get(split, split) != own_split:
             raise ValueError(
                 f"{path.name} holds the {own_split!r} split (by its name), not {split!r}. Give the folder that also "
-                f"holds a {split}*.parquet file, or ask for split {own_split!r} if these are the images you mean."
+                f"holds the {split!r} split's parquet file, or ask for split {own_split!r} if these are the images you "
+                "mean."
             )
         return _load_parquet([path], split, **load_kwargs)
     if path.is_dir():
@@ -254,7 +255,7 @@ class _Collate:
     def __call__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.columns[positions]
         images = [
-            _decoded(value, self.numbers[position], self.image_mode, self.image_size)
+            _decoded(value, self.numbers[position], self.image_mode, self.image_size, self.image_column)
             for position, value in zip(positions, batch[self.image_column], strict=True)
         ]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
@@ -264,7 +265,7 @@ class _Collate:
 _IMAGE = datasets.Image()
 
 
-def _decoded(value: Any, row: int, mode: str, size: int | None) -> Image.Image:
+def _decoded(value: Any, row: int, mode: str, size: int | None, column: str) -> Image.Image:
     """One image of the dataset, decoded (datasets' own decoder) and converted to `mode`; a truncated or corrupt
     file, or an image of the wrong size, is an error that names its row."""
     try:
@@ -277,7 +278,7 @@ def _decoded(value: Any, row: int, mode: str, size: int | None) -> Image.Image:
         raise ValueError(
             f"Row {row}: its image is {width}x{height}, but the model takes {size}x{size} and the statistics describe "
             "the model at its own input size. Resize the dataset's images first, e.g. "
-            f"dataset.map(lambda row: {{'image': row['image'].resize(({size}, {size}))}})."
+            f"dataset.map(lambda row: {{'{column}': row['{column}'].resize(({size}, {size}))}})."
         )
     return image
 

@@ -55,8 +55,8 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
     """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
-    unless `overwrite` is set, and then only over what hf-modular writes (a directory with a `config.json` or the
-    demo's `summary.json`); never over a directory another hf-modular run holds, nor the working directory or one
+    unless `overwrite` is set, and then only over what hf-modular writes (a directory with one of `REPLACEABLE`);
+    never over a directory another hf-modular run holds, nor the working directory or one
     above it. An empty directory (or one holding only a finished run's lock file) is fine."""
     path = Path(path)
     if path.is_dir() and Path.cwd().resolve().is_relative_to(path.resolve()):

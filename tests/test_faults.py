@@ -166,20 +166,28 @@ def test_a_rerun_without_evaluation_keeps_the_earlier_one(tmp_path, parent):
     assert json.loads((output / "decomposition.json").read_text())["evaluation"] == first["evaluation"]
 
 
-def test_the_recorded_cost_covers_the_whole_decomposition(tmp_path, parent):
-    decompose_to_directory(parent, dark_bright_dataset(), tmp_path / "out", samples_per_class=6, progress=False)
-    compute = ModularResNetConfig.from_pretrained(tmp_path / "out" / "dark-module").provenance.compute
-    assert 0 < compute["statistics_seconds"] < compute["wall_seconds"]
+def test_the_recorded_cost_is_the_calls_with_the_statistics_pass_a_part_of_it(tmp_path, parent):
+    """The record is measured inside the call, the statistics pass inside the record. (That it spans everything from
+    reading the data to labelling the modules is the measured block's extent in `decompose`; a timed assertion of
+    it here would be noise.)"""
+    import time
+
+    dark_bright_dataset().to_parquet(str(tmp_path / "train.parquet"))
+    started = time.perf_counter()
+    modules = hf_modular.decompose(parent, tmp_path / "train.parquet", samples_per_class=6, progress=False)
+    elapsed = time.perf_counter() - started
+    compute = modules["dark"].config.provenance.compute
+    assert 0 < compute["statistics_seconds"] < compute["wall_seconds"] <= elapsed
 
 
-def test_an_image_of_another_size_is_named_by_its_row(parent):
+def test_an_image_of_another_size_is_named_by_its_row(tmp_path, parent):
     data = image_dataset([0] * 6 + [255] * 6 + [128] * 6, [0] * 6 + [1] * 6 + [2] * 6)
     odd = Image.new("RGB", (9, 8))
     rows = [dict(row) for row in data]
     rows[13]["image"] = odd
     mixed = datasets.Dataset.from_list(rows, features=data.features)
     with pytest.raises(ValueError, match="Row 13: its image is 9x8, but the model takes 8x8"):
-        decompose_to_directory(parent, mixed, "unused", samples_per_class=6, progress=False)
+        decompose_to_directory(parent, mixed, tmp_path / "out", samples_per_class=6, progress=False)
 
 
 def test_a_truncated_jpeg_is_named_by_its_row(parent):

@@ -106,9 +106,8 @@ def _write_decomposition(
     """`decompose_to_directory`'s work, once `output` is held by this run."""
     started = time.perf_counter()
     if isinstance(dataset, str) and not Path(dataset).exists():  # a Hub dataset: one commit for every read of it
-        options["dataset_revision"] = hub_dataset_commit(dataset, options.get("dataset_revision")) or options.get(
-            "dataset_revision"
-        )
+        revision = options.get("dataset_revision")
+        options["dataset_revision"] = hub_dataset_commit(dataset, revision) or revision
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
         # The training data's revision and configuration hold for its other splits: one pinned commit for both.
