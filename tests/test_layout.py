@@ -3,7 +3,10 @@
 The layout follows the data: lower layers (config, model, data) never import higher ones (decompose, compose, hub,
 cli), so the modules form an acyclic graph and any of them can be imported first. A function-level import hides an
 edge from that graph (and from readers): it is how cycles get papered over, so it is allowed only for optional
-dependencies. The checks take the package root as an argument so they can be run on any tree.
+dependencies. The one deliberate exception is the light front (`hf_modular/__init__.py`, `cli.py`): it loads the
+rest on first use with `importlib.import_module`, so that `import hf_modular` and `hf-modular --help` load no torch
+(`tests/test_lazy_import.py` runs that); no other module may. The checks take the package root as an argument so
+they can be run on any tree.
 """
 
 from __future__ import annotations
@@ -123,6 +126,21 @@ def function_level_imports(root: Path) -> list[str]:
     return [f"{path}:{line}: {text}" for path, line, text in sorted(found)]
 
 
+LIGHT_FRONT = {"hf_modular", "hf_modular.cli"}
+
+
+def deferred_imports(root: Path) -> list[str]:
+    """`path:line: call` for each `importlib.import_module(...)` outside the light front."""
+    found = []
+    for name, path in modules(root).items():
+        if name.replace(root.name, "hf_modular", 1) in LIGHT_FRONT:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and "import_module" in ast.unparse(node.func):
+                found.append(f"{path.relative_to(root.parent).as_posix()}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
 def unreachable_files(root: Path) -> list[str]:
     """Files that are no importable module: a folder on the way lacks `__init__.py`, or a name is no identifier."""
     found = []
@@ -151,7 +169,21 @@ def test_no_function_level_imports():
     assert not found, f"imports inside functions (only {sorted(OPTIONAL_DEPENDENCIES)} may be):\n" + "\n".join(found)
 
 
+def test_only_the_light_front_defers_imports():
+    """Loading on first use is how the package stays light to import; anywhere else it would hide an edge."""
+    found = deferred_imports(PACKAGE_ROOT)
+    assert not found, f"import_module outside {sorted(LIGHT_FRONT)}:\n" + "\n".join(found)
+
+
 def test_every_file_is_a_module():
     """Every file is a module of the graph: each folder on its way has an `__init__.py`."""
     found = unreachable_files(PACKAGE_ROOT)
     assert not found, "files outside the import graph (a folder lacks __init__.py?):\n" + "\n".join(found)
+
+
+def test_a_deferred_import_outside_the_light_front_is_reported(tmp_path):
+    package = tmp_path / "hf_modular"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("import importlib\nimportlib.import_module('hf_modular.models')\n")
+    (package / "models" / "__init__.py").write_text("import importlib\n\ndef f():\n    importlib.import_module('x')\n")
+    assert deferred_imports(package) == ["hf_modular/models/__init__.py:4: importlib.import_module('x')"]

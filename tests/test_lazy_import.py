@@ -1,0 +1,91 @@
+"""`import hf_modular` and `hf-modular --help` load no torch, and the classes are still registered with transformers
+and timm whichever is imported first. Each case runs in a fresh interpreter: this one has everything loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HEAVY = ("torch", "transformers", "timm", "datasets", "accelerate")
+
+
+def run_python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_package_and_the_command_list_load_no_heavy_library():
+    output = run_python(
+        f"""
+        import contextlib, io, sys
+        import hf_modular
+        from hf_modular.cli import main
+        for argv in (["--help"], ["--version"], ["nonsense"], []):
+            with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    main(argv)
+                except SystemExit as exit:
+                    code = exit.code
+            print(argv, code, "decompose a classifier" in out.getvalue(), "invalid choice" in err.getvalue())
+        print("loaded:", sorted(name for name in {HEAVY!r} if name in sys.modules))
+        print(hf_modular.__version__ == hf_modular.version.__version__)
+        """
+    )
+    assert "loaded: []" in output
+    assert "['--help'] 0 True False" in output  # the command list, with each command's line
+    assert "['--version'] 0 False False" in output
+    assert "['nonsense'] 2 False True" in output  # argparse's own error for an unknown command
+    assert "[] 2 False False" in output  # a command is required
+    assert output.rstrip().endswith("True")
+
+
+REGISTERED = """
+from transformers import AutoBackbone, AutoConfig, AutoModelForImageClassification
+import timm
+config = AutoConfig.for_model("modular_resnet", layers=[1, 1, 1], widths=[4, 8, 16], num_labels=3)
+print(type(AutoModelForImageClassification.from_config(config)).__name__)
+print(type(AutoBackbone.from_config(config)).__name__)
+print(type(AutoConfig.for_model("modular_composed")).__name__)
+print(type(timm.create_model("modular_resnet20", num_classes=3)).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import hf_modular",  # then transformers, by the check below
+        "import transformers; import hf_modular",
+        "import timm; import hf_modular",
+        "import hf_modular.data",  # a module that loads transformers itself, half-way through its own import
+        "from hf_modular.models import ModularResNetConfig",
+        "import hf_modular; hf_modular.ComposedModel",
+    ],
+)
+def test_the_classes_are_registered_whichever_is_imported_first(first):
+    output = run_python(first + "\n" + REGISTERED).split()
+    assert output == [
+        "ModularResNetForImageClassification",
+        "ModularResNetBackbone",
+        "ComposedConfig",
+        "TimmModularResNet",
+    ]
+
+
+def test_public_names_are_the_objects_they_name():
+    import hf_modular.decompose.pipeline  # noqa: F401  (the subpackage is named like the function)
+    from hf_modular.compose import ComposedModel
+    from hf_modular.decompose import decompose
+
+    assert hf_modular.decompose is decompose and callable(hf_modular.decompose)
+    assert hf_modular.ComposedModel is ComposedModel
+    assert hf_modular.models.ModularResNetConfig is hf_modular.ModularResNetConfig
+    assert set(hf_modular.__all__) <= set(dir(hf_modular))
+    namespace: dict = {}
+    exec("from hf_modular import *", namespace)
+    assert namespace["decompose"] is decompose and namespace["hub"] is hf_modular.hub
+    with pytest.raises(AttributeError, match="no attribute 'ModularResnet'"):
+        hf_modular.ModularResnet  # noqa: B018
