@@ -11,9 +11,12 @@ GPU) never meets a float32 CPU batch.
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed.nn.functional as differentiable
 from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object, reduce
 from torch import nn
@@ -92,3 +95,55 @@ def concat_over_processes(tensor: torch.Tensor, state: DistributedState) -> torc
 def gather_in_order(value: Any, state: DistributedState) -> list[Any]:
     """Every process's `value`, in rank order (a one-item list on one process)."""
     return gather_object([value]) if state.num_processes > 1 else [value]
+
+
+def _sum_over_processes_differentiably(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over all processes; its backward pass sums the gradients over all processes too."""
+    with warnings.catch_warnings():  # deprecated for a private successor; this one works on every torch we support
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_reduce is deprecated", FutureWarning)
+        return differentiable.all_reduce(tensor)
+
+
+class _BatchNormOverProcesses(nn.BatchNorm2d):
+    """A `BatchNorm2d` that, in training, normalises with the statistics of the whole global batch: the sums behind
+    its mean and variance are added up over all processes, differentiably (the backward pass adds the gradients up
+    the same way), so N processes train as one does. torch's `SyncBatchNorm` does this on GPUs only."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(input)
+        values = input.float().transpose(0, 1).flatten(1)  # (channels, everything else); may have no columns
+        sums = _sum_over_processes_differentiably(torch.cat([values.sum(1), values.new_tensor([values.shape[1]])]))
+        mean, count = sums[:-1] / sums[-1], sums[-1]
+        variance = _sum_over_processes_differentiably(((values - mean[:, None]) ** 2).sum(1)) / count
+        if self.track_running_stats:
+            self._update_running_statistics(mean.detach(), variance.detach() * count / (count - 1).clamp(min=1))
+        scale = torch.rsqrt(variance + self.eps)
+        if self.affine:
+            scale, shift = scale * self.weight, self.bias - mean * scale * self.weight
+        else:
+            shift = -mean * scale
+        return (input * scale[None, :, None, None] + shift[None, :, None, None]).to(input.dtype)
+
+    @torch.no_grad()
+    def _update_running_statistics(self, mean: torch.Tensor, unbiased_variance: torch.Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased_variance.to(self.running_var.dtype), factor)
+
+
+@contextlib.contextmanager
+def batch_norm_over_processes(model: nn.Module, state: DistributedState) -> Iterator[None]:
+    """While it lasts, `model`'s `BatchNorm2d` layers normalise training batches over all processes (nothing changes
+    on one process). The layers keep their identity, parameters and buffers; only their class is switched, and
+    switched back."""
+    layers = [module for module in model.modules() if type(module) is nn.BatchNorm2d]
+    if state.num_processes > 1:
+        for layer in layers:
+            layer.__class__ = _BatchNormOverProcesses
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.__class__ = nn.BatchNorm2d

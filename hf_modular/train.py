@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from torch import nn
 from torchvision.transforms import v2
 
 from .console import progress_bar
 from .data import dataset_to_model_labels, find_columns, label_ids, label_names, require_dataset
-from .distributed import sum_over_processes, to_model, training_accelerator
+from .distributed import DistributedState, batch_norm_over_processes, sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .validation import check_number
@@ -45,31 +48,74 @@ class TrainingHistory:
         return self.epochs[-1] if self.epochs else {}
 
 
-def augmentation(image_size: int, horizontal_flip: bool = True) -> v2.Compose:
-    """Random crop with padding (an eighth of the size) and an optional flip, on normalised (B, C, H, W) tensors."""
-    steps: list[Any] = [v2.RandomCrop(image_size, padding=max(1, image_size // 8))]
-    if horizontal_flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps)
+@dataclass
+class Augmentation:
+    """Random crop with zero padding (an eighth of the size, at least one pixel) and an optional horizontal flip, of
+    one normalised (C, H, W) image, drawn from `generator`: each row's draw depends on its own seed only, so it is
+    the same however many processes or DataLoader workers share the epoch."""
+
+    image_size: int
+    horizontal_flip: bool = True
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        padding = max(1, self.image_size // 8)
+        top, left = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
+        image = v2.functional.crop(v2.functional.pad(image, [padding]), top, left, self.image_size, self.image_size)
+        flip = torch.rand(1, generator=generator).item() < 0.5
+        return v2.functional.horizontal_flip(image) if self.horizontal_flip and flip else image
+
+
+@dataclass
+class _EpochRows(torch.utils.data.Dataset):
+    """Key (epoch, index) -> (row `index` of `dataset`, the seed of its augmentation in that epoch)."""
+
+    dataset: datasets.Dataset
+    seed: int
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[dict[str, Any], int]:
+        epoch, index = key
+        return self.dataset[index], int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
 
 
 @dataclass
 class _TrainingBatch:
     """Rows -> augmented (B, C, H, W) pixel values and the model's label ids: a plain object rather than a closure, so
-    that DataLoader workers started by spawn can receive it."""
+    that DataLoader workers started by spawn can receive it. A process's share of a small last batch can be empty."""
 
     processor: Any
-    augment: Any
+    augment: Augmentation
     image_mode: str
+    num_channels: int
     image_column: str
     label_column: str
     to_model_labels: torch.Tensor
 
-    def __call__(self, rows: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [row[self.image_column].convert(self.image_mode) for row in rows]
+    def __call__(self, items: list[tuple[dict[str, Any], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not items:
+            size = self.augment.image_size
+            return torch.empty(0, self.num_channels, size, size), torch.empty(0, dtype=torch.long)
+        images = [row[self.image_column].convert(self.image_mode) for row, _ in items]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        labels = self.to_model_labels[[row[self.label_column] for row in rows]]
-        return torch.stack([self.augment(image) for image in pixel_values]), labels
+        labels = self.to_model_labels[[row[self.label_column] for row, _ in items]]
+        augmented = [
+            self.augment(image, torch.Generator().manual_seed(seed))
+            for image, (_, seed) in zip(pixel_values, items, strict=True)
+        ]
+        return torch.stack(augmented), labels
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, state: DistributedState) -> list[list[int]]:
+    """The global batches of `epoch` (the rows in an order drawn from `seed` and `epoch`, cut into `batch_size`), each
+    cut into contiguous shares, one per process in rank order: this process's shares, one list per step."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    shares = []
+    for start in range(0, count, batch_size):
+        with state.split_between_processes(order[start : start + batch_size]) as share:
+            shares.append(list(share))
+    return shares
 
 
 def train(
@@ -111,8 +157,9 @@ def train(
     to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     collate = _TrainingBatch(
         image_processor_for(model.config),
-        augmentation(model.config.image_size, horizontal_flip),
+        Augmentation(model.config.image_size, horizontal_flip),
         image_mode(model.config.num_channels),
+        model.config.num_channels,
         image_column,
         label_column,
         to_model_labels,
@@ -122,20 +169,17 @@ def train(
     if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here
         logger.info("Skipping %d unlabelled rows", len(train_dataset) - len(labelled))
         train_dataset = train_dataset.select(labelled.tolist())
-    loader = torch.utils.data.DataLoader(
-        train_dataset.select_columns([image_column, label_column]),
-        batch_size=batch_size,
-        shuffle=True,
-        collate_fn=collate,
-        generator=torch.Generator().manual_seed(seed),
-        num_workers=num_workers,
-    )
+    rows = _EpochRows(train_dataset.select_columns([image_column, label_column]), seed)
+    steps_per_epoch = math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
     )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
     model.train()
-    prepared_model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # Every step is one global batch of `batch_size` rows shared by the processes (the loader is ours, not prepared:
+    # Accelerate's would give each process batches of its own), so N processes take the steps one process takes.
+    prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
 
     history, start_epoch = TrainingHistory(), 0
     if output_dir is not None and (Path(output_dir) / STATE_FILE).is_file():
@@ -144,33 +188,70 @@ def train(
         history.epochs, start_epoch = saved["history"], saved["epoch"]
         logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
 
-    for epoch in range(start_epoch, epochs):
-        prepared_model.train()
-        total, count = 0.0, 0
-        for pixel_values, labels in progress_bar(
-            loader, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress or not accelerator.is_local_main_process
-        ):
-            loss = prepared_model(to_model(pixel_values, model), labels=labels).loss
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            total, count = total + loss.item() * len(labels), count + len(labels)
-        total, count = sum_over_processes(torch.tensor([total, count], dtype=torch.float64), accelerator).tolist()
-        record = {"epoch": epoch + 1, "loss": total / max(count, 1)}
-        if eval_dataset is not None:  # every process evaluates its share of the rows
-            accuracy = evaluate(
-                accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False
+    steps = _Steps(prepared_model, model, optimizer, scheduler, accelerator, rows, collate, batch_size, num_workers)
+    with batch_norm_over_processes(model, accelerator):
+        for epoch in range(start_epoch, epochs):
+            show_bar = progress and accelerator.is_local_main_process
+            loss = steps.run_epoch(epoch, f"epoch {epoch + 1}/{epochs}", progress=show_bar)
+            record = {"epoch": epoch + 1, "loss": loss}
+            if eval_dataset is not None:  # every process evaluates its share of the rows
+                accuracy = evaluate(
+                    accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False
+                )
+                record.update(top1=accuracy.top1, top5=accuracy.top5)
+            history.epochs.append(record)
+            scores = (
+                f"  top-1 {100 * record['top1']:.2f}%  top-5 {100 * record['top5']:.2f}%" if "top1" in record else ""
             )
-            record.update(top1=accuracy.top1, top5=accuracy.top5)
-        history.epochs.append(record)
-        scores = f"  top-1 {100 * record['top1']:.2f}%  top-5 {100 * record['top5']:.2f}%" if "top1" in record else ""
-        logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
-        if output_dir is not None:
-            accelerator.save_state(str(Path(output_dir) / "checkpoint"))
-            if accelerator.is_main_process:
-                state = Path(output_dir) / STATE_FILE
-                state.with_suffix(".partial").write_text(json.dumps({"epoch": epoch + 1, "history": history.epochs}))
-                os.replace(state.with_suffix(".partial"), state)
+            logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
+            if output_dir is not None:
+                accelerator.save_state(str(Path(output_dir) / "checkpoint"))
+                if accelerator.is_main_process:
+                    state = Path(output_dir) / STATE_FILE
+                    state.with_suffix(".partial").write_text(
+                        json.dumps({"epoch": epoch + 1, "history": history.epochs})
+                    )
+                    os.replace(state.with_suffix(".partial"), state)
     model.eval()
     return history
+
+
+@dataclass
+class _Steps:
+    """The optimisation steps of one epoch. Each step is one global batch of `batch_size` rows that the processes
+    share; each process scales its summed loss so that the gradients they average are the global batch's mean."""
+
+    prepared_model: nn.Module
+    model: ModularResNetForImageClassification
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    accelerator: Accelerator
+    rows: _EpochRows
+    collate: _TrainingBatch
+    batch_size: int
+    num_workers: int
+
+    def run_epoch(self, epoch: int, description: str, progress: bool) -> float:
+        """Train on every row once; the mean training loss over all processes' rows."""
+        self.prepared_model.train()
+        shares = epoch_batches(len(self.rows), self.batch_size, self.rows.seed, epoch, self.accelerator)
+        loader = torch.utils.data.DataLoader(
+            self.rows,
+            batch_sampler=[[(epoch, index) for index in share] for share in shares],
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
+        global_sizes = [
+            min(self.batch_size, len(self.rows) - start) for start in range(0, len(self.rows), self.batch_size)
+        ]
+        total = torch.zeros(1, dtype=torch.float64)
+        batches = progress_bar(loader, desc=description, disable=not progress)
+        for (pixel_values, labels), global_size in zip(batches, global_sizes, strict=True):
+            logits = self.prepared_model(to_model(pixel_values, self.model)).logits
+            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device), reduction="sum")
+            self.accelerator.backward(loss * self.accelerator.num_processes / global_size)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+            total += loss.detach().double().cpu()
+        return sum_over_processes(total, self.accelerator).item() / len(self.rows)

@@ -89,7 +89,7 @@ def test_the_whole_pipeline_follows_the_parents_device_and_dtype(device, dtype, 
     assert history.final["top1"] >= 0 and _where(parent) == where
 
 
-def test_evaluation_and_fitting_are_the_same_on_one_and_two_processes(tmp_path):
+def test_evaluation_fitting_and_training_are_the_same_on_one_and_two_processes(tmp_path):
     script = Path(__file__).parent / "scripts" / "evaluate_tiny.py"
     single = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
     assert single.returncode == 0, single.stderr[-2000:]
@@ -111,6 +111,13 @@ def test_evaluation_and_fitting_are_the_same_on_one_and_two_processes(tmp_path):
     for label, head in one["fit"].items():  # fitting shares the images too, and fits the same heads
         assert head["bias"] == pytest.approx(two["fit"][label]["bias"], abs=1e-4)
         assert head["weight"] == pytest.approx(two["fit"][label]["weight"], abs=1e-4)
+    # Training shares each global batch, normalises over all of it and averages the gradients: the same steps.
+    trained_once, trained_twice = one["training"], two["training"]
+    for epoch_once, epoch_twice in zip(trained_once["history"], trained_twice["history"], strict=True):
+        assert epoch_once["loss"] == pytest.approx(epoch_twice["loss"], rel=1e-5)
+        assert (epoch_once["top1"], epoch_once["top5"]) == (epoch_twice["top1"], epoch_twice["top5"])
+    for name, weights in trained_once["weights"].items():
+        assert weights == pytest.approx(trained_twice["weights"][name], rel=1e-4, abs=1e-5), name
 
 
 def test_cli_runs_models_under_mixed_precision_and_records_it(tmp_path):
