@@ -15,13 +15,14 @@ after a plain `import hf_modular`.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import sys
-import types
+import importlib as _importlib
+import pkgutil as _pkgutil
+import sys as _sys
+import types as _types
+import warnings as _warnings
 from typing import TYPE_CHECKING, Any
 
-import wrapt
+import wrapt as _wrapt
 
 from .version import __version__
 
@@ -47,7 +48,7 @@ _PUBLIC = {
 # Python sets an imported subpackage as an attribute of its package. `hf_modular.decompose` is the function; the
 # subpackage of the same name must not replace it when something imports `hf_modular.decompose.pipeline`.
 _FUNCTIONS_NAMED_LIKE_A_SUBPACKAGE = {"decompose"}
-_SUBMODULES = {info.name for info in pkgutil.iter_modules(__path__)}
+_SUBMODULES = {info.name for info in _pkgutil.iter_modules(__path__)}
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
     from . import hub
@@ -69,9 +70,9 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and editors
 
 def __getattr__(name: str) -> Any:
     if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        value = getattr(_importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"{__name__}.{name}")
+        value = _importlib.import_module(f"{__name__}.{name}")
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value  # found once; later lookups are plain attribute reads
@@ -79,33 +80,37 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_PUBLIC, *_SUBMODULES})
+    return sorted({"__version__", *_PUBLIC, *_SUBMODULES})
 
 
-class _Package(types.ModuleType):
+class _Package(_types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _FUNCTIONS_NAMED_LIKE_A_SUBPACKAGE and isinstance(value, types.ModuleType):
+        if name in _FUNCTIONS_NAMED_LIKE_A_SUBPACKAGE and isinstance(value, _types.ModuleType):
             return  # the import system's own assignment of the subpackage; the public name stays the function
         super().__setattr__(name, value)
 
 
-sys.modules[__name__].__class__ = _Package
+_sys.modules[__name__].__class__ = _Package
 
 # Registration needs the classes, so it imports most of the package, and it must not start while one of the
 # package's own modules is half-imported (a module that loads transformers first would be one). So it is tried
-# after transformers or timm loads, and again after each of this package's modules finishes loading: the first try
-# that finds one of the libraries loaded and none of the modules half-imported registers.
+# after transformers or timm loads, and after each of this package's top-level modules finishes loading: the first
+# try that finds one of the libraries loaded and none of the modules half-imported registers. The import that
+# triggers it pays for it (torch, timm, the models). In a threaded program, import transformers or timm once in the
+# main thread before starting threads: another thread may otherwise use them while registration is still running.
 _LIBRARIES = ("transformers", "timm")
+_NOT_HOOKED = {"cli", "registration", "version"}  # they never load the libraries; `python -m hf_modular.cli` runs cli
 _registered = False
 
 
 def _half_imported_own_modules(notified: object) -> list[str]:
     """This package's submodules that are still executing (`notified` counts as done: its hook runs as it ends).
-    `__spec__._initializing` is how the import system itself tells a half-imported module."""
+    `__spec__._initializing` is the flag CPython's import machinery (`importlib._bootstrap`) sets while a module
+    executes: an implementation detail, read here because no public API tells a half-imported module."""
     prefix = __name__ + "."
     return [
         name
-        for name, module in list(sys.modules.items())
+        for name, module in list(_sys.modules.items())
         if name.startswith(prefix)
         and module is not notified
         and getattr(getattr(module, "__spec__", None), "_initializing", False)
@@ -114,20 +119,22 @@ def _half_imported_own_modules(notified: object) -> list[str]:
 
 def _register(notified: object = None) -> None:
     global _registered
-    if _registered or not any(library in sys.modules for library in _LIBRARIES):
+    if _registered or not any(library in _sys.modules for library in _LIBRARIES):
         return
     if _half_imported_own_modules(notified):
         return
     _registered = True
     try:
-        importlib.import_module(f"{__name__}.registration").register()
-    except BaseException:
+        _importlib.import_module(f"{__name__}.registration").register()
+    except Exception as error:  # never break the user's own `import transformers`; the next chance retries
         _registered = False
-        raise
+        _warnings.warn(
+            f"hf_modular could not register its classes with transformers and timm: {error!r}. "
+            "`import hf_modular.registration` shows the full error.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
-
-for _name in (*_LIBRARIES, *(f"{__name__}.{module}" for module in sorted(_SUBMODULES))):
-    wrapt.register_post_import_hook(_register, _name)  # runs at once where the module is already loaded
 
 __all__ = [
     "PRESETS",
@@ -147,3 +154,7 @@ __all__ = [
     "load_module",
     "push_modules",
 ]
+
+_hooked = (*_LIBRARIES, *(f"{__name__}.{module}" for module in sorted(_SUBMODULES - _NOT_HOOKED)))
+for _name in _hooked:
+    _wrapt.register_post_import_hook(_register, _name)  # runs at once where the module is already loaded

@@ -52,16 +52,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="also the libraries' own messages and per-file progress bars"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help in COMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help, description=help, formatter_class=parser.formatter_class)
+    for name, summary in COMMANDS.items():
+        subparser = subparsers.add_parser(
+            name, help=summary, description=summary, formatter_class=parser.formatter_class
+        )
         if command in (None, name):
             _commands().ARGUMENTS[name](subparser)
     return parser
 
 
 def _command_in(argv: Sequence[str]) -> str:
-    """The command named on the command line: the first word that is no option (the global options take no value),
-    or "" when there is none."""
+    """The command named on the command line: the first word that is no option, or "" when there is none. (This
+    holds while no global option takes a value; `tests/test_lazy_import.py` checks that.)"""
     return next((word for word in argv if not word.startswith("-")), "")
 
 

@@ -1,7 +1,7 @@
 """The package's import layout, checked statically (stdlib `ast`; nothing from hf_modular is imported).
 
 The layout follows the data: lower layers (config, model, data) never import higher ones (decompose, compose, hub,
-cli), so the modules form an acyclic graph and any of them can be imported first. A function-level import hides an
+commands), so the modules form an acyclic graph and any of them can be imported first. A function-level import hides an
 edge from that graph (and from readers): it is how cycles get papered over, so it is allowed only for optional
 dependencies. The one deliberate exception is the light front (`hf_modular/__init__.py`, `cli.py`): it loads the
 rest on first use with `importlib.import_module`, so that `import hf_modular` and `hf-modular --help` load no torch
