@@ -141,8 +141,9 @@ def train(
     after each epoch is saved there and a rerun continues from the last completed epoch.
 
     Runs where `accelerator` (default: one for this process, with Accelerate's `mixed_precision` "no", "fp16" or
-    "bf16") places the model, in the model's dtype; under `accelerate launch` each process trains on its share of
-    every epoch and the evaluation is shared too. The model is left where the accelerator put it.
+    "bf16") places the model, in the model's dtype. Under `accelerate launch` the processes share each step's global
+    batch of `batch_size` rows (batch norm included), so N processes take the steps one process takes; the
+    evaluation is shared too. The model is left where the accelerator put it.
     """
     check_number("epochs", epochs, minimum=1, integer=True)
     check_number("batch_size", batch_size, minimum=1, integer=True)
