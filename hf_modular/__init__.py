@@ -126,8 +126,9 @@ def _register(notified: object = None) -> None:
     _registered = True
     try:
         _importlib.import_module(f"{__name__}.registration").register()
-    except Exception as error:  # never break the user's own `import transformers`; the next chance retries
+    except Exception as error:  # never break the user's own `import transformers`; a later hook retries
         _registered = False
+        # (Each hook runs once: a later one is this package's next top-level module to finish its import.)
         _warnings.warn(
             f"hf_modular could not register its classes with transformers and timm: {error!r}. "
             "`import hf_modular.registration` shows the full error.",
