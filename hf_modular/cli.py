@@ -31,6 +31,17 @@ COMMANDS = {
 }
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with defaults, only where a default tells something: not for flags, required options, a
+    default of None, or help that states its own default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or action.nargs == 0 or action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def _commands() -> types.ModuleType:
     """The commands' code (torch, transformers, datasets): loaded when a command runs or shows its options."""
     return importlib.import_module(f"{__package__}.commands")
@@ -42,7 +53,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-modular",
         description="Decompose CNN classifiers into per-class modules, share them on the Hub, compose new models.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"hf-modular {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

@@ -237,6 +237,7 @@ def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
         raise ValueError(f"{flags} is not an option of --strategy {args.strategy}; see hf-modular decompose --help.")
+    STRATEGIES[args.strategy](**given)  # its own checks (e.g. --delta nan), before the model loads
     return given
 
 
@@ -257,7 +258,9 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
         strategy_names = ", ".join(owner for owner, _, _ in owners)
         _, option, annotation = owners[0]
         kind = _flag_type(annotation)
-        help_text = f"{strategy_names}: {option.metadata.get('help', '')} (default: {option.default})"
+        help_text = f"{strategy_names}: {option.metadata.get('help', '')}"
+        if option.default is not None:  # None's meaning is in the help itself
+            help_text += f" (default: {option.default})"
         flag = "--" + name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)

@@ -125,6 +125,24 @@ def test_import_of_a_missing_checkpoint_fails_cleanly(capsys, tmp_path):
     assert not output.exists()
 
 
+@pytest.mark.parametrize("command", ["decompose", "compose", "train", "evaluate"])
+def test_each_option_shows_its_default_at_most_once_and_never_none(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text
+    assert text.count("(default: every class)") == (command == "decompose")
+    for line in text.split(" --"):
+        assert line.count("(default") <= 1, line
+
+
+def test_a_strategy_option_is_checked_before_the_model_loads(capsys, tmp_path):
+    absent = str(tmp_path / "no-such-model")
+    arguments = ["decompose", absent, "--dataset", "x.parquet", "--output", str(tmp_path / "out"), "--delta", "nan"]
+    assert main(arguments) == 1
+    _assert_one_error_line(capsys.readouterr().err, "decompose", "delta must be a number >= 0, got nan")
+
+
 def test_debug_shows_the_exception(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["--debug", "import", str(tmp_path / "absent.th"), "--output", str(tmp_path / "out")])

@@ -201,7 +201,8 @@ def test_cli_options_come_from_the_strategy_fields():
     for strategy in STRATEGIES.values():
         for option in dataclasses.fields(strategy):
             assert option.name in flags, option.name
-            assert f"(default: {option.default})" in flags[option.name].help
+            stated = f"(default: {option.default})" if option.default is not None else "default: "
+            assert stated in flags[option.name].help, option.name
     assert flags["sites"].choices == ("relu", "conv") and flags["importance"].choices == ("taylor", "activation")
 
 
