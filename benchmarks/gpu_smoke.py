@@ -50,6 +50,8 @@ def main() -> None:
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     # One process: the state's device is the one asked for (`accelerate launch` would give each process its own).
     on_cpu = device.type == "cpu"
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Accelerate's state uses the current device
     state = distributed_state(cpu=on_cpu)
     data = SHARED / "data" / "cifar10-jpeg"
     train_data = load_image_dataset(data / "train.parquet", split="train")

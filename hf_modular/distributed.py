@@ -60,6 +60,29 @@ def autocast(state: DistributedState) -> contextlib.AbstractContextManager:
     return state.autocast() if isinstance(state, Accelerator) else contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """float32 convolutions and matmuls in full float32 inside the block, not TensorFloat-32 (cuDNN's default for
+    float32 convolutions on recent GPUs keeps 10 mantissa bits): for passes whose decisions read exact values, the
+    activation strategy's sign test. The previous settings come back after; the CPU never uses TF32."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # torch >= 2.9; mixing it with the old flags is an error
+        matmul = torch.backends.cuda.matmul
+        saved = conv.fp32_precision, matmul.fp32_precision
+        conv.fp32_precision, matmul.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, matmul.fp32_precision = saved
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where `model`'s weights live and their floating dtype."""
     parameter = next(model.parameters())

@@ -151,6 +151,14 @@ def train(
     check_number("weight_decay", weight_decay, minimum=0)
     check_number("num_workers", num_workers, minimum=0, integer=True)
     accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
+    if accelerator.mixed_precision == "fp16" and next(model.parameters()).dtype == torch.float16:
+        # fp16 mixed precision keeps float32 weights and scales the loss; on a GPU its gradient scaler refuses
+        # float16 weights ("Attempting to unscale FP16 gradients"). Refused here on every device, before any work.
+        raise ValueError(
+            "Mixed precision fp16 trains a float32 model in float16 arithmetic, and this model's weights are already "
+            "float16. Train the float32 model with mixed_precision='fp16' (--mixed-precision fp16), or this one "
+            "without mixed precision."
+        )
     set_seed(seed)
     train_dataset = require_dataset(train_dataset)
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None

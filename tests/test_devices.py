@@ -7,8 +7,10 @@ left on the CPU would fail on a GPU. Where CUDA is present the same tests run on
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ import torch
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.decompose import decompose_to_directory
+from hf_modular.distributed import full_float32
 from hf_modular.evaluation import evaluate, evaluate_composition
 from hf_modular.train import train
 from tests.test_decompose import image_dataset, tiny_config
@@ -87,6 +90,58 @@ def test_the_whole_pipeline_follows_the_parents_device_and_dtype(device, dtype, 
 
     history = train(parent, data, eval_dataset=held_out, epochs=1, batch_size=8, progress=False)
     assert history.final["top1"] >= 0 and _where(parent) == where
+
+
+def test_compact_modules_of_a_float16_parent_recover_in_float32_and_stay_float16():
+    """In float16 Adam's epsilon (1e-8) rounds to 0, so training the module in its own dtype made NaN weights."""
+    torch.manual_seed(0)
+    parent = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).eval()
+    parent.to(torch.float16)
+    modules = hf_modular.decompose(
+        parent,
+        _data(8, seed=0),
+        samples_per_class=4,
+        strategy="channel",
+        distill_steps=20,
+        distill_images=12,
+        progress=False,
+    )
+    for label, module in modules.items():
+        assert _where(module)[1] == torch.float16, label
+        weights = [value for value in module.state_dict().values() if value.is_floating_point()]
+        assert all(bool(torch.isfinite(value).all()) for value in weights), label
+        assert math.isfinite(module.config.provenance.details["distillation_loss"]), label
+
+
+def test_fp16_mixed_precision_refuses_a_float16_model_before_training():
+    """Accelerate fixes the precision once per process: a subprocess."""
+    code = """
+        import torch
+        from hf_modular import ModularResNetForImageClassification
+        from hf_modular.train import train
+        from tests.test_devices import LABELS, _data, tiny_config
+        model = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).half()
+        before = {name: value.clone() for name, value in model.state_dict().items()}
+        try:
+            train(model, _data(2, seed=0), epochs=1, mixed_precision="fp16", progress=False)
+        except ValueError as error:
+            print(error)
+        print("unchanged:", all(torch.equal(before[name], value) for name, value in model.state_dict().items()))
+    """
+    root = Path(__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=root, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "weights are already float16" in done.stdout and "unchanged: True" in done.stdout
+
+
+def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, matmul.fp32_precision
+    with full_float32():
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
 def test_evaluation_fitting_and_training_are_the_same_on_one_and_two_processes(tmp_path):

@@ -316,7 +316,8 @@ class ComposedModel(PreTrainedModel):
         module_logits, labels = collect_module_logits(
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
         )
-        margins = module_logits[..., 0] - module_logits[..., 1]  # (N, M)
+        # (N, M); the fit is tiny, so it runs on the CPU in float32 whatever the modules' device and dtype.
+        margins = (module_logits[..., 0] - module_logits[..., 1]).float().cpu()
         targets = (labels[:, None] == torch.arange(len(self.labels))[None, :]).float()
         parameters = fit_platt(margins, targets)
         calibration = {

@@ -17,7 +17,7 @@ from accelerate import Accelerator, PartialState
 from datasets import Dataset
 
 from ..data import dataset_fingerprint, dataset_name, find_columns, label_ids, label_names, load_image_dataset
-from ..distributed import distributed_state
+from ..distributed import device_and_dtype, distributed_state
 from ..models import ModularResNetForImageClassification
 from ..module import jaccard_index, masked_fraction
 from .build import build_module, label_module
@@ -118,8 +118,10 @@ def _relearn(
     strategy = strategy_of(info.method)
     others = [j for j in range(len(modules)) if j != index]
     wanted = round(negatives_ratio * info.samples.own)
+    home, _ = device_and_dtype(module)  # the passes run on this process's device; the module goes back after them
+    # Masks are decided on the CPU, where the statistics pass returns its maps.
     observed = {
-        name: (site.mask.clone() if site.mask is not None else torch.ones(shape, dtype=torch.bool))
+        name: (site.mask.to("cpu", copy=True) if site.mask is not None else torch.ones(shape, dtype=torch.bool))
         for (name, site), shape in zip(
             module.sites(strategy.sites).items(), module.site_shapes(strategy.sites).values(), strict=True
         )
@@ -174,7 +176,8 @@ def _relearn(
         "masked_fraction_before": module.config.provenance.details["masked_fraction"],
     }
     adapted = build_module(module, spec.keep, spec.head_weight, spec.head_bias, head_type=spec.head_type)
-    return label_module(adapted, info)
+    module.to(home)
+    return label_module(adapted.to(home), info)
 
 
 __all__ = ["continuous_learning", "masks_lifted"]

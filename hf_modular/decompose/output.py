@@ -172,11 +172,14 @@ def _write_decomposition(
     report: dict[str, Any] = {"parent": model.config.name_or_path or None, "modules": {}, "timings": timings}
     if eval_dataset is None and not state.is_main_process:
         return report
-    # Every process reads the written modules (those of an earlier run too) and evaluates its share of the rows.
-    device, _ = device_and_dtype(model)
+    # Every process reads the written modules (those of an earlier run too) and evaluates its share of the rows,
+    # on its own device as the passes did; the parent goes back where it was.
+    home, _ = device_and_dtype(model)
     with library_bars_off():
         modules = {
-            label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(device)
+            label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(
+                state.device
+            )
             for label in wanted
         }
     provenance = {label: module.config.provenance for label, module in modules.items()}
@@ -202,7 +205,10 @@ def _write_decomposition(
     if eval_dataset is not None:
         logger.info("Evaluating the parent and the %d module(s) on %d images", len(modules), len(eval_dataset))
         evaluation_started = time.perf_counter()
-        result = evaluate_composition(model, modules, eval_dataset, state=state, progress=progress)
+        try:
+            result = evaluate_composition(model.to(state.device), modules, eval_dataset, state=state, progress=progress)
+        finally:
+            model.to(home)
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
         for label, accuracy in result.module_binary_accuracy.items():
             report["modules"][label]["binary_accuracy"] = accuracy

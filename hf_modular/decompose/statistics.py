@@ -6,7 +6,9 @@ per group with `any`, however many modules there are; a module's maps are the un
 
 Data-parallel with Accelerate: each process runs a contiguous shard of the rows (no padding, no duplicates), and
 the per-group maps are combined across processes once at the end. A union of booleans does not depend on how the
-rows were split, so the result is bit-identical on any number of processes.
+rows were split, so the result is bit-identical on any number of processes on the CPU. (On GPUs, cuDNN picks its
+algorithms by batch shape, so a value within rounding of 0 may fall on either side; the pass runs in full float32,
+not TF32, to keep such values few.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from accelerate.utils import reduce
 
 from ..console import progress_bar
 from ..data import fixed_input_size, iterate_batches
-from ..distributed import DistributedState, autocast, distributed_state, to_model
+from ..distributed import DistributedState, autocast, distributed_state, full_float32, to_model
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .sampling import SamplePlan
 
@@ -99,7 +101,7 @@ def collect_activity(
     try:
         for start, pixel_values in batches:
             segments[:] = _segments(plan.group[start : start + len(pixel_values)])
-            with autocast(state):
+            with autocast(state), full_float32():  # the sign of a value near 0 must not depend on TF32 rounding
                 model(to_model(pixel_values, model))
     finally:
         for handle in handles:

@@ -201,7 +201,8 @@ class ActivationStrategy(Strategy):
         if self.sites == "conv":
             keep.update(_consistent_residual_outputs(model, keep))
         channeled, _ = channel_head(head_weight, head_bias, 0)  # MC-BLN reads the paper's head, whatever the module's
-        removed = backtrack_features(channeled, self.backtrack, self.delta)
+        # Masks are decided on the CPU (the statistics pass returns its maps there); the head is on the model's device.
+        removed = backtrack_features(channeled, self.backtrack, self.delta).cpu()
         last_site = model.last_site()  # the ReLU feeding global average pooling and the head
         keep[last_site] = keep[last_site] & ~removed[:, None, None]
         details = {"features_removed_by_backtracking": int(removed.sum())}

@@ -115,7 +115,9 @@ def _batch_scores(
             target = (odds[:, classes[m]] * rows[:, m]).sum()
             gradients = torch.autograd.grad(target, activations, retain_graph=position < len(used) - 1)
             for result, activation, gradient in zip(results, activations, gradients, strict=True):
-                taylor = (activation.detach() * gradient).sum(dim=(2, 3)) ** 2  # (B, C)
+                # At least float32: a half-precision square underflows to 0 and ties channels that differ.
+                precision = torch.promote_types(activation.dtype, torch.float32)
+                taylor = (activation.detach().to(precision) * gradient.to(precision)).sum(dim=(2, 3)).square()  # (B, C)
                 result[:, m] = taylor * rows[:, m, None]
         yield from zip(names, results, strict=True)
         captured.clear()
