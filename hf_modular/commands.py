@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import huggingface_hub
+from accelerate.utils import set_seed
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoConfig, AutoModelForImageClassification
 
@@ -404,6 +405,7 @@ def _train(args: argparse.Namespace) -> None:
     )
     _, label_column = find_columns(train_split)
     labels = label_names(train_split, label_column)
+    set_seed(args.seed)  # the new model's initial weights too: the same --seed gives the same run
     if args.from_timm:  # a timm ResNet's architecture (and weights, with pretrained=True) with a new head
         model = ModularResNetForImageClassification.from_timm(
             args.from_timm, pretrained=args.pretrained, num_classes=len(labels)

@@ -11,6 +11,7 @@ GPU) never meets a float32 CPU batch.
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,7 @@ def distributed_state(
     "bf16", Accelerate's own autocast), else this process's `PartialState` (on the CPU with `cpu=True`)."""
     if given is not None:
         return given
+    cpu = cpu or _launched_without_accelerators()
     if mixed_precision not in (None, "no"):
         if mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, not {mixed_precision!r}.")
@@ -45,9 +47,17 @@ def training_accelerator(
     """`given`, else an `Accelerator` for this process: training needs one (it wraps model, optimizer and loader)."""
     if given is not None:
         return given
+    cpu = cpu or _launched_without_accelerators()
     if mixed_precision not in (None, *MIXED_PRECISION):
         raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, not {mixed_precision!r}.")
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def _launched_without_accelerators() -> bool:
+    """Started as one of several processes (torchrun, `accelerate launch`) on a machine without a GPU. Accelerate
+    then counts 1 process unless told `cpu=True`, so each process would do the whole job alone, all writing the same
+    output; with it, they share the work over gloo."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def mixed_precision_of(state: DistributedState) -> str:
@@ -135,7 +145,9 @@ class _BatchNormOverProcesses(nn.BatchNorm2d):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(input)
-        values = input.float().transpose(0, 1).flatten(1)  # (channels, everything else); may have no columns
+        # At least float32 (half-precision sums lose the mean), and float64 stays float64 as plain batch norm does.
+        values = input.to(torch.promote_types(input.dtype, torch.float32))
+        values = values.transpose(0, 1).flatten(1)  # (channels, everything else); may have no columns
         sums = _sum_over_processes_differentiably(torch.cat([values.sum(1), values.new_tensor([values.shape[1]])]))
         mean, count = sums[:-1] / sums[-1], sums[-1]
         variance = _sum_over_processes_differentiably(((values - mean[:, None]) ** 2).sum(1)) / count

@@ -257,7 +257,8 @@ class _Steps:
         batches = progress_bar(loader, desc=description, disable=not progress)
         for (pixel_values, labels), global_size in zip(batches, global_sizes, strict=True):
             logits = self.prepared_model(to_model(pixel_values, self.model)).logits
-            loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device), reduction="sum")
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 stays float64
+            loss = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="sum")
             self.accelerator.backward(loss * self.accelerator.num_processes / global_size)
             self.optimizer.step()
             self.scheduler.step()

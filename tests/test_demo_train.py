@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hf_modular import ModularResNetForImageClassification, load_module
 from hf_modular.cli import main
@@ -59,26 +60,16 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
     splits = digits_dataset(seed=0)
     splits["train"].select(range(120)).to_parquet(str(tmp_path / "data" / "train.parquet"))
     splits["test"].select(range(40)).to_parquet(str(tmp_path / "data" / "test.parquet"))
-    code = main(
-        [
-            "-q",
-            "train",
-            "--dataset",
-            str(tmp_path / "data"),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "40",
-            "--no-flip",
-            "--output",
-            str(tmp_path / "parent"),
-        ]
-    )
-    assert code == 0
+    arguments = ["-q", "train", "--dataset", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "40"]
+    assert main([*arguments, "--no-flip", "--output", str(tmp_path / "parent")]) == 0
     assert "after 1 epochs" in capsys.readouterr().out
     model = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
     assert model.config.id2label == dict(enumerate(str(d) for d in range(10)))
     assert (tmp_path / "parent" / "training" / STATE_FILE).is_file()
+    # The same --seed gives the same run, from the new model's initial weights on.
+    assert main([*arguments, "--no-flip", "--output", str(tmp_path / "again")]) == 0
+    again = ModularResNetForImageClassification.from_pretrained(tmp_path / "again").state_dict()
+    assert all(torch.equal(value, again[name]) for name, value in model.state_dict().items())
 
 
 def test_cli_train_from_a_timm_resnet_and_push(tmp_path, hub_server, capsys):

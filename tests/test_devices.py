@@ -144,6 +144,20 @@ def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():
     assert (conv.fp32_precision, matmul.fp32_precision) == before
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
+def test_two_launched_processes_share_the_work_without_being_told_cpu(tmp_path):
+    """Without `cpu=True` on a machine with no GPU, Accelerate counts 1 process: each would do the whole job."""
+    script = tmp_path / "count.py"
+    script.write_text(
+        "from hf_modular.distributed import distributed_state, training_accelerator\n"
+        "print('processes', distributed_state().num_processes, training_accelerator().num_processes)\n"
+    )
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run([*launcher, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("processes 2 2") == 2, done.stdout
+
+
 def test_evaluation_fitting_and_training_are_the_same_on_one_and_two_processes(tmp_path):
     script = Path(__file__).parent / "scripts" / "evaluate_tiny.py"
     single = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True)
