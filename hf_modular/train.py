@@ -191,8 +191,25 @@ def train(
     accelerator.register_for_checkpointing(scheduler)
 
     history, start_epoch = TrainingHistory(), 0
+    # What a resumed run must share with the saved one: its schedule and its steps depend on all of it.
+    settings = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "weight_decay": weight_decay,
+        "horizontal_flip": horizontal_flip,
+        "seed": seed,
+        "rows": len(rows),
+    }
     if output_dir is not None and (Path(output_dir) / STATE_FILE).is_file():
         saved = json.loads((Path(output_dir) / STATE_FILE).read_text())
+        changed = {key: value for key, value in saved.get("settings", {}).items() if settings.get(key) != value}
+        if changed:
+            was = ", ".join(f"{key}={value!r} (now {settings[key]!r})" for key, value in changed.items())
+            raise ValueError(
+                f"{output_dir} holds a run started with other settings: {was}. A resumed run continues the saved "
+                "schedule, so rerun with the same settings, or train into a new output directory."
+            )
         accelerator.load_state(str(Path(output_dir) / "checkpoint"))
         history.epochs, start_epoch = saved["history"], saved["epoch"]
         logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
@@ -218,7 +235,7 @@ def train(
                 if accelerator.is_main_process:
                     state = Path(output_dir) / STATE_FILE
                     state.with_suffix(".partial").write_text(
-                        json.dumps({"epoch": epoch + 1, "history": history.epochs})
+                        json.dumps({"epoch": epoch + 1, "history": history.epochs, "settings": settings})
                     )
                     os.replace(state.with_suffix(".partial"), state)
     model.eval()

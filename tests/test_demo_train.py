@@ -43,9 +43,12 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
     assert [e["epoch"] for e in first.epochs] == [1, 2]
     assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 2
     again = ModularResNetForImageClassification(digits_parent_config())
-    resumed = train(again, small, epochs=3, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
-    assert [e["epoch"] for e in resumed.epochs] == [1, 2, 3]  # epochs 1-2 come from the saved state
-    assert resumed.epochs[:2] == first.epochs
+    resumed = train(again, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    assert resumed.epochs == first.epochs  # both epochs come from the saved state
+    assert all(torch.equal(value, again.state_dict()[name]) for name, value in model.state_dict().items())
+    # Other settings would not continue the saved cosine schedule: refused, naming what changed.
+    with pytest.raises(ValueError, match=r"epochs=2 \(now 3\).*same settings"):
+        train(again, small, epochs=3, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
 
 
 def test_train_rejects_labels_the_model_does_not_know():
