@@ -4,6 +4,8 @@ probability of its class on unlabeled training images (each image seen also mirr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import datasets
@@ -147,51 +149,44 @@ def distill(
 
     A half-precision module trains in float32 and gets the result in its own dtype: in float16, Adam's epsilon
     (1e-8) rounds to 0 and a zero gradient makes NaN weights, and in either half type small updates round away."""
+    with _at_least_float32(module) as precision:
+        tail = module.steps()[start:]
+        parameters = [p for step in tail for p in step.parameters()] + list(module.fc.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        generator = torch.Generator().manual_seed(seed)
+        targets = torch.sigmoid(target_log_odds.to(precision))
+        # Batch norm stays in eval mode: its statistics are the parent's (or folded into a refitted conv), and batch
+        # statistics of a few hundred unlabeled images would only move them; its scale and shift still train.
+        # Channels-last convolutions train about 20% faster on CPU (measured on the shared ResNet-20); the module goes
+        # back to the standard layout afterwards, which is what safetensors stores.
+        module.to(memory_format=torch.channels_last)
+        last_losses = []  # the reported loss: the mean over the last tenth of the steps (one batch is noisy)
+        for step_index in range(steps):
+            batch = torch.randint(0, len(features), (batch_size,), generator=generator)
+            hidden_state = features[batch].to(precision).contiguous(memory_format=torch.channels_last)
+            for step in tail:
+                hidden_state = step(hidden_state)
+            logits = module.forward_head(hidden_state)  # the head as the module answers (softmax or channeled)
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step_index >= steps - max(1, steps // 10):
+                last_losses.append(loss.item())
+        module.to(memory_format=torch.contiguous_format)
+        module.eval()
+        return sum(last_losses) / len(last_losses)
+
+
+@contextmanager
+def _at_least_float32(module: nn.Module) -> Iterator[torch.dtype]:
+    """`module` in float32 (or float64) inside the block, back in its own dtype after it; yields the dtype used."""
     dtype = next(module.parameters()).dtype
     precision = torch.promote_types(dtype, torch.float32)
     module.to(precision)
     try:
-        return _distill(module, start, features, target_log_odds, steps, batch_size, learning_rate, seed, precision)
+        yield precision
     finally:
         module.to(dtype)
-
-
-def _distill(
-    module: ModularResNetForImageClassification,
-    start: int,
-    features: torch.Tensor,
-    target_log_odds: torch.Tensor,
-    steps: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    precision: torch.dtype,
-) -> float:
-    tail = module.steps()[start:]
-    parameters = [p for step in tail for p in step.parameters()] + list(module.fc.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    generator = torch.Generator().manual_seed(seed)
-    targets = torch.sigmoid(target_log_odds.to(precision))
-    # Batch norm stays in eval mode: its statistics are the parent's (or folded into a refitted conv), and batch
-    # statistics of a few hundred unlabeled images would only move them; its scale and shift still train.
-    # Channels-last convolutions train about 20% faster on CPU (measured on the shared ResNet-20); the module goes
-    # back to the standard layout afterwards, which is what safetensors stores.
-    module.to(memory_format=torch.channels_last)
-    last_losses = []  # the reported loss: the mean over the last tenth of the steps (one batch is noisy)
-    for step_index in range(steps):
-        batch = torch.randint(0, len(features), (batch_size,), generator=generator)
-        hidden_state = features[batch].to(precision).contiguous(memory_format=torch.channels_last)
-        for step in tail:
-            hidden_state = step(hidden_state)
-        logits = module.forward_head(hidden_state)  # the head as the module answers (softmax or channeled)
-        loss = F.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], targets[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        if step_index >= steps - max(1, steps // 10):
-            last_losses.append(loss.item())
-    module.to(memory_format=torch.contiguous_format)
-    module.eval()
-    return sum(last_losses) / len(last_losses)
