@@ -98,14 +98,15 @@ def collect_activity(
         desc="statistics pass" if observe else "inference pass",
         num_workers=num_workers,
     )
-    try:
-        for start, pixel_values in batches:
-            segments[:] = _segments(plan.group[start : start + len(pixel_values)])
-            with autocast(state), full_float32():  # the sign of a value near 0 must not depend on TF32 rounding
-                model(to_model(pixel_values, model))
-    finally:
-        for handle in handles:
-            handle.remove()
+    with full_float32():  # once for the pass: the sign of a value near 0 must not depend on TF32 rounding
+        try:
+            for start, pixel_values in batches:
+                segments[:] = _segments(plan.group[start : start + len(pixel_values)])
+                with autocast(state):
+                    model(to_model(pixel_values, model))
+        finally:
+            for handle in handles:
+                handle.remove()
     if not observe:
         return None
 
