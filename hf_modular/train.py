@@ -150,15 +150,9 @@ def train(
     check_number("learning_rate", learning_rate, above=0)
     check_number("weight_decay", weight_decay, minimum=0)
     check_number("num_workers", num_workers, minimum=0, integer=True)
+    _refuse_fp16_mixed_precision_of_a_float16_model(mixed_precision, model)  # before Accelerate fixes the precision
     accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
-    if accelerator.mixed_precision == "fp16" and next(model.parameters()).dtype == torch.float16:
-        # fp16 mixed precision keeps float32 weights and scales the loss; on a GPU its gradient scaler refuses
-        # float16 weights ("Attempting to unscale FP16 gradients"). Refused here on every device, before any work.
-        raise ValueError(
-            "Mixed precision fp16 trains a float32 model in float16 arithmetic, and this model's weights are already "
-            "float16. Train the float32 model with mixed_precision='fp16' (--mixed-precision fp16), or this one "
-            "without mixed precision."
-        )
+    _refuse_fp16_mixed_precision_of_a_float16_model(accelerator.mixed_precision, model)  # given, or from the launcher
     set_seed(seed)
     train_dataset = require_dataset(train_dataset)
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
@@ -240,6 +234,17 @@ def train(
                     os.replace(state.with_suffix(".partial"), state)
     model.eval()
     return history
+
+
+def _refuse_fp16_mixed_precision_of_a_float16_model(mixed_precision: str | None, model: nn.Module) -> None:
+    """fp16 mixed precision keeps float32 weights and scales the loss; on a GPU its gradient scaler refuses float16
+    weights ("Attempting to unscale FP16 gradients"). Refused on every device, before any work."""
+    if mixed_precision == "fp16" and next(model.parameters()).dtype == torch.float16:
+        raise ValueError(
+            "Mixed precision fp16 trains a float32 model in float16 arithmetic, and this model's weights are already "
+            "float16. Train the float32 model with mixed_precision='fp16' (--mixed-precision fp16), or this one "
+            "without mixed precision."
+        )
 
 
 @dataclass
