@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from . import console
 from .compose import ComposedConfig, ComposedModel
-from .data import find_columns, label_names, load_image_dataset
+from .data import dataset_name, find_columns, label_names, load_image_dataset
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
@@ -78,11 +78,13 @@ def _info(args: argparse.Namespace) -> None:
         "pruned_widths": config.block_widths if config.is_pruned else None,
         "head": config.head_type if config.head_rows is None else f"{config.head_type} ({config.head_rows} rows)",
         "module": config.module,
+        "training": config.training,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     summary.pop("module")
+    summary["training"] = _training_digest(config.training) if config.training else None
     if config.is_module:  # a readable digest; --json has everything
         info = config.provenance
         parent = info.parent.repo_id or info.parent.path or f"an in-memory {info.parent.architecture}"
@@ -100,6 +102,17 @@ def _info(args: argparse.Namespace) -> None:
                     f"{100 * parent_own['accuracy']:.2f}%, {parent_own['ece']:.4f})"
                 )
     _print_summary(summary, json_output=False)
+
+
+def _training_digest(training: dict[str, Any]) -> str:
+    """One line of `config.training`; --json has all of it."""
+    data, final = training["dataset"], training["final"]
+    scores = f", top-1 {100 * final['top1']:.2f}%" if "top1" in final else ""
+    return (
+        f"{training['epochs']} epochs on {data['name_or_path'] or 'unnamed data'} ({data['split']}, "
+        f"{training['trained_rows']} images), seed {training['seed']}, {training['dtype']}, mixed precision "
+        f"{training['mixed_precision']}: loss {final['loss']:.4f}{scores}"
+    )
 
 
 def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
@@ -431,10 +444,16 @@ def _train(args: argparse.Namespace) -> None:
     )
     if not accelerator.is_main_process:  # the main process saves, pushes and reports
         return
+    for key, rows in (("dataset", train_split), ("eval_dataset", eval_split)):  # what train() cannot know
+        if model.config.training[key] is not None:
+            model.config.training[key].update(
+                name_or_path=dataset_name(rows, args.dataset), revision=revision, config_name=config_name
+            )
     with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
         model.save_pretrained(staging)
+        parent_card(model).save(Path(staging) / "README.md")
     if args.push_to:
-        _print_pushes({"model": model.push_to_hub(args.push_to)})
+        _print_pushes({"model": push_directory(output, args.push_to, model=model)})
     final = history.final
     scores = f", top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}%" if "top1" in final else ""
     name = args.from_timm or args.preset

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,21 @@ from torch import nn
 from torchvision.transforms import v2
 
 from .console import progress_bar
-from .data import dataset_to_model_labels, find_columns, label_ids, label_names, require_dataset
+from .data import (
+    dataset_fingerprint,
+    dataset_name,
+    dataset_split,
+    dataset_to_model_labels,
+    find_columns,
+    label_ids,
+    label_names,
+    require_dataset,
+)
 from .distributed import DistributedState, batch_norm_over_processes, sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .validation import check_number
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.json"
@@ -110,7 +121,10 @@ class _TrainingBatch:
 def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, state: DistributedState) -> list[list[int]]:
     """The global batches of `epoch` (the rows in an order drawn from `seed` and `epoch`, cut into `batch_size`), each
     cut into contiguous shares, one per process in rank order: this process's shares, one list per step."""
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    # The seed of an epoch's order comes from (seed, epoch) together: `seed + epoch` would give seed 1's first epoch
+    # the order of seed 0's second.
+    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
     shares = []
     for start in range(0, count, batch_size):
         with state.split_between_processes(order[start : start + batch_size]) as share:
@@ -168,11 +182,11 @@ def train(
         to_model_labels,
     )
 
-    labelled = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten()
+    labelled, trained_rows = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten(), train_dataset
     if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here
         logger.info("Skipping %d unlabelled rows", len(train_dataset) - len(labelled))
-        train_dataset = train_dataset.select(labelled.tolist())
-    rows = _EpochRows(train_dataset.select_columns([image_column, label_column]), seed)
+        trained_rows = train_dataset.select(labelled.tolist())
+    rows = _EpochRows(trained_rows.select_columns([image_column, label_column]), seed)
     steps_per_epoch = math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
@@ -204,7 +218,7 @@ def train(
                 f"{output_dir} holds a run started with other settings: {was}. A resumed run continues the saved "
                 "schedule, so rerun with the same settings, or train into a new output directory."
             )
-        accelerator.load_state(str(Path(output_dir) / "checkpoint"))
+        accelerator.load_state(str(Path(output_dir) / saved.get("checkpoint", "checkpoint")))
         history.epochs, start_epoch = saved["history"], saved["epoch"]
         logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
 
@@ -225,15 +239,63 @@ def train(
             )
             logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
             if output_dir is not None:
-                accelerator.save_state(str(Path(output_dir) / "checkpoint"))
-                if accelerator.is_main_process:
-                    state = Path(output_dir) / STATE_FILE
-                    state.with_suffix(".partial").write_text(
-                        json.dumps({"epoch": epoch + 1, "history": history.epochs, "settings": settings})
-                    )
-                    os.replace(state.with_suffix(".partial"), state)
+                state = {"epoch": epoch + 1, "history": history.epochs, "settings": settings}
+                _save_checkpoint(accelerator, Path(output_dir), state)
     model.eval()
+    model.config.training = _training_record(train_dataset, eval_dataset, settings, accelerator, model, history)
     return history
+
+
+def _training_record(
+    train_dataset: datasets.Dataset,
+    eval_dataset: datasets.Dataset | None,
+    settings: dict[str, Any],
+    accelerator: Accelerator,
+    model: nn.Module,
+    history: TrainingHistory,
+) -> dict[str, Any]:
+    """How the weights were made, for `config.training`: the data (name where known, split, rows, fingerprint), the
+    settings, the precision and process count, and the last epoch's loss and evaluation."""
+
+    def data(dataset: datasets.Dataset) -> dict[str, Any]:
+        return {
+            "name_or_path": dataset_name(dataset),  # the CLI adds the name or path it loaded the rows from
+            "split": dataset_split(dataset, None),
+            "rows": len(dataset),
+            "fingerprint": dataset_fingerprint(dataset),
+        }
+
+    return {
+        "hf_modular_version": __version__,
+        "dataset": data(train_dataset),
+        "eval_dataset": data(eval_dataset) if eval_dataset is not None else None,
+        **{key: value for key, value in settings.items() if key != "rows"},
+        "trained_rows": settings["rows"],  # the labelled ones
+        "optimizer": "SGD, Nesterov momentum 0.9, cosine schedule",
+        "mixed_precision": accelerator.mixed_precision,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "processes": accelerator.num_processes,
+        "final": history.final,
+    }
+
+
+def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str, Any]) -> None:
+    """Save the training state after an epoch so that a crash at any moment leaves a checkpoint to resume from.
+
+    Each epoch's state goes to a directory of its own (`checkpoint-N`); the state file, replaced atomically once every
+    process has written its part, names it, and only then are older checkpoints removed. The state file is the
+    commit point: a rerun resumes from the checkpoint it names, which is always complete."""
+    name = f"checkpoint-{state['epoch']}"
+    accelerator.save_state(str(output_dir / name))
+    accelerator.wait_for_everyone()  # every process's part (its random states) is on disk
+    if accelerator.is_main_process:
+        partial = output_dir / f"{STATE_FILE}.partial"
+        partial.write_text(json.dumps({**state, "checkpoint": name}))
+        os.replace(partial, output_dir / STATE_FILE)
+        for old in output_dir.glob("checkpoint*"):
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
 
 
 def _refuse_fp16_mixed_precision_of_a_float16_model(mixed_precision: str | None, model: nn.Module) -> None:
@@ -283,7 +345,8 @@ class _Steps:
             loss = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="sum")
             self.accelerator.backward(loss * self.accelerator.num_processes / global_size)
             self.optimizer.step()
-            self.scheduler.step()
+            if not self.accelerator.optimizer_step_was_skipped:  # fp16's loss scaler skips steps with inf gradients
+                self.scheduler.step()
             self.optimizer.zero_grad()
             total += loss.detach().double().cpu()
         return sum_over_processes(total, self.accelerator).item() / len(self.rows)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import hf_hub_download
 
 from hf_modular import ModularResNetForImageClassification, load_module
 from hf_modular.cli import main
@@ -26,6 +28,7 @@ def test_demo_runs_and_pushes_its_modules(tmp_path, hub_server, capsys):
     assert 0.0 <= summary["composed"]["top1"] <= 1.0
     module = load_module(str(tmp_path / "demo" / "modules" / "7-module"))
     assert module.config.provenance.target_label == "7"
+    assert module.config.training is None  # the trained parent's record stays the parent's
     assert module.config.provenance.evaluation["images"] == summary["test_images"]
     assert "# 7 module of parent" in (tmp_path / "demo" / "modules" / "7-module" / "README.md").read_text()
     assert pushed["3"] == "user/parent-3-module" and len(pushed) == 10
@@ -39,6 +42,11 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
     first = train(model, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
     assert [e["epoch"] for e in first.epochs] == [1, 2]
     assert json.loads((tmp_path / STATE_FILE).read_text())["epoch"] == 2
+    # Each epoch is saved beside the last and the state file then names it: what a crash in the middle of a later
+    # save leaves (a half-written directory) is never resumed from.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-2", STATE_FILE]
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "model.safetensors").write_bytes(b"half written")
     again = ModularResNetForImageClassification(digits_parent_config())
     resumed = train(again, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
     assert resumed.epochs == first.epochs  # both epochs come from the saved state
@@ -66,6 +74,30 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
     model = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
     assert model.config.id2label == dict(enumerate(str(d) for d in range(10)))
     assert (tmp_path / "parent" / "training" / STATE_FILE).is_file()
+    # The parent says how it was made: in its config (what `hf-modular info` shows), and in its card.
+    training = model.config.training
+    assert training["dataset"] == {
+        "name_or_path": "./data",
+        "split": "train",
+        "rows": 120,
+        "fingerprint": training["dataset"]["fingerprint"],
+        "revision": None,
+        "config_name": None,
+    }
+    assert training["eval_dataset"]["split"] == "test" and training["eval_dataset"]["rows"] == 40
+    assert (training["epochs"], training["batch_size"], training["seed"], training["horizontal_flip"]) == (
+        1,
+        40,
+        0,
+        False,
+    )
+    assert (training["mixed_precision"], training["dtype"], training["processes"]) == ("no", "float32", 1)
+    assert training["final"]["epoch"] == 1 and 0 <= training["final"]["top1"] <= 1
+    card = (tmp_path / "parent" / "README.md").read_text()
+    assert "## Training" in card and "`./data`, split `train`: 120 labelled of 120 images" in card
+    assert f"top-1 {100 * training['final']['top1']:.2f}%" in card
+    assert main(["info", str(tmp_path / "parent")]) == 0
+    assert "1 epochs on ./data (train, 120 images), seed 0, float32" in capsys.readouterr().out
     # The same --seed gives the same run, from the new model's initial weights on.
     assert main([*arguments, "--no-flip", "--output", str(tmp_path / "again")]) == 0
     again = ModularResNetForImageClassification.from_pretrained(tmp_path / "again").state_dict()
@@ -100,3 +132,6 @@ def test_cli_train_from_a_timm_resnet_and_push(tmp_path, hub_server, capsys):
     model = ModularResNetForImageClassification.from_pretrained("user/digits-resnet18")
     assert model.config.block_type == "basic" and model.config.layers == [2, 2, 2, 2]
     assert model.config.id2label[7] == "7"
+    assert model.config.training["dataset"]["name_or_path"] == "./data"  # the card on the Hub tells it too
+    card = Path(hf_hub_download("user/digits-resnet18", "README.md")).read_text()
+    assert "## Training" in card and "(no flips)" in card

@@ -10,6 +10,8 @@ import json
 import math
 import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +120,32 @@ def test_fp16_mixed_precision_refuses_a_float16_model_before_training():
     with pytest.raises(ValueError, match="weights are already float16"):
         train(model, _data(2, seed=0), epochs=1, mixed_precision="fp16", progress=False)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16's loss scaler runs on GPUs only")
+def test_the_schedule_advances_only_with_the_steps_fp16_takes(tmp_path):
+    """The loss scaler starts at 2**16 and halves at each step it skips (inf gradients); a skipped step must not
+    advance the cosine schedule. A subprocess: Accelerate fixes the precision once per process."""
+    code = f"""
+        import torch
+        from hf_modular import ModularResNetForImageClassification
+        from hf_modular.train import train
+        from tests.test_devices import LABELS, _data, tiny_config
+        model = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).cuda()
+        train(model, _data(20, seed=0), epochs=2, batch_size=6, mixed_precision="fp16", progress=False,
+              output_dir={str(tmp_path)!r})
+    """
+    root = Path(__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, cwd=root, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    checkpoint = tmp_path / "checkpoint-2"
+    scale = torch.load(checkpoint / "scaler.pt", weights_only=True)["scale"]
+    skipped = round(math.log2(2.0**16 / scale))  # 20 steps: too few for the scaler to grow back (every 2000)
+    schedule = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)  # the scheduler's state
+    assert schedule["last_epoch"] == 20 - skipped
 
 
 def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():

@@ -29,6 +29,7 @@ def build_module(
             "head_type": head_type,
             "head_rows": len(head_weight) if head_type == "softmax" else None,
             "module": None,
+            "training": None,  # the parent's; the module's provenance names the parent
         }
     )
     module = ModularResNetForImageClassification(config).to(*device_and_dtype(parent))

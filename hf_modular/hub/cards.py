@@ -103,6 +103,7 @@ def parent_card(
         parameters=count_parameters(model),
         weights_sha256=weights_sha256(model),
         evaluation=evaluation,
+        training=config.training,
         repo_id=repo_id or "path/to/model",
         license_text=f"`{license}`." if license else "As the weights' original license says.",
         **_input_fields(config),

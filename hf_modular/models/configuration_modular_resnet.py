@@ -150,6 +150,11 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
             Provenance of a class module (target class, parent, dataset, method and parameters), in the layout of
             [`~hf_modular.module.ModuleProvenance`]; read it typed through `config.provenance`. `None` on a plain
             classifier. Sections saved by older releases are upgraded on load; a malformed one is refused.
+        training (`dict`, *optional*):
+            How `hf_modular.train.train` made the weights: the data (name or path, split, rows, fingerprint), the
+            settings (epochs, batch size, learning rate, weight decay, flips, seed), precision, dtype, process count
+            and the last epoch's loss and evaluation. `None` for weights made elsewhere, and on class modules (their
+            `module` section names the parent by its weights).
         out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
             For [`ModularResNetBackbone`] (`AutoBackbone`), as in transformers' `ResNetConfig`: which of `stage_names`
             (`"stem"`, `"stage1"`, ... one per entry of `layers`) it returns. Default: the last stage.
@@ -187,6 +192,7 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
     head_type: str = "linear"
     head_rows: int | None = None
     module: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
         for key in _DERIVED_KEYS:  # derived from the typed fields; see `to_dict`
