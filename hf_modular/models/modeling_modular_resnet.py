@@ -343,7 +343,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             self.stage_layers.append(stage_name)
         self.num_features = channels[-1]
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.gradient_checkpointing = False  # `gradient_checkpointing_enable()`, timm's `set_grad_checkpointing`
+        self.gradient_checkpointing = False  # `activation_checkpointing_enable()`, timm's `set_grad_checkpointing`
         self.post_init()
 
     def forward_features(
@@ -434,7 +434,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         return self.num_features
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """timm's switch for gradient checkpointing (transformers': `gradient_checkpointing_enable()`)."""
+        """timm's switch for gradient checkpointing (transformers': `activation_checkpointing_enable()`)."""
         arguments = {"use_reentrant": False}
         if hasattr(self, "activation_checkpointing_enable"):  # transformers' newer name for the same switch
             self.activation_checkpointing_enable(arguments) if enable else self.activation_checkpointing_disable()
