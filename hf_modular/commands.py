@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from . import console
 from .compose import ComposedConfig, ComposedModel
-from .data import dataset_name, find_columns, label_names, load_image_dataset
+from .data import dataset_name, find_columns, hub_dataset_commit, label_names, load_image_dataset
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
@@ -106,12 +106,15 @@ def _info(args: argparse.Namespace) -> None:
 
 def _training_digest(training: dict[str, Any]) -> str:
     """One line of `config.training`; --json has all of it."""
-    data, final = training["dataset"], training["final"]
+    data, final = training.get("dataset") or {}, training.get("final") or {}
+    split = f"split {data['split']}, " if data.get("split") else ""
+    epochs = training.get("epochs")
     scores = f", top-1 {100 * final['top1']:.2f}%" if "top1" in final else ""
+    loss = f": loss {final['loss']:.4f}{scores}" if "loss" in final else ""
     return (
-        f"{training['epochs']} epochs on {data['name_or_path'] or 'unnamed data'} ({data['split']}, "
-        f"{training['trained_rows']} images), seed {training['seed']}, {training['dtype']}, mixed precision "
-        f"{training['mixed_precision']}: loss {final['loss']:.4f}{scores}"
+        f"{epochs} epoch{'s' if epochs != 1 else ''} on {data.get('name_or_path') or 'unnamed data'} "
+        f"({split}{training.get('trained_rows')} images), seed {training.get('seed')}, {training.get('dtype')}, "
+        f"mixed precision {training.get('mixed_precision')}{loss}"
     )
 
 
@@ -410,6 +413,8 @@ def _train(args: argparse.Namespace) -> None:
             shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
         accelerator.wait_for_everyone()
     revision, config_name = args.dataset_revision, args.dataset_config
+    if not Path(args.dataset).exists():  # a Hub dataset: one pinned commit for both splits, and for the record
+        revision = hub_dataset_commit(args.dataset, revision) or revision
     train_split = load_image_dataset(args.dataset, split=args.split, revision=revision, config_name=config_name)
     eval_split = (
         load_image_dataset(args.dataset, split=args.eval_split, revision=revision, config_name=config_name)
@@ -444,11 +449,17 @@ def _train(args: argparse.Namespace) -> None:
     )
     if not accelerator.is_main_process:  # the main process saves, pushes and reports
         return
-    for key, rows in (("dataset", train_split), ("eval_dataset", eval_split)):  # what train() cannot know
-        if model.config.training[key] is not None:
-            model.config.training[key].update(
-                name_or_path=dataset_name(rows, args.dataset), revision=revision, config_name=config_name
+    record = model.config.training  # what train() cannot know: where the rows and the first weights came from
+    for key, split in (("dataset", train_split), ("eval_dataset", eval_split)):
+        if record[key] is not None:
+            record[key].update(
+                name_or_path=dataset_name(split, args.dataset), revision=revision, config_name=config_name
             )
+    record["initial_weights"]["source"] = (
+        f"timm {args.from_timm}, {'pretrained' if args.pretrained else 'random'} weights"
+        if args.from_timm
+        else f"{args.preset}, random weights (seed {args.seed})"
+    )
     with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
         model.save_pretrained(staging)
         parent_card(model).save(Path(staging) / "README.md")

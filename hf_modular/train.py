@@ -5,7 +5,7 @@
 
 SGD with Nesterov momentum and a cosine schedule; standard augmentation for the input size (random crop with
 padding and horizontal flip for 32x32 and up, small shifts below); evaluation after every epoch; with `output_dir`,
-a checkpoint after every epoch (Accelerate's `save_state`) that a rerun resumes from.
+a checkpoint after every epoch (safetensors and JSON, `checkpoints.py`) that a rerun resumes from.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torchvision.transforms import v2
 
+from .checkpoints import load_checkpoint, save_checkpoint
 from .console import progress_bar
 from .data import (
     dataset_fingerprint,
@@ -41,6 +44,7 @@ from .data import (
 from .distributed import DistributedState, batch_norm_over_processes, sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
+from .module.metrics import weights_sha256
 from .validation import check_number
 from .version import __version__
 
@@ -164,9 +168,11 @@ def train(
     check_number("learning_rate", learning_rate, above=0)
     check_number("weight_decay", weight_decay, minimum=0)
     check_number("num_workers", num_workers, minimum=0, integer=True)
+    seed = _seed(seed)
     _refuse_fp16_mixed_precision_of_a_float16_model(mixed_precision, model)  # before Accelerate fixes the precision
     accelerator = training_accelerator(accelerator, mixed_precision=mixed_precision)
     _refuse_fp16_mixed_precision_of_a_float16_model(accelerator.mixed_precision, model)  # given, or from the launcher
+    initial_weights = weights_sha256(model)  # before any step: what the training started from
     set_seed(seed)
     train_dataset = require_dataset(train_dataset)
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
@@ -182,11 +188,12 @@ def train(
         to_model_labels,
     )
 
-    labelled, trained_rows = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten(), train_dataset
+    labelled = (label_ids(train_dataset, label_column) >= 0).nonzero().flatten()
+    labelled_rows = train_dataset
     if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here
         logger.info("Skipping %d unlabelled rows", len(train_dataset) - len(labelled))
-        trained_rows = train_dataset.select(labelled.tolist())
-    rows = _EpochRows(trained_rows.select_columns([image_column, label_column]), seed)
+        labelled_rows = train_dataset.select(labelled.tolist())
+    rows = _EpochRows(labelled_rows.select_columns([image_column, label_column]), seed)
     steps_per_epoch = math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay
@@ -196,18 +203,21 @@ def train(
     # Every step is one global batch of `batch_size` rows shared by the processes (the loader is ours, not prepared:
     # Accelerate's would give each process batches of its own), so N processes take the steps one process takes.
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
 
     history, start_epoch = TrainingHistory(), 0
-    # What a resumed run must share with the saved one: its schedule and its steps depend on all of it.
+    # What a resumed run must share with the saved one: its schedule and its steps depend on all of it, and the
+    # arithmetic (precision, process count) too, so that the record of the run describes every epoch of it.
     settings = {
         "epochs": epochs,
         "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "weight_decay": weight_decay,
-        "horizontal_flip": horizontal_flip,
+        "learning_rate": float(learning_rate),
+        "weight_decay": float(weight_decay),
+        "horizontal_flip": bool(horizontal_flip),
         "seed": seed,
         "rows": len(rows),
+        "mixed_precision": accelerator.mixed_precision,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "processes": accelerator.num_processes,
     }
     if output_dir is not None and (Path(output_dir) / STATE_FILE).is_file():
         saved = json.loads((Path(output_dir) / STATE_FILE).read_text())
@@ -218,7 +228,12 @@ def train(
                 f"{output_dir} holds a run started with other settings: {was}. A resumed run continues the saved "
                 "schedule, so rerun with the same settings, or train into a new output directory."
             )
-        accelerator.load_state(str(Path(output_dir) / saved.get("checkpoint", "checkpoint")))
+        if "checkpoint" not in saved:
+            raise ValueError(
+                f"{output_dir} holds a checkpoint in the format of an earlier hf_modular (Accelerate's, which loads "
+                "pickles). Train into a new output directory (or `hf-modular train --overwrite`)."
+            )
+        load_checkpoint(Path(output_dir) / saved["checkpoint"], model, optimizer, scheduler, accelerator.scaler)
         history.epochs, start_epoch = saved["history"], saved["epoch"]
         logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
 
@@ -240,9 +255,11 @@ def train(
             logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
             if output_dir is not None:
                 state = {"epoch": epoch + 1, "history": history.epochs, "settings": settings}
-                _save_checkpoint(accelerator, Path(output_dir), state)
+                _save_checkpoint(accelerator, Path(output_dir), state, model, optimizer, scheduler)
     model.eval()
-    model.config.training = _training_record(train_dataset, eval_dataset, settings, accelerator, model, history)
+    model.config.training = _training_record(
+        train_dataset, eval_dataset, settings, history, initial_weights, previous=model.config.training
+    )
     return history
 
 
@@ -250,17 +267,20 @@ def _training_record(
     train_dataset: datasets.Dataset,
     eval_dataset: datasets.Dataset | None,
     settings: dict[str, Any],
-    accelerator: Accelerator,
-    model: nn.Module,
     history: TrainingHistory,
+    initial_weights: str,
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """How the weights were made, for `config.training`: the data (name where known, split, rows, fingerprint), the
-    settings, the precision and process count, and the last epoch's loss and evaluation."""
+    """How the weights were made, for `config.training`: the data, the settings (precision and process count
+    included), the last epoch's loss and evaluation, the weights it started from (the record of an earlier
+    training of them, if any, under `previous`)."""
 
     def data(dataset: datasets.Dataset) -> dict[str, Any]:
         return {
-            "name_or_path": dataset_name(dataset),  # the CLI adds the name or path it loaded the rows from
+            "name_or_path": dataset_name(dataset),  # the CLI knows the name or path it loaded the rows from
             "split": dataset_split(dataset, None),
+            "revision": None,
+            "config_name": None,
             "rows": len(dataset),
             "fingerprint": dataset_fingerprint(dataset),
         }
@@ -272,30 +292,46 @@ def _training_record(
         **{key: value for key, value in settings.items() if key != "rows"},
         "trained_rows": settings["rows"],  # the labelled ones
         "optimizer": "SGD, Nesterov momentum 0.9, cosine schedule",
-        "mixed_precision": accelerator.mixed_precision,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "processes": accelerator.num_processes,
         "final": history.final,
+        "initial_weights": {"sha256": initial_weights, "source": None},  # the CLI says which preset or timm model
+        "previous": previous,
     }
 
 
-def _save_checkpoint(accelerator: Accelerator, output_dir: Path, state: dict[str, Any]) -> None:
+def _seed(seed: object) -> int:
+    """`seed` as a plain int (a NumPy integer too: the record goes to config.json), refused unless a whole number
+    >= 0."""
+    try:
+        seed = operator.index(seed)
+    except TypeError:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}.") from None
+    check_number("seed", seed, minimum=0, integer=True)
+    return seed
+
+
+def _save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: Path,
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> None:
     """Save the training state after an epoch so that a crash at any moment leaves a checkpoint to resume from.
 
-    Each epoch's state goes to a directory of its own (`checkpoint-N`); the state file, replaced atomically once every
-    process has written its part, names it, and only then are older checkpoints removed. The state file is the
-    commit point: a rerun resumes from the checkpoint it names, which is always complete."""
+    Each epoch's state goes to a directory of its own (`checkpoint-N`); then the state file, replaced atomically,
+    names it, and only then are older checkpoints removed. The state file is the commit point: a rerun resumes from
+    the checkpoint it names, which is always complete."""
     name = f"checkpoint-{state['epoch']}"
-    accelerator.save_state(str(output_dir / name))
-    accelerator.wait_for_everyone()  # every process's part (its random states) is on disk
-    if accelerator.is_main_process:
+    if accelerator.is_main_process:  # every process holds the same state
+        save_checkpoint(output_dir / name, model, optimizer, scheduler, accelerator.scaler)
         partial = output_dir / f"{STATE_FILE}.partial"
         partial.write_text(json.dumps({**state, "checkpoint": name}))
         os.replace(partial, output_dir / STATE_FILE)
-        for old in output_dir.glob("checkpoint*"):
-            if old.is_dir() and old.name != name:
+        for old in output_dir.iterdir():  # ours only: `checkpoint-N` (and `checkpoint`, an earlier release's)
+            if old.is_dir() and old.name != name and re.fullmatch(r"checkpoint(-\d+)?", old.name):
                 shutil.rmtree(old)
-    accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # no process starts the next epoch (or returns) before the state is committed
 
 
 def _refuse_fp16_mixed_precision_of_a_float16_model(mixed_precision: str | None, model: nn.Module) -> None:
@@ -345,7 +381,7 @@ class _Steps:
             loss = nn.functional.cross_entropy(logits, labels.to(logits.device), reduction="sum")
             self.accelerator.backward(loss * self.accelerator.num_processes / global_size)
             self.optimizer.step()
-            if not self.accelerator.optimizer_step_was_skipped:  # fp16's loss scaler skips steps with inf gradients
+            if not self.optimizer.step_was_skipped:  # fp16's loss scaler skips steps with inf gradients
                 self.scheduler.step()
             self.optimizer.zero_grad()
             total += loss.detach().double().cpu()

@@ -185,7 +185,11 @@ def test_a_command_shows_its_own_bars_and_not_the_libraries(tmp_path, saved):
         )
         for flags, env in runs
     ]  # fmt: skip
-    default, quiet, switched_off, verbose = (process.communicate(timeout=600)[1] for process in processes)
+    try:
+        default, quiet, switched_off, verbose = (process.communicate(timeout=600)[1] for process in processes)
+    finally:  # a timeout leaves no process running
+        for process in processes:
+            process.kill()
     assert [process.returncode for process in processes] == [0, 0, 0, 0], default + quiet + switched_off + verbose
     assert "evaluation" in default and "Loading weights" not in default
     assert "evaluation" not in quiet

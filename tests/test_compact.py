@@ -47,7 +47,9 @@ def _data(count: int = 8):
 
 @pytest.fixture(scope="module")
 def compact():
-    return decompose(_parent(), _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
+    parent = _parent()
+    parent.config.training = {"epochs": 1}  # a trained parent's record, which its compact modules must not carry
+    return decompose(parent, _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
 
 
 def _masked_equivalent(model, selection: ChannelSelection) -> ModularResNetForImageClassification:
@@ -130,7 +132,7 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
     parent = _parent()
     for module in compact.values():
         details = module.config.provenance.details
-        assert module.config.is_pruned and module.config.mask_shapes is None
+        assert module.config.is_pruned and module.config.mask_shapes is None and module.config.training is None
         assert count_parameters(module) < count_parameters(parent)
         assert details["macs_fraction"] < 1 and details["shared_steps"] == 4  # all but the last block (the default)
     composed = ComposedModel.from_modules(list(compact.values())).eval()

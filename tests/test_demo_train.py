@@ -51,9 +51,28 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
     resumed = train(again, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
     assert resumed.epochs == first.epochs  # both epochs come from the saved state
     assert all(torch.equal(value, again.state_dict()[name]) for name, value in model.state_dict().items())
+    assert again.config.training["final"] == first.final and again.config.training["previous"] is None
     # Other settings would not continue the saved cosine schedule: refused, naming what changed.
     with pytest.raises(ValueError, match=r"epochs=2 \(now 3\).*same settings"):
         train(again, small, epochs=3, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    # A checkpoint in Accelerate's format (an earlier release's: it loads pickles) is refused, saying what to do.
+    state = json.loads((tmp_path / STATE_FILE).read_text())
+    del state["checkpoint"]
+    (tmp_path / STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="earlier hf_modular.*new output directory"):
+        train(again, small, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+
+
+def test_each_epoch_has_its_own_order():
+    """Drawn from (seed, epoch) together: seed 1's first epoch is not seed 0's second."""
+    from accelerate import PartialState
+
+    from hf_modular.train import epoch_batches
+
+    state = PartialState(cpu=True)
+    orders = {(seed, epoch): epoch_batches(100, 100, seed, epoch, state)[0] for seed in (0, 1) for epoch in (0, 1)}
+    assert len({tuple(order) for order in orders.values()}) == 4
+    assert orders[(0, 1)] == epoch_batches(100, 100, 0, 1, state)[0]  # and the same again
 
 
 def test_train_rejects_labels_the_model_does_not_know():
@@ -96,8 +115,10 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
     card = (tmp_path / "parent" / "README.md").read_text()
     assert "## Training" in card and "`./data`, split `train`: 120 labelled of 120 images" in card
     assert f"top-1 {100 * training['final']['top1']:.2f}%" in card
+    assert training["initial_weights"]["source"] == "modular_resnet20, random weights (seed 0)"
+    assert "modular_resnet20, random weights (seed 0)" in card
     assert main(["info", str(tmp_path / "parent")]) == 0
-    assert "1 epochs on ./data (train, 120 images), seed 0, float32" in capsys.readouterr().out
+    assert "1 epoch on ./data (split train, 120 images), seed 0, float32" in capsys.readouterr().out
     # The same --seed gives the same run, from the new model's initial weights on.
     assert main([*arguments, "--no-flip", "--output", str(tmp_path / "again")]) == 0
     again = ModularResNetForImageClassification.from_pretrained(tmp_path / "again").state_dict()

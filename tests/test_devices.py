@@ -115,25 +115,32 @@ def test_compact_modules_of_a_float16_parent_recover_in_float32_and_stay_float16
 
 def test_fp16_mixed_precision_refuses_a_float16_model_before_training():
     """Refused before an Accelerator exists: this process's precision (fixed once per process) is not touched."""
+    from accelerate.state import AcceleratorState
+
     model = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).half()
     before = {name: value.clone() for name, value in model.state_dict().items()}
+    state_before = dict(AcceleratorState._shared_state)  # Accelerate's process-wide state (empty until one exists)
     with pytest.raises(ValueError, match="weights are already float16"):
         train(model, _data(2, seed=0), epochs=1, mixed_precision="fp16", progress=False)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert dict(AcceleratorState._shared_state) == state_before
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16's loss scaler runs on GPUs only")
 def test_the_schedule_advances_only_with_the_steps_fp16_takes(tmp_path):
-    """The loss scaler starts at 2**16 and halves at each step it skips (inf gradients); a skipped step must not
-    advance the cosine schedule. A subprocess: Accelerate fixes the precision once per process."""
+    """The loss scaler halves its scale at each step it skips (inf gradients); a skipped step must not advance the
+    cosine schedule. It starts at 2**30 here, so the first steps overflow for sure. A subprocess: Accelerate fixes
+    the precision once per process."""
     code = f"""
-        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import GradScalerKwargs
         from hf_modular import ModularResNetForImageClassification
         from hf_modular.train import train
         from tests.test_devices import LABELS, _data, tiny_config
         model = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(LABELS)))).cuda()
-        train(model, _data(20, seed=0), epochs=2, batch_size=6, mixed_precision="fp16", progress=False,
+        accelerator = Accelerator(mixed_precision="fp16", kwargs_handlers=[GradScalerKwargs(init_scale=2.0**30)])
+        train(model, _data(20, seed=0), epochs=2, batch_size=6, accelerator=accelerator, progress=False,
               output_dir={str(tmp_path)!r})
     """
     root = Path(__file__).parents[1]
@@ -143,9 +150,9 @@ def test_the_schedule_advances_only_with_the_steps_fp16_takes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     checkpoint = tmp_path / "checkpoint-2"
     scale = torch.load(checkpoint / "scaler.pt", weights_only=True)["scale"]
-    skipped = round(math.log2(2.0**16 / scale))  # 20 steps: too few for the scaler to grow back (every 2000)
+    skipped = round(math.log2(2.0**30 / scale))  # 20 steps: too few for the scaler to grow back (every 2000)
     schedule = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)  # the scheduler's state
-    assert schedule["last_epoch"] == 20 - skipped
+    assert skipped > 0 and schedule["last_epoch"] == 20 - skipped
 
 
 def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():
@@ -171,8 +178,8 @@ def test_cli_runs_models_under_mixed_precision_and_records_it(tmp_path):
     code = f"from hf_modular.cli import main\nfor argv in {commands!r}:\n    assert main(['-q', *argv]) == 0\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    evaluated = done.stdout[done.stdout.index("\n{") + 1 :] if not done.stdout.startswith("{") else done.stdout
-    assert json.loads(evaluated)["count"] == 12  # the last command's JSON, after what the others printed
+    evaluated = done.stdout[done.stdout.rfind("\n{") + 1 :]  # the last command's JSON, after what the others printed
+    assert json.loads(evaluated)["count"] == 12
     module = ModularResNetForImageClassification.from_pretrained(tmp_path / "modules" / "dark-module")
     compute = module.config.provenance.compute
     assert (compute["mixed_precision"], compute["dtype"]) == ("bf16", "float32")

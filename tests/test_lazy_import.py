@@ -26,10 +26,14 @@ def run_pythons(codes: list[str]) -> list[str]:
         for code in codes
     ]
     outputs = []
-    for code, process in zip(codes, processes, strict=True):
-        stdout, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, f"{code}\n{stderr}"
-        outputs.append(stdout)
+    try:
+        for code, process in zip(codes, processes, strict=True):
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, f"{code}\n{stderr}"
+            outputs.append(stdout)
+    finally:  # a failure or a timeout leaves no interpreter running
+        for process in processes:
+            process.kill()
     return outputs
 
 

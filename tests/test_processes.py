@@ -27,13 +27,14 @@ def runs(tmp_path_factory) -> Path:
     return output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the case of a machine without a GPU")
 def test_launched_processes_share_the_work_without_being_told_cpu(runs):
     """The script does not pass `cpu=True` where there is no GPU. Accelerate would then count 1 process in each, and
     each would do the whole job alone, writing `n1-*`: only the main one of 2 processes writes, as `n2-*`."""
-    assert sorted(path.name for path in runs.iterdir()) == [
-        f"n{count}-{part}" for count in (1, 2) for part in ("activation.safetensors", "channel.safetensors",
-                                                            "measured.json")
-    ]  # fmt: skip
+    parts = ("activation.safetensors", "channel.safetensors", "checkpoints", "measured.json")
+    assert sorted(path.name for path in runs.iterdir()) == [f"n{count}-{part}" for count in (1, 2) for part in parts]
+    two = json.loads((runs / "n2-measured.json").read_text())
+    assert two["state_processes"] == 2 and two["training"]["record"]["processes"] == 2
 
 
 def test_same_masks_and_heads_on_one_and_two_processes(runs):
@@ -78,3 +79,11 @@ def test_evaluation_fitting_and_training_are_the_same_on_one_and_two_processes(r
         assert (epoch_once["top1"], epoch_once["top5"]) == (epoch_twice["top1"], epoch_twice["top5"])
     for name, weights in trained_once["weights"].items():
         assert weights == pytest.approx(trained_twice["weights"][name], rel=1e-4, abs=1e-5), name
+    # Checkpoints: the last epoch's, named by the state file, and a rerun (with the same Accelerator, which prepared
+    # the first model too) restores exactly the trained weights.
+    for count in (1, 2):
+        checkpoints = runs / f"n{count}-checkpoints"
+        assert sorted(path.name for path in checkpoints.iterdir()) == ["checkpoint-2", "training_state.json"]
+        files = sorted(path.name for path in (checkpoints / "checkpoint-2").iterdir())
+        assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]  # no pickle to load
+    assert trained_once["resumed_weights_equal"] and trained_twice["resumed_weights_equal"]

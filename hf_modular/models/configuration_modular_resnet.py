@@ -151,10 +151,11 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
             [`~hf_modular.module.ModuleProvenance`]; read it typed through `config.provenance`. `None` on a plain
             classifier. Sections saved by older releases are upgraded on load; a malformed one is refused.
         training (`dict`, *optional*):
-            How `hf_modular.train.train` made the weights: the data (name or path, split, rows, fingerprint), the
-            settings (epochs, batch size, learning rate, weight decay, flips, seed), precision, dtype, process count
-            and the last epoch's loss and evaluation. `None` for weights made elsewhere, and on class modules (their
-            `module` section names the parent by its weights).
+            How `hf_modular.train.train` made the weights: the data (name or path, split, revision, rows,
+            fingerprint), the settings (epochs, batch size, learning rate, weight decay, flips, seed), precision,
+            dtype, process count, the last epoch's loss and evaluation, and the weights it started from (with the
+            record of their own training, if any, under `previous`). `None` for weights made elsewhere, and on class
+            modules (their `module` section names the parent by its weights).
         out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
             For [`ModularResNetBackbone`] (`AutoBackbone`), as in transformers' `ResNetConfig`: which of `stage_names`
             (`"stem"`, `"stage1"`, ... one per entry of `layers`) it returns. Default: the last stage.
@@ -208,6 +209,10 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
+        if self.training is not None and not isinstance(self.training, dict):
+            raise ValueError(
+                f"config field `training` must be a record (a JSON object) or null, not {self.training!r}."
+            )
         if self.module is not None:  # validated and upgraded to the current schema, so every reader sees one layout
             self.module = ModuleProvenance.from_dict(self.module).to_dict()
         super().__post_init__(**kwargs)

@@ -1,0 +1,71 @@
+"""Training checkpoints: what `train()` needs to continue a run after an epoch, in safetensors and JSON only, so
+resuming loads no pickle (Accelerate's `save_state` writes the optimizer and random states as pickles, and saves
+every model its Accelerator ever prepared, which breaks when the caller's Accelerator trained another one before).
+
+A checkpoint directory holds `model.safetensors` (the model's tensors), `optimizer.safetensors` (the optimizer's
+per-parameter tensors, SGD's momentum buffers, named `<parameter index>.<name>`) and `state.json` (the optimizer's
+other per-parameter values and its parameter groups, the scheduler's state, and fp16's loss scaler where there is
+one). Nothing random needs saving: `train()` draws each epoch's order and each row's augmentation from the seed, the
+epoch and the row. Every process holds the same state, so the main process writes it; every process reads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
+
+
+def save_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Write the training state into `directory` (created); call it on the main process only."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(directory / MODEL_FILE))
+    optimizer_state = optimizer.state_dict()
+    tensors, values = {}, {}
+    for index, state in optimizer_state["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.contiguous()
+            else:  # e.g. a momentum buffer that is still None
+                values[f"{index}.{name}"] = value
+    save_file(tensors, str(directory / OPTIMIZER_FILE))
+    state = {
+        "optimizer": {"param_groups": optimizer_state["param_groups"], "values": values},
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+    (directory / STATE_FILE).write_text(json.dumps(state))
+
+
+def load_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+) -> None:
+    """Restore what `save_checkpoint` wrote into the same kind of model, optimizer, scheduler and scaler."""
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
+    state = json.loads((directory / STATE_FILE).read_text())
+    per_parameter: dict[int, dict[str, Any]] = {}
+    tensors = load_file(str(directory / OPTIMIZER_FILE), device=str(device))
+    for key, value in [*tensors.items(), *state["optimizer"]["values"].items()]:
+        index, name = key.split(".", 1)
+        per_parameter.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_parameter, "param_groups": state["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
