@@ -109,12 +109,15 @@ def _training_digest(training: dict[str, Any]) -> str:
     data, final = training.get("dataset") or {}, training.get("final") or {}
     split = f"split {data['split']}, " if data.get("split") else ""
     epochs = training.get("epochs")
-    scores = f", top-1 {100 * final['top1']:.2f}%" if "top1" in final else ""
-    loss = f": loss {final['loss']:.4f}{scores}" if "loss" in final else ""
+    held_out = training.get("eval_dataset") or {}
+    on = f" on {held_out['split']}" if held_out.get("split") else ""
+    scores = f", top-1 {100 * final['top1']:.2f}%{on}" if "top1" in final else ""
+    loss = f": training loss {final['loss']:.4f}{scores}" if "loss" in final else ""
+    precision = training.get("mixed_precision")
     return (
         f"{epochs} epoch{'s' if epochs != 1 else ''} on {data.get('name_or_path') or 'unnamed data'} "
-        f"({split}{training.get('trained_rows')} images), seed {training.get('seed')}, {training.get('dtype')}, "
-        f"mixed precision {training.get('mixed_precision')}{loss}"
+        f"({split}{training.get('trained_rows')} images), seed {training.get('seed')}, {training.get('dtype')}"
+        f"{f', mixed precision {precision}' if precision not in (None, 'no') else ''}{loss}"
     )
 
 
@@ -464,11 +467,19 @@ def _train(args: argparse.Namespace) -> None:
         model.save_pretrained(staging)
         parent_card(model).save(Path(staging) / "README.md")
     if args.push_to:
-        _print_pushes({"model": push_directory(output, args.push_to, model=model)})
+        try:
+            _print_pushes({"model": push_directory(output, args.push_to, model=model)})
+        except Exception as error:  # the model is saved: say so, and how to push it without training again
+            raise RuntimeError(
+                f"{message(error)} The trained model is saved in {output}: push it with "
+                f"`hf-modular push-parent {output} {args.push_to}`."
+            ) from error
     final = history.final
     scores = f", top-1 {100 * final['top1']:.2f}% top-5 {100 * final['top5']:.2f}%" if "top1" in final else ""
     name = args.from_timm or args.preset
-    print(f"Saved {name} to {args.output} after {final.get('epoch')} epochs (loss {final.get('loss'):.4f}{scores})")
+    epochs = final.get("epoch")
+    summary = f"mean training loss {final.get('loss'):.4f}{scores}"
+    print(f"Saved {name} to {args.output} after {epochs} epoch{'s' if epochs != 1 else ''} ({summary})")
 
 
 def _default(function: Any, parameter: str) -> Any:
@@ -483,8 +494,8 @@ def _add_compute_options(command: argparse.ArgumentParser) -> None:
         "--mixed-precision",
         choices=MIXED_PRECISION,
         default="no",
-        help="Accelerate's autocast (recorded in each module's provenance): bf16 is several times faster on GPUs and "
-        "on CPUs with AMX",
+        help="Accelerate's autocast (recorded in the provenance of what the command writes): bf16 is several times "
+        "faster on GPUs and on CPUs with AMX",
     )
 
 
@@ -527,13 +538,22 @@ def _train_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--from-timm", default=None, metavar="NAME", help="start from a timm ResNet (e.g. resnet18)")
     command.add_argument("--pretrained", action="store_true", help="with --from-timm: load timm's pretrained weights")
     command.add_argument("--push-to", default=None, metavar="REPO_ID", help="push the trained model to the Hub")
-    command.add_argument("--split", default="train")
+    command.add_argument("--split", default="train", help="the split to train on")
     command.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
-    command.add_argument("--epochs", type=COUNT, default=_default(train, "epochs"))
-    command.add_argument("--batch-size", type=COUNT, default=_default(train, "batch_size"))
-    command.add_argument("--learning-rate", type=cli_number(above=0), default=_default(train, "learning_rate"))
+    command.add_argument("--epochs", type=COUNT, default=_default(train, "epochs"), help="passes over the data")
+    command.add_argument(
+        "--batch-size", type=COUNT, default=_default(train, "batch_size"), help="rows per step (over all processes)"
+    )
+    command.add_argument(
+        "--learning-rate", type=cli_number(above=0), default=_default(train, "learning_rate"), help="at the start"
+    )
     command.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
-    command.add_argument("--seed", type=int, default=_default(train, "seed"))
+    command.add_argument(
+        "--seed",
+        type=cli_number(minimum=0, integer=True),
+        default=_default(train, "seed"),
+        help="of the initial weights, the epoch orders and the augmentation",
+    )
     command.add_argument(
         "--output", required=True, metavar="DIR", help="the trained model; checkpoints in DIR/training"
     )

@@ -43,7 +43,7 @@ from .data import (
 )
 from .distributed import DistributedState, batch_norm_over_processes, sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
-from .models import ModularResNetForImageClassification, image_mode, image_processor_for
+from .models import ARCHITECTURE_FIELDS, ModularResNetForImageClassification, image_mode, image_processor_for
 from .module.metrics import weights_sha256
 from .validation import check_number
 from .version import __version__
@@ -218,6 +218,8 @@ def train(
         "mixed_precision": accelerator.mixed_precision,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "processes": accelerator.num_processes,
+        "data": dataset_fingerprint(train_dataset),  # not in the record: its dataset section has it
+        "architecture": {name: getattr(model.config, name) for name in ARCHITECTURE_FIELDS},  # nor this: config has
     }
     if output_dir is not None and (Path(output_dir) / STATE_FILE).is_file():
         saved = json.loads((Path(output_dir) / STATE_FILE).read_text())
@@ -235,7 +237,9 @@ def train(
             )
         load_checkpoint(Path(output_dir) / saved["checkpoint"], model, optimizer, scheduler, accelerator.scaler)
         history.epochs, start_epoch = saved["history"], saved["epoch"]
-        logger.info("Resuming from epoch %d of %d", start_epoch, epochs)
+        # A warning, not an info line: from the API, a new model given this output_dir silently becoming the saved
+        # run's would surprise.
+        logger.warning("Resuming the run saved in %s after epoch %d of %d", output_dir, start_epoch, epochs)
 
     steps = _Steps(prepared_model, model, optimizer, scheduler, accelerator, rows, collate, batch_size, num_workers)
     with batch_norm_over_processes(model, accelerator):
@@ -252,7 +256,8 @@ def train(
             scores = (
                 f"  top-1 {100 * record['top1']:.2f}%  top-5 {100 * record['top5']:.2f}%" if "top1" in record else ""
             )
-            logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
+            if accelerator.is_main_process:
+                logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
             if output_dir is not None:
                 state = {"epoch": epoch + 1, "history": history.epochs, "settings": settings}
                 _save_checkpoint(accelerator, Path(output_dir), state, model, optimizer, scheduler)
@@ -289,7 +294,7 @@ def _training_record(
         "hf_modular_version": __version__,
         "dataset": data(train_dataset),
         "eval_dataset": data(eval_dataset) if eval_dataset is not None else None,
-        **{key: value for key, value in settings.items() if key != "rows"},
+        **{key: value for key, value in settings.items() if key not in ("rows", "data", "architecture")},
         "trained_rows": settings["rows"],  # the labelled ones
         "optimizer": "SGD, Nesterov momentum 0.9, cosine schedule",
         "final": history.final,

@@ -55,6 +55,16 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
     # Other settings would not continue the saved cosine schedule: refused, naming what changed.
     with pytest.raises(ValueError, match=r"epochs=2 \(now 3\).*same settings"):
         train(again, small, epochs=3, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    other_rows = splits["train"].select(range(200, 400))  # as many rows, other images
+    with pytest.raises(ValueError, match=r"other settings: data="):
+        train(again, other_rows, epochs=2, batch_size=50, horizontal_flip=False, output_dir=tmp_path, progress=False)
+    wider = digits_parent_config()
+    wider.widths = [16, 32, 96]
+    with pytest.raises(ValueError, match=r"other settings: architecture=.*'widths': \[16, 32, 64\]"):
+        train(
+            ModularResNetForImageClassification(wider), small, epochs=2, batch_size=50, horizontal_flip=False,
+            output_dir=tmp_path, progress=False,
+        )  # fmt: skip
     # A checkpoint in Accelerate's format (an earlier release's: it loads pickles) is refused, saying what to do.
     state = json.loads((tmp_path / STATE_FILE).read_text())
     del state["checkpoint"]
@@ -89,7 +99,7 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
     splits["test"].select(range(40)).to_parquet(str(tmp_path / "data" / "test.parquet"))
     arguments = ["-q", "train", "--dataset", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "40"]
     assert main([*arguments, "--no-flip", "--output", str(tmp_path / "parent")]) == 0
-    assert "after 1 epochs" in capsys.readouterr().out
+    assert "after 1 epoch (mean training loss" in capsys.readouterr().out
     model = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
     assert model.config.id2label == dict(enumerate(str(d) for d in range(10)))
     assert (tmp_path / "parent" / "training" / STATE_FILE).is_file()
