@@ -31,13 +31,14 @@ def save_checkpoint(
 ) -> None:
     """Write the training state into `directory` (created); call it on the main process only."""
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()}, str(directory / MODEL_FILE))
+    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(weights, str(directory / MODEL_FILE))
     optimizer_state = optimizer.state_dict()
     tensors, values = {}, {}
     for index, state in optimizer_state["state"].items():
         for name, value in state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.contiguous()
+                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
             else:  # e.g. a momentum buffer that is still None
                 values[f"{index}.{name}"] = value
     save_file(tensors, str(directory / OPTIMIZER_FILE))
