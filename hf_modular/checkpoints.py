@@ -12,6 +12,7 @@ epoch and the row. Every process holds the same state, so the main process write
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,51 +23,47 @@ from torch import nn
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
 
 
-def save_checkpoint(
-    directory: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-) -> None:
-    """Write the training state into `directory` (created); call it on the main process only."""
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(weights, str(directory / MODEL_FILE))
-    optimizer_state = optimizer.state_dict()
-    tensors, values = {}, {}
-    for index, state in optimizer_state["state"].items():
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
-            else:  # e.g. a momentum buffer that is still None
-                values[f"{index}.{name}"] = value
-    save_file(tensors, str(directory / OPTIMIZER_FILE))
-    state = {
-        "optimizer": {"param_groups": optimizer_state["param_groups"], "values": values},
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    (directory / STATE_FILE).write_text(json.dumps(state))
+@dataclass
+class TrainingState:
+    """What a training run changes as it goes, and so what a checkpoint holds."""
 
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16's loss scaler, where there is one
 
-def load_checkpoint(
-    directory: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler | None,
-) -> None:
-    """Restore what `save_checkpoint` wrote into the same kind of model, optimizer, scheduler and scaler."""
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
-    state = json.loads((directory / STATE_FILE).read_text())
-    per_parameter: dict[int, dict[str, Any]] = {}
-    tensors = load_file(str(directory / OPTIMIZER_FILE), device=str(device))
-    for key, value in [*tensors.items(), *state["optimizer"]["values"].items()]:
-        index, name = key.split(".", 1)
-        per_parameter.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": per_parameter, "param_groups": state["optimizer"]["param_groups"]})
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
+    def save(self, directory: Path) -> None:
+        """Write the state into `directory` (created); call it on the main process only."""
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.model.state_dict().items()}
+        save_file(weights, str(directory / MODEL_FILE))
+        optimizer_state = self.optimizer.state_dict()
+        tensors, values = {}, {}
+        for index, state in optimizer_state["state"].items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{index}.{name}"] = value.detach().cpu().contiguous()
+                else:  # e.g. a momentum buffer that is still None
+                    values[f"{index}.{name}"] = value
+        save_file(tensors, str(directory / OPTIMIZER_FILE))
+        state = {
+            "optimizer": {"param_groups": optimizer_state["param_groups"], "values": values},
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        (directory / STATE_FILE).write_text(json.dumps(state))
+
+    def load(self, directory: Path) -> None:
+        """Restore what `save` wrote (from the same kind of model, optimizer, scheduler and scaler)."""
+        device = next(self.model.parameters()).device
+        self.model.load_state_dict(load_file(str(directory / MODEL_FILE), device=str(device)))
+        state = json.loads((directory / STATE_FILE).read_text())
+        per_parameter: dict[int, dict[str, Any]] = {}
+        tensors = load_file(str(directory / OPTIMIZER_FILE), device=str(device))
+        for key, value in [*tensors.items(), *state["optimizer"]["values"].items()]:
+            index, name = key.split(".", 1)
+            per_parameter.setdefault(int(index), {})[name] = value
+        self.optimizer.load_state_dict({"state": per_parameter, "param_groups": state["optimizer"]["param_groups"]})
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])

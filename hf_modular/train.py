@@ -29,7 +29,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from torchvision.transforms import v2
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import TrainingState
 from .console import progress_bar
 from .data import (
     dataset_fingerprint,
@@ -203,6 +203,7 @@ def train(
     # Every step is one global batch of `batch_size` rows shared by the processes (the loader is ours, not prepared:
     # Accelerate's would give each process batches of its own), so N processes take the steps one process takes.
     prepared_model, optimizer = accelerator.prepare(model, optimizer)
+    training_state = TrainingState(model, optimizer, scheduler, accelerator.scaler)
 
     history, start_epoch = TrainingHistory(), 0
     # What a resumed run must share with the saved one: its schedule and its steps depend on all of it, and the
@@ -235,7 +236,7 @@ def train(
                 f"{output_dir} holds a checkpoint in the format of an earlier hf_modular (Accelerate's, which loads "
                 "pickles). Train into a new output directory (or `hf-modular train --overwrite`)."
             )
-        load_checkpoint(Path(output_dir) / saved["checkpoint"], model, optimizer, scheduler, accelerator.scaler)
+        training_state.load(Path(output_dir) / saved["checkpoint"])
         history.epochs, start_epoch = saved["history"], saved["epoch"]
         # A warning, not an info line: from the API, a new model given this output_dir silently becoming the saved
         # run's would surprise.
@@ -260,7 +261,7 @@ def train(
                 logger.info("epoch %d/%d  loss %.4f%s", epoch + 1, epochs, record["loss"], scores)
             if output_dir is not None:
                 state = {"epoch": epoch + 1, "history": history.epochs, "settings": settings}
-                _save_checkpoint(accelerator, Path(output_dir), state, model, optimizer, scheduler)
+                _save_checkpoint(accelerator, Path(output_dir), state, training_state)
     model.eval()
     model.config.training = _training_record(
         train_dataset, eval_dataset, settings, history, initial_weights, previous=model.config.training
@@ -315,12 +316,7 @@ def _seed(seed: object) -> int:
 
 
 def _save_checkpoint(
-    accelerator: Accelerator,
-    output_dir: Path,
-    state: dict[str, Any],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    accelerator: Accelerator, output_dir: Path, state: dict[str, Any], training_state: TrainingState
 ) -> None:
     """Save the training state after an epoch so that a crash at any moment leaves a checkpoint to resume from.
 
@@ -329,7 +325,7 @@ def _save_checkpoint(
     the checkpoint it names, which is always complete."""
     name = f"checkpoint-{state['epoch']}"
     if accelerator.is_main_process:  # every process holds the same state
-        save_checkpoint(output_dir / name, model, optimizer, scheduler, accelerator.scaler)
+        training_state.save(output_dir / name)
         partial = output_dir / f"{STATE_FILE}.partial"
         partial.write_text(json.dumps({**state, "checkpoint": name}))
         os.replace(partial, output_dir / STATE_FILE)
