@@ -33,7 +33,6 @@ SMALL = {
     "samples_per_class=256, distill_steps=300": "samples_per_class=20, distill_steps=5, distill_images=200",
     "--split test\n": "--split test --limit 200\n",
     "--cpu --output modules ": "--cpu --samples-per-class 10 --output modules ",
-    "--cpu --output modules-torchrun": "--cpu --samples-per-class 10 --output modules-torchrun",
     "--eval-split test --samples-per-class 1000": "--eval-split test --eval-limit 200 --samples-per-class 20",
     "--samples-per-class 256 ": "--samples-per-class 20 --distill-steps 5 --distill-images 200 ",
     "--output hub-parent-modules \\": "--output hub-parent-modules --samples-per-class 20 \\",
