@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from . import console
 from .compose import ComposedConfig, ComposedModel
-from .data import dataset_name, find_columns, hub_dataset_commit, label_names, load_image_dataset
+from .data import dataset_name, find_columns, label_names, load_image_dataset, pinned_revision
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
@@ -416,8 +416,7 @@ def _train(args: argparse.Namespace) -> None:
             shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
         accelerator.wait_for_everyone()
     revision, config_name = args.dataset_revision, args.dataset_config
-    if not Path(args.dataset).exists():  # a Hub dataset: one pinned commit for both splits, and for the record
-        revision = hub_dataset_commit(args.dataset, revision) or revision
+    revision = pinned_revision(args.dataset, revision)  # one commit of a Hub dataset for both splits and the record
     train_split = load_image_dataset(args.dataset, split=args.split, revision=revision, config_name=config_name)
     eval_split = (
         load_image_dataset(args.dataset, split=args.eval_split, revision=revision, config_name=config_name)

@@ -73,6 +73,14 @@ def hub_dataset_commit(name: str, revision: str | None) -> str | None:
         return None
 
 
+def pinned_revision(name_or_path: Any, revision: str | None) -> str | None:
+    """For a Hub dataset, the commit `revision` (default: the main branch) stands for now, so that every read of it
+    and the record of it see one commit; for anything else, `revision` as given."""
+    if isinstance(name_or_path, (str, os.PathLike)) and not Path(name_or_path).exists():
+        return hub_dataset_commit(str(name_or_path), revision) or revision
+    return revision
+
+
 def _load(
     name_or_path: str | os.PathLike, split: str, revision: str | None, config_name: str | None, **load_kwargs: Any
 ) -> datasets.Dataset:

@@ -75,11 +75,10 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
 
 def test_each_epoch_has_its_own_order():
     """Drawn from (seed, epoch) together: seed 1's first epoch is not seed 0's second."""
-    from accelerate import PartialState
-
+    from hf_modular.distributed import distributed_state
     from hf_modular.train import epoch_batches
 
-    state = PartialState(cpu=True)
+    state = distributed_state()  # this process's (one process here)
     orders = {(seed, epoch): epoch_batches(100, 100, seed, epoch, state)[0] for seed in (0, 1) for epoch in (0, 1)}
     assert len({tuple(order) for order in orders.values()}) == 4
     assert orders[(0, 1)] == epoch_batches(100, 100, 0, 1, state)[0]  # and the same again

@@ -27,7 +27,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
 from ..console import library_bars_off
-from ..data import dataset_fingerprint, dataset_name, dataset_split, hub_dataset_commit, load_image_dataset
+from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset, pinned_revision
 from ..distributed import device_and_dtype, distributed_state
 from ..evaluation import evaluate_composition
 from ..hub import module_card
@@ -105,9 +105,7 @@ def _write_decomposition(
 ) -> dict[str, Any]:
     """`decompose_to_directory`'s work, once `output` is held by this run."""
     started = time.perf_counter()
-    if isinstance(dataset, str) and not Path(dataset).exists():  # a Hub dataset: one commit for every read of it
-        revision = options.get("dataset_revision")
-        options["dataset_revision"] = hub_dataset_commit(dataset, revision) or revision
+    options["dataset_revision"] = pinned_revision(dataset, options.get("dataset_revision"))
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
         # The training data's revision and configuration hold for its other splits: one pinned commit for both.

@@ -20,10 +20,10 @@ from ..data import (
     dataset_split,
     dataset_to_model_labels,
     find_columns,
-    hub_dataset_commit,
     label_ids,
     label_names,
     load_image_dataset,
+    pinned_revision,
 )
 from ..distributed import device_and_dtype, distributed_state, mixed_precision_of
 from ..emissions import measure_compute
@@ -102,9 +102,7 @@ def decompose(
     # and the statistics pass's share of it.
     with measure_compute() as compute:
         dataset_source = dataset if isinstance(dataset, (str, os.PathLike)) else None
-        if dataset_source is not None and not Path(dataset_source).exists():
-            # A Hub dataset: its branch or tag is pinned to the commit it points at now, which is read and recorded.
-            dataset_revision = hub_dataset_commit(str(dataset_source), dataset_revision) or dataset_revision
+        dataset_revision = pinned_revision(dataset_source, dataset_revision)  # read and recorded
         dataset = load_image_dataset(dataset, split=split, revision=dataset_revision, config_name=dataset_config)
         image_column, label_column = find_columns(dataset, image_column, label_column)
         model_labels = model.config.id2label
