@@ -329,8 +329,8 @@ def _save_checkpoint(
         partial = output_dir / f"{STATE_FILE}.partial"
         partial.write_text(json.dumps({**state, "checkpoint": name}))
         os.replace(partial, output_dir / STATE_FILE)
-        for old in output_dir.iterdir():  # ours only: `checkpoint-N` (and `checkpoint`, an earlier release's)
-            if old.is_dir() and old.name != name and re.fullmatch(r"checkpoint(-\d+)?", old.name):
+        for old in output_dir.iterdir():  # ours only: no other directory there is touched
+            if old.is_dir() and old.name != name and re.fullmatch(r"checkpoint-\d+", old.name):
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()  # no process starts the next epoch (or returns) before the state is committed
 
