@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Collection, Iterator
@@ -18,6 +22,8 @@ REPLACEABLE = ("config.json", "decomposition.json", "summary.json")  # a model o
 
 STAGING_SUFFIXES = (".partial", ".old")  # atomic_directory's temporary names, left behind only by a killed process
 
+logger = logging.getLogger(__name__)
+
 
 @contextmanager
 def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = None) -> Iterator[Path]:
@@ -25,13 +31,16 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
 
     If the block raises, the temporary directory is removed and `path` is untouched. Files of an existing `path`
     that the block did not write (a model card, say) are carried over by hard link (only those named in `keep`,
-    when it is given: `keep=()` replaces the directory as a whole), then the old directory is renamed aside and the
-    new one renamed into place, so readers see either the old set of files or the new one.
+    when it is given: `keep=()` replaces the directory as a whole), then the two directories are exchanged in one
+    step, so readers see either the old set of files or the new one, and a process killed at any moment leaves one
+    of them at `path`. (Where the OS cannot exchange directories, the old one is renamed aside first; the next write
+    to `path` puts it back if a kill came between the two renames.)
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another output path.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _restore_interrupted_swap(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is as readable as any directory
     try:
@@ -43,14 +52,40 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
             for entry in path.iterdir():
                 if not (staging / entry.name).exists() and (keep is None or entry.name in keep):
                     _link_or_copy(entry, staging / entry.name)
-            retired = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(path, retired)
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
+            if not _exchange(staging, path):  # the old files are now at `staging`, removed below
+                retired = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+                os.replace(path, retired)
+                os.replace(staging, path)
+                shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two directories in one atomic step (Linux's renameat2 with RENAME_EXCHANGE); False where the OS, libc
+    or filesystem cannot, and the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)  # glibc 2.28+, musl 1.2.2+
+    if renameat2 is None:
+        return False
+    at_cwd = -100  # AT_FDCWD: relative paths resolve as os.replace's do
+    return renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE) == 0
+
+
+def _restore_interrupted_swap(path: Path) -> None:
+    """Put back the directory a killed two-rename swap left aside (`.NAME.xxxxxxxx.old`, with nothing at `path`)."""
+    if path.exists():
+        return
+    retired = sorted(path.parent.glob(f".{path.name}.*.old"), key=lambda entry: entry.stat().st_mtime)
+    if retired and retired[-1].is_dir():
+        os.replace(retired[-1], path)
+        logger.warning("Restored %s from %s, left aside by an interrupted save.", path, retired[-1].name)
 
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
@@ -99,11 +134,15 @@ def _user_entries(directory: Path) -> list[Path]:
 @contextmanager
 def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Hold `path` (created if needed) for one writer: a second run that wants it meanwhile fails at once, and a
-    killed run's lock dies with its process. Staging debris of killed runs is removed once the lock is held."""
+    killed run's lock dies with its process. Once the lock is held, what killed runs left is tidied: a directory
+    left aside by an interrupted swap is put back, other staging debris removed."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     lock = _hold(path, "output directory")
     try:
+        for entry in list(path.iterdir()):
+            if retired := re.fullmatch(r"\.(.+)\.[0-9a-f]{8}\.old", entry.name):
+                _restore_interrupted_swap(path / retired.group(1))
         for entry in path.iterdir():
             if entry.name.startswith(".") and entry.name.endswith(STAGING_SUFFIXES):
                 if entry.is_dir():

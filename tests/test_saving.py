@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import pytest
 
-from hf_modular.saving import atomic_directory
+from hf_modular.saving import LOCK_NAME, _exchange, atomic_directory, locked_directory
 
 
 def test_new_directory_appears_whole_with_normal_permissions(tmp_path):
@@ -47,3 +49,39 @@ def test_failure_leaves_the_old_directory_untouched(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a directory"), atomic_directory(tmp_path / "file"):
         pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_directories_are_exchanged_in_one_step_on_linux(tmp_path):
+    # The swap that makes a save all-or-nothing even under kill -9: no moment where `model` does not exist.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("old")
+    (tmp_path / "staging").mkdir()
+    (tmp_path / "staging" / "config.json").write_text("new")
+    assert _exchange(tmp_path / "staging", tmp_path / "model")
+    assert (tmp_path / "model" / "config.json").read_text() == "new"
+    assert (tmp_path / "staging" / "config.json").read_text() == "old"
+    assert not _exchange(tmp_path / "staging", tmp_path / "missing")  # a failure is reported, not raised
+
+
+def test_a_save_killed_between_two_renames_is_put_back(tmp_path, caplog):
+    # Where directories cannot be exchanged, a kill between the renames leaves the old files aside and nothing at
+    # `model`: the next write to it puts them back, and so does the next decompose into the parent directory.
+    retired = tmp_path / ".model.0123abcd.old"
+    retired.mkdir()
+    (retired / "config.json").write_text("old")
+    (retired / "README.md").write_text("card")
+    with caplog.at_level(logging.WARNING, logger="hf_modular"), atomic_directory(tmp_path / "model") as staging:
+        (staging / "config.json").write_text("new")
+    assert (tmp_path / "model" / "config.json").read_text() == "new"
+    assert (tmp_path / "model" / "README.md").read_text() == "card"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert "interrupted save" in caplog.text
+
+    modules = tmp_path / "modules"
+    (modules / ".cat.89abcdef.old").mkdir(parents=True)
+    (modules / ".cat.89abcdef.old" / "config.json").write_text("cat")
+    (modules / ".dog.1a2b3c4d.partial").mkdir()
+    with locked_directory(modules):
+        assert (modules / "cat" / "config.json").read_text() == "cat"
+    assert sorted(p.name for p in modules.iterdir()) == [LOCK_NAME, "cat"]
