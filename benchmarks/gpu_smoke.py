@@ -1,6 +1,6 @@
 """One pass through every entry point on a GPU (or on the CPU with `--device cpu`), on the shared CIFAR-10.
 
-    python benchmarks/gpu_smoke.py [--device cuda] [--dtype float32|bfloat16|float16] [--quick]
+    python benchmarks/gpu_smoke.py [--device cuda] [--dtype float32|bfloat16|float16] [--quick] [--shared DIR]
 
 import the shared ResNet-20 -> decompose it with both strategies -> compose the modules -> fit the composition's
 heads -> evaluate parent and composition -> train a fresh ResNet-20 for one epoch. Prints one row per step: its wall
@@ -38,9 +38,10 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=10_000, help="evaluation images")
     parser.add_argument("--train-images", type=int, default=50_000, help="images of the training epoch")
     parser.add_argument("--quick", action="store_true", help="a few hundred images per step (checks the code path)")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder (data/, models/)")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        raise SystemExit(f"This benchmark needs the shared data at {SHARED}.")
+    if not args.shared.is_dir():
+        raise SystemExit(f"This benchmark needs the shared data at {args.shared} (see --shared).")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("No CUDA device here; run with --device cpu to check the code path on the CPU.")
     if args.quick:
@@ -53,7 +54,7 @@ def main() -> None:
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)  # Accelerate's state uses the current device
     state = distributed_state(cpu=on_cpu)
-    data = SHARED / "data" / "cifar10-jpeg"
+    data = args.shared / "data" / "cifar10-jpeg"
     train_data = load_image_dataset(data / "train.parquet", split="train")
     test_data = load_image_dataset(data / "test.parquet", split="test")
     test_data = test_data.select(range(min(args.test_images, len(test_data))))
@@ -70,7 +71,7 @@ def main() -> None:
         print(f"{name:<28} {rows[-1][1]:8.1f} s  {summary}", flush=True)
         return result
 
-    checkpoint = SHARED / "models" / "akamaster-cifar-resnet" / "resnet20-12fca82f.th"
+    checkpoint = args.shared / "models" / "akamaster-cifar-resnet" / "resnet20-12fca82f.th"
     parent = step("import", lambda: (import_cifar_resnet(checkpoint).to(device=device, dtype=dtype), f"{dtype}"))
     parent_accuracy = step("evaluate parent", lambda: _top1(evaluate(parent, test_data, state=state, progress=False)))
     modules = {}
