@@ -242,3 +242,18 @@ def test_load_from_a_local_subfolder_with_dtype(tmp_path, modules_a, modules_b):
     composition_dir = tmp_path / "repo" / "compositions" / "dark-sun"
     module = ModularResNetForImageClassification.from_pretrained(composition_dir, subfolder="modules/dark-module")
     assert module.config.provenance.target_label == "dark"
+
+
+@pytest.mark.parametrize("rule", ["vote", "calibrated"])
+def test_half_precision_module_logits_are_scored_as_finely_as_float32(modules_a, rule):
+    # In float16 both own-class probabilities below round to 1.0: scored in float16 the two modules would tie and
+    # argmax would pick the first; the loss of such scores is NaN where a probability underflows to 0.
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"]])
+    if rule == "calibrated":
+        composed.config.calibration, composed.config.rule = {"dark": [1.0, 0.0], "bright": [1.0, 0.0]}, rule
+    logits = torch.tensor([[[9.0, 0.0], [12.0, 0.0]], [[0.0, 30.0], [-20.0, 0.0]]])
+    for dtype in (torch.float16, torch.bfloat16):
+        half = composed.scores(logits.to(dtype))
+        assert half.dtype == torch.float32 and torch.isfinite(half).all()
+        assert half.argmax(1).tolist() == composed.scores(logits).argmax(1).tolist() == [1, 1]
+    assert composed.scores(logits.double()).dtype == torch.float64

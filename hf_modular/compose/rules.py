@@ -1,6 +1,8 @@
 """How the modules' answers become one: the paper's vote, top-k, and calibrated own-class probabilities.
 
-Each rule works on (B, M, 2) module logits, own class first, as `ComposedModel.module_logits` returns them.
+Each rule works on (B, M, 2) module logits, own class first, as `ComposedModel.module_logits` returns them, and
+scores them in float32 at least: in float16 every own-class probability above 1 - 2.4e-4 rounds to 1.0, so confident
+modules would tie and argmax would pick the first of them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,18 @@ RULES = ("vote", "calibrated")
 
 def own_class_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
     """(B, M, 2) logits of M binary modules (own class first) -> (B, M) probability of each module's own class."""
-    return module_logits.softmax(dim=-1)[..., 0]
+    return _at_least_float32(module_logits).softmax(dim=-1)[..., 0]
+
+
+def own_class_log_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, 2) -> (B, M) log of each own-class probability, finite however confident a module is."""
+    return F.logsigmoid(module_margins(module_logits))  # = log softmax[..., 0] of the two logits
+
+
+def module_margins(module_logits: torch.Tensor) -> torch.Tensor:
+    """(B, M, 2) -> (B, M) own logit minus rest logit, in float32 at least."""
+    logits = _at_least_float32(module_logits)
+    return logits[..., 0] - logits[..., 1]
 
 
 def vote(module_logits: torch.Tensor) -> torch.Tensor:
@@ -57,5 +70,10 @@ def fit_platt(margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def calibrated_scores(module_logits: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
     """(B, M, 2) module logits and (M, 2) `[scale, bias]` -> (B, M) log of each calibrated own-class probability."""
-    scale, bias = calibration.to(module_logits).T
-    return F.logsigmoid(scale * (module_logits[..., 0] - module_logits[..., 1]) + bias)
+    margin = module_margins(module_logits)
+    scale, bias = calibration.to(margin).T
+    return F.logsigmoid(scale * margin + bias)
+
+
+def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
