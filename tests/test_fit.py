@@ -14,8 +14,11 @@ import torch
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.cli import main
+from hf_modular.compose.fitting import pooled_features
+from hf_modular.compose.members import composed_image_processor, prepare_input
 from hf_modular.decompose import decompose
 from hf_modular.evaluation import evaluate
+from hf_modular.models import image_mode
 from tests.hub_server import DEFAULT_USER, HubServer, hub_server_fixture  # noqa: F401
 from tests.test_decompose import image_dataset, tiny_config
 
@@ -195,3 +198,19 @@ def test_predict_takes_a_list_of_uint8_arrays(strangers):
     images = _data(ALL, 1, seed=5)["image"]
     arrays = [np.asarray(image) for image in images]
     assert composed.predict(arrays) == composed.predict(images)
+
+
+def test_fitting_sees_the_features_inference_computes_for_bfloat16_members(strangers):
+    # fit() must prepare a member's input as module_logits does (in float32, cast last): rounding the [0, 1] pixels
+    # to bfloat16 first shifts them by up to a grey level, and the heads would be fitted on features inference
+    # never produces.
+    members = [copy.deepcopy(module).to(torch.bfloat16) for module in strangers]
+    composed = ComposedModel.from_modules(members)
+    data = _data(ALL, 2, seed=5)
+    fitted_on = pooled_features(members, composed.config, data, batch_size=64, progress=False)
+    images = [image.convert(image_mode(composed.config.num_channels)) for image in data["image"]]
+    pixel_values = composed_image_processor(composed.config)(images, return_tensors="pt")["pixel_values"]
+    with torch.inference_mode():
+        for member, found in zip(members, fitted_on, strict=True):
+            features = member.forward_features(prepare_input(pixel_values, member))
+            assert torch.equal(found, member.forward_head(features, pre_logits=True).float())

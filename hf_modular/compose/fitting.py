@@ -32,7 +32,7 @@ from ..distributed import DistributedState, concat_over_processes, distributed_s
 from ..models import ModularResNetForImageClassification, image_mode
 from ..module import weights_sha256
 from .execution import Head
-from .members import composed_image_processor, prepare_input
+from .members import composed_image_processor, prepare_inputs
 
 
 def sample_for_fit(
@@ -111,9 +111,7 @@ def pooled_features(
     features: list[list[torch.Tensor]] = [[] for _ in members]
     progress = progress and state.is_main_process
     for pixel_values, _ in progress_bar(batches, total=-(-len(shard) // batch_size), disable=not progress, desc="fit"):
-        for member, found in zip(members, features, strict=True):
-            parameter = next(member.parameters())
-            prepared = prepare_input(pixel_values.to(parameter.device, parameter.dtype), member)
+        for member, prepared, found in zip(members, prepare_inputs(pixel_values, members), features, strict=True):
             pooled = member.forward_head(member.forward_features(prepared), pre_logits=True)
             # The regression is small and its result is stored as JSON: it runs on the CPU in float64, wherever the
             # members are; the fitted heads are then cached on each member's device and in its dtype.

@@ -37,6 +37,18 @@ def input_key(module: ModularResNetForImageClassification) -> tuple:
     return (config.num_channels, config.image_size, config.stem_type, *normalisation, *device_and_dtype(module))
 
 
+def prepare_inputs(
+    pixel_values: torch.Tensor, modules: Sequence[ModularResNetForImageClassification]
+) -> list[torch.Tensor]:
+    """[0, 1] images -> each module's input (`prepare_input`), computed once per distinct `input_key`."""
+    prepared: dict[tuple, torch.Tensor] = {}
+    for module in modules:
+        key = input_key(module)
+        if key not in prepared:
+            prepared[key] = prepare_input(pixel_values, module)
+    return [prepared[input_key(module)] for module in modules]
+
+
 def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClassification) -> torch.Tensor:
     """[0, 1] images -> the module's size and normalisation, on its device and in its dtype (prepared in float32 or
     wider, so a bfloat16 module is not given a bfloat16 resize)."""

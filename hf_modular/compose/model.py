@@ -58,9 +58,9 @@ from .members import (
     load_pinned,
     member_entry,
     member_label,
-    prepare_input,
+    prepare_inputs,
 )
-from .rules import RULES, calibrated_scores, fit_platt, own_class_probabilities
+from .rules import RULES, calibrated_scores, fit_platt, module_margins, own_class_log_probabilities
 
 MODULES_FOLDER = "modules"
 
@@ -227,14 +227,7 @@ class ComposedModel(PreTrainedModel):
         Modules of one parent share the parent's trunk, which then runs once per batch (`hf_modular.compose.execution`);
         `shared=False` runs every module alone, with the same result.
         """
-        prepared: dict[str, torch.Tensor] = {}
-        inputs = []
-        for module in self.members:
-            key = input_key(module)
-            if key not in prepared:
-                prepared[key] = prepare_input(pixel_values, module)
-            inputs.append(prepared[key])
-        return self._run_members(inputs, shared)
+        return self._run_members(prepare_inputs(pixel_values, list(self.members)), shared)
 
     @property
     def execution_plan(self) -> ExecutionPlan:
@@ -292,7 +285,7 @@ class ComposedModel(PreTrainedModel):
         """(B, M, 2) module logits -> (B, M) log-scores whose argmax follows the composition's `rule`: the log of each
         own-class probability (the paper's vote always picks their argmax), or of its calibrated probability."""
         if self.config.rule == "vote":
-            return own_class_probabilities(module_logits).clamp_min(1e-12).log()
+            return own_class_log_probabilities(module_logits)
         missing = [label for label in self.labels if label not in (self.config.calibration or {})]
         if missing:
             raise ValueError(
@@ -317,7 +310,7 @@ class ComposedModel(PreTrainedModel):
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
         )
         # (N, M); the fit is tiny, so it runs on the CPU in float32 whatever the modules' device and dtype.
-        margins = (module_logits[..., 0] - module_logits[..., 1]).float().cpu()
+        margins = module_margins(module_logits).float().cpu()
         targets = (labels[:, None] == torch.arange(len(self.labels))[None, :]).float()
         parameters = fit_platt(margins, targets)
         calibration = {
