@@ -26,7 +26,7 @@ from .compose import ComposedConfig, ComposedModel
 from .data import dataset_name, find_columns, label_names, load_image_dataset, pinned_revision
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
-from .distributed import MIXED_PRECISION, distributed_state, training_accelerator
+from .distributed import MIXED_PRECISION, distributed_state, on_main_process, training_accelerator
 from .evaluation import evaluate
 from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card, push_directory, push_modules
 from .hub.publish import without_url_queries
@@ -415,8 +415,9 @@ def _train(args: argparse.Namespace) -> None:
         if accelerator.is_main_process:
             shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
         accelerator.wait_for_everyone()
-    revision, config_name = args.dataset_revision, args.dataset_config
-    revision = pinned_revision(args.dataset, revision)  # one commit of a Hub dataset for both splits and the record
+    config_name = args.dataset_config
+    # One commit of a Hub dataset for both splits and the record, the same on every process.
+    revision = on_main_process(lambda: pinned_revision(args.dataset, args.dataset_revision), accelerator)
     train_split = load_image_dataset(args.dataset, split=args.split, revision=revision, config_name=config_name)
     eval_split = (
         load_image_dataset(args.dataset, split=args.eval_split, revision=revision, config_name=config_name)

@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed.nn.functional as differentiable
 from accelerate import Accelerator, PartialState
-from accelerate.utils import gather_object, reduce
+from accelerate.utils import broadcast_object_list, gather_object, reduce
 from torch import nn
 
 DistributedState = PartialState | Accelerator
 MIXED_PRECISION = ("no", "fp16", "bf16")
+T = TypeVar("T")
 
 
 def distributed_state(
@@ -123,6 +124,14 @@ def concat_over_processes(tensor: torch.Tensor, state: DistributedState) -> torc
     if state.num_processes == 1:
         return tensor
     return torch.cat(gather_object([tensor.cpu()]))
+
+
+def on_main_process(compute: Callable[[], T], state: DistributedState) -> T:
+    """`compute()`'s answer, asked on the main process only and sent to every process: one answer where each process
+    asking could get another (a Hub branch that moves between their calls)."""
+    if state.num_processes == 1:
+        return compute()
+    return broadcast_object_list([compute() if state.is_main_process else None])[0]
 
 
 def gather_in_order(value: Any, state: DistributedState) -> list[Any]:

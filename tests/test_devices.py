@@ -183,3 +183,7 @@ def test_cli_runs_models_under_mixed_precision_and_records_it(tmp_path):
     assert (compute["mixed_precision"], compute["dtype"]) == ("bf16", "float32")
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())
     assert report["evaluation"]["images"] == 12
+    # Autocast can move the statistics pass's signs: a rerun without it does not take these modules as its own.
+    parent = ModularResNetForImageClassification.from_pretrained(tmp_path / "parent")
+    with pytest.raises(FileExistsError, match="not built by this decomposition"):
+        decompose_to_directory(parent, tmp_path / "data", tmp_path / "modules", samples_per_class=4, progress=False)

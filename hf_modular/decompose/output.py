@@ -28,7 +28,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..console import library_bars_off
 from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset, pinned_revision
-from ..distributed import device_and_dtype, distributed_state
+from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..evaluation import evaluate_composition
 from ..hub import module_card
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
@@ -105,7 +105,8 @@ def _write_decomposition(
 ) -> dict[str, Any]:
     """`decompose_to_directory`'s work, once `output` is held by this run."""
     started = time.perf_counter()
-    options["dataset_revision"] = pinned_revision(dataset, options.get("dataset_revision"))
+    revision = options.get("dataset_revision")
+    options["dataset_revision"] = on_main_process(lambda: pinned_revision(dataset, revision), state)
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
         # The training data's revision and configuration hold for its other splits: one pinned commit for both.
@@ -127,7 +128,7 @@ def _write_decomposition(
         revision=options.get("dataset_revision"),
         config_name=options.get("dataset_config"),
     )
-    expected = _expected_provenance(model, training, options)
+    expected = _expected_provenance(model, training, options, state)
     done = [label for label in wanted if _is_complete(output, label, expected)]
     todo = [label for label in wanted if label not in done]
     foreign = _foreign_entries(output, {module_directory_name(label) for label in done})
@@ -309,10 +310,13 @@ def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
         and (info.method.strategy, info.method.parameters) == expected["method"]
         and (info.sampling.samples_per_class, info.sampling.negatives_ratio, info.sampling.seed) == expected["sampling"]
         and (info.dataset.fingerprint, info.dataset.split) == expected["dataset"]
+        and info.compute.get("mixed_precision", "no") == expected["mixed_precision"]
     )
 
 
-def _expected_provenance(model, dataset: datasets.Dataset, options: dict[str, Any]) -> dict[str, Any]:
+def _expected_provenance(
+    model, dataset: datasets.Dataset, options: dict[str, Any], state: PartialState
+) -> dict[str, Any]:
     """What `decompose` would record for these options, to recognise modules an earlier run already built."""
     name = options.get("strategy", "activation")
     strategy_fields = {f.name for f in dataclasses.fields(STRATEGIES[name])} if name in STRATEGIES else set()
@@ -328,6 +332,7 @@ def _expected_provenance(model, dataset: datasets.Dataset, options: dict[str, An
         "method": (method.name, method.parameters()),
         "sampling": sampling,
         "dataset": (dataset_fingerprint(dataset), split),
+        "mixed_precision": mixed_precision_of(state),  # autocast can change the statistics pass's signs
     }
 
 

@@ -25,7 +25,7 @@ from ..data import (
     load_image_dataset,
     pinned_revision,
 )
-from ..distributed import device_and_dtype, distributed_state, mixed_precision_of
+from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..emissions import measure_compute
 from ..models import ModularResNetForImageClassification
 from ..module import ModuleProvenance, weights_sha256
@@ -102,7 +102,9 @@ def decompose(
     # and the statistics pass's share of it.
     with measure_compute() as compute:
         dataset_source = dataset if isinstance(dataset, (str, os.PathLike)) else None
-        dataset_revision = pinned_revision(dataset_source, dataset_revision)  # read and recorded
+        given_revision = dataset_revision
+        # One commit, read and recorded by every process.
+        dataset_revision = on_main_process(lambda: pinned_revision(dataset_source, given_revision), state)
         dataset = load_image_dataset(dataset, split=split, revision=dataset_revision, config_name=dataset_config)
         image_column, label_column = find_columns(dataset, image_column, label_column)
         model_labels = model.config.id2label

@@ -7,8 +7,10 @@ per group with `any`, however many modules there are; a module's maps are the un
 Data-parallel with Accelerate: each process runs a contiguous shard of the rows (no padding, no duplicates), and
 the per-group maps are combined across processes once at the end. A union of booleans does not depend on how the
 rows were split, so the result is bit-identical on any number of processes on the CPU. (On GPUs, cuDNN picks its
-algorithms by batch shape, so a value within rounding of 0 may fall on either side; the pass runs in full float32,
-not TF32, to keep such values few.)
+algorithms by batch shape, so a value within rounding of 0 may fall on either side; the pass runs in the model's
+dtype without TF32 to keep such values few. Under an Accelerator's mixed precision it runs in autocast, which
+moves a few signs: the modules' provenance records the dtype and the mixed precision, and a resumed decomposition
+reuses only modules built under the same.)
 """
 
 from __future__ import annotations
