@@ -16,9 +16,11 @@ import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.decompose import decompose
 from hf_modular.decompose.heads import channel_head
+from hf_modular.decompose.sampling import plan_samples
 from hf_modular.decompose.strategies.channel import ChannelSelection, ChannelStrategy, prune
-from hf_modular.decompose.strategies.channel.importance import log_odds
+from hf_modular.decompose.strategies.channel.importance import collect_channel_scores, log_odds
 from hf_modular.decompose.strategies.channel.recovery import distillation_data
+from hf_modular.distributed import distributed_state
 from hf_modular.hub import module_card
 from hf_modular.models import image_processor_for
 from hf_modular.module import count_parameters
@@ -295,3 +297,36 @@ def test_cli_decomposes_into_compact_modules_and_resumes(tmp_path, capsys):
     assert main(command) == 0  # same parent, data and options: nothing is rebuilt
     report = json.loads((tmp_path / "modules" / "decomposition.json").read_text())
     assert all(row["resumed"] for row in report["modules"].values())
+
+
+@pytest.mark.parametrize("importance", ["taylor", "activation"])
+def test_channel_scores_are_each_modules_mean_over_its_own_rows(importance):
+    # Reference: one row at a time, plain autograd, each module's score the mean over the rows it uses.
+    parent, data = _parent(), _data(4)
+    labels = torch.tensor(data["label"])
+    plan = plan_samples(labels, [0, 2], 3, samples_per_class=3, negatives_ratio=1.0, seed=0)
+    sites = list(parent.sites("relu"))[:2]
+    scores = collect_channel_scores(
+        parent, data, plan, sites, importance=importance, image_column="image", label_column="label",
+        batch_size=5, state=distributed_state(), progress=False,
+    )  # fmt: skip
+    processor = image_processor_for(parent.config)
+    captured = {}
+    for name in sites:
+        parent.sites("relu")[name].register_forward_hook(lambda m, i, out, name=name: captured.__setitem__(name, out))
+    expected = {name: torch.zeros(2, scores[name].shape[1], dtype=torch.float64) for name in sites}
+    usage = plan.own | plan.negative
+    for position, row in enumerate(plan.rows.tolist()):
+        pixel_values = processor(data[row]["image"], return_tensors="pt")["pixel_values"]
+        for m, class_index in enumerate(plan.classes):
+            if not usage[position, m]:
+                continue
+            logits = parent(pixel_values.requires_grad_(True)).logits
+            activations = [captured[name] for name in sites]
+            gradients = torch.autograd.grad(log_odds(logits)[0, class_index], activations)
+            for name, activation, gradient in zip(sites, activations, gradients, strict=True):
+                value = activation.mean((2, 3)) if importance == "activation" else (activation * gradient).sum((2, 3))
+                expected[name][m] += (value if importance == "activation" else value.square())[0].detach().double()
+    for name in sites:
+        expected[name] /= usage.sum(0)[:, None]
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-4, atol=1e-9)

@@ -43,8 +43,10 @@ def collect_channel_scores(
 ) -> dict[str, torch.Tensor]:
     """Per site, (M, C) float64 channel scores for the plan's M modules (mean over each module's inputs).
 
-    Each process scores a contiguous shard of the rows; per-row scores are gathered in row order and summed the same
-    way on every process, so the result does not depend on the number of processes.
+    Each process scores a contiguous shard of the rows and keeps a row's (C,) scores only for the modules that use
+    the row (a few of the M: storing (rows, M, C) would take gigabytes for a hundred classes). The kept scores are
+    gathered in row order and summed in that order on every process, so the result does not depend on the number
+    of processes.
     """
     device = state.device
     model = model.to(device).eval()
@@ -58,7 +60,8 @@ def collect_channel_scores(
         )
         for name in sites
     ]
-    per_row: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+    kept: dict[str, list[torch.Tensor]] = {name: [] for name in sites}  # per site: (P, C) per batch
+    kept_modules: list[torch.Tensor] = []  # (P,) per batch: the module each kept row of scores belongs to
     batches = planned_batches(
         model,
         dataset,
@@ -74,19 +77,27 @@ def collect_channel_scores(
     try:
         for start, pixel_values in batches:
             rows = usage[start : start + len(pixel_values)]  # (B, M)
+            pairs = rows.nonzero()  # (P, 2): (row, module) pairs of the batch, in row order
+            kept_modules.append(pairs[:, 1].cpu())
             for name, value in _batch_scores(model, to_model(pixel_values, model), rows, classes, captured, importance):
-                per_row[name].append(value.cpu())
+                kept[name].append(value[pairs[:, 0], pairs[:, 1]].cpu())
     finally:
         for handle in handles:
             handle.remove()
     counts = usage.sum(0).cpu().double().clamp_min(1)  # (M,)
+    modules = _gathered(kept_modules, state)
     scores = {}
     for name in sites:
-        local = torch.cat(per_row[name]) if per_row[name] else None  # None: this process had no rows
-        parts = gather_in_order(local, state)
-        rows = torch.cat([part for part in parts if part is not None])  # (U, M, C), in row order
-        scores[name] = rows.double().sum(0) / counts[:, None]
+        values = _gathered(kept[name], state).double()  # (P over all rows, C)
+        total = torch.zeros(len(plan.classes), values.shape[1], dtype=torch.float64)
+        scores[name] = total.index_add_(0, modules, values) / counts[:, None]  # on the CPU: added in row order
     return scores
+
+
+def _gathered(parts: list[torch.Tensor], state: DistributedState) -> torch.Tensor:
+    """This process's batches, concatenated, then all processes' in rank order (= row order)."""
+    local = torch.cat(parts) if parts else None  # None: this process had no rows
+    return torch.cat([part for part in gather_in_order(local, state) if part is not None])
 
 
 def _batch_scores(
@@ -109,15 +120,22 @@ def _batch_scores(
                 yield name, per_channel[:, None, :] * rows[:, :, None]
             return
         odds = log_odds(logits)
-        results = [torch.zeros(len(pixel_values), rows.shape[1], a.shape[1], device=a.device) for a in activations]
+        results = [
+            torch.zeros(len(pixel_values), rows.shape[1], a.shape[1], device=a.device, dtype=_at_least_float32(a))
+            for a in activations
+        ]
         used = rows.any(0).nonzero().flatten().tolist()
         for position, m in enumerate(used):
             target = (odds[:, classes[m]] * rows[:, m]).sum()
             gradients = torch.autograd.grad(target, activations, retain_graph=position < len(used) - 1)
             for result, activation, gradient in zip(results, activations, gradients, strict=True):
                 # At least float32: a half-precision square underflows to 0 and ties channels that differ.
-                precision = torch.promote_types(activation.dtype, torch.float32)
+                precision = _at_least_float32(activation)
                 taylor = (activation.detach().to(precision) * gradient.to(precision)).sum(dim=(2, 3)).square()  # (B, C)
                 result[:, m] = taylor * rows[:, m, None]
         yield from zip(names, results, strict=True)
         captured.clear()
+
+
+def _at_least_float32(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
