@@ -370,11 +370,12 @@ class _Steps:
             batch_sampler=[[(epoch, index) for index in share] for share in shares],
             collate_fn=self.collate,
             num_workers=self.num_workers,
+            pin_memory=self.accelerator.device.type == "cuda",  # so that `to_model`'s copy does not block
         )
         global_sizes = [
             min(self.batch_size, len(self.rows) - start) for start in range(0, len(self.rows), self.batch_size)
         ]
-        total = torch.zeros(1, dtype=torch.float64)
+        losses = []  # kept on the device: reading one per step would make the CPU wait for the GPU every step
         batches = progress_bar(loader, desc=description, disable=not progress)
         for (pixel_values, labels), global_size in zip(batches, global_sizes, strict=True):
             logits = self.prepared_model(to_model(pixel_values, self.model)).logits
@@ -385,5 +386,6 @@ class _Steps:
             if not self.optimizer.step_was_skipped:  # fp16's loss scaler skips steps with inf gradients
                 self.scheduler.step()
             self.optimizer.zero_grad()
-            total += loss.detach().double().cpu()
-        return sum_over_processes(total, self.accelerator).item() / len(self.rows)
+            losses.append(loss.detach())
+        total = math.fsum(torch.stack(losses).double().cpu().tolist()) if losses else 0.0
+        return sum_over_processes(torch.tensor([total], dtype=torch.float64), self.accelerator).item() / len(self.rows)
