@@ -3,12 +3,14 @@
 The paper (after Strubell et al.) estimates energy as kWh = 1.58 * t * P / 1000, with t in hours, P the average power
 of CPU and DRAM in watts and 1.58 the data-centre PUE, and CO2e = 0.954 * kWh in pounds; records here are in kg.
 Without a power meter, P is an assumption: `HF_MODULAR_WATTS` (default 65 W) for a fully busy machine, scaled by the
-measured CPU utilisation. Every record says which way it was made.
+measured CPU utilisation. Every record says which way it was made, and the formula's record says when a GPU did
+work that it does not count (a GPU-bound run keeps the CPU mostly idle, so its estimate is far too low).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +76,17 @@ def measure_compute(use_codecarbon: bool = True) -> Iterator[ComputeRecord]:
             record.energy_kwh, record.co2e_kg = kwh, co2e
             record.method = "the paper's formula with an assumed power"
             record.details["average_watts"] = watts
+            if gpu := _cuda_device_in_use():
+                record.method += " (CPU and DRAM only: the GPU's draw is not counted)"
+                record.details["hardware"] = gpu
+
+
+def _cuda_device_in_use() -> str | None:
+    """The name of the GPU this process has used, if any (torch is not imported for the question)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda.get_device_name()
 
 
 def _codecarbon_tracker():

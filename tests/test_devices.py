@@ -20,6 +20,7 @@ import hf_modular
 from hf_modular import ComposedModel, ModularResNetForImageClassification
 from hf_modular.decompose import decompose_to_directory
 from hf_modular.distributed import full_float32
+from hf_modular.emissions import measure_compute
 from hf_modular.evaluation import evaluate, evaluate_composition
 from hf_modular.train import train
 from tests.test_decompose import image_dataset, tiny_config
@@ -151,6 +152,16 @@ def test_the_schedule_advances_only_with_the_steps_fp16_takes(tmp_path):
     saved = json.loads((tmp_path / "checkpoint-2" / "state.json").read_text())  # the scaler's and schedule's state
     skipped = round(math.log2(2.0**30 / saved["scaler"]["scale"]))  # 20 steps: too few to grow back (every 2000)
     assert skipped > 0 and saved["scheduler"]["last_epoch"] == 20 - skipped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_an_energy_estimate_after_gpu_work_says_the_gpu_is_not_counted():
+    # Without codecarbon the estimate is the CPU's: a GPU-bound run would look nearly free.
+    with measure_compute(use_codecarbon=False) as record:
+        torch.ones(4, device="cuda").sum().item()
+    assert "the GPU's draw is not counted" in record.method
+    assert record.details["hardware"] == torch.cuda.get_device_name()
 
 
 def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():
