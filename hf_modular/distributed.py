@@ -115,7 +115,7 @@ def split_rows(state: DistributedState, count: int) -> contextlib.AbstractContex
 def sum_over_processes(tensor: torch.Tensor, state: DistributedState) -> torch.Tensor:
     """The element-wise sum of `tensor` over all processes, on the CPU (exact for counts)."""
     if state.num_processes == 1:
-        return tensor
+        return tensor.cpu()
     return reduce(tensor.to(state.device), reduction="sum").cpu()
 
 

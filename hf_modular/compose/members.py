@@ -108,7 +108,7 @@ def check_unique(labels: list[str]) -> None:
 
 
 def check_compatible(modules: Sequence[ModularResNetForImageClassification]) -> None:
-    """Modules must read the same images (every member went through `_load_member`, which admits modules only)."""
+    """Modules must read the same images (every member went through `load_member`, which admits modules only)."""
     channels = {module.config.num_channels for module in modules}
     if len(channels) > 1:
         raise ValueError(

@@ -80,8 +80,9 @@ def decompose(
             modules.
 
     Returns:
-        `{label: module}` in the model's class order; each module is a `ModularResNetForImageClassification` with
-        two outputs (`label`, `"rest"`) whose `config.module` records its provenance.
+        `{label: module}` in the order of `classes` (default: the model's class order); each module is a
+        `ModularResNetForImageClassification` with two outputs (`label`, `"rest"`) whose `config.module` records
+        its provenance.
     """
     check_number("samples_per_class", samples_per_class, minimum=1, integer=True)
     check_number("negatives_ratio", negatives_ratio, minimum=0)
