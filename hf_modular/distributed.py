@@ -11,6 +11,7 @@ GPU) never meets a float32 CPU batch.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from torch import nn
 DistributedState = PartialState | Accelerator
 MIXED_PRECISION = ("no", "fp16", "bf16")
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 
 def distributed_state(
@@ -98,6 +101,21 @@ def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     """Where `model`'s weights live and their floating dtype."""
     parameter = next(model.parameters())
     return parameter.device, parameter.dtype
+
+
+def warn_if_off_the_process_device(model: nn.Module, state: DistributedState, what: str) -> None:
+    """Inputs follow the model, so on several processes a model left off each process's device (all of them on the
+    CPU, or all on cuda:0) gives the right numbers without the parallelism: say so, once."""
+    device = device_and_dtype(model)[0]
+    if state.num_processes > 1 and device != state.device and state.is_main_process:
+        logger.warning(
+            "%s runs on %d processes, but the model is on %s, not on each process's device (here %s): every process "
+            "computes there. Move it first: model.to(PartialState().device).",
+            what,
+            state.num_processes,
+            device,
+            state.device,
+        )
 
 
 def to_model(pixel_values: torch.Tensor, model: nn.Module) -> torch.Tensor:

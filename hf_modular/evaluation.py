@@ -22,6 +22,7 @@ from .distributed import (
     split_rows,
     sum_over_processes,
     to_model,
+    warn_if_off_the_process_device,
 )
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .module import own_vs_rest_quality
@@ -69,6 +70,7 @@ def evaluate(
     num_labels = model.config.num_labels
     tallies = torch.zeros(3, num_labels, dtype=torch.long)  # top-1 hits, top-5 hits, images; per class
     model.eval()
+    warn_if_off_the_process_device(model, state, "evaluate")
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)
     batches = iterate_batches(
@@ -145,6 +147,7 @@ def evaluate_composition(
     members = [module.eval() for module in modules.values()]
     shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()
+    warn_if_off_the_process_device(parent, state, "evaluate_composition")
     tallies = torch.zeros(5, dtype=torch.long)  # parent top-1, top-5, composed top-1, top-5, count
     binary_hits = torch.zeros(len(modules), dtype=torch.long)
     per_class = torch.zeros(len(modules), 3, dtype=torch.long)  # parent hits, composed hits, count

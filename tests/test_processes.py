@@ -87,3 +87,10 @@ def test_evaluation_fitting_and_training_are_the_same_on_one_and_two_processes(r
         files = sorted(path.name for path in (checkpoints / "checkpoint-2").iterdir())
         assert files == ["model.safetensors", "optimizer.safetensors", "state.json"]  # no pickle to load
     assert trained_once["resumed_weights_equal"] and trained_twice["resumed_weights_equal"]
+
+
+def test_a_model_off_the_processes_devices_is_named_on_several_processes_only(runs):
+    one, two = (json.loads((runs / f"n{count}-measured.json").read_text()) for count in (1, 2))
+    assert one["off_device_warnings"] == []
+    [warning] = two["off_device_warnings"]  # what the main process logged
+    assert "evaluate runs on 2 processes, but the model is on meta" in warning and "model.to(" in warning

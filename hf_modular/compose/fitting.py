@@ -28,7 +28,13 @@ from ..data import (
     label_ids,
     label_names,
 )
-from ..distributed import DistributedState, concat_over_processes, distributed_state, split_rows
+from ..distributed import (
+    DistributedState,
+    concat_over_processes,
+    distributed_state,
+    split_rows,
+    warn_if_off_the_process_device,
+)
 from ..models import ModularResNetForImageClassification, image_mode
 from ..module import weights_sha256
 from .execution import Head
@@ -96,6 +102,7 @@ def pooled_features(
     """Each member's pooled features (N, F_m) on `dataset`'s images, each member seeing its own preprocessing; the
     rows are shared between the processes of `state` and every process gets all of them, in order."""
     state = distributed_state(state)
+    warn_if_off_the_process_device(members[0], state, "fit")
     image_column, label_column = find_columns(dataset)
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)

@@ -6,6 +6,7 @@ process write what came out to OUT/n{num_processes}-*: every activation module's
 
 import dataclasses
 import json
+import logging
 import sys
 
 import torch
@@ -14,7 +15,7 @@ from tiny_setup import tiny_model_and_data
 
 from hf_modular import ComposedModel
 from hf_modular.decompose import decompose
-from hf_modular.distributed import distributed_state, training_accelerator
+from hf_modular.distributed import distributed_state, training_accelerator, warn_if_off_the_process_device
 from hf_modular.evaluation import evaluate, evaluate_composition
 from hf_modular.train import train
 
@@ -84,6 +85,13 @@ measured["training"] = {
     "record": model.config.training,
 }
 measured["state_processes"] = state_processes
+# A model left off the processes' devices gives right numbers without the parallelism: the user hears of it.
+warnings_seen: list[str] = []
+handler = logging.Handler()
+handler.emit = lambda record: warnings_seen.append(record.getMessage())
+logging.getLogger("hf_modular").addHandler(handler)
+warn_if_off_the_process_device(torch.nn.Linear(1, 1, device="meta"), accelerator, "evaluate")
+measured["off_device_warnings"] = warnings_seen
 if accelerator.is_main_process:
     with open(f"{prefix}-measured.json", "w") as file:
         json.dump(measured, file)
