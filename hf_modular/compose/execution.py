@@ -230,13 +230,12 @@ def _count(node: _Node) -> int:
 def plan_key(modules: Sequence[nn.Module]) -> tuple:
     """Changes whenever a module or any of its tensors is replaced or modified in place (a cached plan is stale).
     (Inference tensors keep no version counter; they can only be changed inside `torch.inference_mode`.)"""
-    return tuple(
-        (
-            id(module),
-            *((id(t), -1 if t.is_inference() else t._version) for t in (*module.parameters(), *module.buffers())),
-        )
-        for module in modules
-    )
+    return tuple((id(module), *tensor_versions(module)) for module in modules)
+
+
+def tensor_versions(module: nn.Module) -> tuple:
+    """Each of `module`'s tensors and its version counter: changes when a tensor is replaced or modified in place."""
+    return tuple((id(t), -1 if t.is_inference() else t._version) for t in (*module.parameters(), *module.buffers()))
 
 
 def cached(factory: Callable[[], ExecutionPlan], key: tuple, cache: dict) -> ExecutionPlan:

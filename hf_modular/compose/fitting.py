@@ -37,7 +37,7 @@ from ..distributed import (
 )
 from ..models import ModularResNetForImageClassification, image_mode
 from ..module import weights_sha256
-from .execution import Head
+from .execution import Head, tensor_versions
 from .members import composed_image_processor, prepare_inputs
 
 
@@ -223,7 +223,7 @@ def _fitted_head(fitted: dict[str, Any], like: torch.Tensor) -> Head:
 def member_fingerprint(member: ModularResNetForImageClassification) -> str:
     """The member's weights sha256 in float32 (a member moved to another dtype or device is the same member),
     computed once per set of tensor versions (it is checked on every answer)."""
-    key = tuple((id(t), -1 if t.is_inference() else t._version) for t in (*member.parameters(), *member.buffers()))
+    key = tensor_versions(member)
     cached = getattr(member, "_hf_modular_fingerprint", None)
     if cached is None or cached[0] != key:
         cached = (key, weights_sha256(member, dtype=torch.float32))

@@ -21,7 +21,7 @@ from ..distributed import device_and_dtype, distributed_state
 from ..models import ModularResNetForImageClassification
 from ..module import jaccard_index, masked_fraction
 from .build import build_module, label_module
-from .sampling import SamplePlan
+from .sampling import SamplePlan, even_share
 from .statistics import collect_activity
 from .strategies import STRATEGIES, strategy_of
 
@@ -128,7 +128,7 @@ def _relearn(
     }
     negatives = {}
     for position, j in enumerate(others):
-        quota = min(wanted // len(others) + (1 if position < wanted % len(others) else 0), len(shuffled[j]))
+        quota = min(even_share(wanted, len(others), position), len(shuffled[j]))
         rows = shuffled[j][:quota]
         negatives[modules[j].config.provenance.target_label] = len(rows)
         if len(rows) == 0:

@@ -52,6 +52,11 @@ class SamplePlan:
         return cls(rows, own, negative, list(classes), group, own[starts], negative[starts])
 
 
+def even_share(total: int, parts: int, index: int) -> int:
+    """Share `index` of `total` split into `parts` shares that differ by at most one, the larger ones first."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
 def plan_samples(
     labels: torch.Tensor,
     classes: list[int],
@@ -88,7 +93,7 @@ def plan_samples(
         # Spread evenly; the remainder goes to the classes that follow c, so no class is always favoured.
         order = [(c + 1 + i) % num_classes for i in range(others)]
         for i, k in enumerate(order):
-            take[k, m] = min(wanted // others + (1 if i < wanted % others else 0), len(by_class[k]))
+            take[k, m] = min(even_share(wanted, others, i), len(by_class[k]))
 
     rows, own_rows, negative_rows = [], [], []
     for k in range(num_classes):
