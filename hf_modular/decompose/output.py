@@ -103,49 +103,22 @@ def _write_decomposition(
     overwrite: bool,
     options: dict[str, Any],
 ) -> dict[str, Any]:
-    """`decompose_to_directory`'s work, once `output` is held by this run."""
+    """`decompose_to_directory`'s work, once `output` is held by this run: decide what to resume, build and save
+    the rest, describe every module, measure them when there is evaluation data, write the cards and the report."""
     started = time.perf_counter()
     revision = options.get("dataset_revision")
     options["dataset_revision"] = on_main_process(lambda: pinned_revision(dataset, revision), state)
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        # The training data's revision and configuration hold for its other splits: one pinned commit for both.
-        same = str(eval_dataset) == str(dataset)
-        revision, config_name = (
-            (options.get("dataset_revision"), options.get("dataset_config")) if same else (None, None)
-        )
-        try:
-            eval_dataset = load_image_dataset(
-                eval_dataset, split=eval_split, revision=revision, config_name=config_name
-            )
-        except ValueError as error:
-            raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
-        if eval_limit:
-            eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
+        eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, eval_limit, options)
     training = load_image_dataset(
         dataset,
         split=options.get("split", "train"),
         revision=options.get("dataset_revision"),
         config_name=options.get("dataset_config"),
     )
-    expected = _expected_provenance(model, training, options, state)
-    done = [label for label in wanted if _is_complete(output, label, expected)]
+    done, foreign = _resumable(output, wanted, _expected_provenance(model, training, options, state), overwrite)
     todo = [label for label in wanted if label not in done]
-    foreign = _foreign_entries(output, {module_directory_name(label) for label in done})
-    strangers = [name for name in foreign if not _is_module_directory(output / name)]
-    if strangers:  # --overwrite replaces modules, never the user's other files
-        raise FileExistsError(
-            f"{output} holds {', '.join(strangers[:5])}, which {'is' if len(strangers) == 1 else 'are'} not a class "
-            "module; nothing was written. Choose another --output for the modules."
-        )
-    if foreign and not overwrite:
-        raise FileExistsError(
-            f"{output} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, not built by this "
-            "decomposition (another parent, other parameters or other classes); nothing was written. Pass "
-            "--overwrite (overwrite=True) to replace them with this run's modules, or choose another --output."
-        )
-    if done:
-        logger.info("Resuming: %d module(s) already built with the same parameters: %s", len(done), ", ".join(done))
     earlier = _read_report(output) if not todo else None  # nothing rebuilt: the earlier measurements still hold
 
     timings: dict[str, float] = {}
@@ -172,8 +145,7 @@ def _write_decomposition(
     if eval_dataset is None and not state.is_main_process:
         return report
     # Every process reads the written modules (those of an earlier run too) and evaluates its share of the rows,
-    # on its own device as the passes did; the parent goes back where it was.
-    home, _ = device_and_dtype(model)
+    # on its own device as the passes did.
     with library_bars_off():
         modules = {
             label: ModularResNetForImageClassification.from_pretrained(output / module_directory_name(label)).to(
@@ -181,6 +153,79 @@ def _write_decomposition(
             )
             for label in wanted
         }
+    _describe_modules(report, modules, done, measured_now=eval_dataset is not None, earlier=earlier)
+    if eval_dataset is not None:
+        logger.info("Evaluating the parent and the %d module(s) on %d images", len(modules), len(eval_dataset))
+        evaluation_started = time.perf_counter()
+        where = {
+            "dataset": dataset_name(eval_dataset, eval_source) or "an in-memory datasets.Dataset",
+            "split": dataset_split(eval_dataset, eval_split) if eval_source is None else eval_split,
+        }
+        _measure_modules(report, model, modules, eval_dataset, where, state, progress)
+        timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
+    if not state.is_main_process:
+        return report
+    for label, module in modules.items():
+        write_card(module.config, output / module_directory_name(label))
+    timings["total_seconds"] = time.perf_counter() - started
+    _write_json_atomically(output / REPORT_NAME, report)
+    return report
+
+
+def _load_eval_data(
+    eval_dataset: str | os.PathLike | datasets.Dataset,
+    dataset: datasets.Dataset | str | os.PathLike,
+    eval_split: str,
+    eval_limit: int | None,
+    options: dict[str, Any],
+) -> datasets.Dataset:
+    """The evaluation rows: the training data's pinned revision and configuration hold for its other splits."""
+    same = str(eval_dataset) == str(dataset)
+    revision, config_name = (options.get("dataset_revision"), options.get("dataset_config")) if same else (None, None)
+    try:
+        eval_dataset = load_image_dataset(eval_dataset, split=eval_split, revision=revision, config_name=config_name)
+    except ValueError as error:
+        raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
+    if eval_limit:
+        eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
+    return eval_dataset
+
+
+def _resumable(
+    output: Path, wanted: list[str], expected: dict[str, Any], overwrite: bool
+) -> tuple[list[str], list[str]]:
+    """(the wanted modules `output` already holds from a run with these parameters, the entries of `output` this
+    run did not build), refusing what it must not replace: anything but a module, and other runs' modules unless
+    `overwrite`."""
+    done = [label for label in wanted if _is_complete(output, label, expected)]
+    foreign = _foreign_entries(output, {module_directory_name(label) for label in done})
+    strangers = [name for name in foreign if not _is_module_directory(output / name)]
+    if strangers:  # --overwrite replaces modules, never the user's other files
+        raise FileExistsError(
+            f"{output} holds {', '.join(strangers[:5])}, which {'is' if len(strangers) == 1 else 'are'} not a class "
+            "module; nothing was written. Choose another --output for the modules."
+        )
+    if foreign and not overwrite:
+        raise FileExistsError(
+            f"{output} already holds {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}, not built by this "
+            "decomposition (another parent, other parameters or other classes); nothing was written. Pass "
+            "--overwrite (overwrite=True) to replace them with this run's modules, or choose another --output."
+        )
+    if done:
+        logger.info("Resuming: %d module(s) already built with the same parameters: %s", len(done), ", ".join(done))
+    return done, foreign
+
+
+def _describe_modules(
+    report: dict[str, Any],
+    modules: dict[str, ModularResNetForImageClassification],
+    done: list[str],
+    *,
+    measured_now: bool,
+    earlier: dict[str, Any] | None,
+) -> None:
+    """Fill `report` with what each module keeps of the parent, its samples, the method and its headline mean;
+    without new measurements, the figures an earlier run measured on the same modules."""
     provenance = {label: module.config.provenance for label, module in modules.items()}
     for label, info in provenance.items():
         report["modules"][label] = {
@@ -189,11 +234,11 @@ def _write_decomposition(
             "samples": {"own": info.samples.own, "negative": info.samples.negative},
             "resumed": label in done,
         }
-        if eval_dataset is None and info.evaluation:  # measured by an earlier run: a module keeps its figures
+        if not measured_now and info.evaluation:  # measured by an earlier run: a module keeps its figures
             report["modules"][label]["binary_accuracy"] = info.evaluation["binary_accuracy"]
             if info.evaluation.get("own_vs_rest"):
                 report["modules"][label]["own_vs_rest"] = info.evaluation["own_vs_rest"]
-    if eval_dataset is None and earlier and "evaluation" in earlier and set(earlier.get("modules", {})) == set(wanted):
+    if not measured_now and earlier and "evaluation" in earlier and set(earlier.get("modules", {})) == set(modules):
         report["evaluation"] = earlier["evaluation"]  # the same modules as then: the composition's figures hold
     first = next(iter(provenance.values()))
     report["method"] = {"strategy": first.method.strategy, **first.method.parameters}
@@ -201,47 +246,49 @@ def _write_decomposition(
     values = [row[headline] for row in report["modules"].values() if headline in row]
     if values:
         report[f"mean_{headline}"] = sum(values) / len(values)
-    if eval_dataset is not None:
-        logger.info("Evaluating the parent and the %d module(s) on %d images", len(modules), len(eval_dataset))
-        evaluation_started = time.perf_counter()
-        try:
-            result = evaluate_composition(model.to(state.device), modules, eval_dataset, state=state, progress=progress)
-        finally:
-            model.to(home)
-        timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
-        for label, accuracy in result.module_binary_accuracy.items():
-            report["modules"][label]["binary_accuracy"] = accuracy
-            report["modules"][label]["own_vs_rest"] = result.own_vs_rest[label]
-        summary = {
-            "dataset": dataset_name(eval_dataset, eval_source) or "an in-memory datasets.Dataset",
-            "split": dataset_split(eval_dataset, eval_split) if eval_source is None else eval_split,
-            "images": result.parent.count,
-            "modules": len(modules),
-            "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
-            "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
-        }
-        report["evaluation"] = {
+
+
+def _measure_modules(
+    report: dict[str, Any],
+    model: ModularResNetForImageClassification,
+    modules: dict[str, ModularResNetForImageClassification],
+    eval_dataset: datasets.Dataset,
+    where: dict[str, str],
+    state: PartialState,
+    progress: bool,
+) -> None:
+    """Measure the parent and the modules on `eval_dataset` (data-parallel, on this process's device; the parent
+    goes back where it was) into `report`, and into each module's provenance, whence its config and card."""
+    home, _ = device_and_dtype(model)
+    try:
+        result = evaluate_composition(model.to(state.device), modules, eval_dataset, state=state, progress=progress)
+    finally:
+        model.to(home)
+    for label, accuracy in result.module_binary_accuracy.items():
+        report["modules"][label]["binary_accuracy"] = accuracy
+        report["modules"][label]["own_vs_rest"] = result.own_vs_rest[label]
+    summary = {
+        **where,
+        "images": result.parent.count,
+        "modules": len(modules),
+        "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
+        "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
+    }
+    report["evaluation"] = {
+        **summary,
+        "per_class": {
+            label: {"parent": result.parent.per_class[label], "composed": result.composed.per_class[label]}
+            for label in result.parent.per_class
+        },
+    }
+    for label, module in modules.items():  # the measurements travel with each module, in its config and card
+        info = module.config.provenance
+        info.evaluation = {
             **summary,
-            "per_class": {
-                label: {"parent": result.parent.per_class[label], "composed": result.composed.per_class[label]}
-                for label in result.parent.per_class
-            },
+            "binary_accuracy": result.module_binary_accuracy[label],
+            "own_vs_rest": result.own_vs_rest[label],
         }
-        for label, module in modules.items():  # the measurements travel with each module, in its config and card
-            info = module.config.provenance
-            info.evaluation = {
-                **summary,
-                "binary_accuracy": result.module_binary_accuracy[label],
-                "own_vs_rest": result.own_vs_rest[label],
-            }
-            module.config.provenance = info
-    if not state.is_main_process:
-        return report
-    for label, module in modules.items():
-        write_card(module.config, output / module_directory_name(label))
-    timings["total_seconds"] = time.perf_counter() - started
-    _write_json_atomically(output / REPORT_NAME, report)
-    return report
+        module.config.provenance = info
 
 
 def check_writable(output: Path) -> None:
