@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 from . import console
 from .compose import ComposedConfig, ComposedModel
+from .compose.fitting import stale_members
 from .data import dataset_name, find_columns, label_names, load_image_dataset, pinned_revision
 from .decompose import STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
@@ -124,6 +125,8 @@ def _training_digest(training: dict[str, Any]) -> str:
 def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     config = composed.config
     fitted_on = (config.fit or {}).get("data", {}).get("name_or_path") or "an in-memory dataset"
+    changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
+    stale = f" (stale: {', '.join(changed)} changed since; fit it again)" if changed else ""
     return {
         "source": source,
         "composed of": len(composed.labels),
@@ -135,7 +138,7 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
         ],
         "input": [config.num_channels, config.image_size, config.image_size],
         "rule": config.rule,
-        "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}",
+        "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}" + stale,
     }
 
 
@@ -349,24 +352,18 @@ def _compose(args: argparse.Namespace) -> None:
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
     rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     output = Path(args.output).resolve()
     inside = [m for m in args.modules if Path(m.split("@")[0]).exists() and _overlaps(Path(m.split("@")[0]), output)]
     if inside:
         raise ValueError(f"--output {args.output} would replace a module being composed ({', '.join(inside)}).")
     check_overwrite(args.output, args.overwrite)
-    composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename)
+    composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, labels=labels)
     if args.calibrate:
         calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
         print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
     if args.fit:
-        record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
-            args.fit,
-            split=args.fit_split,
-            images_per_class=args.images_per_class,
-            other_classes="skip",
-            progress=not args.quiet,
-        )
-        print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
+        _fit(composed, args)
     with atomic_directory(args.output, keep=()) as staging:
         composed.save_pretrained(staging, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
@@ -380,14 +377,42 @@ def _overlaps(path: Path, other: Path) -> bool:
     return path.is_relative_to(other) or other.is_relative_to(path)
 
 
+def _fit(composed: ComposedModel, args: argparse.Namespace) -> None:
+    record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
+        args.fit,
+        split=args.fit_split,
+        images_per_class=args.images_per_class,
+        other_classes="skip",
+        progress=not args.quiet,
+    )
+    print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
+
+
 def _replace(args: argparse.Namespace) -> None:
     if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
         check_overwrite(args.output, args.overwrite)
+    if args.fit and args.drop_fit:
+        raise ValueError("--fit fits the heads again and --drop-fit drops them: give one of the two.")
     composed = ComposedModel.from_pretrained(_model_source(args.composed))
-    composed.replace(args.label, _model_source(args.module))
+    fitted = composed.config.fit
+    if fitted and not (args.fit or args.drop_fit):
+        data = fitted["data"]
+        raise ValueError(
+            f"{args.composed} was fitted (on {data['images']} images of {data['name_or_path'] or 'a dataset'}), and "
+            "the fitted heads would not cover the new module; nothing was written. Add --fit DATA [--fit-split "
+            "SPLIT] to fit it again, or --drop-fit to answer with the modules' own heads."
+        )
+    composed.replace(args.label, _model_source(args.module), relabel=args.relabel)
+    if args.drop_fit:
+        composed.config.fit = None
+    if args.fit:
+        _fit(composed, args)
+    # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
+    materialize = args.materialize or any("subfolder" in entry for entry in composed.config.members)
     output = args.output or args.composed
-    composed.save_pretrained(output, materialize=args.materialize)
-    print(f"Replaced the {args.label!r} module; saved to {output}")
+    composed.save_pretrained(output, materialize=materialize)
+    inside = " (modules stored inside)" if materialize else ""
+    print(f"Replaced the {args.label!r} module; saved to {output}{inside}")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -653,7 +678,13 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("modules", nargs="+", metavar="MODULE")
     command.add_argument("--output", required=True, metavar="DIR")
     _add_overwrite_option(command)
-    command.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class")
+    command.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class (after the modules)")
+    command.add_argument(
+        "--labels",
+        default=None,
+        metavar="A,B,...",
+        help="every module's label, in order (two modules of one class can answer as two labels)",
+    )
     command.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     command.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
     command.add_argument(
@@ -663,7 +694,12 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
         help="fit each module's own-class probability on this labelled dataset and answer by plain argmax over the "
         "calibrated probabilities instead of the paper's vote (use held-out images)",
     )
-    command.add_argument("--calibrate-split", default="train", metavar="SPLIT")
+    command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
+    _add_fit_options(command)
+    command.set_defaults(run=_compose)
+
+
+def _add_fit_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--fit",
         default=None,
@@ -671,14 +707,14 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
         help="refit each module's own-vs-rest head on labelled images of the composition's classes (other classes "
         "in DATASET are skipped), so modules from unrelated parents compose (use held-out images)",
     )
-    command.add_argument("--fit-split", default=_default(ComposedModel.fit, "split"), metavar="SPLIT")
+    split = _default(ComposedModel.fit, "split")
+    command.add_argument("--fit-split", default=split, metavar="SPLIT", help=f"of --fit (default: {split})")
     command.add_argument(
         "--images-per-class",
         type=cli_number(minimum=2, integer=True),
         default=_default(ComposedModel.fit, "images_per_class"),
-        help="for --fit",
+        help="for --fit (default: %(default)s)",
     )
-    command.set_defaults(run=_compose)
 
 
 def _replace_arguments(command: argparse.ArgumentParser) -> None:
@@ -687,7 +723,18 @@ def _replace_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
     command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
     _add_overwrite_option(command)
-    command.add_argument("--materialize", action="store_true", help="store the modules' weights in the directory")
+    command.add_argument(
+        "--materialize",
+        action="store_true",
+        help="store the modules' weights in the directory (kept when the composition already does)",
+    )
+    command.add_argument(
+        "--relabel", action="store_true", help="let a module of another class name answer as LABEL (the same class)"
+    )
+    _add_fit_options(command)
+    command.add_argument(
+        "--drop-fit", action="store_true", help="a fitted composition: answer with the modules' own heads from now on"
+    )
     command.set_defaults(run=_replace)
 
 

@@ -83,7 +83,10 @@ def test_replace_add_remove(modules_a, modules_b):
     composed.add(modules_b["sun"])
     assert composed.labels == ["dark", "bright", "sun"]
     assert composed.config.id2label == {0: "dark", 1: "bright", 2: "sun"}
-    composed.replace("bright", modules_a["mid"])  # the slot keeps its label, the module changes
+    with pytest.raises(ValueError, match="The new module answers 'mid', not 'bright'.*relabel=True"):
+        composed.replace("bright", modules_a["mid"])  # a module of another class is not a replacement ...
+    assert composed.members[1] is modules_a["bright"]
+    composed.replace("bright", modules_a["mid"], relabel=True)  # ... unless asked: the slot keeps its label
     assert composed.labels == ["dark", "bright", "sun"]
     torch.testing.assert_close(
         composed.predict_logits(images)[:, 1], _expected_logits([modules_a["mid"]], images)[:, 0]
@@ -102,6 +105,13 @@ def test_rename(modules_a, modules_b):
     composed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"sun": "daylight"})
     assert composed.labels == ["dark", "daylight"]
     assert composed.config.label2id == {"dark": 0, "daylight": 1}
+    with pytest.raises(ValueError, match=r"rename names \['moon'\], which no module answers"):
+        ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"moon": "night"})
+    # Two modules of one class (say from two parents) answer as two labels when each is given its own.
+    twins = ComposedModel.from_modules([modules_a["dark"], modules_a["dark"]], labels=["dark", "dark-2"])
+    assert twins.labels == ["dark", "dark-2"]
+    with pytest.raises(ValueError, match="labels names 1 labels for 2 modules"):
+        ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
 def test_bad_compositions(tmp_path, modules_a):

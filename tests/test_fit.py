@@ -93,7 +93,7 @@ def test_editing_a_fitted_composition_makes_the_fit_stale(strangers):
     composed.fit(_data(ALL, 10, seed=3), images_per_class=10, progress=False)
     images = _data(ALL, 1, seed=9)["image"]
     composed.predict(images)
-    other = _stranger_modules(["bright", "dark"], ["mid", "dim"])[0]  # another parent's 'bright' module
+    other = _stranger_modules(["bright", "dark"], ["mid", "dim"])[1]  # another parent's 'dark' module
     composed.replace("dark", other)
     with pytest.raises(ValueError, match="fit is stale"):
         composed.predict(images)
@@ -162,6 +162,27 @@ def test_cli_compose_fit(strangers, tmp_path, capsys):
         == 1
     )
     assert "has 10 images in the fit dataset" in capsys.readouterr().err
+
+    # Replacing a module of a fitted composition: its fit would not cover the newcomer, so replace fits again
+    # (--fit) or drops the fit (--drop-fit), and refuses to write otherwise; a materialized composition stays so.
+    other_dark = _stranger_modules(["bright", "dark"], ["mid", "dim"])[1]  # another parent's 'dark' module
+    other_dark.save_pretrained(tmp_path / "other-dark")
+    before = (output / "config.json").read_text()
+    assert main(["-q", "replace", str(output), "dark", str(tmp_path / "other-dark")]) == 1
+    assert "was fitted (on 32 images of" in capsys.readouterr().err
+    assert main(["-q", "replace", str(output), "dark", str(tmp_path / "bright"), "--drop-fit"]) == 1
+    assert "The new module answers 'bright', not 'dark'" in capsys.readouterr().err
+    assert (output / "config.json").read_text() == before  # nothing was written
+    assert main(["-q", "compose", *modules, "--output", str(tmp_path / "inside"), "--materialize", *arguments]) == 0
+    refit = ["--fit", str(tmp_path / "fit.parquet"), "--images-per-class", "8"]
+    assert main(["-q", "replace", str(tmp_path / "inside"), "dark", str(tmp_path / "other-dark"), *refit]) == 0
+    saved = json.loads((tmp_path / "inside" / "config.json").read_text())
+    assert all("subfolder" in entry and "source" not in entry for entry in saved["members"])
+    replaced = ComposedModel.from_pretrained(tmp_path / "inside")
+    assert torch.equal(replaced.members[0].fc.weight, other_dark.fc.weight)
+    replaced.predict(_data(ALL, 1, seed=9)["image"])  # fitted again: it answers
+    assert main(["-q", "replace", str(output), "dark", str(tmp_path / "other-dark"), "--drop-fit"]) == 0
+    assert json.loads((output / "config.json").read_text())["fit"] is None
 
 
 def test_a_fitted_composition_moves_across_dtypes_and_still_trains(strangers):

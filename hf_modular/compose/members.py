@@ -102,8 +102,8 @@ def check_unique(labels: list[str]) -> None:
     clashes = sorted({label for label in labels if labels.count(label) > 1})
     if clashes:
         raise ValueError(
-            f"Several modules claim {clashes}. Rename one (rename={{'{clashes[0]}': 'new name'}}) or use "
-            "composed.replace(label, module) to swap it."
+            f"Several modules claim {clashes}. Give each module its own label (labels=[...] in from_modules, label= "
+            "in add, --labels on the command line), or use composed.replace(label, module) to swap one."
         )
 
 

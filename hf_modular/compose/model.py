@@ -142,20 +142,28 @@ class ComposedModel(PreTrainedModel):
         modules: Iterable[ModularResNetForImageClassification | str | os.PathLike],
         *,
         rename: dict[str, str] | None = None,
+        labels: Sequence[str] | None = None,
         **load_kwargs: Any,
     ) -> ComposedModel:
         """Compose modules given as objects, local paths or Hub repo ids (`"org/name@revision"` pins a revision).
 
-        Two modules may not claim the same label; `rename={"old": "new"}` renames a module's class, or use
-        `replace` to swap one.
+        Two modules may not claim the same label: `rename={"old": "new"}` renames a module's class (every module of
+        that class), `labels` gives every module's label in order (two modules of one class can then answer as two
+        labels), or use `replace` to swap one.
         """
         loaded = [load_member(module, **load_kwargs) for module in modules]
         if not loaded:
             raise ValueError("A composition needs at least one module.")
-        entries = [
-            member_entry(module, label=(rename or {}).get(member_label(module), member_label(module)))
-            for module in loaded
-        ]
+        own = [member_label(module) for module in loaded]
+        if labels is not None and rename:
+            raise ValueError("Give rename or labels, not both.")
+        if labels is not None and len(labels) != len(loaded):
+            raise ValueError(f"labels names {len(labels)} labels for {len(loaded)} modules; give one per module.")
+        unknown = sorted(set(rename or {}) - set(own))
+        if unknown:
+            raise ValueError(f"rename names {unknown}, which no module answers; the modules' labels are {own}.")
+        labels = list(labels) if labels is not None else [(rename or {}).get(label, label) for label in own]
+        entries = [member_entry(module, label=label) for module, label in zip(loaded, labels, strict=True)]
         check_unique([entry["label"] for entry in entries])
         check_compatible(loaded)
         labels = [entry["label"] for entry in entries]
@@ -171,10 +179,23 @@ class ComposedModel(PreTrainedModel):
     def labels(self) -> list[str]:
         return [entry["label"] for entry in self.config.members]
 
-    def replace(self, label: str, module: ModularResNetForImageClassification | str, **load_kwargs: Any) -> None:
-        """Swap the module answering `label` for another (e.g. the same class's module from a better parent)."""
+    def replace(
+        self,
+        label: str,
+        module: ModularResNetForImageClassification | str,
+        *,
+        relabel: bool = False,
+        **load_kwargs: Any,
+    ) -> None:
+        """Swap the module answering `label` for another of the same class (e.g. from a better parent); with
+        `relabel=True`, a module of another class name answers as `label` (the same class, named otherwise)."""
         index = self._index(label)
         new = load_member(module, **load_kwargs)
+        if member_label(new) != label and not relabel:
+            raise ValueError(
+                f"The new module answers {member_label(new)!r}, not {label!r}: a replacement is a module of the same "
+                f"class. If {member_label(new)!r} is {label!r} by another name, pass relabel=True (--relabel)."
+            )
         check_compatible([*self.members[:index], new, *self.members[index + 1 :]])
         self.members[index] = new.eval()
         self.config.members[index] = member_entry(new, label=label)
