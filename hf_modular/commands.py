@@ -212,7 +212,7 @@ def _decompose(args: argparse.Namespace) -> None:
         eval_dataset=args.dataset if args.eval_split else None,
         eval_split=args.eval_split or "test",
         eval_limit=args.eval_limit,
-        classes=args.classes.split(",") if args.classes else None,
+        classes=[name.strip() for name in args.classes.split(",")] if args.classes else None,
         accelerator=state,
         progress=not args.quiet,
         overwrite=args.overwrite,

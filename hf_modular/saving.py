@@ -135,9 +135,12 @@ def _user_entries(directory: Path) -> list[Path]:
 def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Hold `path` (created if needed) for one writer: a second run that wants it meanwhile fails at once, and a
     killed run's lock dies with its process. Once the lock is held, what killed runs left is tidied: a directory
-    left aside by an interrupted swap is put back, other staging debris removed."""
+    left aside by an interrupted swap is put back, other staging debris removed. A run that fails (or is refused)
+    takes away the lock file and the directory it created for nothing, so "nothing was written" stays true."""
     path = Path(path)
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
+    new_lock = not (path / LOCK_NAME).exists()
     lock = _hold(path, "output directory")
     try:
         for entry in list(path.iterdir()):
@@ -150,6 +153,12 @@ def locked_directory(path: str | os.PathLike) -> Iterator[Path]:
                 else:
                     entry.unlink(missing_ok=True)  # a report's temporary file
         yield path
+    except BaseException:
+        if new_lock:
+            (path / LOCK_NAME).unlink(missing_ok=True)  # unlinked while held: the failed run writes nothing more
+        if created and not any(path.iterdir()):
+            path.rmdir()
+        raise
     finally:
         lock.release()
 

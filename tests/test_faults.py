@@ -378,3 +378,16 @@ def test_printed_errors_carry_no_url_query():
 
     text = "403 for url 'https://s3.example/lfs/abc?X-Amz-Signature=secret&X-Amz-Credential=me' while uploading"
     assert without_url_queries(text) == "403 for url 'https://s3.example/lfs/abc?...' while uploading"
+
+
+def test_a_refused_decomposition_leaves_nothing_behind(tmp_path, parent):
+    # "Nothing was written" holds to the file: no lock file in the user's folder, no directory made for nothing.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="holds notes.txt, which is not a class module"):
+        decompose_to_directory(parent, dark_bright_dataset(), mine, samples_per_class=5, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(ValueError, match=r"Unknown classes \['kitten'\]"):
+        decompose_to_directory(parent, "no-such-data", tmp_path / "new", classes=["dark", "kitten"])  # data not read
+    assert not (tmp_path / "new").exists()

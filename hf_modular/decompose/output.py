@@ -35,7 +35,7 @@ from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import check_directory_names, describe, module_directory_name, weights_sha256
 from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
-from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose
+from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose, resolve_classes
 from .strategies import STRATEGIES, get_strategy
 
 logger = logging.getLogger(__name__)
@@ -71,9 +71,10 @@ def decompose_to_directory(
         check_number("eval_limit", eval_limit, minimum=1, integer=True)
     state = distributed_state(accelerator)
     output = Path(output)
-    wanted = classes or [model.config.id2label[i] for i in sorted(model.config.id2label)]
+    wanted = [model.config.id2label[i] for i in resolve_classes(classes, model.config.id2label)]
     check_directory_names(wanted)
-    check_writable(output)  # the output's problems are found before the statistics pass, not after it
+    if state.is_main_process:  # the one that writes; its problems are found before the statistics pass
+        check_writable(output)
     with contextlib.ExitStack() as held:
         refusal = None
         if state.is_main_process:  # one process holds the output; all of them stop if it cannot
@@ -292,11 +293,14 @@ def _measure_modules(
 
 
 def check_writable(output: Path) -> None:
-    """Create `output` if needed and make sure files can be written in it."""
+    """Make sure files can be written in `output` (a directory this check creates is taken away again)."""
+    created = not output.exists()
     try:
         output.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output):
             pass
+        if created:
+            output.rmdir()
     except OSError as error:
         raise OSError(
             f"Cannot write into the output directory {output} ({error.strerror or error}). Choose another --output, "

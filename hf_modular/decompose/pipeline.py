@@ -95,6 +95,7 @@ def decompose(
             "This model is already a class module (its config has a `module` section); decompose its parent, "
             f"{parent.repo_id or parent.path}."
         )
+    class_indices = resolve_classes(classes, model.config.id2label)  # before the data is read
     state = distributed_state(accelerator)
     # The passes run on this process's device (as `accelerator.prepare` would place the model); the parent and the
     # modules are returned where the parent was. Modules keep the parent's dtype.
@@ -116,7 +117,6 @@ def decompose(
                 f"{len(names)} classes. Decompose a model with the dataset it was trained on."
             )
         to_model = dataset_to_model_labels(names, model_labels)
-        class_indices = _resolve_classes(classes, model_labels)
         if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
             _check_image_size(dataset, image_column, model.config.image_size)
 
@@ -189,7 +189,8 @@ def decompose(
     return modules
 
 
-def _resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
+def resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
+    """The model class indices of the `classes` asked for (all of them for None)."""
     if classes is None:
         return sorted(model_labels)
     by_name = {name: index for index, name in model_labels.items()}
