@@ -49,12 +49,43 @@ def _model_source(name: str) -> str:
 
 
 def _load(args: argparse.Namespace):
-    return ModularResNetForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
+    return _from_pretrained(ModularResNetForImageClassification, args)
 
 
 def _load_any(args: argparse.Namespace):
     """A classifier, a module or a composed model, by what its config.json says."""
-    return AutoModelForImageClassification.from_pretrained(_model_source(args.model), revision=args.revision)
+    return _from_pretrained(AutoModelForImageClassification, args)
+
+
+def _from_pretrained(model_class: Any, args: argparse.Namespace) -> Any:
+    """`args.model` loaded by `model_class`, with errors that say what the argument is instead of what a loader
+    expected of it; pickle weights only with --allow-pickle."""
+    source = _model_source(args.model)
+    check_saved_model(source)
+    pickle = {"use_safetensors": False} if getattr(args, "allow_pickle", False) else {}
+    try:
+        return model_class.from_pretrained(source, revision=args.revision, **pickle)
+    except OSError as error:
+        if Path(source).exists():
+            raise
+        raise OSError(
+            f"{args.model} is not a local directory, and as a Hub repo id it could not be loaded: {error}"
+        ) from error
+
+
+def check_saved_model(source: str) -> None:
+    """A file, or a directory with no config.json, is named as such (transformers would say a JSON was invalid)."""
+    path = Path(source)
+    if path.is_file():
+        raise ValueError(
+            f"{source} is a file; give a saved model's directory or a Hub repo id (a CIFAR ResNet checkpoint file "
+            f"becomes one with `hf-modular import {source} --output DIR`)."
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or an "
+            "hf-modular command wrote."
+        )
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -335,6 +366,7 @@ def _push_parent(args: argparse.Namespace) -> None:
 
 def _card(args: argparse.Namespace) -> None:
     directory = Path(_model_source(args.directory))
+    check_saved_model(str(directory))
     config = AutoConfig.from_pretrained(directory)
     if isinstance(config, ComposedConfig):
         card = composed_card(config, args.repo_id, license=args.license)
@@ -532,6 +564,14 @@ def _add_data_options(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pickle_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load a model saved only as a pickle checkpoint (pytorch_model.bin), which can run code: trusted only",
+    )
+
+
 def _add_remote_code_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--remote-code",
@@ -591,6 +631,7 @@ def _info_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("model", metavar="PATH_OR_REPO")
     command.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     command.add_argument("--json", action="store_true", help="print JSON")
+    _add_pickle_option(command)
     command.set_defaults(run=_info)
 
 
@@ -641,6 +682,7 @@ def _decompose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--push-to", default=None, metavar="NAMESPACE", help="push every module to this Hub namespace")
     command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     command.add_argument("--private", action="store_true", help="create the module repos private")
+    _add_pickle_option(command)
     command.set_defaults(run=_decompose)
 
 
@@ -750,6 +792,7 @@ def _evaluate_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N rows")
     command.add_argument("--json", action="store_true", help="print JSON")
     _add_compute_options(command)
+    _add_pickle_option(command)
     command.set_defaults(run=_evaluate)
 
 

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification, ModularResNetModel
+from hf_modular.cli import main
 from hf_modular.decompose import decompose
 from hf_modular.models.timm_models import TimmModularResNet
 
@@ -134,7 +135,7 @@ def test_trunk_only_checkpoint_gets_a_fresh_head(tmp_path, tiny_config, randomiz
     assert classifier.fc.out_features == 3
 
 
-def test_pickle_only_directory_needs_an_explicit_opt_in(tmp_path, saved, model):
+def test_pickle_only_directory_needs_an_explicit_opt_in(tmp_path, saved, model, capsys):
     directory = tmp_path / "pickle"
     directory.mkdir()
     shutil.copy(saved / "config.json", directory)
@@ -147,6 +148,25 @@ def test_pickle_only_directory_needs_an_explicit_opt_in(tmp_path, saved, model):
     x = _images()
     with torch.no_grad():
         assert torch.equal(loaded(x).logits, model(x).logits)
+
+    # On the command line the refusal names the flag, and the flag loads the file.
+    assert main(["info", str(directory)]) == 1
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert main(["info", str(directory), "--allow-pickle", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_the_cli_says_what_a_model_argument_is_when_it_is_no_saved_model(tmp_path, capsys):
+    (tmp_path / "weights.th").write_bytes(b"not a model directory")
+    (tmp_path / "notes").mkdir()
+    for argument, expected in [
+        (tmp_path / "weights.th", "is a file; give a saved model's directory"),
+        (tmp_path / "notes", "has no config.json, so it holds no saved model"),
+    ]:
+        assert main(["info", str(argument)]) == 1
+        assert expected in capsys.readouterr().err
+        assert main(["card", str(argument)]) == 1
+        assert expected in capsys.readouterr().err
 
 
 def test_directory_without_weights_raises(tmp_path, saved):

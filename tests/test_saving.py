@@ -71,8 +71,13 @@ def test_a_save_killed_between_two_renames_is_put_back(tmp_path, caplog):
     retired.mkdir()
     (retired / "config.json").write_text("old")
     (retired / "README.md").write_text("card")
-    with caplog.at_level(logging.WARNING, logger="hf_modular"), atomic_directory(tmp_path / "model") as staging:
-        (staging / "config.json").write_text("new")
+    ours = logging.getLogger("hf_modular")  # a CLI test may have stopped it propagating to pytest's handler
+    ours.addHandler(caplog.handler)
+    try:
+        with atomic_directory(tmp_path / "model") as staging:
+            (staging / "config.json").write_text("new")
+    finally:
+        ours.removeHandler(caplog.handler)
     assert (tmp_path / "model" / "config.json").read_text() == "new"
     assert (tmp_path / "model" / "README.md").read_text() == "card"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
