@@ -87,8 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        resumes = " Rerun the same command to resume from the last completed epoch." if args.command == "train" else ""
-        print(f"hf-modular {args.command}: interrupted.{resumes}", file=sys.stderr)
+        print(f"hf-modular {args.command}: interrupted.{commands.interruption_hint(args)}", file=sys.stderr)
         return 130  # the shell's code for a command ended by Ctrl-C
     except Exception as error:
         if args.debug:

@@ -34,7 +34,7 @@ from .hub.publish import without_url_queries
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
 from .saving import atomic_directory, check_overwrite
-from .train import train
+from .train import STATE_FILE, train
 from .validation import cli_number
 
 logger = logging.getLogger("hf_modular")
@@ -854,6 +854,17 @@ def limit_hub_requests(seconds: float) -> None:
         return client_class(event_hooks={**hooks, "request": request_hooks}, follow_redirects=True, timeout=seconds)
 
     huggingface_hub.set_client_factory(client)
+
+
+def interruption_hint(args: argparse.Namespace) -> str:
+    """What a command stopped by Ctrl-C has kept, and how to go on."""
+    if args.command == "train":
+        if (Path(args.output) / "training" / STATE_FILE).is_file():
+            return " Rerun the same command to resume from the last completed epoch."
+        return " No epoch had finished, so nothing was saved."
+    if args.command == "decompose":
+        return " The modules already written are complete; rerun the same command to build the others."
+    return ""
 
 
 def message(error: Exception) -> str:

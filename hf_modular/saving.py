@@ -100,14 +100,16 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
         _hold(path, option).release()
     if not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
-    if overwrite and any((path / name).is_file() for name in REPLACEABLE):
+    ours = path.is_dir() and any((path / name).is_file() for name in REPLACEABLE)
+    what_we_write = " or ".join(REPLACEABLE)
+    if overwrite and ours:
         return
-    if overwrite:
+    if overwrite or not ours:
         raise FileExistsError(
-            f"{path} holds no saved model or demo ({' or '.join(REPLACEABLE)}); --overwrite replaces hf-modular's "
-            f"own outputs only, so nothing was written. Choose another {option}."
+            f"{path} {'holds files but' if path.is_dir() else 'is a file:'} no saved model or demo ({what_we_write}); "
+            f"--overwrite replaces hf-modular's own outputs only, so nothing was written. Choose another {option}."
         )
-    what = "a model directory" if (path / "config.json").is_file() else "a directory" if path.is_dir() else "a file"
+    what = "a model directory" if (path / "config.json").is_file() else "an hf-modular output"
     raise FileExistsError(
         f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
         f"whole, or choose another {option}."

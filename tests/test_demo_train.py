@@ -165,3 +165,16 @@ def test_cli_train_from_a_timm_resnet_and_push(tmp_path, hub_server, capsys):
     assert model.config.training["dataset"]["name_or_path"] == "./data"  # the card on the Hub tells it too
     card = Path(hf_hub_download("user/digits-resnet18", "README.md")).read_text()
     assert "## Training" in card and "(no flips)" in card
+
+
+def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
+    from argparse import Namespace
+
+    from hf_modular.commands import interruption_hint
+
+    train_args = Namespace(command="train", output=str(tmp_path / "parent"))
+    assert "nothing was saved" in interruption_hint(train_args)  # stopped during the first epoch
+    (tmp_path / "parent" / "training").mkdir(parents=True)
+    (tmp_path / "parent" / "training" / STATE_FILE).write_text("{}")
+    assert "Rerun the same command to resume" in interruption_hint(train_args)
+    assert "rerun the same command to build the others" in interruption_hint(Namespace(command="decompose"))

@@ -358,6 +358,9 @@ def test_overwrite_never_reaches_files_hf_modular_did_not_write(tmp_path, parent
     (mine / "chapter1.tex").write_text("years of work")
     assert main(["import", str(checkpoint), "--output", str(mine), "--overwrite"]) == 1
     assert "replaces hf-modular's own outputs only" in capsys.readouterr().err
+    assert main(["import", str(checkpoint), "--output", str(mine)]) == 1  # nor suggests --overwrite, refused anyway
+    refusal = capsys.readouterr().err
+    assert "holds files but no saved model or demo" in refusal and "Pass --overwrite" not in refusal
     output = tmp_path / "out"
     decompose_to_directory(parent, dark_bright_dataset(), output, samples_per_class=6, progress=False)
     (output / "notes.txt").write_text("mine")
