@@ -5,6 +5,7 @@ at INFO they would print every request, signed upload URLs included."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +35,10 @@ def configure(verbosity: int = DEFAULT) -> None:
     ours = logging.getLogger("hf_modular")
     ours.handlers[:] = [handler]
     ours.propagate = False
-    ours.setLevel({QUIET: logging.WARNING, DEFAULT: logging.INFO, VERBOSE: logging.DEBUG}[verbosity])
+    level = {QUIET: logging.WARNING, DEFAULT: logging.INFO, VERBOSE: logging.DEBUG}[verbosity]
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun the main process speaks for all
+        level = max(level, logging.WARNING)
+    ours.setLevel(level)
     for name in HTTP_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     library_level = logging.INFO if verbosity == VERBOSE else logging.WARNING

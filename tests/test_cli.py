@@ -195,3 +195,16 @@ def test_a_command_shows_its_own_bars_and_not_the_libraries(tmp_path, saved):
     assert "evaluation" not in quiet
     assert "evaluation" not in switched_off
     assert "Loading weights" in verbose
+
+
+def test_under_a_launcher_only_the_main_process_prints_its_steps(monkeypatch):
+    import logging
+
+    from hf_modular import console
+
+    monkeypatch.setenv("RANK", "1")  # what accelerate launch / torchrun give every process but the first
+    console.configure(console.DEFAULT)
+    assert logging.getLogger("hf_modular").level == logging.WARNING  # its warnings still show
+    monkeypatch.setenv("RANK", "0")
+    console.configure(console.DEFAULT)
+    assert logging.getLogger("hf_modular").level == logging.INFO
