@@ -551,8 +551,8 @@ def _add_compute_options(command: argparse.ArgumentParser) -> None:
         "--mixed-precision",
         choices=MIXED_PRECISION,
         default="no",
-        help="Accelerate's autocast (recorded in the provenance of what the command writes): bf16 is several times "
-        "faster on GPUs and on CPUs with AMX",
+        help="Accelerate's autocast: bf16 is several times faster on GPUs and on CPUs with AMX (what train and "
+        "decompose write records it)",
     )
 
 
@@ -588,7 +588,7 @@ def _add_overwrite_option(command: argparse.ArgumentParser) -> None:
 
 def _demo_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--output", default="hf-modular-demo", metavar="DIR", help="where to write everything")
-    command.add_argument("--seed", type=int, default=_default(run_demo, "seed"))
+    command.add_argument("--seed", type=int, default=_default(run_demo, "seed"), help="(default: %(default)s)")
     command.add_argument("--quick", action="store_true", help="a smaller run, for CI")
     command.add_argument("--json", action="store_true", help="print the summary as JSON")
     command.add_argument("--push-to", default=None, metavar="NAMESPACE", help="also push the ten modules to the Hub")
@@ -628,7 +628,7 @@ def _train_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _info_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("model", metavar="PATH_OR_REPO")
+    command.add_argument("model", metavar="PATH_OR_REPO", help="a model, module or composition: directory or repo id")
     command.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     command.add_argument("--json", action="store_true", help="print JSON")
     _add_pickle_option(command)
@@ -687,7 +687,7 @@ def _decompose_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _push_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("directory", metavar="DIR")
+    command.add_argument("directory", metavar="DIR", help="a decomposition's output (its *-module directories)")
     command.add_argument("--namespace", required=True, help="Hub user or organisation")
     command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     command.add_argument("--private", action="store_true", help="create the repos private")
@@ -699,7 +699,7 @@ def _push_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _push_parent_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("directory", metavar="DIR")
+    command.add_argument("directory", metavar="DIR", help="the parent model's directory")
     command.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
     command.add_argument("--private", action="store_true", help="create the repo private")
     command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
@@ -710,15 +710,17 @@ def _push_parent_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _card_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("directory", metavar="DIR")
+    command.add_argument("directory", metavar="DIR", help="a module's, parent's or composition's directory")
     command.add_argument("--repo-id", default=None, help="the Hub repo the card's snippets should name")
     command.add_argument("--license", default=None, help="license id for the card")
     command.set_defaults(run=_card)
 
 
 def _compose_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("modules", nargs="+", metavar="MODULE")
-    command.add_argument("--output", required=True, metavar="DIR")
+    command.add_argument(
+        "modules", nargs="+", metavar="MODULE", help="module directories or Hub repo ids (@revision to pin one)"
+    )
+    command.add_argument("--output", required=True, metavar="DIR", help="the composed model's directory")
     _add_overwrite_option(command)
     command.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class (after the modules)")
     command.add_argument(
@@ -761,7 +763,7 @@ def _add_fit_options(command: argparse.ArgumentParser) -> None:
 
 def _replace_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
-    command.add_argument("label", metavar="LABEL")
+    command.add_argument("label", metavar="LABEL", help="the label whose module is swapped")
     command.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
     command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
     _add_overwrite_option(command)
@@ -781,14 +783,18 @@ def _replace_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("model", metavar="PATH_OR_REPO")
+    command.add_argument(
+        "model", metavar="PATH_OR_REPO", help="a classifier, a module or a composition: directory or Hub repo id"
+    )
     command.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
     _add_data_options(command)
-    command.add_argument("--split", default="test")
+    command.add_argument("--split", default="test", help="(default: %(default)s)")
     command.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
     command.add_argument("--image-column", default=None, help="default: the dataset's Image column")
     command.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")
-    command.add_argument("--batch-size", type=COUNT, default=_default(evaluate, "batch_size"))
+    command.add_argument(
+        "--batch-size", type=COUNT, default=_default(evaluate, "batch_size"), help="(default: %(default)s)"
+    )
     command.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N rows")
     command.add_argument("--json", action="store_true", help="print JSON")
     _add_compute_options(command)
