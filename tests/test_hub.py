@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -293,6 +294,17 @@ def test_private_module_is_invisible_to_anonymous_clients(hub_server: HubServer,
     with pytest.raises(OSError):
         ModularResNetForImageClassification.from_pretrained(repo_id, token=False, force_download=True)
     public = modules["mid"].push_to_hub(f"{DEFAULT_USER}/public-module")
+    assert HfApi(token=False).repo_info(public.repo_id).private is False
+    # Asking for privacy on a repo that exists and is public does not make it private: the user hears so.
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("hf_modular").addHandler(handler)
+    try:
+        push_modules({"mid": modules["mid"]}, DEFAULT_USER, private=True, name_template="public-module")
+    finally:
+        logging.getLogger("hf_modular").removeHandler(handler)
+    assert any("already exists and is public" in record.getMessage() for record in records)
     assert HfApi(token=False).repo_info(public.repo_id).private is False
 
 

@@ -187,7 +187,15 @@ def upload_folder(
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision and revision != "main":
             api.create_branch(repo_id, branch=revision, exist_ok=True)
-        head = api.repo_info(repo_id, revision=revision).sha  # a pull request is opened against it
+        repo = api.repo_info(repo_id, revision=revision)
+        head = repo.sha  # a pull request is opened against it
+        if private and repo.private is False:  # create_repo leaves an existing repo's visibility as it is
+            logger.warning(
+                "%s already exists and is public; private=True (--private) does not change that. Make it private "
+                "in its settings on the Hub, or with HfApi().update_repo_settings(%r, private=True).",
+                repo_id,
+                repo_id,
+            )
         message = options.get("commit_message") or f"Upload {what} with hf_modular"
         try:
             info = api.upload_folder(
