@@ -298,6 +298,11 @@ def fixed_input_size(config: Any) -> int | None:
     return config.image_size if config.stem_type == "cifar" else None
 
 
+def _some(names: list[str], limit: int) -> str:
+    """At most `limit` names, and how many there are when that is not all of them."""
+    return str(names) if len(names) <= limit else f"{str(names[:limit])[:-1]}, ...] ({len(names)} in all)"
+
+
 def dataset_to_model_labels(
     dataset_labels: list[str], model_labels: dict[int, str], *, unknown_as: int | None = None
 ) -> torch.Tensor:
@@ -308,7 +313,7 @@ def dataset_to_model_labels(
     unknown = [name for name in dataset_labels if name not in by_name]
     if unknown and unknown_as is None:
         raise ValueError(
-            f"The dataset has labels the model does not know: {unknown[:5]}. The model's labels are "
-            f"{list(by_name)[:10]}. Use a dataset with the model's classes, or select those rows first."
+            f"The dataset has labels the model does not know: {_some(unknown, 5)}. The model's labels are "
+            f"{_some(list(by_name), 10)}. Use a dataset with the model's classes, or select those rows first."
         )
     return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels] + [UNLABELLED])

@@ -201,7 +201,7 @@ def test_calibrated_rule(tmp_path, modules_a, modules_b):
     assert loaded.config.rule == "calibrated" and loaded.config.calibration == composed.config.calibration
     assert loaded.predict(images) == composed.predict(images)
 
-    loaded.replace("night", modules_b["sun"])
+    loaded.replace("night", modules_b["sun"], relabel=True)
     with pytest.raises(ValueError, match=r"modules for \['night'\] have no calibration"):
         loaded.predict(images)
     with pytest.raises(StrictDataclassClassValidationError, match="rule must be one of"):
@@ -225,7 +225,7 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["count"] == 8  # only the rows of the composition's two classes
     assert set(report["per_class"]) == {"dark", "bright"}
-    code = main(["-q", "replace", str(tmp_path / "composed"), "bright", str(tmp_path / "mid-module")])
+    code = main(["-q", "replace", str(tmp_path / "composed"), "bright", str(tmp_path / "mid-module"), "--relabel"])
     assert code == 0
     replaced = ComposedModel.from_pretrained(tmp_path / "composed")
     assert replaced.labels == ["dark", "bright"]
@@ -238,6 +238,11 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert "No module answers 'zebra'" in capsys.readouterr().err
     assert main(["compose", *directories, "--output", str(tmp_path / "x"), "--rename", "dark"]) == 1
     assert "--rename takes OLD=NEW pairs" in capsys.readouterr().err
+    twins = [directories[0], directories[0], "--labels", "dark, dark-2"]
+    assert main(["-q", "compose", *twins, "--output", str(tmp_path / "twins")]) == 0
+    assert ComposedModel.from_pretrained(tmp_path / "twins").labels == ["dark", "dark-2"]
+    assert main(["evaluate", directories[0], "--dataset", str(tmp_path / "test.parquet")]) == 1
+    assert "is the 'dark' module: it answers 'dark' or 'rest'" in capsys.readouterr().err
     odd = tmp_path / "me@home" / "dark-module"  # a local path with '@' is a path, not repo@revision
     modules_a["dark"].save_pretrained(odd)
     assert ComposedModel.from_modules([odd]).labels == ["dark"]
