@@ -25,7 +25,7 @@ from . import console
 from .compose import ComposedConfig, ComposedModel
 from .compose.fitting import stale_members
 from .data import dataset_name, find_columns, label_names, load_image_dataset, pinned_revision
-from .decompose import STRATEGIES, decompose, decompose_to_directory
+from .decompose import REPORT_NAME, STRATEGIES, decompose, decompose_to_directory
 from .demo import run_demo
 from .distributed import MIXED_PRECISION, distributed_state, on_main_process, training_accelerator
 from .evaluation import evaluate
@@ -62,7 +62,8 @@ def _from_pretrained(model_class: Any, args: argparse.Namespace) -> Any:
     expected of it; pickle weights only with --allow-pickle."""
     source = _model_source(args.model)
     check_saved_model(source)
-    pickle = {"use_safetensors": False} if getattr(args, "allow_pickle", False) else {}
+    # None: safetensors where there are some, else the pickle (False would refuse safetensors altogether).
+    pickle = {"use_safetensors": None} if getattr(args, "allow_pickle", False) else {}
     try:
         return model_class.from_pretrained(source, revision=args.revision, **pickle)
     except OSError as error:
@@ -80,6 +81,11 @@ def check_saved_model(source: str) -> None:
         raise ValueError(
             f"{source} is a file; give a saved model's directory or a Hub repo id (a CIFAR ResNet checkpoint file "
             f"becomes one with `hf-modular import {source} --output DIR`)."
+        )
+    if path.is_dir() and (path / REPORT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{source} is a decomposition's output: it holds one module per class. Give one of its *-module "
+            "directories."
         )
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -427,27 +433,40 @@ def _fit(composed: ComposedModel, args: argparse.Namespace) -> None:
     print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
 
 
-def _replace(args: argparse.Namespace) -> None:
-    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
-        check_overwrite(args.output, args.overwrite)
-    if args.fit and args.drop_fit:
-        raise ValueError("--fit fits the heads again and --drop-fit drops them: give one of the two.")
-    composed = ComposedModel.from_pretrained(_model_source(args.composed))
-    fitted = composed.config.fit
-    if fitted and not (args.fit or args.drop_fit):
-        data = fitted["data"]
+def _refuse_to_leave_a_stale_fit(composed: ComposedModel, args: argparse.Namespace) -> None:
+    """A fitted or calibrated composition's fit does not cover a new module: replace fits again or drops it."""
+    config, refit = composed.config, args.fit or args.calibrate or args.drop_fit
+    if config.fit and not (args.fit or args.drop_fit):
+        data = config.fit["data"]
         raise ValueError(
             f"{args.composed} was fitted (on {data['images']} images of {data['name_or_path'] or 'a dataset'}), and "
             "the fitted heads would not cover the new module; nothing was written. Add --fit DATA [--fit-split "
             "SPLIT] to fit it again, or --drop-fit to answer with the modules' own heads."
         )
+    if config.rule == "calibrated" and not refit:
+        raise ValueError(
+            f"{args.composed} is calibrated, and its calibration would not cover the new module; nothing was "
+            "written. Add --calibrate DATA [--calibrate-split SPLIT] to calibrate it again, or --drop-fit to answer "
+            "by the paper's vote."
+        )
+
+
+def _replace(args: argparse.Namespace) -> None:
+    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
+        check_overwrite(args.output, args.overwrite)
+    if (args.fit or args.calibrate) and args.drop_fit:
+        raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
+    composed = ComposedModel.from_pretrained(_model_source(args.composed))
+    _refuse_to_leave_a_stale_fit(composed, args)
+    # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
+    materialize = args.materialize or all("subfolder" in entry for entry in composed.config.members)
     composed.replace(args.label, _model_source(args.module), relabel=args.relabel)
     if args.drop_fit:
-        composed.config.fit = None
+        composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
     if args.fit:
         _fit(composed, args)
-    # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
-    materialize = args.materialize or any("subfolder" in entry for entry in composed.config.members)
+    if args.calibrate:
+        composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split), progress=not args.quiet)
     output = args.output or args.composed
     composed.save_pretrained(output, materialize=materialize)
     inside = " (modules stored inside)" if materialize else ""
@@ -738,6 +757,12 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     command.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
+    _add_calibrate_options(command)
+    _add_fit_options(command)
+    command.set_defaults(run=_compose)
+
+
+def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--calibrate",
         default=None,
@@ -746,8 +771,6 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
         "calibrated probabilities instead of the paper's vote (use held-out images)",
     )
     command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
-    _add_fit_options(command)
-    command.set_defaults(run=_compose)
 
 
 def _add_fit_options(command: argparse.ArgumentParser) -> None:
@@ -783,8 +806,11 @@ def _replace_arguments(command: argparse.ArgumentParser) -> None:
         "--relabel", action="store_true", help="let a module of another class name answer as LABEL (the same class)"
     )
     _add_fit_options(command)
+    _add_calibrate_options(command)
     command.add_argument(
-        "--drop-fit", action="store_true", help="a fitted composition: answer with the modules' own heads from now on"
+        "--drop-fit",
+        action="store_true",
+        help="a fitted or calibrated composition: answer with the modules' own heads by the paper's vote from now on",
     )
     command.set_defaults(run=_replace)
 

@@ -78,11 +78,11 @@ def measure_compute(use_codecarbon: bool = True) -> Iterator[ComputeRecord]:
             record.details["average_watts"] = watts
             if gpu := _cuda_device_in_use():
                 record.method += " (CPU and DRAM only: the GPU's draw is not counted)"
-                record.details["hardware"] = gpu
+                record.details["gpu_not_counted"] = gpu
 
 
 def _cuda_device_in_use() -> str | None:
-    """The name of the GPU this process has used, if any (torch is not imported for the question)."""
+    """The name of the GPU this process has used so far, if any (torch is not imported for the question)."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return None

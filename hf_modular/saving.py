@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import os
 import re
@@ -82,7 +83,7 @@ def _restore_interrupted_swap(path: Path) -> None:
     """Put back the directory a killed two-rename swap left aside (`.NAME.xxxxxxxx.old`, with nothing at `path`)."""
     if path.exists():
         return
-    retired = sorted(path.parent.glob(f".{path.name}.*.old"), key=lambda entry: entry.stat().st_mtime)
+    retired = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.old"), key=lambda entry: entry.stat().st_mtime)
     if retired and retired[-1].is_dir():
         os.replace(retired[-1], path)
         logger.warning("Restored %s from %s, left aside by an interrupted save.", path, retired[-1].name)

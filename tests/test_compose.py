@@ -15,7 +15,7 @@ from transformers import pipeline
 import hf_modular  # noqa: F401
 from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
 from hf_modular.cli import main
-from hf_modular.compose import composed_image_processor, vote
+from hf_modular.compose import composed_image_processor, top_k, vote
 from hf_modular.decompose import decompose
 from hf_modular.models import image_processor_for
 from tests.test_decompose import image_dataset, tiny_config
@@ -105,12 +105,15 @@ def test_rename(modules_a, modules_b):
     composed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"sun": "daylight"})
     assert composed.labels == ["dark", "daylight"]
     assert composed.config.label2id == {"dark": 0, "daylight": 1}
-    with pytest.raises(ValueError, match=r"rename names \['moon'\], which no module answers"):
+    with pytest.raises(ValueError, match=r"\(--rename\) names \[.moon.\], which no module answers"):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"moon": "night"})
     # Two modules of one class (say from two parents) answer as two labels when each is given its own.
     twins = ComposedModel.from_modules([modules_a["dark"], modules_a["dark"]], labels=["dark", "dark-2"])
     assert twins.labels == ["dark", "dark-2"]
-    with pytest.raises(ValueError, match="labels names 1 labels for 2 modules"):
+    twins.replace("dark-2", modules_a["dark"])  # a renamed slot takes a module of its own class
+    renamed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], rename={"dark": "black"})
+    renamed.replace("black", modules_a["dark"])
+    with pytest.raises(ValueError, match=r"\(--labels\) names 1 label\(s\) for 2 modules"):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
@@ -243,6 +246,15 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert ComposedModel.from_pretrained(tmp_path / "twins").labels == ["dark", "dark-2"]
     assert main(["evaluate", directories[0], "--dataset", str(tmp_path / "test.parquet")]) == 1
     assert "is the 'dark' module: it answers 'dark' or 'rest'" in capsys.readouterr().err
+    # A calibrated composition is calibrated again (--calibrate) or answers by the vote (--drop-fit) after replace.
+    assert main(["-q", "replace", str(tmp_path / "calibrated"), "dark", directories[0]]) == 1
+    assert "is calibrated, and its calibration would not cover the new module" in capsys.readouterr().err
+    assert main(["-q", "replace", str(tmp_path / "calibrated"), "dark", directories[0], *calibrate]) == 0
+    assert sorted(ComposedModel.from_pretrained(tmp_path / "calibrated").config.calibration) == ["bright", "dark"]
+    # A one-module composition that stores its module goes on storing it.
+    assert main(["-q", "compose", directories[0], "--output", str(tmp_path / "one"), "--materialize"]) == 0
+    assert main(["-q", "replace", str(tmp_path / "one"), "dark", directories[0]]) == 0
+    assert "subfolder" in json.loads((tmp_path / "one" / "config.json").read_text())["members"][0]
     odd = tmp_path / "me@home" / "dark-module"  # a local path with '@' is a path, not repo@revision
     modules_a["dark"].save_pretrained(odd)
     assert ComposedModel.from_modules([odd]).labels == ["dark"]
@@ -272,3 +284,6 @@ def test_half_precision_module_logits_are_scored_as_finely_as_float32(modules_a,
         assert half.dtype == torch.float32 and torch.isfinite(half).all()
         assert half.argmax(1).tolist() == composed.scores(logits).argmax(1).tolist() == [1, 1]
     assert composed.scores(logits.double()).dtype == torch.float64
+    # The paper's vote and top-k, which evaluate_composition reports, rank as the composition does.
+    confident = torch.tensor([[[20.0, 0.0], [25.0, 0.0]]])  # both float32 probabilities round to 1.0
+    assert vote(confident).tolist() == [1] and top_k(confident).tolist() == [[1, 0]]

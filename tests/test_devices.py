@@ -161,7 +161,7 @@ def test_an_energy_estimate_after_gpu_work_says_the_gpu_is_not_counted():
     with measure_compute(use_codecarbon=False) as record:
         torch.ones(4, device="cuda").sum().item()
     assert "the GPU's draw is not counted" in record.method
-    assert record.details["hardware"] == torch.cuda.get_device_name()
+    assert record.details["gpu_not_counted"] == torch.cuda.get_device_name()
 
 
 def test_the_statistics_pass_precision_switch_turns_tf32_off_and_restores_it():

@@ -154,14 +154,18 @@ def test_pickle_only_directory_needs_an_explicit_opt_in(tmp_path, saved, model, 
     assert "--allow-pickle" in capsys.readouterr().err
     assert main(["info", str(directory), "--allow-pickle", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["parameters"] == sum(p.numel() for p in model.parameters())
+    assert main(["info", str(saved), "--allow-pickle"]) == 0  # safetensors still load (and are preferred) with it
 
 
 def test_the_cli_says_what_a_model_argument_is_when_it_is_no_saved_model(tmp_path, capsys):
     (tmp_path / "weights.th").write_bytes(b"not a model directory")
     (tmp_path / "notes").mkdir()
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "decomposition.json").write_text("{}")
     for argument, expected in [
         (tmp_path / "weights.th", "is a file; give a saved model's directory"),
         (tmp_path / "notes", "has no config.json, so it holds no saved model"),
+        (tmp_path / "modules", "is a decomposition's output: it holds one module per class"),
     ]:
         assert main(["info", str(argument)]) == 1
         assert expected in capsys.readouterr().err

@@ -156,12 +156,16 @@ class ComposedModel(PreTrainedModel):
             raise ValueError("A composition needs at least one module.")
         own = [member_label(module) for module in loaded]
         if labels is not None and rename:
-            raise ValueError("Give rename or labels, not both.")
+            raise ValueError("Give rename= or labels= (--rename or --labels), not both.")
         if labels is not None and len(labels) != len(loaded):
-            raise ValueError(f"labels names {len(labels)} labels for {len(loaded)} modules; give one per module.")
+            raise ValueError(
+                f"labels= (--labels) names {len(labels)} label(s) for {len(loaded)} modules; give one per module."
+            )
         unknown = sorted(set(rename or {}) - set(own))
         if unknown:
-            raise ValueError(f"rename names {unknown}, which no module answers; the modules' labels are {own}.")
+            raise ValueError(
+                f"rename= (--rename) names {unknown}, which no module answers; the modules' labels are {own}."
+            )
         labels = list(labels) if labels is not None else [(rename or {}).get(label, label) for label in own]
         entries = [member_entry(module, label=label) for module, label in zip(loaded, labels, strict=True)]
         check_unique([entry["label"] for entry in entries])
@@ -191,7 +195,8 @@ class ComposedModel(PreTrainedModel):
         `relabel=True`, a module of another class name answers as `label` (the same class, named otherwise)."""
         index = self._index(label)
         new = load_member(module, **load_kwargs)
-        if member_label(new) != label and not relabel:
+        same_class = {label, member_label(self.members[index])}  # the slot may have been renamed
+        if member_label(new) not in same_class and not relabel:
             raise ValueError(
                 f"The new module answers {member_label(new)!r}, not {label!r}: a replacement is a module of the same "
                 f"class. If {member_label(new)!r} is {label!r} by another name, pass relabel=True (--relabel)."

@@ -37,16 +37,16 @@ def vote(module_logits: torch.Tensor) -> torch.Tensor:
     single claimant also has the highest probability: the rule always agrees with the argmax. It is spelled out
     because that is how the paper states it, and a calibrated variant may not share the property.)
     """
-    probabilities = own_class_probabilities(module_logits)
-    claims = module_logits[..., 0] > module_logits[..., 1]
+    margins = module_margins(module_logits)  # ranks as the probabilities do, without their rounding to 1.0
+    claims = margins > 0
     single = claims.sum(dim=1) == 1
-    return torch.where(single, claims.float().argmax(dim=1), probabilities.argmax(dim=1))
+    return torch.where(single, claims.float().argmax(dim=1), margins.argmax(dim=1))
 
 
 def top_k(module_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     """(B, M, 2) -> (B, min(k, M)): the modules with the highest own-class probabilities, best first."""
-    probabilities = own_class_probabilities(module_logits)
-    return probabilities.topk(min(k, probabilities.shape[1]), dim=1).indices
+    margins = module_margins(module_logits)
+    return margins.topk(min(k, margins.shape[1]), dim=1).indices
 
 
 def fit_platt(margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -73,19 +73,18 @@ def decompose_to_directory(
     output = Path(output)
     wanted = [model.config.id2label[i] for i in resolve_classes(classes, model.config.id2label)]
     check_directory_names(wanted)
-    if state.is_main_process:  # the one that writes; its problems are found before the statistics pass
-        check_writable(output)
     with contextlib.ExitStack() as held:
         refusal = None
-        if state.is_main_process:  # one process holds the output; all of them stop if it cannot
+        if state.is_main_process:  # one process writes and holds the output; all of them stop if it cannot
             try:
+                check_writable(output)  # found before the statistics pass, not after it
                 held.enter_context(locked_directory(output))
-            except RuntimeError as error:
-                refusal = str(error)
+            except (OSError, RuntimeError) as error:
+                refusal = error
         if state.num_processes > 1:
             refusal = broadcast_object_list([refusal])[0]
         if refusal:
-            raise RuntimeError(refusal)
+            raise refusal
         return _write_decomposition(
             model, dataset, output, wanted, eval_dataset, eval_split, eval_limit, state, progress, overwrite, options
         )

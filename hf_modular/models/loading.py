@@ -68,7 +68,7 @@ def refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
     if pickles:
         raise OSError(
             f"{directory} holds only pickle checkpoints ({', '.join(pickles)}), which can run code when loaded. "
-            "Re-save the model as safetensors, or pass use_safetensors=False (--allow-pickle on the command line) if "
-            "you trust the file."
+            "Re-save the model as safetensors, or, if you trust the file, pass use_safetensors=False (--allow-pickle "
+            "to hf-modular info, evaluate or decompose)."
         )
     raise OSError(f"{directory} has no model.safetensors: it holds no weights. Save a model there first.")
