@@ -20,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .saving import follow_umask
+
 MODEL_FILE, OPTIMIZER_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "state.json"
 
 
@@ -52,6 +54,7 @@ class TrainingState:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
         (directory / STATE_FILE).write_text(json.dumps(state))
+        follow_umask(directory)
 
     def load(self, directory: Path) -> None:
         """Restore what `save` wrote (from the same kind of model, optimizer, scheduler and scaler)."""

@@ -78,9 +78,10 @@ def check_saved_model(source: str) -> None:
     """A file, or a directory with no config.json, is named as such (transformers would say a JSON was invalid)."""
     path = Path(source)
     if path.is_file():
+        checkpoint = path.suffix in {".th", ".pt", ".pth", ".tar", ".bin"}
+        hint = f" (a CIFAR ResNet checkpoint becomes one with `hf-modular import {source} --output DIR`)"
         raise ValueError(
-            f"{source} is a file; give a saved model's directory or a Hub repo id (a CIFAR ResNet checkpoint file "
-            f"becomes one with `hf-modular import {source} --output DIR`)."
+            f"{source} is a file; give a saved model's directory or a Hub repo id{hint if checkpoint else ''}."
         )
     if path.is_dir() and (path / REPORT_NAME).is_file():
         raise FileNotFoundError(
@@ -256,7 +257,7 @@ def _decompose(args: argparse.Namespace) -> None:
         eval_dataset=args.dataset if args.eval_split else None,
         eval_split=args.eval_split or "test",
         eval_limit=args.eval_limit,
-        classes=[name.strip() for name in args.classes.split(",")] if args.classes else None,
+        classes=[name.strip() for name in args.classes.split(",")] if args.classes is not None else None,
         accelerator=state,
         progress=not args.quiet,
         overwrite=args.overwrite,
@@ -393,15 +394,13 @@ def _card(args: argparse.Namespace) -> None:
 
 
 def _compose(args: argparse.Namespace) -> None:
-    malformed = [pair for pair in args.rename or [] if "=" not in pair]
+    pairs = [pair.strip() for given in args.rename or [] for pair in given.split(",")]
+    malformed = [pair for pair in pairs if "=" not in pair]
     if malformed:
         raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
-    rename = dict(pair.split("=", 1) for pair in args.rename) if args.rename else None
+    rename = dict(pair.split("=", 1) for pair in pairs) or None
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
-    output = Path(args.output).resolve()
-    inside = [m for m in args.modules if Path(m.split("@")[0]).exists() and _overlaps(Path(m.split("@")[0]), output)]
-    if inside:
-        raise ValueError(f"--output {args.output} would replace a module being composed ({', '.join(inside)}).")
+    _refuse_an_output_over_a_member(args.output, args.modules)
     check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_modules([_model_source(m) for m in args.modules], rename=rename, labels=labels)
     if args.calibrate:
@@ -414,6 +413,14 @@ def _compose(args: argparse.Namespace) -> None:
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
         _print_pushes({"composed": composed.push_to_hub(args.push_to, materialize=args.materialize)})
+
+
+def _refuse_an_output_over_a_member(output: str, modules: list[str]) -> None:
+    """A composition's --output must not be, hold or sit inside one of the module directories it uses."""
+    paths = [Path(module.split("@")[0]) for module in modules]
+    inside = [str(path) for path in paths if path.exists() and _overlaps(path, Path(output))]
+    if inside:
+        raise ValueError(f"--output {output} would replace a module being composed ({', '.join(inside)}).")
 
 
 def _overlaps(path: Path, other: Path) -> bool:
@@ -468,7 +475,13 @@ def _replace(args: argparse.Namespace) -> None:
     if args.calibrate:
         composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split), progress=not args.quiet)
     output = args.output or args.composed
-    composed.save_pretrained(output, materialize=materialize)
+    if args.output is None or Path(args.output).resolve() == Path(args.composed).resolve():
+        composed.save_pretrained(output, materialize=materialize)  # in place: files the user added there stay
+    else:
+        sources = [entry["source"] for entry in composed.config.members if entry.get("source")]
+        _refuse_an_output_over_a_member(args.output, sources)
+        with atomic_directory(args.output, keep=()) as staging:  # another directory is replaced as a whole
+            composed.save_pretrained(staging, materialize=materialize)
     inside = " (modules stored inside)" if materialize else ""
     print(f"Replaced the {args.label!r} module; saved to {output}{inside}")
 
@@ -748,7 +761,13 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--output", required=True, metavar="DIR", help="the composed model's directory")
     _add_overwrite_option(command)
-    command.add_argument("--rename", nargs="*", metavar="OLD=NEW", help="rename a module's class (after the modules)")
+    command.add_argument(
+        "--rename",
+        nargs="*",
+        action="extend",
+        metavar="OLD=NEW",
+        help="rename modules' classes (after the modules; several pairs, or the option again, or comma-separated)",
+    )
     command.add_argument(
         "--labels",
         default=None,
@@ -902,7 +921,7 @@ def interruption_hint(args: argparse.Namespace) -> str:
             return " Rerun the same command to resume from the last completed epoch."
         return " No epoch had finished, so nothing was saved."
     if args.command == "decompose":
-        return " The modules already written are complete; rerun the same command to build the others."
+        return " Rerun the same command to resume: the modules it finished writing are kept."
     return ""
 
 

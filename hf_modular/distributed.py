@@ -106,8 +106,10 @@ def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 def warn_if_off_the_process_device(model: nn.Module, state: DistributedState, what: str) -> None:
     """Inputs follow the model, so on several processes a model left off each process's device (all of them on the
     CPU, or all on cuda:0) gives the right numbers without the parallelism: say so, once."""
-    device = device_and_dtype(model)[0]
-    if state.num_processes > 1 and device != state.device and state.is_main_process:
+    device, expected = device_and_dtype(model)[0], state.device
+    # "cpu" and "cpu:0" are one device; an index left out ("cuda") cannot be told apart from the process's.
+    same = device == expected or (device.type == expected.type and None in (device.index, expected.index))
+    if state.num_processes > 1 and not same and state.is_main_process:
         logger.warning(
             "%s runs on %d processes, but the model is on %s, not on each process's device (here %s): every process "
             "computes there. Move it first: model.to(PartialState().device).",

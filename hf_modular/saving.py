@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import json
 import logging
 import os
 import re
@@ -19,6 +20,7 @@ from filelock import FileLock, Timeout
 
 LOCK_NAME = ".hf-modular.lock"
 REPLACEABLE = ("config.json", "decomposition.json", "summary.json")  # a model or composition, modules, the demo
+OUR_MODEL_TYPES = ("modular_resnet", "modular_composed")  # ModularResNetConfig's and ComposedConfig's model_type
 
 
 STAGING_SUFFIXES = (".partial", ".old")  # atomic_directory's temporary names, left behind only by a killed process
@@ -46,9 +48,7 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is as readable as any directory
     try:
         yield staging
-        for written in staging.rglob("*"):  # some writers (safetensors' via a temporary file) make files private
-            if written.is_file() and not written.is_symlink():
-                os.chmod(written, 0o666 & ~_umask())
+        follow_umask(staging)
         if path.exists():
             for entry in path.iterdir():
                 if not (staging / entry.name).exists() and (keep is None or entry.name in keep):
@@ -89,9 +89,17 @@ def _restore_interrupted_swap(path: Path) -> None:
         logger.warning("Restored %s from %s, left aside by an interrupted save.", path, retired[-1].name)
 
 
+def follow_umask(directory: Path) -> None:
+    """Give the files under `directory` the user's usual permissions: some writers (safetensors', through a
+    temporary file) make them private."""
+    for written in directory.rglob("*"):
+        if written.is_file() and not written.is_symlink():
+            os.chmod(written, 0o666 & ~_umask())
+
+
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
     """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
-    unless `overwrite` is set, and then only over what hf-modular writes (a directory with one of `REPLACEABLE`);
+    unless `overwrite` is set, and then only over what hf-modular writes (`_holds_our_output`);
     never over a directory another hf-modular run holds, nor the working directory or one
     above it. An empty directory (or one holding only a finished run's lock file) is fine."""
     path = Path(path)
@@ -101,7 +109,7 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
         _hold(path, option).release()
     if not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
-    ours = path.is_dir() and any((path / name).is_file() for name in REPLACEABLE)
+    ours = path.is_dir() and _holds_our_output(path)
     what_we_write = " or ".join(REPLACEABLE)
     if overwrite and ours:
         return
@@ -115,6 +123,18 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
         f"{path} already exists ({what}); nothing was written. Pass --overwrite (overwrite=True) to replace it as a "
         f"whole, or choose another {option}."
     )
+
+
+def _holds_our_output(directory: Path) -> bool:
+    """Whether `directory` is something hf-modular wrote: one of our models or compositions (a config.json of our
+    model types: another program's config.json is the user's), a decomposition's output or the demo's."""
+    config = directory / "config.json"
+    if config.is_file():
+        try:
+            return json.loads(config.read_text()).get("model_type") in OUR_MODEL_TYPES
+        except (ValueError, AttributeError, OSError):
+            return False
+    return any((directory / name).is_file() for name in REPLACEABLE[1:])
 
 
 def _hold(directory: Path, option: str) -> FileLock:

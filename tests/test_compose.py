@@ -241,6 +241,13 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert "No module answers 'zebra'" in capsys.readouterr().err
     assert main(["compose", *directories, "--output", str(tmp_path / "x"), "--rename", "dark"]) == 1
     assert "--rename takes OLD=NEW pairs" in capsys.readouterr().err
+    over_a_member = ["--output", directories[0], "--overwrite"]
+    assert main(["replace", str(tmp_path / "composed"), "dark", directories[0], *over_a_member]) == 1
+    assert "would replace a module being composed" in capsys.readouterr().err
+    assert (tmp_path / "dark-module" / "model.safetensors").is_file()
+    for rename in (["--rename", "dark=black", "--rename", "bright=white"], ["--rename", "dark=black,bright=white"]):
+        assert main(["-q", "compose", *directories, "--output", str(tmp_path / "bw"), *rename, "--overwrite"]) == 0
+        assert ComposedModel.from_pretrained(tmp_path / "bw").labels == ["black", "white"]
     twins = [directories[0], directories[0], "--labels", "dark, dark-2"]
     assert main(["-q", "compose", *twins, "--output", str(tmp_path / "twins")]) == 0
     assert ComposedModel.from_pretrained(tmp_path / "twins").labels == ["dark", "dark-2"]

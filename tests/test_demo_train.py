@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def test_train_resumes_from_its_last_checkpoint(tmp_path):
     # Each epoch is saved beside the last and the state file then names it: what a crash in the middle of a later
     # save leaves (a half-written directory) is never resumed from.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-2", STATE_FILE]
+    umask = os.umask(0)
+    os.umask(umask)
+    for saved in (tmp_path / "checkpoint-2").iterdir():  # safetensors writes private files; checkpoints follow umask
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask, saved.name
     (tmp_path / "checkpoint-3").mkdir()
     (tmp_path / "checkpoint-3" / "model.safetensors").write_bytes(b"half written")
     again = ModularResNetForImageClassification(digits_parent_config())

@@ -358,6 +358,9 @@ def test_overwrite_never_reaches_files_hf_modular_did_not_write(tmp_path, parent
     (mine / "chapter1.tex").write_text("years of work")
     assert main(["import", str(checkpoint), "--output", str(mine), "--overwrite"]) == 1
     assert "replaces hf-modular's own outputs only" in capsys.readouterr().err
+    (mine / "config.json").write_text('{"name": "my app settings"}')  # another program's config.json is mine too
+    assert main(["import", str(checkpoint), "--output", str(mine), "--overwrite"]) == 1
+    assert "replaces hf-modular's own outputs only" in capsys.readouterr().err
     assert main(["import", str(checkpoint), "--output", str(mine)]) == 1  # nor suggests --overwrite, refused anyway
     refusal = capsys.readouterr().err
     assert "holds files but no saved model or demo" in refusal and "Pass --overwrite" not in refusal
@@ -394,3 +397,5 @@ def test_a_refused_decomposition_leaves_nothing_behind(tmp_path, parent):
     with pytest.raises(ValueError, match=r"Unknown classes \['kitten'\]"):
         decompose_to_directory(parent, "no-such-data", tmp_path / "new", classes=["dark", "kitten"])  # data not read
     assert not (tmp_path / "new").exists()
+    with pytest.raises(TypeError, match=r"classes takes a list of label names, e.g. \['dark', ' mid'\]"):
+        decompose_to_directory(parent, "no-such-data", tmp_path / "new", classes="dark, mid")

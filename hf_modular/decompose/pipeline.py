@@ -191,6 +191,8 @@ def decompose(
 
 def resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
     """The model class indices of the `classes` asked for (all of them for None)."""
+    if isinstance(classes, str):
+        raise TypeError(f"classes takes a list of label names, e.g. {classes.split(',')!r}, not one string.")
     if classes is None:
         return sorted(model_labels)
     by_name = {name: index for index, name in model_labels.items()}
