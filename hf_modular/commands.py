@@ -212,13 +212,6 @@ def _import(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
     model = _load_any(args).to(state.device)
-    if getattr(model.config, "is_module", False):
-        label = model.config.provenance.target_label
-        raise ValueError(
-            f"{args.model} is the {label!r} module: it answers {label!r} or 'rest', so it has no top-1 of its own. "
-            f"Its quality alone is measured by `hf-modular decompose ... --eval-split` (it is in its card); to "
-            "evaluate it among other classes, compose it with their modules and evaluate the composition."
-        )
     dataset = load_image_dataset(
         args.dataset, split=args.split, revision=args.dataset_revision, config_name=args.dataset_config
     )

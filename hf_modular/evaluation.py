@@ -63,6 +63,14 @@ def evaluate(
     dataset = require_dataset(dataset)
     image_column, label_column = find_columns(dataset, image_column, label_column)
     composed = isinstance(model, ComposedModel)
+    if getattr(model.config, "is_module", False):
+        label = model.config.provenance.target_label
+        raise ValueError(
+            f"This is the {label!r} module: it answers {label!r} or 'rest', so it has no top-1 of its own. Its "
+            "quality alone is measured by decomposing with evaluation data (decompose_to_directory(eval_dataset=...), "
+            "`hf-modular decompose ... --eval-split`; it is in its card); to evaluate it among other classes, compose "
+            "it with their modules and evaluate the composition."
+        )
     to_model_labels = dataset_to_model_labels(
         label_names(dataset, label_column), model.config.id2label, unknown_as=-1 if composed else None
     )

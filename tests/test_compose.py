@@ -252,7 +252,7 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     assert main(["-q", "compose", *twins, "--output", str(tmp_path / "twins")]) == 0
     assert ComposedModel.from_pretrained(tmp_path / "twins").labels == ["dark", "dark-2"]
     assert main(["evaluate", directories[0], "--dataset", str(tmp_path / "test.parquet")]) == 1
-    assert "is the 'dark' module: it answers 'dark' or 'rest'" in capsys.readouterr().err
+    assert "This is the 'dark' module: it answers 'dark' or 'rest'" in capsys.readouterr().err
     # A calibrated composition is calibrated again (--calibrate) or answers by the vote (--drop-fit) after replace.
     assert main(["-q", "replace", str(tmp_path / "calibrated"), "dark", directories[0]]) == 1
     assert "is calibrated, and its calibration would not cover the new module" in capsys.readouterr().err
