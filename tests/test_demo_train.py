@@ -182,4 +182,4 @@ def test_ctrl_c_says_what_was_kept_and_how_to_go_on(tmp_path):
     (tmp_path / "parent" / "training").mkdir(parents=True)
     (tmp_path / "parent" / "training" / STATE_FILE).write_text("{}")
     assert "Rerun the same command to resume" in interruption_hint(train_args)
-    assert "rerun the same command to build the others" in interruption_hint(Namespace(command="decompose"))
+    assert "the modules it finished writing are kept" in interruption_hint(Namespace(command="decompose"))
