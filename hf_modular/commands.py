@@ -33,7 +33,7 @@ from .hub import DEFAULT_NAME_TEMPLATE, composed_card, module_card, parent_card,
 from .hub.publish import without_url_queries
 from .models import CIFAR10_LABELS, ModularResNetConfig, ModularResNetForImageClassification, import_cifar_resnet
 from .module import describe
-from .saving import atomic_directory, check_overwrite
+from .saving import atomic_directory, check_overwrite, holds_our_output
 from .train import STATE_FILE, train
 from .validation import cli_number
 
@@ -203,6 +203,11 @@ def _import(args: argparse.Namespace) -> None:
     else:  # a transformers ResNet: a saved directory or a Hub repo id
         if args.labels:
             raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
+        if source.is_dir() and holds_our_output(source):
+            raise ValueError(
+                f"{args.checkpoint} is already an hf-modular model directory: there is nothing to import. Use it as "
+                f"it is (`hf-modular info {args.checkpoint}`, or decompose it)."
+            )
         model = ModularResNetForImageClassification.from_transformers(args.checkpoint, revision=args.revision)
     with atomic_directory(args.output, keep=()) as staging:  # a model directory is replaced as a whole
         model.save_pretrained(staging)

@@ -99,7 +99,7 @@ def follow_umask(directory: Path) -> None:
 
 def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--output") -> None:
     """Refuse to write over anything the user already has at `path` (a file, or a directory with files in it)
-    unless `overwrite` is set, and then only over what hf-modular writes (`_holds_our_output`);
+    unless `overwrite` is set, and then only over what hf-modular writes (`holds_our_output`);
     never over a directory another hf-modular run holds, nor the working directory or one
     above it. An empty directory (or one holding only a finished run's lock file) is fine."""
     path = Path(path)
@@ -109,7 +109,7 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
         _hold(path, option).release()
     if not path.exists() or (path.is_dir() and not _user_entries(path)):
         return
-    ours = path.is_dir() and _holds_our_output(path)
+    ours = path.is_dir() and holds_our_output(path)
     what_we_write = " or ".join(REPLACEABLE)
     if overwrite and ours:
         return
@@ -125,7 +125,7 @@ def check_overwrite(path: str | os.PathLike, overwrite: bool, option: str = "--o
     )
 
 
-def _holds_our_output(directory: Path) -> bool:
+def holds_our_output(directory: Path) -> bool:
     """Whether `directory` is something hf-modular wrote: one of our models or compositions (a config.json of our
     model types: another program's config.json is the user's), a decomposition's output or the demo's."""
     config = directory / "config.json"
