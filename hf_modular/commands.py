@@ -410,7 +410,8 @@ def _compose(args: argparse.Namespace) -> None:
         composed.save_pretrained(staging, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
     if args.push_to:
-        _print_pushes({"composed": composed.push_to_hub(args.push_to, materialize=args.materialize)})
+        pushed = composed.push_to_hub(args.push_to, materialize=args.materialize, private=args.private)
+        _print_pushes({"composed": pushed})
 
 
 def _refuse_an_output_over_a_member(output: str, modules: list[str]) -> None:
@@ -562,7 +563,7 @@ def _train(args: argparse.Namespace) -> None:
         parent_card(model).save(Path(staging) / "README.md")
     if args.push_to:
         try:
-            _print_pushes({"model": push_directory(output, args.push_to, model=model)})
+            _print_pushes({"model": push_directory(output, args.push_to, model=model, private=args.private)})
         except Exception as error:  # the model is saved: say so, and how to push it without training again
             raise RuntimeError(
                 f"{message(error)} The trained model is saved in {output}: push it with "
@@ -640,6 +641,7 @@ def _train_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--from-timm", default=None, metavar="NAME", help="start from a timm ResNet (e.g. resnet18)")
     command.add_argument("--pretrained", action="store_true", help="with --from-timm: load timm's pretrained weights")
     command.add_argument("--push-to", default=None, metavar="REPO_ID", help="push the trained model to the Hub")
+    command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     command.add_argument("--split", default="train", help="the split to train on")
     command.add_argument("--eval-split", default="test", help="evaluated after every epoch ('' to skip)")
     command.add_argument("--epochs", type=COUNT, default=_default(train, "epochs"), help="passes over the data")
@@ -774,6 +776,7 @@ def _compose_arguments(command: argparse.ArgumentParser) -> None:
     )
     command.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
     command.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
+    command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     _add_calibrate_options(command)
     _add_fit_options(command)
     command.set_defaults(run=_compose)

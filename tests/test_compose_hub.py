@@ -59,3 +59,18 @@ def test_push_composed_model_and_load_it_back(hub_server, tmp_path):
     composed_image_processor(config).save_pretrained(tmp_path / "broken")
     with pytest.raises(OSError, match=f"'dark' module of this composition \\({dark_repo} at revision 0000"):
         ComposedModel.from_pretrained(tmp_path / "broken")
+
+
+def test_cli_compose_pushes_a_private_composition(hub_server, tmp_path, capsys):
+    from hf_modular.cli import main
+
+    modules = _modules(NAMES_A, 0)
+    directories = []
+    for label in ("dark", "bright"):
+        modules[label].save_pretrained(tmp_path / f"{label}-module")
+        directories.append(str(tmp_path / f"{label}-module"))
+    repo_id = f"{DEFAULT_USER}/dark-bright"
+    arguments = ["--output", str(tmp_path / "pair"), "--push-to", repo_id, "--private"]
+    assert main(["-q", "compose", *directories, *arguments]) == 0
+    assert HfApi().repo_info(repo_id).private is True
+    assert ComposedModel.from_pretrained(repo_id).labels == ["dark", "bright"]  # local members travel inside

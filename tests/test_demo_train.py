@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 
 from hf_modular import ModularResNetForImageClassification, load_module
 from hf_modular.cli import main
@@ -160,10 +160,12 @@ def test_cli_train_from_a_timm_resnet_and_push(tmp_path, hub_server, capsys):
             str(tmp_path / "parent"),
             "--push-to",
             "user/digits-resnet18",
+            "--private",
         ]
     )
     assert code == 0
     assert "user/digits-resnet18" in capsys.readouterr().out
+    assert HfApi().repo_info("user/digits-resnet18").private is True
     model = ModularResNetForImageClassification.from_pretrained("user/digits-resnet18")
     assert model.config.block_type == "basic" and model.config.layers == [2, 2, 2, 2]
     assert model.config.id2label[7] == "7"
