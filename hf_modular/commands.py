@@ -38,6 +38,7 @@ from .train import STATE_FILE, train
 from .validation import cli_number
 
 logger = logging.getLogger("hf_modular")
+CHECKPOINTS = "training"  # `hf-modular train`'s checkpoints, inside its --output
 
 
 def _model_source(name: str) -> str:
@@ -464,6 +465,10 @@ def _replace(args: argparse.Namespace) -> None:
         raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
     composed = ComposedModel.from_pretrained(_model_source(args.composed))
     _refuse_to_leave_a_stale_fit(composed, args)
+    in_place = args.output is None or Path(args.output).resolve() == Path(args.composed).resolve()
+    if not in_place:  # before any fitting: the members after the swap are the others and the new one
+        others = [entry["source"] for entry in composed.config.members if entry.get("source")]
+        _refuse_an_output_over_a_member(args.output, [*others, args.module])
     # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
     materialize = args.materialize or all("subfolder" in entry for entry in composed.config.members)
     composed.replace(args.label, _model_source(args.module), relabel=args.relabel)
@@ -474,11 +479,9 @@ def _replace(args: argparse.Namespace) -> None:
     if args.calibrate:
         composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split), progress=not args.quiet)
     output = args.output or args.composed
-    if args.output is None or Path(args.output).resolve() == Path(args.composed).resolve():
+    if in_place:
         composed.save_pretrained(output, materialize=materialize)  # in place: files the user added there stay
     else:
-        sources = [entry["source"] for entry in composed.config.members if entry.get("source")]
-        _refuse_an_output_over_a_member(args.output, sources)
         with atomic_directory(args.output, keep=()) as staging:  # another directory is replaced as a whole
             composed.save_pretrained(staging, materialize=materialize)
     inside = " (modules stored inside)" if materialize else ""
@@ -504,11 +507,11 @@ def _demo(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     output = Path(args.output)
     accelerator = training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
-    if not (output.is_dir() and {entry.name for entry in output.iterdir()} <= {"training"}):
+    if not (output.is_dir() and {entry.name for entry in output.iterdir()} <= {CHECKPOINTS}):
         check_overwrite(output, args.overwrite)  # an interrupted run's checkpoints alone are resumed, not refused
-    if args.overwrite and (output / "training").exists():
+    if args.overwrite and (output / CHECKPOINTS).exists():
         if accelerator.is_main_process:
-            shutil.rmtree(output / "training")  # another run's checkpoints must not be resumed
+            shutil.rmtree(output / CHECKPOINTS)  # another run's checkpoints must not be resumed
         accelerator.wait_for_everyone()
     config_name = args.dataset_config
     # One commit of a Hub dataset for both splits and the record, the same on every process.
@@ -540,7 +543,7 @@ def _train(args: argparse.Namespace) -> None:
         learning_rate=args.learning_rate,
         horizontal_flip=not args.no_flip,
         seed=args.seed,
-        output_dir=output / "training",
+        output_dir=output / CHECKPOINTS,
         accelerator=accelerator,
         progress=not args.quiet,
         num_workers=args.num_workers,
@@ -558,7 +561,7 @@ def _train(args: argparse.Namespace) -> None:
         if args.from_timm
         else f"{args.preset}, random weights (seed {args.seed})"
     )
-    with atomic_directory(output, keep=("training",)) as staging:  # replaced as a whole, checkpoints kept
+    with atomic_directory(output, keep=(CHECKPOINTS,)) as staging:  # replaced as a whole, checkpoints kept
         model.save_pretrained(staging)
         parent_card(model).save(Path(staging) / "README.md")
     if args.push_to:
@@ -918,7 +921,7 @@ def limit_hub_requests(seconds: float) -> None:
 def interruption_hint(args: argparse.Namespace) -> str:
     """What a command stopped by Ctrl-C has kept, and how to go on."""
     if args.command == "train":
-        if (Path(args.output) / "training" / STATE_FILE).is_file():
+        if (Path(args.output) / CHECKPOINTS / STATE_FILE).is_file():
             return " Rerun the same command to resume from the last completed epoch."
         return " No epoch had finished, so nothing was saved."
     if args.command == "decompose":
