@@ -1,7 +1,7 @@
 """The `hf-modular` command line: the commands, the global options, and errors as one line.
 
 It answers `hf-modular --help`, `--version` and a mistyped command without loading torch: what each command does
-lives in `commands.py`, which is loaded only for the command given (its options show the library's own defaults,
+lives in the `commands` package, which is loaded only for the command given (its options show the library's own defaults,
 so building them needs the library).
 """
 

@@ -1,0 +1,190 @@
+"""`compose` and `replace`: classifiers built from modules, and their fitted heads."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..compose import ComposedModel
+from ..data import load_image_dataset
+from ..saving import atomic_directory, check_overwrite
+from ..validation import cli_number
+from .hub import print_pushes
+from .loading import model_source
+from .options import add_overwrite_option, default_of
+
+
+def run_compose(args: argparse.Namespace) -> None:
+    pairs = [pair.strip() for given in args.rename or [] for pair in given.split(",")]
+    malformed = [pair for pair in pairs if "=" not in pair]
+    if malformed:
+        raise ValueError(f"--rename takes OLD=NEW pairs; got {malformed}.")
+    rename = dict(pair.split("=", 1) for pair in pairs) or None
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    _refuse_an_output_over_a_member(args.output, args.modules)
+    check_overwrite(args.output, args.overwrite)
+    composed = ComposedModel.from_modules([model_source(m) for m in args.modules], rename=rename, labels=labels)
+    if args.calibrate:
+        calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
+        print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
+    if args.fit:
+        _fit(composed, args)
+    with atomic_directory(args.output, keep=()) as staging:
+        composed.save_pretrained(staging, materialize=args.materialize)
+    print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
+    if args.push_to:
+        pushed = composed.push_to_hub(args.push_to, materialize=args.materialize, private=args.private)
+        print_pushes({"composed": pushed})
+
+
+def _refuse_an_output_over_a_member(output: str, modules: list[str]) -> None:
+    """A composition's --output must not be, hold or sit inside one of the module directories it uses."""
+    paths = [Path(module.split("@")[0]) for module in modules]
+    inside = [str(path) for path in paths if path.exists() and _overlaps(path, Path(output))]
+    if inside:
+        raise ValueError(f"--output {output} would replace a module being composed ({', '.join(inside)}).")
+
+
+def _overlaps(path: Path, other: Path) -> bool:
+    """Whether one of the two directories is, or holds, the other."""
+    path, other = path.resolve(), other.resolve()
+    return path.is_relative_to(other) or other.is_relative_to(path)
+
+
+def _fit(composed: ComposedModel, args: argparse.Namespace) -> None:
+    record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
+        args.fit,
+        split=args.fit_split,
+        images_per_class=args.images_per_class,
+        other_classes="skip",
+        progress=not args.quiet,
+    )
+    print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
+
+
+def _refuse_to_leave_a_stale_fit(composed: ComposedModel, args: argparse.Namespace) -> None:
+    """A fitted or calibrated composition's fit does not cover a new module: replace fits again or drops it."""
+    config, refit = composed.config, args.fit or args.calibrate or args.drop_fit
+    if config.fit and not (args.fit or args.drop_fit):
+        data = config.fit["data"]
+        raise ValueError(
+            f"{args.composed} was fitted (on {data['images']} images of {data['name_or_path'] or 'a dataset'}), and "
+            "the fitted heads would not cover the new module; nothing was written. Add --fit DATA [--fit-split "
+            "SPLIT] to fit it again, or --drop-fit to answer with the modules' own heads."
+        )
+    if config.rule == "calibrated" and not refit:
+        raise ValueError(
+            f"{args.composed} is calibrated, and its calibration would not cover the new module; nothing was "
+            "written. Add --calibrate DATA [--calibrate-split SPLIT] to calibrate it again, or --drop-fit to answer "
+            "by the paper's vote."
+        )
+
+
+def run_replace(args: argparse.Namespace) -> None:
+    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
+        check_overwrite(args.output, args.overwrite)
+    if (args.fit or args.calibrate) and args.drop_fit:
+        raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
+    composed = ComposedModel.from_pretrained(model_source(args.composed))
+    _refuse_to_leave_a_stale_fit(composed, args)
+    in_place = args.output is None or Path(args.output).resolve() == Path(args.composed).resolve()
+    if not in_place:  # before any fitting: the members after the swap are the others and the new one
+        others = [entry["source"] for entry in composed.config.members if entry.get("source")]
+        _refuse_an_output_over_a_member(args.output, [*others, args.module])
+    # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
+    materialize = args.materialize or all("subfolder" in entry for entry in composed.config.members)
+    composed.replace(args.label, model_source(args.module), relabel=args.relabel)
+    if args.drop_fit:
+        composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
+    if args.fit:
+        _fit(composed, args)
+    if args.calibrate:
+        composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split), progress=not args.quiet)
+    output = args.output or args.composed
+    if in_place:
+        composed.save_pretrained(output, materialize=materialize)  # in place: files the user added there stay
+    else:
+        with atomic_directory(args.output, keep=()) as staging:  # another directory is replaced as a whole
+            composed.save_pretrained(staging, materialize=materialize)
+    inside = " (modules stored inside)" if materialize else ""
+    print(f"Replaced the {args.label!r} module; saved to {output}{inside}")
+
+
+def add_compose_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "modules", nargs="+", metavar="MODULE", help="module directories or Hub repo ids (@revision to pin one)"
+    )
+    command.add_argument("--output", required=True, metavar="DIR", help="the composed model's directory")
+    add_overwrite_option(command)
+    command.add_argument(
+        "--rename",
+        nargs="*",
+        action="extend",
+        metavar="OLD=NEW",
+        help="rename modules' classes (after the modules; several pairs, or the option again, or comma-separated)",
+    )
+    command.add_argument(
+        "--labels",
+        default=None,
+        metavar="A,B,...",
+        help="every module's label, in order (two modules of one class can answer as two labels)",
+    )
+    command.add_argument("--materialize", action="store_true", help="store the modules' weights in DIR (offline use)")
+    command.add_argument("--push-to", default=None, metavar="REPO_ID", help="also publish the composition on the Hub")
+    command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
+    _add_calibrate_options(command)
+    _add_fit_options(command)
+    command.set_defaults(run=run_compose)
+
+
+def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--calibrate",
+        default=None,
+        metavar="DATASET",
+        help="fit each module's own-class probability on this labelled dataset and answer by plain argmax over the "
+        "calibrated probabilities instead of the paper's vote (use held-out images)",
+    )
+    command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
+
+
+def _add_fit_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--fit",
+        default=None,
+        metavar="DATASET",
+        help="refit each module's own-vs-rest head on labelled images of the composition's classes (other classes "
+        "in DATASET are skipped), so modules from unrelated parents compose (use held-out images)",
+    )
+    split = default_of(ComposedModel.fit, "split")
+    command.add_argument("--fit-split", default=split, metavar="SPLIT", help=f"of --fit (default: {split})")
+    command.add_argument(
+        "--images-per-class",
+        type=cli_number(minimum=2, integer=True),
+        default=default_of(ComposedModel.fit, "images_per_class"),
+        help="for --fit (default: %(default)s)",
+    )
+
+
+def add_replace_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
+    command.add_argument("label", metavar="LABEL", help="the label whose module is swapped")
+    command.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
+    command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
+    add_overwrite_option(command)
+    command.add_argument(
+        "--materialize",
+        action="store_true",
+        help="store the modules' weights in the directory (kept when the composition already does)",
+    )
+    command.add_argument(
+        "--relabel", action="store_true", help="let a module of another class name answer as LABEL (the same class)"
+    )
+    _add_fit_options(command)
+    _add_calibrate_options(command)
+    command.add_argument(
+        "--drop-fit",
+        action="store_true",
+        help="a fitted or calibrated composition: answer with the modules' own heads by the paper's vote from now on",
+    )
+    command.set_defaults(run=run_replace)

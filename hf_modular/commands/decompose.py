@@ -1,0 +1,162 @@
+"""`decompose`: one module per class, with one flag per option of every registered strategy."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from ..decompose import STRATEGIES, decompose, decompose_to_directory
+from ..distributed import distributed_state
+from ..hub import DEFAULT_NAME_TEMPLATE, push_modules
+from ..models import ModularResNetConfig
+from ..module import describe
+from ..validation import cli_number
+from .hub import print_pushes
+from .loading import load_classifier
+from .options import COUNT, add_compute_options, add_data_options, add_overwrite_option, add_pickle_option, default_of
+
+
+def run_decompose(args: argparse.Namespace) -> None:
+    if args.eval_limit and not args.eval_split:
+        raise ValueError("--eval-limit limits the evaluation, which needs --eval-split (e.g. --eval-split test).")
+    state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
+    strategy_options = _strategy_options(args)
+    model = load_classifier(args)
+    report = decompose_to_directory(
+        model,
+        args.dataset,
+        args.output,
+        eval_dataset=args.dataset if args.eval_split else None,
+        eval_split=args.eval_split or "test",
+        eval_limit=args.eval_limit,
+        classes=[name.strip() for name in args.classes.split(",")] if args.classes is not None else None,
+        accelerator=state,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+        samples_per_class=args.samples_per_class,
+        negatives_ratio=args.negatives_ratio,
+        split=args.split,
+        dataset_revision=args.dataset_revision,
+        dataset_config=args.dataset_config,
+        num_workers=args.num_workers,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        strategy=args.strategy,
+        **strategy_options,
+    )
+    if not state.is_main_process:
+        return
+    if args.push_to:
+        print_pushes(push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private))
+    modules = {
+        label: ModularResNetConfig.from_pretrained(Path(args.output) / row["directory"]).provenance
+        for label, row in report["modules"].items()
+    }
+    strategy = STRATEGIES[args.strategy]
+    headline = strategy.headline_format.format(report[f"mean_{strategy.headline}"])
+    print(f"{len(modules)} modules in {args.output}  ({headline})")
+    evaluation = report.get("evaluation")
+    if evaluation:
+        parent, composed = evaluation["parent"], evaluation["composed"]
+        print(f"on {args.eval_split} ({evaluation['images']} images):")
+        print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
+        print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
+    measures = {label: describe(info).measures for label, info in modules.items()}
+    columns = list(next(iter(measures.values())))
+    print(f"{'module':<20} " + " ".join(f"{column:>8}" for column in columns) + f" {'binary acc':>10}")
+    for label, row in report["modules"].items():
+        binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
+        print(f"{label:<20} " + " ".join(f"{measures[label][column]:>8}" for column in columns) + f" {binary}")
+
+
+def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the user gave for the chosen strategy; an option of another strategy is an error."""
+    given = {name: getattr(args, name) for name in _strategy_flags() if hasattr(args, name)}
+    chosen = {option.name for option in dataclasses.fields(STRATEGIES[args.strategy])}
+    foreign = sorted(name for name in given if name not in chosen)
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise ValueError(f"{flags} is not an option of --strategy {args.strategy}; see hf-modular decompose --help.")
+    STRATEGIES[args.strategy](**given)  # its own checks (e.g. --delta nan), before the model loads
+    return given
+
+
+def _strategy_flags() -> dict[str, list[tuple[str, dataclasses.Field, Any]]]:
+    """Every strategy option, by name: (strategy, its dataclass field, its type) for each strategy that has it."""
+    flags: dict[str, list[tuple[str, dataclasses.Field, Any]]] = {}
+    for name, strategy in STRATEGIES.items():
+        hints = typing.get_type_hints(strategy)
+        for option in dataclasses.fields(strategy):
+            flags.setdefault(option.name, []).append((name, option, hints[option.name]))
+    return flags
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of every registered strategy, built from its dataclass field (type, default, help,
+    choices), so the CLI never restates a default. Flags the user does not give stay out of `args`."""
+    for name, owners in _strategy_flags().items():
+        strategy_names = ", ".join(owner for owner, _, _ in owners)
+        _, option, annotation = owners[0]
+        kind = _flag_type(annotation)
+        help_text = f"{strategy_names}: {option.metadata.get('help', '')}"
+        if option.default is not None:  # None's meaning is in the help itself
+            help_text += f" (default: {option.default})"
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(
+                flag, type=kind, choices=option.metadata.get("choices"), default=argparse.SUPPRESS, help=help_text
+            )
+
+
+def _flag_type(annotation: Any) -> type:
+    """The command-line type of an option annotated `int`, `float`, `bool`, `str` or `str | None`."""
+    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return arguments[0] if arguments else annotation
+
+
+def add_decompose_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", metavar="MODEL", help="local directory or Hub repo id of a ModularResNet classifier")
+    command.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder with the training data")
+    command.add_argument(
+        "--split", default=default_of(decompose, "split"), help="split observed by the statistics pass"
+    )
+    add_data_options(command)
+    command.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
+    command.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
+    command.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
+    command.add_argument(
+        "--samples-per-class", type=COUNT, default=default_of(decompose, "samples_per_class"), help="own-class inputs"
+    )
+    command.add_argument(
+        "--negatives-ratio",
+        type=cli_number(minimum=0),
+        default=default_of(decompose, "negatives_ratio"),
+        help="negatives per own input",
+    )
+    command.add_argument(
+        "--strategy",
+        default="activation",
+        choices=list(STRATEGIES),
+        help="activation: the paper's masked full-size modules; channel: compact, physically pruned modules",
+    )
+    _add_strategy_options(command.add_argument_group("strategy options (each names the strategies that take it)"))
+    command.add_argument(
+        "--batch-size", type=COUNT, default=default_of(decompose, "batch_size"), help="images per step"
+    )
+    command.add_argument(
+        "--seed", type=int, default=default_of(decompose, "seed"), help="seed of sampling and recovery"
+    )
+    command.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
+    add_compute_options(command)
+    command.add_argument("--output", required=True, metavar="DIR", help="directory for the module directories")
+    add_overwrite_option(command)
+    command.add_argument("--push-to", default=None, metavar="NAMESPACE", help="push every module to this Hub namespace")
+    command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
+    command.add_argument("--private", action="store_true", help="create the module repos private")
+    add_pickle_option(command)
+    command.set_defaults(run=run_decompose)

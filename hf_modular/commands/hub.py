@@ -1,0 +1,116 @@
+"""`push` and `push-parent`, and the time limit every Hub request of a command gets."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import huggingface_hub
+
+from ..hub import DEFAULT_NAME_TEMPLATE, push_directory, push_modules
+from .loading import model_source
+from .options import add_remote_code_option
+
+
+def print_pushes(results: dict) -> None:
+    for label, result in results.items():
+        state = "new commit" if result.changed else "unchanged"
+        print(f"{label:<20} {result.repo_id}  commit {result.commit_sha[:12]}  ({state})")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    print_pushes(
+        push_modules(
+            args.directory,
+            args.namespace,
+            name_template=args.name_template,
+            private=args.private,
+            revision=args.revision,
+            create_pr=args.create_pr,
+            license=args.license,
+            remote_code=args.remote_code,
+        )
+    )
+
+
+def run_push_parent(args: argparse.Namespace) -> None:
+    result = push_directory(
+        model_source(args.directory),
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        license=args.license,
+        remote_code=args.remote_code,
+    )
+    print_pushes({"model": result})
+
+
+def add_push_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("directory", metavar="DIR", help="a decomposition's output (its *-module directories)")
+    command.add_argument("--namespace", required=True, help="Hub user or organisation")
+    command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
+    command.add_argument("--private", action="store_true", help="create the repos private")
+    command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    command.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
+    add_remote_code_option(command)
+    command.set_defaults(run=run_push)
+
+
+def add_push_parent_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("directory", metavar="DIR", help="the parent model's directory")
+    command.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
+    command.add_argument("--private", action="store_true", help="create the repo private")
+    command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    command.add_argument("--license", default=None, help="license id for the card")
+    add_remote_code_option(command)
+    command.set_defaults(run=run_push_parent)
+
+
+HUB_TIMEOUT_VARIABLE = "HF_MODULAR_HUB_TIMEOUT"
+
+
+DEFAULT_HUB_TIMEOUT = 120.0  # seconds without a byte from the Hub; a large commit is answered well within it
+
+
+def hub_timeout() -> float:
+    value = os.environ.get(HUB_TIMEOUT_VARIABLE, "")
+    try:
+        return float(value) if value else DEFAULT_HUB_TIMEOUT
+    except ValueError:
+        raise ValueError(f"{HUB_TIMEOUT_VARIABLE}={value!r} is not a number of seconds.") from None
+
+
+def is_http_timeout(error: BaseException | None) -> bool:
+    """Whether `error`, or what caused it, is a timeout of the HTTP client the Hub client uses (httpx's classes)."""
+    while error is not None:
+        kind = type(error)
+        if kind.__module__.split(".")[0].startswith(("httpx", "httpcore")) and "Timeout" in kind.__name__:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def limit_hub_requests(seconds: float) -> None:
+    """Give every request of huggingface_hub's client (transformers, timm and datasets download through it) a time
+    limit. Its requests carry no timeout (`timeout=None` per request, which overrides a client's default), so a
+    server that accepts the connection and never answers would hang a command forever. The client factory keeps
+    huggingface_hub's own hooks (offline mode, request ids) and adds one that fills the limit in where a request
+    has none; a factory, because the client is rebuilt after a failed request."""
+
+    def limit(request) -> None:
+        given = request.extensions.get("timeout") or {}
+        phases = ("connect", "read", "write", "pool")
+        request.extensions["timeout"] = {key: seconds if given.get(key) is None else given[key] for key in phases}
+
+    template = huggingface_hub.get_session()
+    hooks = {kind: [f for f in functions if f.__name__ != "limit"] for kind, functions in template.event_hooks.items()}
+    client_class = type(template)  # (a limit set by an earlier call in this process is replaced, not stacked)
+
+    def client():
+        request_hooks = [*hooks.get("request", []), limit]
+        return client_class(event_hooks={**hooks, "request": request_hooks}, follow_redirects=True, timeout=seconds)
+
+    huggingface_hub.set_client_factory(client)

@@ -1,0 +1,68 @@
+"""Finding and loading the model a command names, with errors that say what the argument is."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForImageClassification
+
+from ..decompose import REPORT_NAME
+from ..models import ModularResNetForImageClassification
+
+
+def model_source(name: str) -> str:
+    """A local path that does not exist is an error here, not a Hub lookup of a malformed repo id."""
+    looks_local = name.startswith(("/", "./", "../", "~", os.sep))
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"No such directory: {name}. Give a saved model's directory or a Hub repo id.")
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def load_classifier(args: argparse.Namespace):
+    return _from_pretrained(ModularResNetForImageClassification, args)
+
+
+def load_model(args: argparse.Namespace):
+    """A classifier, a module or a composed model, by what its config.json says."""
+    return _from_pretrained(AutoModelForImageClassification, args)
+
+
+def _from_pretrained(model_class: Any, args: argparse.Namespace) -> Any:
+    """`args.model` loaded by `model_class`, with errors that say what the argument is instead of what a loader
+    expected of it; pickle weights only with --allow-pickle."""
+    source = model_source(args.model)
+    check_saved_model(source)
+    # None: safetensors where there are some, else the pickle (False would refuse safetensors altogether).
+    pickle = {"use_safetensors": None} if getattr(args, "allow_pickle", False) else {}
+    try:
+        return model_class.from_pretrained(source, revision=args.revision, **pickle)
+    except OSError as error:
+        if Path(source).exists():
+            raise
+        raise OSError(
+            f"{args.model} is not a local directory, and as a Hub repo id it could not be loaded: {error}"
+        ) from error
+
+
+def check_saved_model(source: str) -> None:
+    """A file, or a directory with no config.json, is named as such (transformers would say a JSON was invalid)."""
+    path = Path(source)
+    if path.is_file():
+        checkpoint = path.suffix in {".th", ".pt", ".pth", ".tar", ".bin"}
+        hint = f" (a CIFAR ResNet checkpoint becomes one with `hf-modular import {source} --output DIR`)"
+        raise ValueError(
+            f"{source} is a file; give a saved model's directory or a Hub repo id{hint if checkpoint else ''}."
+        )
+    if path.is_dir() and (path / REPORT_NAME).is_file():
+        raise FileNotFoundError(
+            f"{source} is a decomposition's output: it holds one module per class. Give one of its *-module "
+            "directories."
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or an "
+            "hf-modular command wrote."
+        )

@@ -1,0 +1,180 @@
+"""`info`, `import` and `card`: commands about one saved model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig
+
+from ..compose import ComposedConfig, ComposedModel
+from ..compose.fitting import stale_members
+from ..hub import composed_card, module_card, parent_card
+from ..models import CIFAR10_LABELS, ModularResNetForImageClassification, import_cifar_resnet
+from ..module import describe
+from ..saving import atomic_directory, check_overwrite, holds_our_output
+from .loading import check_saved_model, load_model, model_source
+from .options import add_overwrite_option, add_pickle_option
+
+CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
+
+
+def run_info(args: argparse.Namespace) -> None:
+    model = load_model(args)
+    if isinstance(model, ComposedModel):
+        _print_summary(_composed_summary(model, args.model), args.json)
+        return
+    config = model.config
+    summary = {
+        "source": args.model,
+        "architecture": config.preset or "modular_resnet (custom)",
+        "block_type": config.block_type,
+        "layers": config.layers,
+        "widths": config.widths,
+        "stem": config.stem_type,
+        "shortcut": config.shortcut,
+        "input": [config.num_channels, config.image_size, config.image_size],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "labels": [config.id2label[i] for i in range(config.num_labels)],
+        "sites": len(model.sites()),
+        "masked_sites": len(config.mask_shapes or {}),
+        "pruned_widths": config.block_widths if config.is_pruned else None,
+        "head": config.head_type if config.head_rows is None else f"{config.head_type} ({config.head_rows} rows)",
+        "module": config.module,
+        "training": config.training,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return
+    summary.pop("module")
+    summary["training"] = _training_digest(config.training) if config.training else None
+    if config.is_module:  # a readable digest; --json has everything
+        info = config.provenance
+        parent = info.parent.repo_id or info.parent.path or f"an in-memory {info.parent.architecture}"
+        summary["module of"] = f"{parent} (weights {info.parent.weights_sha256[:12]})"
+        summary["class"] = f"{info.target_label} (index {info.target_index})"
+        summary["method"] = ", ".join([info.method.strategy, *(f"{k}={v}" for k, v in info.method.parameters.items())])
+        summary.update(describe(info).measures)
+        if info.evaluation:
+            evaluation = info.evaluation
+            summary["binary accuracy"] = f"{100 * evaluation['binary_accuracy']:.2f}% on {evaluation['split']}"
+            if evaluation.get("own_vs_rest"):
+                own, parent_own = evaluation["own_vs_rest"]["module"], evaluation["own_vs_rest"]["parent"]
+                summary["alone (accuracy, ECE)"] = (
+                    f"{100 * own['accuracy']:.2f}%, {own['ece']:.4f} (parent's own decision: "
+                    f"{100 * parent_own['accuracy']:.2f}%, {parent_own['ece']:.4f})"
+                )
+    _print_summary(summary, json_output=False)
+
+
+def _training_digest(training: dict[str, Any]) -> str:
+    """One line of `config.training`; --json has all of it."""
+    data, final = training.get("dataset") or {}, training.get("final") or {}
+    split = f"split {data['split']}, " if data.get("split") else ""
+    epochs = training.get("epochs")
+    held_out = training.get("eval_dataset") or {}
+    on = f" on {held_out['split']}" if held_out.get("split") else ""
+    scores = f", top-1 {100 * final['top1']:.2f}%{on}" if "top1" in final else ""
+    loss = f": training loss {final['loss']:.4f}{scores}" if "loss" in final else ""
+    precision = training.get("mixed_precision")
+    return (
+        f"{epochs} epoch{'s' if epochs != 1 else ''} on {data.get('name_or_path') or 'unnamed data'} "
+        f"({split}{training.get('trained_rows')} images), seed {training.get('seed')}, {training.get('dtype')}"
+        f"{f', mixed precision {precision}' if precision not in (None, 'no') else ''}{loss}"
+    )
+
+
+def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
+    config = composed.config
+    fitted_on = (config.fit or {}).get("data", {}).get("name_or_path") or "an in-memory dataset"
+    changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
+    stale = f" (stale: {', '.join(changed)} changed since; fit it again)" if changed else ""
+    return {
+        "source": source,
+        "composed of": len(composed.labels),
+        "labels": composed.labels,
+        "members": [
+            f"{entry['label']}: {entry.get('source') or entry.get('subfolder')}"
+            + (f"@{entry['revision'][:12]}" if entry.get("revision") else "")
+            for entry in config.members
+        ],
+        "input": [config.num_channels, config.image_size, config.image_size],
+        "rule": config.rule,
+        "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}" + stale,
+    }
+
+
+def _print_summary(summary: dict[str, Any], json_output: bool) -> None:
+    if json_output:
+        print(json.dumps(summary, indent=2))
+        return
+    width = max(len(key) for key in summary)
+    for key, value in summary.items():
+        if value is not None:
+            print(f"{key:<{width}}  {value}")
+
+
+def run_import(args: argparse.Namespace) -> None:
+    check_overwrite(args.output, args.overwrite)
+    source = Path(args.checkpoint)
+    if source.is_file() or source.suffix in CHECKPOINT_SUFFIXES:  # a CIFAR checkpoint file from the wild
+        labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
+        model = import_cifar_resnet(args.checkpoint, labels=labels)
+    else:  # a transformers ResNet: a saved directory or a Hub repo id
+        if args.labels:
+            raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
+        if source.is_dir() and holds_our_output(source):
+            raise ValueError(
+                f"{args.checkpoint} is already an hf-modular model directory: there is nothing to import. Use it as "
+                f"it is (`hf-modular info {args.checkpoint}`, or decompose it)."
+            )
+        model = ModularResNetForImageClassification.from_transformers(args.checkpoint, revision=args.revision)
+    with atomic_directory(args.output, keep=()) as staging:  # a model directory is replaced as a whole
+        model.save_pretrained(staging)
+    print(f"Saved {model.config.preset or 'modular_resnet'} ({model.config.num_labels} classes) to {args.output}")
+
+
+def run_card(args: argparse.Namespace) -> None:
+    directory = Path(model_source(args.directory))
+    check_saved_model(str(directory))
+    config = AutoConfig.from_pretrained(directory)
+    if isinstance(config, ComposedConfig):
+        card = composed_card(config, args.repo_id, license=args.license)
+    elif config.is_module:
+        card = module_card(config, args.repo_id, license=args.license)
+    else:
+        model = ModularResNetForImageClassification.from_pretrained(directory)
+        card = parent_card(model, args.repo_id, license=args.license)
+    card.save(directory / "README.md")
+    print(f"Wrote {directory / 'README.md'}")
+
+
+def add_info_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("model", metavar="PATH_OR_REPO", help="a model, module or composition: directory or repo id")
+    command.add_argument("--revision", default=None, help="Hub branch, tag or commit")
+    command.add_argument("--json", action="store_true", help="print JSON")
+    add_pickle_option(command)
+    command.set_defaults(run=run_info)
+
+
+def add_import_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "checkpoint",
+        metavar="SOURCE",
+        help="a CIFAR checkpoint file (.th/.pt, read with weights_only=True), or a transformers ResNet "
+        "(ResNetForImageClassification: directory or Hub repo id, e.g. microsoft/resnet-50)",
+    )
+    command.add_argument("--revision", default=None, help="Hub branch, tag or commit of a transformers ResNet")
+    command.add_argument("--output", required=True, metavar="DIR", help="directory to write")
+    add_overwrite_option(command)
+    command.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
+    command.set_defaults(run=run_import)
+
+
+def add_card_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("directory", metavar="DIR", help="a module's, parent's or composition's directory")
+    command.add_argument("--repo-id", default=None, help="the Hub repo the card's snippets should name")
+    command.add_argument("--license", default=None, help="license id for the card")
+    command.set_defaults(run=run_card)
