@@ -1,8 +1,8 @@
 """The `hf-modular` command line: the commands, the global options, and errors as one line.
 
 It answers `hf-modular --help`, `--version` and a mistyped command without loading torch: what each command does
-lives in the `commands` package, which is loaded only for the command given (its options show the library's own defaults,
-so building them needs the library).
+lives in the `commands` package, which is loaded only for the command given (its options show the library's own
+defaults, so building them needs the library).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ COMMANDS = {
     "card": "render the model card (README.md) of a saved model or module directory",
     "compose": "compose modules (local directories or Hub repo ids, @revision to pin) into a classifier",
     "replace": "swap one class's module in a composed model",
+    "fit": "fit a composed model's heads again (after a member changed), or calibrate it",
     "evaluate": "top-1/top-5 and per-class accuracy of a model or composed model on a dataset split",
 }
 

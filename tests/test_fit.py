@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import HfApi
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
@@ -183,6 +184,70 @@ def test_cli_compose_fit(strangers, tmp_path, capsys):
     replaced.predict(_data(ALL, 1, seed=9)["image"])  # fitted again: it answers
     assert main(["-q", "replace", str(output), "dark", str(tmp_path / "other-dark"), "--drop-fit"]) == 0
     assert json.loads((output / "config.json").read_text())["fit"] is None
+
+
+def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_path, capsys, hub_server):
+    for module in strangers:
+        module.save_pretrained(tmp_path / module.config.provenance.target_label)
+    data = str(tmp_path / "fit" / "train.parquet")
+    (tmp_path / "fit").mkdir()
+    _data(ALL, 10, seed=3).to_parquet(data)
+    HfApi().create_repo("user/greys", repo_type="dataset")
+    HfApi().upload_folder(repo_id="user/greys", repo_type="dataset", folder_path=str(tmp_path / "fit"))
+    composed = tmp_path / "composed"
+    modules = [str(tmp_path / label) for label in ALL]
+    fit = ["--fit", "user/greys", "--images-per-class", "6"]
+    assert main(["-q", "compose", *modules, "--output", str(composed), *fit]) == 0
+    first = json.loads((composed / "config.json").read_text())["fit"]
+
+    # A member edited on disk makes the fit stale: info says so and names the command that fits it again.
+    _stranger_modules(["bright", "dark"], ["mid", "dim"])[1].save_pretrained(tmp_path / "dark")
+    capsys.readouterr()
+    assert main(["info", str(composed)]) == 0
+    assert f"dark changed since; `hf-modular fit {composed}` fits it again" in capsys.readouterr().out
+    assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 1
+    assert "hf-modular fit DIR" in capsys.readouterr().err
+
+    # With no options it repeats the last fit: its Hub dataset, split, images per class and seed.
+    assert main(["-q", "fit", str(composed)]) == 0
+    assert "on 24 images (6 per class, split train)" in capsys.readouterr().out
+    again = json.loads((composed / "config.json").read_text())["fit"]
+    same = ("name_or_path", "split", "images_per_class", "seed", "fingerprint")
+    assert {key: again["data"][key] for key in same} == {key: first["data"][key] for key in same}
+    assert again["members"] != first["members"] and again["heads"]["dark"] != first["heads"]["dark"]
+    assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 0
+
+    # replace --fit DATA repeats the last fit's images per class too, unless told otherwise.
+    arguments = ["-q", "replace", str(composed), "dark", str(tmp_path / "dark"), "--fit", data]
+    assert main(arguments) == 0
+    assert json.loads((composed / "config.json").read_text())["fit"]["data"]["images_per_class"] == 6
+    assert main([*arguments, "--images-per-class", "4"]) == 0
+    assert json.loads((composed / "config.json").read_text())["fit"]["data"]["images_per_class"] == 4
+
+    # Local data is recorded by its file name only, so fitting again asks for its path.
+    assert main(["-q", "fit", str(composed)]) == 1
+    assert "fitted on local data, ./train.parquet, and only its file name is recorded" in capsys.readouterr().err
+
+    # --calibrate switches to the calibrated rule; --output writes elsewhere and leaves the composition as it was.
+    before = (composed / "config.json").read_text()
+    calibrate = ["--dataset", data, "--calibrate", "--output", str(tmp_path / "calibrated")]
+    assert main(["-q", "fit", str(composed), *calibrate]) == 0
+    calibrated = json.loads((tmp_path / "calibrated" / "config.json").read_text())
+    assert calibrated["rule"] == "calibrated" and calibrated["fit"] is None
+    assert set(calibrated["calibration"]) == set(ALL)
+    assert (composed / "config.json").read_text() == before
+
+    # A composition never fitted needs the data named; an --output over a member is refused before any work.
+    assert main(["-q", "compose", *modules, "--output", str(tmp_path / "plain")]) == 0
+    assert main(["-q", "fit", str(tmp_path / "plain")]) == 1
+    assert "has not been fitted: give the labelled images to fit it on with --dataset DATA" in capsys.readouterr().err
+    dim_before = (tmp_path / "dim" / "config.json").read_text()
+    assert main(["-q", "fit", str(composed), "--dataset", data, "--output", str(tmp_path / "dim"), "--overwrite"]) == 1
+    assert "would replace a module being composed" in capsys.readouterr().err
+    assert (tmp_path / "dim" / "config.json").read_text() == dim_before
+    both = ["--output", str(tmp_path / "both"), "--fit", data, "--calibrate", data]
+    assert main(["-q", "compose", *modules, *both]) == 1
+    assert "--fit and --calibrate are two ways" in capsys.readouterr().err and not (tmp_path / "both").exists()
 
 
 def test_a_fitted_composition_moves_across_dtypes_and_still_trains(strangers):

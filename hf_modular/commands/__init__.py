@@ -37,6 +37,7 @@ ARGUMENTS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "card": models.add_card_arguments,
     "compose": compose.add_compose_arguments,
     "replace": compose.add_replace_arguments,
+    "fit": compose.add_fit_arguments,
     "evaluate": evaluate.add_evaluate_arguments,
 }
 

@@ -13,8 +13,11 @@ from .hub import print_pushes
 from .loading import model_source
 from .options import add_overwrite_option, default_of
 
+FIT_IMAGES_PER_CLASS = default_of(ComposedModel.fit, "images_per_class")
+
 
 def run_compose(args: argparse.Namespace) -> None:
+    _refuse_fit_and_calibrate(args)
     pairs = [pair.strip() for given in args.rename or [] for pair in given.split(",")]
     malformed = [pair for pair in pairs if "=" not in pair]
     if malformed:
@@ -25,10 +28,9 @@ def run_compose(args: argparse.Namespace) -> None:
     check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_modules([model_source(m) for m in args.modules], rename=rename, labels=labels)
     if args.calibrate:
-        calibration = composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split))
-        print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
+        _calibrate(composed, args.calibrate, args.calibrate_split, args.quiet)
     if args.fit:
-        _fit(composed, args)
+        _fit(composed, args.fit, args)
     with atomic_directory(args.output, keep=()) as staging:
         composed.save_pretrained(staging, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
@@ -51,15 +53,69 @@ def _overlaps(path: Path, other: Path) -> bool:
     return path.is_relative_to(other) or other.is_relative_to(path)
 
 
-def _fit(composed: ComposedModel, args: argparse.Namespace) -> None:
+def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> None:
+    """Fit the heads on `dataset` with the split and images per class given, or else those of the composition's
+    last fit (so fitting again after a change repeats the same fit), or else the API's defaults."""
+    last = (composed.config.fit or {}).get("data", {})
     record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
-        args.fit,
-        split=args.fit_split,
-        images_per_class=args.images_per_class,
+        dataset,
+        split=args.fit_split or last.get("split") or default_of(ComposedModel.fit, "split"),
+        images_per_class=args.images_per_class or last.get("images_per_class") or FIT_IMAGES_PER_CLASS,
+        seed=last.get("seed", default_of(ComposedModel.fit, "seed")),
         other_classes="skip",
         progress=not args.quiet,
     )
-    print(f"Fitted each module's head on {record['data']['images']} images in {record['seconds']:.1f} s")
+    data = record["data"]
+    print(
+        f"Fitted each module's head on {data['images']} images ({data['images_per_class']} per class, split "
+        f"{data['split']}) in {record['seconds']:.1f} s"
+    )
+
+
+def _calibrate(composed: ComposedModel, dataset: str, split: str, quiet: bool) -> None:
+    calibration = composed.calibrate(load_image_dataset(dataset, split=split), progress=not quiet)
+    print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
+
+
+def _save(composed: ComposedModel, source: str, output: str | None, materialize: bool) -> str:
+    """Save a changed composition in place (files the user added there stay) or to `output`, a directory that is
+    replaced as a whole. Returns where it went."""
+    if output is None or Path(output).resolve() == Path(source).resolve():
+        composed.save_pretrained(source, materialize=materialize)
+        return source
+    with atomic_directory(output, keep=()) as staging:
+        composed.save_pretrained(staging, materialize=materialize)
+    return output
+
+
+def _keeps_its_modules(composed: ComposedModel, materialize: bool) -> bool:
+    """A composition that holds its modules keeps holding them: it must not start to depend on outside paths."""
+    return materialize or all("subfolder" in entry for entry in composed.config.members)
+
+
+def _last_fit_dataset(composed: ComposedModel, name: str) -> str:
+    """The dataset of the composition's last fit, when its record names one that can be loaded again."""
+    recorded = (composed.config.fit or {}).get("data", {}).get("name_or_path")
+    if not composed.config.fit:
+        raise ValueError(f"{name} has not been fitted: give the labelled images to fit it on with --dataset DATA.")
+    if recorded is None:
+        raise ValueError(f"{name} was fitted on an in-memory dataset: give the images to fit on with --dataset DATA.")
+    if recorded.startswith("./"):  # provenance names local data by its base name only (see data.dataset_name)
+        raise ValueError(
+            f"{name} was fitted on local data, {recorded}, and only its file name is recorded: give its path with "
+            "--dataset PATH."
+        )
+    return recorded
+
+
+def _refuse_an_output_over_its_members(
+    composed: ComposedModel, args: argparse.Namespace, new_members: tuple[str, ...] = ()
+) -> None:
+    """Before any work: an --output other than the composition itself must not be, hold or sit inside a member."""
+    if args.output is None or Path(args.output).resolve() == Path(args.composed).resolve():
+        return
+    others = [entry["source"] for entry in composed.config.members if entry.get("source")]
+    _refuse_an_output_over_a_member(args.output, [*others, *new_members])
 
 
 def _refuse_to_leave_a_stale_fit(composed: ComposedModel, args: argparse.Namespace) -> None:
@@ -80,34 +136,52 @@ def _refuse_to_leave_a_stale_fit(composed: ComposedModel, args: argparse.Namespa
         )
 
 
+def _refuse_fit_and_calibrate(args: argparse.Namespace) -> None:
+    if args.fit and args.calibrate:
+        raise ValueError(
+            "--fit and --calibrate are two ways to make modules of different parents agree (a fit's heads are "
+            "calibrated already): give one."
+        )
+
+
 def run_replace(args: argparse.Namespace) -> None:
-    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
-        check_overwrite(args.output, args.overwrite)
+    _refuse_fit_and_calibrate(args)
     if (args.fit or args.calibrate) and args.drop_fit:
         raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
+    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
+        check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_to_leave_a_stale_fit(composed, args)
-    in_place = args.output is None or Path(args.output).resolve() == Path(args.composed).resolve()
-    if not in_place:  # before any fitting: the members after the swap are the others and the new one
-        others = [entry["source"] for entry in composed.config.members if entry.get("source")]
-        _refuse_an_output_over_a_member(args.output, [*others, args.module])
-    # A composition that holds its modules keeps holding them: it must not start to depend on the new one's path.
-    materialize = args.materialize or all("subfolder" in entry for entry in composed.config.members)
+    _refuse_an_output_over_its_members(composed, args, new_members=(args.module,))
+    materialize = _keeps_its_modules(composed, args.materialize)
     composed.replace(args.label, model_source(args.module), relabel=args.relabel)
     if args.drop_fit:
         composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
     if args.fit:
-        _fit(composed, args)
+        _fit(composed, args.fit, args)
     if args.calibrate:
-        composed.calibrate(load_image_dataset(args.calibrate, split=args.calibrate_split), progress=not args.quiet)
-    output = args.output or args.composed
-    if in_place:
-        composed.save_pretrained(output, materialize=materialize)  # in place: files the user added there stay
-    else:
-        with atomic_directory(args.output, keep=()) as staging:  # another directory is replaced as a whole
-            composed.save_pretrained(staging, materialize=materialize)
+        _calibrate(composed, args.calibrate, args.calibrate_split, args.quiet)
+    output = _save(composed, args.composed, args.output, materialize)
     inside = " (modules stored inside)" if materialize else ""
     print(f"Replaced the {args.label!r} module; saved to {output}{inside}")
+
+
+def run_fit(args: argparse.Namespace) -> None:
+    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
+        check_overwrite(args.output, args.overwrite)
+    composed = ComposedModel.from_pretrained(model_source(args.composed))
+    _refuse_an_output_over_its_members(composed, args)
+    last = (composed.config.fit or {}).get("data", {})
+    dataset = args.dataset or _last_fit_dataset(composed, args.composed)
+    if args.calibrate:  # of the modules' own heads: a fit's heads are calibrated by construction
+        if args.images_per_class is not None:
+            raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
+        composed.config.fit = None
+        _calibrate(composed, dataset, args.fit_split or last.get("split") or "train", args.quiet)
+    else:
+        _fit(composed, dataset, args)
+    output = _save(composed, args.composed, args.output, _keeps_its_modules(composed, materialize=False))
+    print(f"Saved to {output}")
 
 
 def add_compose_arguments(command: argparse.ArgumentParser) -> None:
@@ -148,6 +222,24 @@ def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
 
 
+def _add_fit_settings(command: argparse.ArgumentParser, dataset_option: str, split_flag: str) -> None:
+    """The split and images per class to fit on; left out, they are the composition's last fit's, else the API's."""
+    split = default_of(ComposedModel.fit, "split")
+    command.add_argument(
+        split_flag,
+        dest="fit_split",
+        default=None,
+        metavar="SPLIT",
+        help=f"the split of {dataset_option} (default: the last fit's, else {split})",
+    )
+    command.add_argument(
+        "--images-per-class",
+        type=cli_number(minimum=2, integer=True),
+        default=None,
+        help=f"images of each class to fit on (default: the last fit's, else {FIT_IMAGES_PER_CLASS})",
+    )
+
+
 def _add_fit_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--fit",
@@ -156,14 +248,7 @@ def _add_fit_options(command: argparse.ArgumentParser) -> None:
         help="refit each module's own-vs-rest head on labelled images of the composition's classes (other classes "
         "in DATASET are skipped), so modules from unrelated parents compose (use held-out images)",
     )
-    split = default_of(ComposedModel.fit, "split")
-    command.add_argument("--fit-split", default=split, metavar="SPLIT", help=f"of --fit (default: {split})")
-    command.add_argument(
-        "--images-per-class",
-        type=cli_number(minimum=2, integer=True),
-        default=default_of(ComposedModel.fit, "images_per_class"),
-        help="for --fit (default: %(default)s)",
-    )
+    _add_fit_settings(command, "--fit", "--fit-split")
 
 
 def add_replace_arguments(command: argparse.ArgumentParser) -> None:
@@ -188,3 +273,23 @@ def add_replace_arguments(command: argparse.ArgumentParser) -> None:
         help="a fitted or calibrated composition: answer with the modules' own heads by the paper's vote from now on",
     )
     command.set_defaults(run=run_replace)
+
+
+def add_fit_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
+    command.add_argument(
+        "--dataset",
+        default=None,
+        metavar="DATASET",
+        help="labelled images of the composition's classes, other classes skipped (default: the last fit's dataset)",
+    )
+    _add_fit_settings(command, "--dataset", "--split")
+    command.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="Platt-calibrate the modules' own heads instead (rule 'calibrated'; every image of --split, at most "
+        "5,000)",
+    )
+    command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
+    add_overwrite_option(command)
+    command.set_defaults(run=run_fit)

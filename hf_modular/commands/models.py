@@ -90,7 +90,7 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     config = composed.config
     fitted_on = (config.fit or {}).get("data", {}).get("name_or_path") or "an in-memory dataset"
     changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
-    stale = f" (stale: {', '.join(changed)} changed since; fit it again)" if changed else ""
+    stale = f" (stale: {', '.join(changed)} changed since; `hf-modular fit {source}` fits it again)" if changed else ""
     return {
         "source": source,
         "composed of": len(composed.labels),

@@ -397,8 +397,8 @@ class ComposedModel(PreTrainedModel):
         if stale:
             raise ValueError(
                 f"This composition was fitted for other members than it has now ({', '.join(stale)} changed since), "
-                "so its fit is stale. Fit it again (composed.fit(dataset)), or drop the fit "
-                "(composed.config.fit = None) to answer with the members' own heads."
+                "so its fit is stale. Fit it again (composed.fit(dataset); saved, `hf-modular fit DIR`), or drop the "
+                "fit (composed.config.fit = None) to answer with the members' own heads."
             )
         reference = [member.fc.weight for member in self.members]
         key = tuple(
