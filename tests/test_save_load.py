@@ -4,6 +4,7 @@ timm and pipeline, refusal of bad checkpoints, and atomic saves."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from transformers import (
     AutoModelForImageClassification,
     BaseImageProcessor,
     PreTrainedModel,
+    ResNetConfig,
+    ResNetForImageClassification,
     pipeline,
 )
 
-from hf_modular import ModularResNetConfig, ModularResNetForImageClassification, ModularResNetModel
+from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification, ModularResNetModel
 from hf_modular.cli import main
 from hf_modular.decompose import decompose
 from hf_modular.models.timm_models import TimmModularResNet
@@ -157,20 +160,34 @@ def test_pickle_only_directory_needs_an_explicit_opt_in(tmp_path, saved, model, 
     assert main(["info", str(saved), "--allow-pickle"]) == 0  # safetensors still load (and are preferred) with it
 
 
-def test_the_cli_says_what_a_model_argument_is_when_it_is_no_saved_model(tmp_path, capsys):
+def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, capsys):
     (tmp_path / "weights.th").write_bytes(b"not a model directory")
     (tmp_path / "notes").mkdir()
     (tmp_path / "modules").mkdir()
     (tmp_path / "modules" / "decomposition.json").write_text("{}")
+    ResNetForImageClassification(ResNetConfig(num_labels=2, hidden_sizes=[8, 8, 8, 8])).save_pretrained(
+        tmp_path / "transformers-resnet"
+    )
     for argument, expected in [
-        (tmp_path / "weights.th", "is a file; give a saved model's directory"),
+        (tmp_path / "weights.th", "is a file; give a saved model's directory or a Hub repo id (a CIFAR ResNet"),
+        (saved / "config.json", "is a file; give a saved model's directory or a Hub repo id."),
         (tmp_path / "notes", "has no config.json, so it holds no saved model"),
         (tmp_path / "modules", "is a decomposition's output: it holds one module per class"),
     ]:
+        # transformers would call the file invalid JSON, or load the directory with a default config
+        with pytest.raises((ValueError, OSError), match=re.escape(expected)):
+            ModularResNetForImageClassification.from_pretrained(argument)
+        with pytest.raises((ValueError, OSError), match=re.escape(expected)):
+            ComposedModel.from_pretrained(argument)
         assert main(["info", str(argument)]) == 1
         assert expected in capsys.readouterr().err
         assert main(["card", str(argument)]) == 1
         assert expected in capsys.readouterr().err
+    # A saved model of another kind names the loader that takes it (transformers would only warn).
+    with pytest.raises(ValueError, match="is a classifier or class module: load it with ModularResNetForImage"):
+        ComposedModel.from_pretrained(saved)
+    with pytest.raises(ValueError, match="is a transformers ResNet: convert it with ModularResNetForImageClass"):
+        ModularResNetForImageClassification.from_pretrained(tmp_path / "transformers-resnet")
 
 
 def test_directory_without_weights_raises(tmp_path, saved):

@@ -9,8 +9,8 @@ from typing import Any
 
 from transformers import AutoModelForImageClassification
 
-from ..decompose import REPORT_NAME
 from ..models import ModularResNetForImageClassification
+from ..models.loading import check_saved_model
 
 
 def model_source(name: str) -> str:
@@ -45,24 +45,3 @@ def _from_pretrained(model_class: Any, args: argparse.Namespace) -> Any:
         raise OSError(
             f"{args.model} is not a local directory, and as a Hub repo id it could not be loaded: {error}"
         ) from error
-
-
-def check_saved_model(source: str) -> None:
-    """A file, or a directory with no config.json, is named as such (transformers would say a JSON was invalid)."""
-    path = Path(source)
-    if path.is_file():
-        checkpoint = path.suffix in {".th", ".pt", ".pth", ".tar", ".bin"}
-        hint = f" (a CIFAR ResNet checkpoint becomes one with `hf-modular import {source} --output DIR`)"
-        raise ValueError(
-            f"{source} is a file; give a saved model's directory or a Hub repo id{hint if checkpoint else ''}."
-        )
-    if path.is_dir() and (path / REPORT_NAME).is_file():
-        raise FileNotFoundError(
-            f"{source} is a decomposition's output: it holds one module per class. Give one of its *-module "
-            "directories."
-        )
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or an "
-            "hf-modular command wrote."
-        )

@@ -40,6 +40,7 @@ from ..data import (
 from ..distributed import DistributedState
 from ..hub import PushOptions, PushResult, composed_card, module_card, upload_folder
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
+from ..models.loading import check_saved_model
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
 from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
@@ -492,7 +493,14 @@ class ComposedModel(PreTrainedModel):
         source = str(pretrained_model_name_or_path)
         if subfolder and Path(source).is_dir():  # a local directory: the composition is in its subfolder
             source, subfolder = str(Path(source) / subfolder), ""
+        check_saved_model(source, expected=ComposedConfig.model_type)  # a local path: is it a composed model?
         config = ComposedConfig.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
+        if not config.members:  # a repo of another model type loads as a config without members
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds no composed model (its config.json names no members). Load "
+                "a classifier or module with AutoModelForImageClassification, or compose modules with "
+                "ComposedModel.from_modules."
+            )
         members = []
         for entry in config.members or []:
             if entry.get("subfolder"):

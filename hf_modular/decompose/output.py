@@ -32,14 +32,13 @@ from ..distributed import device_and_dtype, distributed_state, mixed_precision_o
 from ..evaluation import evaluate_composition
 from ..hub import module_card
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
-from ..module import check_directory_names, describe, module_directory_name, weights_sha256
+from ..module import REPORT_NAME, check_directory_names, describe, module_directory_name, weights_sha256
 from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
 from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose, resolve_classes
 from .strategies import STRATEGIES, get_strategy
 
 logger = logging.getLogger(__name__)
-REPORT_NAME = "decomposition.json"
 
 
 def decompose_to_directory(

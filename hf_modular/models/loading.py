@@ -3,6 +3,7 @@ for, corrupt files named, and the Hub commit a model was loaded at remembered (`
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,10 @@ from typing import Any
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
 
+from ..module import REPORT_NAME
+
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".th", ".ckpt"}
+CHECKPOINT_SUFFIXES = (*PICKLE_SUFFIXES, ".tar")  # files that are a checkpoint to convert, not a saved model
 
 
 def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *args: Any, **kwargs: Any) -> Any:
@@ -27,6 +31,7 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *ar
     source = None if source is None else str(source)  # None: `config=` and `state_dict=` give everything
     if source is not None:  # a local directory's weights sit in its `subfolder` when one is given, as on the Hub
         local = os.path.join(source, kwargs["subfolder"]) if kwargs.get("subfolder") else source
+        check_saved_model(local, config_given=kwargs.get("config") is not None, expected="modular_resnet")
         refuse_pickle_only_directory(local, kwargs["use_safetensors"])
     try:
         model, info = load(source, *args, output_loading_info=True, **kwargs)
@@ -72,3 +77,51 @@ def refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
             "to hf-modular info, evaluate or decompose)."
         )
     raise OSError(f"{directory} has no model.safetensors: it holds no weights. Save a model there first.")
+
+
+def check_saved_model(source: str, config_given: bool = False, expected: str | None = None) -> None:
+    """Refuse a local path that holds no saved model of the `expected` model type, saying what it is instead:
+    transformers would call a file an invalid JSON file, and load a directory without config.json with a default
+    config. (A path that does not exist is left to the loader: it may be a Hub repo id.)"""
+    path = Path(source)
+    if path.is_file():
+        hint = (
+            " (a CIFAR ResNet checkpoint converts with hf_modular.import_cifar_resnet, or `hf-modular import FILE "
+            "--output DIR`)"
+            if path.suffix in CHECKPOINT_SUFFIXES
+            else ""
+        )
+        raise ValueError(f"{source} is a file; give a saved model's directory or a Hub repo id{hint}.")
+    if not path.is_dir() or config_given:
+        return
+    if not (path / "config.json").is_file():
+        if (path / REPORT_NAME).is_file():
+            raise FileNotFoundError(
+                f"{source} is a decomposition's output: it holds one module per class. Give one of its *-module "
+                "directories."
+            )
+        raise FileNotFoundError(
+            f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or "
+            "an hf-modular command wrote."
+        )
+    model_type = _model_type(path / "config.json")
+    if expected is not None and model_type != expected and model_type in OTHER_MODELS:
+        raise ValueError(f"{source} is {OTHER_MODELS[model_type]}.")
+
+
+# What a directory of another model type is, and how to load it (`check_saved_model`).
+OTHER_MODELS = {
+    "modular_resnet": "a classifier or class module: load it with ModularResNetForImageClassification.from_pretrained "
+    "(or AutoModelForImageClassification, which loads either)",
+    "modular_composed": "a composed model: load it with ComposedModel.from_pretrained (or "
+    "AutoModelForImageClassification, which loads either)",
+    "resnet": "a transformers ResNet: convert it with ModularResNetForImageClassification.from_transformers (or "
+    "`hf-modular import DIR --output NEW_DIR`)",
+}
+
+
+def _model_type(config: Path) -> str | None:
+    try:
+        return json.loads(config.read_text()).get("model_type")
+    except (ValueError, AttributeError, OSError):
+        return None  # transformers' own loader says what is wrong with the file

@@ -14,10 +14,11 @@ from .metrics import (
     own_vs_rest_quality,
     weights_sha256,
 )
-from .naming import REST_LABEL, check_directory_names, module_directory_name, parent_name
+from .naming import REPORT_NAME, REST_LABEL, check_directory_names, module_directory_name, parent_name
 from .provenance import SCHEMA_VERSION, ModuleProvenance
 
 __all__ = [
+    "REPORT_NAME",
     "REST_LABEL",
     "SCHEMA_VERSION",
     "MacCounter",

@@ -6,6 +6,7 @@ import re
 
 from .provenance import ParentRecord
 
+REPORT_NAME = "decomposition.json"  # in a decomposition's output directory, next to its module directories
 REST_LABEL = "rest"  # a module's second output: "any other class of the parent"
 # File systems take names of at most 255 bytes; atomic writes add a staging prefix and suffix to the name.
 MAX_DIRECTORY_NAME = 200
