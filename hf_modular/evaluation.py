@@ -6,6 +6,7 @@ exactly one process's numbers (no padding, no duplicated rows). Inputs follow th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import datasets
@@ -13,7 +14,14 @@ import torch
 
 from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
 from .console import progress_bar
-from .data import dataset_to_model_labels, find_columns, iterate_batches, label_names, require_dataset
+from .data import (
+    dataset_to_model_labels,
+    find_columns,
+    fixed_input_size,
+    iterate_batches,
+    label_names,
+    require_dataset,
+)
 from .distributed import (
     DistributedState,
     autocast,
@@ -27,6 +35,8 @@ from .distributed import (
 from .models import ModularResNetForImageClassification, image_mode, image_processor_for
 from .module import own_vs_rest_quality
 from .validation import check_number
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,6 +89,8 @@ def evaluate(
     tallies = torch.zeros(3, num_labels, dtype=torch.long)  # top-1 hits, top-5 hits, images; per class
     model.eval()
     warn_if_off_the_process_device(model, state, "evaluate")
+    if state.is_main_process and not composed:
+        _say_when_images_are_resized(dataset, image_column, fixed_input_size(model.config))
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)
     batches = iterate_batches(
@@ -110,6 +122,29 @@ def evaluate(
         raise ValueError("No image of the dataset has one of the model's labels: nothing to evaluate.")
     per_class = {model.config.id2label[i]: float(hits_top1[i] / totals[i]) for i in range(num_labels) if totals[i] > 0}
     return Accuracy(float(hits_top1.sum() / count), float(hits_top5.sum() / count), count, per_class)
+
+
+def _say_when_images_are_resized(dataset: datasets.Dataset, image_column: str, size: int | None) -> None:
+    """Evaluation resizes images of another size, as transformers' pipeline does, where a decomposition refuses them
+    (its statistics describe the model at its own input size): say so, from the first image."""
+    if size is None or len(dataset) == 0:
+        return
+    try:
+        first = dataset[0][image_column]
+        first = datasets.Image().decode_example(first) if isinstance(first, dict) else first
+    except (OSError, SyntaxError, ValueError):
+        return  # the evaluation itself names the row that cannot be decoded
+    if first.size != (size, size):
+        width, height = first.size
+        logger.warning(
+            "The images are %dx%d (the first one) and the model takes %dx%d: its image processor resizes them, as "
+            "transformers' pipeline would. Decomposing refuses such images; resize the dataset to measure the "
+            "model on the input its modules will see.",
+            width,
+            height,
+            size,
+            size,
+        )
 
 
 @dataclass

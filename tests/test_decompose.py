@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import datasets
 import numpy as np
@@ -19,6 +20,7 @@ from hf_modular.decompose import decompose
 from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.output import decompose_to_directory
 from hf_modular.decompose.strategies.activation import backtrack_features, backtrack_to_input
+from hf_modular.evaluation import evaluate
 from hf_modular.models import image_processor_for
 
 LABELS = ["dark", "bright", "mid"]
@@ -301,6 +303,22 @@ def test_module_round_trip_through_transformers_and_timm(tmp_path, brightness_mo
     brightness_model.save_pretrained(tmp_path / "parent")
     with pytest.raises(ValueError, match="plain classifier, not a class module"):
         hf_modular.load_module(str(tmp_path / "parent"))
+
+
+def test_evaluate_resizes_images_of_another_size_and_says_so(brightness_model, caplog):
+    # As transformers' pipeline does; decompose refuses them (test_bad_input_errors), so evaluate says it resized.
+    ours = logging.getLogger("hf_modular")  # a CLI test may have stopped it propagating to pytest's handler
+    ours.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_modular"):
+            large = evaluate(brightness_model, image_dataset([0, 255, 128], [0, 1, 2], size=16), progress=False)
+            assert "The images are 16x16 (the first one) and the model takes 8x8" in caplog.text
+            caplog.clear()
+            evaluate(brightness_model, image_dataset([0, 255, 128], [0, 1, 2]), progress=False)
+            assert "resizes" not in caplog.text
+    finally:
+        ours.removeHandler(caplog.handler)
+    assert large.count == 3
 
 
 def test_bad_input_errors(brightness_model):
