@@ -192,10 +192,44 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
     for result in custom.values():
         assert_one_upload_commit(result.repo_id, result)
 
-    # Another module for an existing repo: one new commit.
+    # Another module for an existing repo is refused before anything is pushed; overwrite=True makes one new commit.
     repo_id = results["dark"].repo_id
-    replaced = push_model(modules["bright"], repo_id)
+    refused = rf"{repo_id} already holds another module \(class 'bright', not 'dark'\); nothing was pushed"
+    with pytest.raises(FileExistsError, match=refused):
+        push_model(modules["bright"], repo_id)
+    assert len(commits(repo_id)) == 2
+    replaced = push_model(modules["bright"], repo_id, overwrite=True)
     assert replaced.changed and commits(repo_id)[0] == replaced.commit_sha and len(commits(repo_id)) == 3
+
+
+def test_a_push_never_replaces_another_module_unless_told(
+    hub_server: HubServer, decomposed: Path, modules, tmp_path: Path
+) -> None:
+    # A quick decomposition with other parameters, pushed under the names of published modules: every module is
+    # checked before the first push, so nothing is pushed at all.
+    decomposed = Path(shutil.copytree(decomposed, tmp_path / "modules"))
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
+    quick = copy.deepcopy(modules["dark"])
+    quick.config.module["method"]["parameters"]["samples_per_class"] = 2
+    mid_repo = f"{DEFAULT_USER}/{PARENT_NAME}-mid-module"
+    before = commits(mid_repo)
+    with pytest.raises(FileExistsError, match=r"method parameters .*'samples_per_class': 2"):
+        push_modules([modules["mid"], quick], DEFAULT_USER, commit_message="quick run")
+    assert commits(mid_repo) == before
+    # The same module again, another branch, a pull request or a name with {strategy} are fine.
+    assert push_modules([modules["dark"]], DEFAULT_USER)["dark"].changed is False
+    assert push_model(quick, f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", revision="quick").changed
+    assert push_model(quick, f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", create_pr=True).changed
+    named = push_modules([quick], DEFAULT_USER, name_template="{parent_name}-{label}-{strategy}-module")
+    assert named["dark"].repo_id == f"{DEFAULT_USER}/{PARENT_NAME}-dark-activation-module"
+    # From the command line: refused with the way out, then --overwrite.
+    quick.save_pretrained(decomposed / "dark-module")
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 1
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER, "--overwrite"]) == 0
+    published = json.loads(
+        Path(HfApi().hf_hub_download(f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", "config.json")).read_text()
+    )
+    assert published["module"]["method"]["parameters"]["samples_per_class"] == 2
 
 
 def test_push_modules_rejects_plain_models_and_empty_directories(tmp_path: Path, parent_dir: Path) -> None:
@@ -273,7 +307,7 @@ def test_a_pushed_module_loads_four_ways_with_its_masks(hub_server: HubServer, m
 def test_revision_pinning_loads_the_first_push(hub_server: HubServer, modules, pixel_values) -> None:
     repo_id = f"{DEFAULT_USER}/pinned-module"
     first = modules["dark"].push_to_hub(repo_id).commit_sha
-    second = modules["mid"].push_to_hub(repo_id).commit_sha
+    second = modules["mid"].push_to_hub(repo_id, overwrite=True).commit_sha  # another module: told to replace
     assert first != second and commits(repo_id)[:2] == [second, first]
     assert not torch.equal(logits(modules["dark"], pixel_values), logits(modules["mid"], pixel_values))
 
@@ -453,7 +487,7 @@ def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
     monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda _: None))
     hub_server.fail_uploads = 100
     with pytest.raises(ConnectionError) as error:
-        modules["bright"].push_to_hub(repo_id)
+        modules["bright"].push_to_hub(repo_id, overwrite=True)
     message = str(error.value)
     assert repo_id in message and "this one did not land" in message and "again" in message
     assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 1
@@ -462,12 +496,12 @@ def test_network_failure_mid_push_publishes_nothing_and_a_retry_completes(
     # The commit request itself is cut (the weights got through this time): the client does not retry commits.
     hub_server.fail_next_commit = True
     with pytest.raises(ConnectionError) as error:
-        modules["bright"].push_to_hub(repo_id)
+        modules["bright"].push_to_hub(repo_id, overwrite=True)
     assert repo_id in str(error.value) and "this one did not land" in str(error.value)
     assert commits(repo_id) == before and commit_posts(hub_server, repo_id) == 2
     assert hf_modular.load_module(repo_id).config.provenance.target_label == "dark"
 
-    retry = modules["bright"].push_to_hub(repo_id)
+    retry = modules["bright"].push_to_hub(repo_id, overwrite=True)
     assert retry.changed and commits(repo_id) == [retry.commit_sha, *before]
     assert first.commit_sha == before[0]
     assert hf_modular.load_module(repo_id).config.provenance.target_label == "bright"

@@ -29,6 +29,7 @@ def run_push(args: argparse.Namespace) -> None:
             create_pr=args.create_pr,
             license=args.license,
             remote_code=args.remote_code,
+            overwrite=args.overwrite,
         )
     )
 
@@ -54,6 +55,12 @@ def add_push_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     command.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
+    command.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let a module replace a different one a repo already holds (another class, parent or method; the Hub "
+        "keeps the old one in the repo's history)",
+    )
     add_remote_code_option(command)
     command.set_defaults(run=run_push)
 

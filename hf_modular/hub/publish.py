@@ -8,6 +8,7 @@ sent, and a push that changes nothing makes no commit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,13 +16,19 @@ import re
 import shutil
 import string
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    HFValidationError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from huggingface_hub.utils import validate_repo_id
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 from typing_extensions import Unpack
@@ -53,6 +60,8 @@ class PushOptions(TypedDict, total=False):
     as transformers' `save_pretrained`; pushing a model object only). remote_code: also publish transformers'
     `auto_map` and two small code files that only import hf_modular, so that `AutoModel...from_pretrained(repo,
     trust_remote_code=True)` works without `import hf_modular`, and tells a user without it to `pip install` it.
+    overwrite: let a class module replace a different one at the head of a repo's branch (another class, parent,
+    strategy or method parameters; see `refuse_replacing_another_module`). A pull request never needs it.
     """
 
     private: bool | None
@@ -65,6 +74,7 @@ class PushOptions(TypedDict, total=False):
     license: str | None
     tags: list[str] | None
     max_shard_size: int | str | None
+    overwrite: bool
 
 
 # The options only a push reads (`save_pretrained(push_to_hub=True, ...)` passes them on; `token` serves both).
@@ -77,6 +87,7 @@ PUSH_ONLY_OPTIONS = (
     "license",
     "tags",
     "remote_code",
+    "overwrite",
 )
 # `remote_code=True`: what transformers' dynamic loading reads. The files only import hf_modular (its checks turn a
 # missing package into "pip install hf_modular"); the classes stay the installed, reviewed ones.
@@ -134,6 +145,8 @@ def push_directory(
     _validate(repo_id)
     license = options.pop("license", None)
     config = AutoConfig.from_pretrained(directory)
+    if not options.pop("overwrite", False) and _is_module(config):
+        refuse_replacing_another_module(repo_id, config, **options)
     if _is_module(config):
         license = license or parent_license(ModuleProvenance.from_dict(config.module).parent, options.get("token"))
         card = module_card(config, repo_id, license=license)
@@ -242,29 +255,81 @@ def push_modules(
     """Push every module to its own repo `{namespace}/{name_template}`; returns `{label: PushResult}`.
 
     `modules_or_dir` is a decomposition's output directory (each `*-module` folder in it), or module objects (a
-    `{label: module}` dict or any iterable). `name_template` may use `{parent_name}`, `{label}`, `{index}` and
-    `{architecture}`. `options` (see `PushOptions`) apply to every push.
+    `{label: module}` dict or any iterable). `name_template` may use the fields of `NAME_FIELDS`: `{parent_name}`,
+    `{label}`, `{index}`, `{architecture}` and `{strategy}`. `options` (see `PushOptions`) apply to every push.
+    Every module is checked (complete, and not replacing a different module) before the first is pushed.
     """
     check_name_template(name_template)
-    if isinstance(modules_or_dir, (str, os.PathLike)):  # every module is checked before the first is pushed
-        for directory, _ in _module_directories(modules_or_dir):
+    with _module_directories(modules_or_dir) as modules:
+        targets = [
+            (directory, config, f"{namespace}/{repo_name(name_template, config)}") for directory, config in modules
+        ]
+        for directory, config, repo_id in targets:
             check_complete(directory)
-    results = {}
-    for directory, config in _module_directories(modules_or_dir):
-        info = ModuleProvenance.from_dict(config.module)
-        name = name_template.format(
-            parent_name=parent_name(info.parent).replace("_", "-"),
-            label=module_directory_name(info.target_label).removesuffix("-module"),
-            index=info.target_index,
-            architecture=(config.preset or "modular_resnet").replace("_", "-"),
-        )
-        try:
-            results[info.target_label] = push_directory(directory, f"{namespace}/{name}", **options)
-        except Exception as error:
-            if not results:
-                raise  # nothing is live: the error as it is
-            raise PartialPushError(results, info.target_label, error) from error
+            _validate(repo_id)
+            if not options.get("overwrite"):
+                refuse_replacing_another_module(repo_id, config, **options)
+        results: dict[str, PushResult] = {}
+        for directory, config, repo_id in targets:
+            label = config.provenance.target_label
+            try:  # checked above: the repos hold these modules or nothing
+                results[label] = push_directory(directory, repo_id, **{**options, "overwrite": True})
+            except Exception as error:
+                if not results:
+                    raise  # nothing is live: the error as it is
+                raise PartialPushError(results, label, error) from error
     return results
+
+
+def repo_name(template: str, config: PreTrainedConfig) -> str:
+    """A module's repo name from a `name_template` (its fields: `NAME_FIELDS`)."""
+    info = config.provenance
+    return template.format(
+        parent_name=parent_name(info.parent).replace("_", "-"),
+        label=module_directory_name(info.target_label).removesuffix("-module"),
+        index=info.target_index,
+        architecture=(config.preset or "modular_resnet").replace("_", "-"),
+        strategy=info.method.strategy,
+    )
+
+
+def refuse_replacing_another_module(repo_id: str, config: PreTrainedConfig, **options: Unpack[PushOptions]) -> None:
+    """A module repo names one module: a push that would put a different one at the head of its branch (another
+    class, parent, strategy or method parameters, say a quick test run over a published module) is refused unless
+    `overwrite=True`. Nothing to check for a repo or branch that does not exist yet, or a pull request."""
+    if options.get("create_pr"):
+        return
+    revision = options.get("revision")
+    with _explained(repo_id):
+        try:
+            path = hf_hub_download(repo_id, "config.json", revision=revision, token=options.get("token"))
+        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            return
+    differences = _module_differences(json.loads(Path(path).read_text()).get("module"), config.provenance)
+    if differences:
+        raise FileExistsError(
+            f"{repo_id} already holds another module ({'; '.join(differences)}); nothing was pushed. Publish this "
+            "one under another name (name_template / --name-template, e.g. with {strategy}) or branch (revision / "
+            "--revision), or replace the repo's module with overwrite=True (`hf-modular push ... --overwrite`; the "
+            "Hub keeps the old one in the repo's history)."
+        )
+
+
+def _module_differences(published: dict[str, Any] | None, ours: ModuleProvenance) -> list[str]:
+    """What tells a published module's provenance (its config's `module` section) from ours, in words."""
+    if published is None:
+        return ["the repo's model is not a class module"]
+    try:
+        theirs = ModuleProvenance.from_dict(published)
+    except (ValueError, TypeError, KeyError):
+        return ["the repo's module record cannot be read"]
+    pairs = {
+        "class": (theirs.target_label, ours.target_label),
+        "parent weights": (theirs.parent.weights_sha256[:12], ours.parent.weights_sha256[:12]),
+        "strategy": (theirs.method.strategy, ours.method.strategy),
+        "method parameters": (theirs.method.parameters, ours.method.parameters),
+    }
+    return [f"{what} {mine!r}, not {theirs!r}" for what, (theirs, mine) in pairs.items() if theirs != mine]
 
 
 def without_url_queries(text: str) -> str:
@@ -284,7 +349,7 @@ class PartialPushError(RuntimeError):
         )
 
 
-NAME_FIELDS = ("parent_name", "label", "index", "architecture")
+NAME_FIELDS = ("parent_name", "label", "index", "architecture", "strategy")
 
 
 def check_name_template(template: str) -> None:
@@ -322,31 +387,33 @@ def _is_module(config: PreTrainedConfig) -> bool:
     return getattr(config, "module", None) is not None
 
 
-def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterable[tuple[Path, PreTrainedConfig]]:
+@contextlib.contextmanager
+def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterator[list[tuple[Path, PreTrainedConfig]]]:
+    """The modules' saved directories and configs: a decomposition's output as it is, module objects saved to a
+    temporary directory that lasts as long as the context."""
     if isinstance(modules_or_dir, (str, os.PathLike)):
         root = Path(modules_or_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"No such directory: {root}.")
-        found = []
         # Hidden entries are never modules: they are the staging directories of writes a killed run left behind.
         children = [p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file()]
-        for child in sorted(children):
-            config = AutoConfig.from_pretrained(child)
-            if _is_module(config):
-                found.append((child, config))
+        found = [(child, AutoConfig.from_pretrained(child)) for child in sorted(children)]
+        found = [(child, config) for child, config in found if _is_module(config)]
         if not found:
             raise ValueError(f"{root} holds no module directories (folders with a module's config.json).")
-        yield from found
+        yield found
         return
     modules = modules_or_dir.values() if isinstance(modules_or_dir, Mapping) else modules_or_dir
     with tempfile.TemporaryDirectory(prefix="hf-modular-modules-") as staging:
+        saved = []
         for module in modules:
             if not _is_module(module.config):
                 raise ValueError("push_modules pushes class modules; push a plain model with push_model.")
             directory = Path(staging) / module_directory_name(module.config.provenance.target_label)
             with library_bars_off():
                 module.save_pretrained(directory)
-            yield directory, module.config
+            saved.append((directory, module.config))
+        yield saved
 
 
 def _validate(repo_id: str) -> None:
