@@ -172,6 +172,19 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
         ComposedModel.from_pretrained(tmp_path / "by-reference")
     assert ComposedModel.from_pretrained(tmp_path / "materialized").labels == ["dark", "sun"]
 
+    # A composition that stores its modules goes on storing them when saved again, a module replaced since
+    # included.
+    stored = ComposedModel.from_pretrained(tmp_path / "materialized")
+    assert stored.stores_its_modules and not composed.stores_its_modules
+    stored.replace("dark", tmp_path / "hub" / "dark-module")
+    stored.save_pretrained(tmp_path / "materialized")
+    members = json.loads((tmp_path / "materialized" / "config.json").read_text())["members"]
+    assert all(set(entry) == {"label", "subfolder"} for entry in members), members
+    shutil.rmtree(tmp_path / "hub")  # nothing outside it is needed
+    torch.testing.assert_close(
+        ComposedModel.from_pretrained(tmp_path / "materialized").predict_logits(images), expected, rtol=0, atol=0
+    )
+
 
 def test_calibrated_rule(tmp_path, modules_a, modules_b):
     import torch.nn.functional as F

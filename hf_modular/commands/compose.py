@@ -77,7 +77,7 @@ def _calibrate(composed: ComposedModel, dataset: str, split: str, quiet: bool) -
     print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
 
 
-def _save(composed: ComposedModel, source: str, output: str | None, materialize: bool) -> str:
+def _save(composed: ComposedModel, source: str, output: str | None, materialize: bool | None = None) -> str:
     """Save a changed composition in place (files the user added there stay) or to `output`, a directory that is
     replaced as a whole. Returns where it went."""
     if output is None or Path(output).resolve() == Path(source).resolve():
@@ -86,11 +86,6 @@ def _save(composed: ComposedModel, source: str, output: str | None, materialize:
     with atomic_directory(output, keep=()) as staging:
         composed.save_pretrained(staging, materialize=materialize)
     return output
-
-
-def _keeps_its_modules(composed: ComposedModel, materialize: bool) -> bool:
-    """A composition that holds its modules keeps holding them: it must not start to depend on outside paths."""
-    return materialize or all("subfolder" in entry for entry in composed.config.members)
 
 
 def _last_fit_dataset(composed: ComposedModel, name: str) -> str:
@@ -153,7 +148,7 @@ def run_replace(args: argparse.Namespace) -> None:
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_to_leave_a_stale_fit(composed, args)
     _refuse_an_output_over_its_members(composed, args, new_members=(args.module,))
-    materialize = _keeps_its_modules(composed, args.materialize)
+    materialize = args.materialize or composed.stores_its_modules  # it goes on storing them, the new one included
     composed.replace(args.label, model_source(args.module), relabel=args.relabel)
     if args.drop_fit:
         composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
@@ -180,7 +175,7 @@ def run_fit(args: argparse.Namespace) -> None:
         _calibrate(composed, dataset, args.fit_split or last.get("split") or "train", args.quiet)
     else:
         _fit(composed, dataset, args)
-    output = _save(composed, args.composed, args.output, _keeps_its_modules(composed, materialize=False))
+    output = _save(composed, args.composed, args.output)
     print(f"Saved to {output}")
 
 

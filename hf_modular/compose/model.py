@@ -125,6 +125,9 @@ class ComposedModel(PreTrainedModel):
     def __init__(self, config: ComposedConfig, members: Sequence[ModularResNetForImageClassification] = ()):
         super().__init__(config)
         self.members = nn.ModuleList()
+        # Whether it was loaded from a directory or repo that stores every module inside (saved with materialize=True):
+        # saving it again stores them all inside by default, a module replaced since included.
+        self.stores_its_modules = False
         self._plan_cache: dict[str, Any] = {}
         self._heads_cache: dict[str, Any] = {}
         self.post_init()
@@ -433,17 +436,25 @@ class ComposedModel(PreTrainedModel):
     # -- saving and loading -----------------------------------------------------------------------------------------
 
     def save_pretrained(
-        self, save_directory: str | os.PathLike, *, materialize: bool = False, portable: bool = False, **kwargs: Any
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        materialize: bool | None = None,
+        portable: bool = False,
+        **kwargs: Any,
     ) -> None:
         """Write `config.json` (the modules by repo id and pinned revision, or by local path) and the processor.
 
         With `materialize=True` every module is stored in `modules/<label>/` inside the directory, so the composed
-        model loads offline and without the original repos. Modules with no source to point at (built in memory, or
-        loaded from another composition's folder) are always stored inside; with `portable=True` (for a Hub repo)
-        so are modules known only by a local path.
+        model loads offline and without the original repos. The default, None, is True for a composition loaded
+        from a directory or repo that stored every module (`stores_its_modules`: it goes on storing them, a module
+        replaced since included), else False. Modules with no source to point at (built in memory, or loaded from
+        another composition's folder) are always stored inside; with `portable=True` (for a Hub repo) so are
+        modules known only by a local path.
         """
         if not kwargs.get("is_main_process", True):
             return
+        materialize = self.stores_its_modules if materialize is None else materialize
         check_directory_names(self.labels)
         config = ComposedConfig.from_dict(self.config.to_dict())
         with atomic_directory(save_directory) as staging:
@@ -465,14 +476,14 @@ class ComposedModel(PreTrainedModel):
         self,
         repo_id: str,
         *,
-        materialize: bool = False,
+        materialize: bool | None = None,
         evaluation: dict[str, Any] | None = None,
         **options: Unpack[PushOptions],
     ) -> PushResult:
         """Publish the composition in one commit: its config (Hub modules by repo id and pinned revision; local or
-        in-memory modules stored inside), processor and a card with the module table (and `evaluation`, a dict with
-        `dataset`, `split`, `images`, `top1`, `top5`, when given). `options`: see `hf_modular.hub.PushOptions`.
-        Returns a `hf_modular.hub.PushResult`."""
+        in-memory modules stored inside; `materialize` as for `save_pretrained`), processor and a card with the
+        module table (and `evaluation`, a dict with `dataset`, `split`, `images`, `top1`, `top5`, when given).
+        `options`: see `hf_modular.hub.PushOptions`. Returns a `hf_modular.hub.PushResult`."""
         with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
             self.save_pretrained(staging, materialize=materialize, portable=True)
             saved = ComposedConfig.from_pretrained(staging)
@@ -512,7 +523,9 @@ class ComposedModel(PreTrainedModel):
                 member = confined_source(entry["source"], source)
                 module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
-        return cls(config, members)
+        composed = cls(config, members)
+        composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
+        return composed
 
 
 @torch.inference_mode()
