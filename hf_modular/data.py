@@ -147,7 +147,8 @@ def dataset_split(dataset: datasets.Dataset, default: str) -> str:
 def find_columns(
     dataset: datasets.Dataset, image_column: str | None = None, label_column: str | None = None
 ) -> tuple[str, str]:
-    """The image column (an `Image` feature) and the label column (a `ClassLabel`), unless given."""
+    """The image column (an `Image` feature) and the label column (a `ClassLabel`), unless given; a dataset with
+    several of a kind must say which (a guess could measure the wrong classes)."""
     features = dataset.features
     for given, kind in ((image_column, "image"), (label_column, "label")):
         if given is not None and given not in features:
@@ -158,6 +159,11 @@ def find_columns(
             raise ValueError(
                 f"No image column found among {list(features)} (none has the datasets.Image feature). "
                 "Pass image_column=... or cast the column with dataset.cast_column(name, datasets.Image())."
+            )
+        if len(images) > 1:
+            raise ValueError(
+                f"The dataset has several image columns, {images}: say which one holds the images with "
+                "image_column=... (--image-column)."
             )
         image_column = images[0]
     if label_column is not None and not isinstance(features[label_column], datasets.ClassLabel):
@@ -171,6 +177,11 @@ def find_columns(
             raise ValueError(
                 f"No label column found among {list(features)} (none has the datasets.ClassLabel feature). "
                 "Pass label_column=... or run dataset.class_encode_column(name)."
+            )
+        if len(labels) > 1:  # e.g. CIFAR-100's fine_label and coarse_label
+            raise ValueError(
+                f"The dataset has several ClassLabel columns, {labels}: say which one holds the classes with "
+                "label_column=... (--label-column)."
             )
         label_column = labels[0]
     return image_column, label_column

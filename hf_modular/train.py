@@ -152,8 +152,11 @@ def train(
     mixed_precision: str | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> TrainingHistory:
-    """Train `model` in place on `train_dataset` (labels matched to the model's `id2label` by name).
+    """Train `model` in place on `train_dataset` (labels matched to the model's `id2label` by name; the images and
+    labels are the dataset's Image and ClassLabel columns, or `image_column` and `label_column`, in both datasets).
 
     `horizontal_flip=False` for data where mirroring changes the class (digits, text). With `output_dir`, the state
     after each epoch is saved there and a rerun continues from the last completed epoch.
@@ -176,7 +179,10 @@ def train(
     set_seed(seed)
     train_dataset = require_dataset(train_dataset)
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
-    image_column, label_column = find_columns(train_dataset)
+    image_column, label_column = find_columns(train_dataset, image_column, label_column)
+    columns = {"image_column": image_column, "label_column": label_column}
+    if eval_dataset is not None:  # the same columns, checked before the first epoch rather than after it
+        find_columns(eval_dataset, image_column, label_column)
     to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     collate = _TrainingBatch(
         image_processor_for(model.config),
@@ -250,7 +256,7 @@ def train(
             record = {"epoch": epoch + 1, "loss": loss}
             if eval_dataset is not None:  # every process evaluates its share of the rows
                 accuracy = evaluate(
-                    accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False
+                    accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False, **columns
                 )
                 record.update(top1=accuracy.top1, top5=accuracy.top5)
             history.epochs.append(record)

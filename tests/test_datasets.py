@@ -3,6 +3,7 @@ commit, DataLoader workers; a streaming dataset is refused with what to do inste
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from huggingface_hub import HfApi
 
 import hf_modular
 from hf_modular import ModularResNetForImageClassification
+from hf_modular.cli import main
 from hf_modular.data import load_image_dataset
 from hf_modular.evaluation import evaluate
 from hf_modular.train import train
@@ -38,6 +40,54 @@ def test_a_dataset_dict_gives_the_split_asked_for(parent):
     assert modules["dark"].config.provenance.dataset.rows == 18
     with pytest.raises(TypeError, match=r"Pass one split of the DatasetDict \(e.g. dataset\['test'\]\)"):
         evaluate(parent, splits, progress=False)
+
+
+def _with_two_of_each_kind(data: datasets.Dataset) -> datasets.Dataset:
+    """A thumbnail beside each image (a black square: no class is told by it) and a coarse label beside each label,
+    as in CIFAR-100's fine_label and coarse_label."""
+    features = datasets.Features(
+        {**data.features, "thumbnail": datasets.Image(), "coarse": datasets.ClassLabel(names=["any"])}
+    )
+    columns = {
+        **data.to_dict(),
+        "image": data["image"],
+        "thumbnail": [image.resize((4, 4)).point(lambda _: 0) for image in data["image"]],
+        "coarse": [0] * len(data),
+    }
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def test_a_dataset_with_several_image_or_label_columns_says_which_to_use(parent, tmp_path, capsys):
+    data = _with_two_of_each_kind(dark_bright_dataset())
+    with pytest.raises(
+        ValueError, match=r"several image columns, \['image', 'thumbnail'\]: say which .*--image-column"
+    ):
+        hf_modular.decompose(parent, data, samples_per_class=6, progress=False)
+    with pytest.raises(ValueError, match=r"several ClassLabel columns, \['label', 'coarse'\]: .*--label-column"):
+        evaluate(parent, data, image_column="image", progress=False)
+    columns = {"image_column": "image", "label_column": "label"}
+    plain = evaluate(parent, dark_bright_dataset(), progress=False)
+    assert evaluate(parent, data, progress=False, **columns) == plain
+
+    # Every command that reads labelled images takes the two columns: decompose (its evaluation too), train, evaluate.
+    data.to_parquet(str(tmp_path / "data" / "train.parquet"))
+    data.select(range(9)).to_parquet(str(tmp_path / "data" / "test.parquet"))
+    parent.save_pretrained(tmp_path / "parent")
+    flags = ["--dataset", str(tmp_path / "data"), "--image-column", "image", "--label-column", "label"]
+    decompose = ["-q", "decompose", str(tmp_path / "parent"), *flags, "--samples-per-class", "6"]
+    assert main([*decompose, "--eval-split", "test", "--output", str(tmp_path / "modules")]) == 0
+    assert json.loads((tmp_path / "modules" / "decomposition.json").read_text())["evaluation"]["images"] == 9
+    capsys.readouterr()
+    assert main(["-q", "evaluate", str(tmp_path / "parent"), *flags, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 9
+    train_flags = ["--epochs", "1", "--batch-size", "9", "--output", str(tmp_path / "trained")]
+    assert main(["-q", "train", *flags, "--preset", "modular_resnet20", *train_flags]) == 0
+    trained = ModularResNetForImageClassification.from_pretrained(tmp_path / "trained")
+    assert list(trained.config.id2label.values()) == ["dark", "bright", "mid"]
+    assert (
+        main(["-q", "decompose", str(tmp_path / "parent"), "--dataset", str(tmp_path / "data"), "--output", "x"]) == 1
+    )
+    assert "several image columns" in capsys.readouterr().err
 
 
 def test_a_streaming_dataset_is_refused_with_what_to_do(parent):

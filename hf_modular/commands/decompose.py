@@ -16,7 +16,15 @@ from ..module import describe
 from ..validation import cli_number
 from .hub import print_pushes
 from .loading import load_classifier
-from .options import COUNT, add_compute_options, add_data_options, add_overwrite_option, add_pickle_option, default_of
+from .options import (
+    COUNT,
+    add_column_options,
+    add_compute_options,
+    add_data_options,
+    add_overwrite_option,
+    add_pickle_option,
+    default_of,
+)
 
 
 def run_decompose(args: argparse.Namespace) -> None:
@@ -41,6 +49,8 @@ def run_decompose(args: argparse.Namespace) -> None:
         split=args.split,
         dataset_revision=args.dataset_revision,
         dataset_config=args.dataset_config,
+        image_column=args.image_column,
+        label_column=args.label_column,
         num_workers=args.num_workers,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -126,6 +136,7 @@ def add_decompose_arguments(command: argparse.ArgumentParser) -> None:
         "--split", default=default_of(decompose, "split"), help="split observed by the statistics pass"
     )
     add_data_options(command)
+    add_column_options(command)
     command.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
     command.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
     command.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")

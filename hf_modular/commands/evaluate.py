@@ -9,7 +9,7 @@ from ..data import load_image_dataset
 from ..distributed import distributed_state
 from ..evaluation import evaluate
 from .loading import load_model
-from .options import COUNT, add_compute_options, add_data_options, add_pickle_option, default_of
+from .options import COUNT, add_column_options, add_compute_options, add_data_options, add_pickle_option, default_of
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -48,8 +48,7 @@ def add_evaluate_arguments(command: argparse.ArgumentParser) -> None:
     add_data_options(command)
     command.add_argument("--split", default="test", help="(default: %(default)s)")
     command.add_argument("--revision", default=None, help="Hub branch, tag or commit of the model")
-    command.add_argument("--image-column", default=None, help="default: the dataset's Image column")
-    command.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")
+    add_column_options(command)
     command.add_argument(
         "--batch-size", type=COUNT, default=default_of(evaluate, "batch_size"), help="(default: %(default)s)"
     )

@@ -57,3 +57,9 @@ def add_overwrite_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--overwrite", action="store_true", help="replace what --output already holds (refused without it)"
     )
+
+
+def add_column_options(command: argparse.ArgumentParser) -> None:
+    """Which columns hold the images and labels, for datasets with more than one of a kind or a plain int label."""
+    command.add_argument("--image-column", default=None, help="default: the dataset's Image column")
+    command.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")

@@ -19,7 +19,7 @@ from ..train import train
 from ..validation import cli_number
 from .errors import message
 from .hub import print_pushes
-from .options import COUNT, add_compute_options, add_data_options, add_overwrite_option, default_of
+from .options import COUNT, add_column_options, add_compute_options, add_data_options, add_overwrite_option, default_of
 
 CHECKPOINTS = "training"  # `hf-modular train`'s checkpoints, inside its --output
 
@@ -58,7 +58,7 @@ def run_train(args: argparse.Namespace) -> None:
         if args.eval_split
         else None
     )
-    _, label_column = find_columns(train_split)
+    _, label_column = find_columns(train_split, args.image_column, args.label_column)
     labels = label_names(train_split, label_column)
     set_seed(args.seed)  # the new model's initial weights too: the same --seed gives the same run
     if args.from_timm:  # a timm ResNet's architecture (and weights, with pretrained=True) with a new head
@@ -83,6 +83,8 @@ def run_train(args: argparse.Namespace) -> None:
         accelerator=accelerator,
         progress=not args.quiet,
         num_workers=args.num_workers,
+        image_column=args.image_column,
+        label_column=args.label_column,
     )
     if not accelerator.is_main_process:  # the main process saves, pushes and reports
         return
@@ -129,6 +131,7 @@ def add_demo_arguments(command: argparse.ArgumentParser) -> None:
 def add_train_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--dataset", required=True, help="Hub name, .parquet file, or folder")
     add_data_options(command)
+    add_column_options(command)
     command.add_argument("--preset", default="modular_resnet20", help="architecture (see hf_modular.PRESETS)")
     command.add_argument("--from-timm", default=None, metavar="NAME", help="start from a timm ResNet (e.g. resnet18)")
     command.add_argument("--pretrained", action="store_true", help="with --from-timm: load timm's pretrained weights")

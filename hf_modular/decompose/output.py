@@ -160,7 +160,8 @@ def _write_decomposition(
             "dataset": dataset_name(eval_dataset, eval_source) or "an in-memory datasets.Dataset",
             "split": dataset_split(eval_dataset, eval_split) if eval_source is None else eval_split,
         }
-        _measure_modules(report, model, modules, eval_dataset, where, state, progress)
+        columns = {key: options.get(key) for key in ("image_column", "label_column")}  # decompose's, if given
+        _measure_modules(report, model, modules, eval_dataset, where, columns, state, progress)
         timings["evaluation_seconds"] = time.perf_counter() - evaluation_started
     if not state.is_main_process:
         return report
@@ -253,6 +254,7 @@ def _measure_modules(
     modules: dict[str, ModularResNetForImageClassification],
     eval_dataset: datasets.Dataset,
     where: dict[str, str],
+    columns: dict[str, str | None],
     state: PartialState,
     progress: bool,
 ) -> None:
@@ -260,7 +262,9 @@ def _measure_modules(
     goes back where it was) into `report`, and into each module's provenance, whence its config and card."""
     home, _ = device_and_dtype(model)
     try:
-        result = evaluate_composition(model.to(state.device), modules, eval_dataset, state=state, progress=progress)
+        result = evaluate_composition(
+            model.to(state.device), modules, eval_dataset, state=state, progress=progress, **columns
+        )
     finally:
         model.to(home)
     for label, accuracy in result.module_binary_accuracy.items():
