@@ -17,7 +17,8 @@ def test_push_composed_model_and_load_it_back(hub_server, tmp_path):
     modules_a, modules_b = _modules(NAMES_A, 0), _modules(NAMES_B, 1, image_mean=[0.5] * 3, image_std=[0.25] * 3)
     dark_repo = f"{DEFAULT_USER}/dark-module"
     first = modules_a["dark"].push_to_hub(dark_repo)
-    modules_a["mid"].push_to_hub(dark_repo, overwrite=True)  # a later commit: the composition must stay pinned to the first
+    # Another module, a later commit: the composition must stay pinned to the first.
+    modules_a["mid"].push_to_hub(dark_repo, overwrite=True)
     modules_b["sun"].save_pretrained(tmp_path / "sun-module")
     composed = ComposedModel.from_modules([f"{dark_repo}@{first.commit_sha}", tmp_path / "sun-module"])
     images = _images()
