@@ -149,42 +149,65 @@ def find_columns(
 ) -> tuple[str, str]:
     """The image column (an `Image` feature) and the label column (a `ClassLabel`), unless given; a dataset with
     several of a kind must say which (a guess could measure the wrong classes)."""
+    return find_image_column(dataset, image_column), find_label_column(dataset, label_column)
+
+
+def find_image_column(dataset: datasets.Dataset, image_column: str | None = None) -> str:
+    """`image_column`, checked, or the dataset's one `Image` column."""
     features = dataset.features
-    for given, kind in ((image_column, "image"), (label_column, "label")):
-        if given is not None and given not in features:
-            raise ValueError(f"The dataset has no {kind} column {given!r}; its columns are {list(features)}.")
-    if image_column is None:
-        images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
-        if not images:
-            raise ValueError(
-                f"No image column found among {list(features)} (none has the datasets.Image feature). "
-                "Pass image_column=... or cast the column with dataset.cast_column(name, datasets.Image())."
-            )
-        if len(images) > 1:
-            raise ValueError(
-                f"The dataset has several image columns, {images}: say which one holds the images with "
-                "image_column=... (--image-column)."
-            )
-        image_column = images[0]
-    if label_column is not None and not isinstance(features[label_column], datasets.ClassLabel):
+    if image_column is not None:
+        if image_column not in features:
+            raise ValueError(f"The dataset has no image column {image_column!r}; its columns are {list(features)}.")
+        return image_column
+    images = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if not images:
         raise ValueError(
-            f"The label column {label_column!r} is not a ClassLabel, so its values have no class names to match the "
-            f"model's labels. Run dataset = dataset.class_encode_column({label_column!r}) first."
+            f"No image column found among {list(features)} (none has the datasets.Image feature). "
+            "Pass image_column=... or cast the column with dataset.cast_column(name, datasets.Image())."
         )
-    if label_column is None:
-        labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
-        if not labels:
+    if len(images) > 1:
+        raise ValueError(
+            f"The dataset has several image columns, {images}: say which one holds the images with image_column=... "
+            "(--image-column), or keep one with dataset.select_columns([...])."
+        )
+    return images[0]
+
+
+def find_label_column(dataset: datasets.Dataset, label_column: str | None = None) -> str:
+    """`label_column`, checked (a `ClassLabel`: its names are matched to a model's labels), or the dataset's one
+    `ClassLabel` column."""
+    features = dataset.features
+    if label_column is not None:
+        if label_column not in features:
+            raise ValueError(f"The dataset has no label column {label_column!r}; its columns are {list(features)}.")
+        if not isinstance(features[label_column], datasets.ClassLabel):
             raise ValueError(
-                f"No label column found among {list(features)} (none has the datasets.ClassLabel feature). "
-                "Pass label_column=... or run dataset.class_encode_column(name)."
+                f"The label column {label_column!r} is not a ClassLabel, so its values have no class names to match "
+                f"the model's labels. Run dataset = dataset.class_encode_column({label_column!r}) first."
             )
-        if len(labels) > 1:  # e.g. CIFAR-100's fine_label and coarse_label
-            raise ValueError(
-                f"The dataset has several ClassLabel columns, {labels}: say which one holds the classes with "
-                "label_column=... (--label-column)."
-            )
-        label_column = labels[0]
-    return image_column, label_column
+        return label_column
+    labels = [name for name, feature in features.items() if isinstance(feature, datasets.ClassLabel)]
+    if not labels:
+        raise ValueError(
+            f"No label column found among {list(features)} (none has the datasets.ClassLabel feature). "
+            "Pass label_column=... or run dataset.class_encode_column(name)."
+        )
+    if len(labels) > 1:  # e.g. CIFAR-100's fine_label and coarse_label
+        raise ValueError(
+            f"The dataset has several ClassLabel columns, {labels}: say which one holds the classes with "
+            "label_column=... (--label-column), or keep one with dataset.select_columns([...])."
+        )
+    return labels[0]
+
+
+def only_columns(
+    dataset: datasets.Dataset, image_column: str | None = None, label_column: str | None = None
+) -> datasets.Dataset:
+    """`dataset` with only its image and label columns, as given or found: a function that finds them itself then
+    finds exactly those. Unchanged when neither is given."""
+    if image_column is None and label_column is None:
+        return dataset
+    return dataset.select_columns(list(find_columns(dataset, image_column, label_column)))
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:
@@ -216,7 +239,7 @@ def label_ids(dataset: datasets.Dataset, label_column: str) -> torch.Tensor:
 
 def select_classes(dataset: datasets.Dataset, labels: list[str], label_column: str | None = None) -> datasets.Dataset:
     """The rows of `labels`' classes, relabelled with a ClassLabel of exactly those names (in that order)."""
-    _, label_column = find_columns(dataset, label_column=label_column)
+    label_column = find_label_column(dataset, label_column)
     names = label_names(dataset, label_column)
     missing = [label for label in labels if label not in names]
     if missing:
@@ -233,21 +256,22 @@ def iterate_batches(
     processor: BaseImageProcessor,
     *,
     image_column: str,
-    label_column: str,
+    label_column: str | None,
     batch_size: int = 256,
     image_mode: str = "RGB",
     num_workers: int = 0,
     rows: Sequence[int] | None = None,
     image_size: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(pixel_values (B, C, H, W), labels (B,))` in dataset order, preprocessed by `processor`.
+    """Yield `(pixel_values (B, C, H, W), labels (B,))` in dataset order, preprocessed by `processor` (labels -1,
+    unlabelled, where `label_column` is None: images read for themselves).
 
     Images are converted to `image_mode` first ("RGB" for 3 input channels, "L" for 1). Each image is decoded
     here, one by one, so that a broken one is reported by its row number: `rows` gives the numbers of `dataset`'s
     rows in the dataset the user passed, when `dataset` is a selection of it. With `image_size`, every image must
     be `image_size` x `image_size`: nothing is resized behind the user's back.
     """
-    columns = dataset.select_columns([image_column, label_column])
+    columns = dataset.select_columns([image_column] if label_column is None else [image_column, label_column])
     if isinstance(columns.features[image_column], datasets.Image):
         columns = columns.cast_column(image_column, datasets.Image(decode=False))
     numbers = range(len(dataset)) if rows is None else list(rows)
@@ -266,7 +290,7 @@ class _Collate:
     columns: datasets.Dataset
     processor: BaseImageProcessor
     image_column: str
-    label_column: str
+    label_column: str | None
     numbers: Sequence[int]
     image_mode: str
     image_size: int | None
@@ -278,6 +302,8 @@ class _Collate:
             for position, value in zip(positions, batch[self.image_column], strict=True)
         ]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
+        if self.label_column is None:
+            return pixel_values, torch.full((len(images),), UNLABELLED)
         return pixel_values, torch.tensor(batch[self.label_column])
 
 

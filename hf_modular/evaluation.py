@@ -15,6 +15,7 @@ import torch
 from .compose import ComposedModel, ExecutionPlan, composed_image_processor, own_class_probabilities, top_k, vote
 from .console import progress_bar
 from .data import (
+    dataset_fingerprint,
     dataset_to_model_labels,
     find_columns,
     fixed_input_size,
@@ -37,6 +38,7 @@ from .module import own_vs_rest_quality
 from .validation import check_number
 
 logger = logging.getLogger(__name__)
+_RESIZES_SAID: set[tuple[str, int]] = set()  # (dataset fingerprint, model size): said once, not after every epoch
 
 
 @dataclass
@@ -132,10 +134,13 @@ def _say_when_images_are_resized(dataset: datasets.Dataset, image_column: str, s
     try:
         first = dataset[0][image_column]
         first = datasets.Image().decode_example(first) if isinstance(first, dict) else first
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, TypeError):
         return  # the evaluation itself names the row that cannot be decoded
-    if first.size != (size, size):
-        width, height = first.size
+    found = getattr(first, "size", None)
+    said = (dataset_fingerprint(dataset), size)
+    if isinstance(found, tuple) and found != (size, size) and said not in _RESIZES_SAID:
+        _RESIZES_SAID.add(said)
+        width, height = found
         logger.warning(
             "The images are %dx%d (the first one) and the model takes %dx%d: its image processor resizes them, as "
             "transformers' pipeline would. Decomposing refuses such images; resize the dataset to measure the "

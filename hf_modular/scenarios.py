@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 
 from .compose import ComposedModel
-from .data import find_columns, label_ids, label_names, select_classes
+from .data import find_label_column, label_ids, label_names, select_classes
 from .emissions import measure_compute
 from .evaluation import evaluate
 from .models import ModularResNetConfig, ModularResNetForImageClassification
@@ -56,7 +56,7 @@ def reuse_versus_scratch(
 
 def weaken(dataset: datasets.Dataset, label: str, keep: float, seed: int = 0) -> datasets.Dataset:
     """`dataset` with only a `keep` fraction of `label`'s rows (seeded), to train a parent that is weak on it."""
-    _, label_column = find_columns(dataset)
+    label_column = find_label_column(dataset)
     index = label_names(dataset, label_column).index(label)
     rows = label_ids(dataset, label_column)
     members = (rows == index).nonzero().flatten()

@@ -179,10 +179,10 @@ def train(
     set_seed(seed)
     train_dataset = require_dataset(train_dataset)
     eval_dataset = require_dataset(eval_dataset) if eval_dataset is not None else None
+    given = {"image_column": image_column, "label_column": label_column}  # for the evaluation too (else its own)
+    if eval_dataset is not None:  # checked before the first epoch rather than after it
+        find_columns(eval_dataset, **given)
     image_column, label_column = find_columns(train_dataset, image_column, label_column)
-    columns = {"image_column": image_column, "label_column": label_column}
-    if eval_dataset is not None:  # the same columns, checked before the first epoch rather than after it
-        find_columns(eval_dataset, image_column, label_column)
     to_model_labels = dataset_to_model_labels(label_names(train_dataset, label_column), model.config.id2label)
     collate = _TrainingBatch(
         image_processor_for(model.config),
@@ -256,7 +256,7 @@ def train(
             record = {"epoch": epoch + 1, "loss": loss}
             if eval_dataset is not None:  # every process evaluates its share of the rows
                 accuracy = evaluate(
-                    accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False, **columns
+                    accelerator.unwrap_model(prepared_model), eval_dataset, state=accelerator, progress=False, **given
                 )
                 record.update(top1=accuracy.top1, top5=accuracy.top5)
             history.epochs.append(record)

@@ -15,7 +15,8 @@ from huggingface_hub import HfApi
 import hf_modular
 from hf_modular import ModularResNetForImageClassification
 from hf_modular.cli import main
-from hf_modular.data import load_image_dataset
+from hf_modular.data import load_image_dataset, select_classes
+from hf_modular.decompose import continuous_learning
 from hf_modular.evaluation import evaluate
 from hf_modular.train import train
 from tests.conftest import randomize_
@@ -68,6 +69,18 @@ def test_a_dataset_with_several_image_or_label_columns_says_which_to_use(parent,
     columns = {"image_column": "image", "label_column": "label"}
     plain = evaluate(parent, dark_bright_dataset(), progress=False)
     assert evaluate(parent, data, progress=False, **columns) == plain
+    # Every function that reads labelled images takes them: the compact strategy (whose distillation reads the
+    # images alone), composition fits and calibration, continuous learning, selection by class.
+    compact = hf_modular.decompose(
+        parent, data, strategy="channel", samples_per_class=6, distill_steps=2, progress=False, **columns
+    )
+    modules = hf_modular.decompose(parent, data, samples_per_class=6, progress=False, **columns)
+    composed = hf_modular.ComposedModel.from_modules([compact["dark"], modules["bright"]])
+    fitted = composed.fit(data, images_per_class=3, other_classes="skip", progress=False, **columns)
+    assert fitted["data"]["images"] == 6
+    assert set(composed.calibrate(data, progress=False, **columns)) == {"dark", "bright"}
+    assert len(continuous_learning([modules["dark"], modules["mid"]], data, progress=False, **columns)) == 2
+    assert len(select_classes(data, ["dark"], label_column="label")) == 6
 
     # Every command that reads labelled images takes the two columns: decompose (its evaluation too), train, evaluate.
     data.to_parquet(str(tmp_path / "data" / "train.parquet"))
@@ -84,6 +97,10 @@ def test_a_dataset_with_several_image_or_label_columns_says_which_to_use(parent,
     assert main(["-q", "train", *flags, "--preset", "modular_resnet20", *train_flags]) == 0
     trained = ModularResNetForImageClassification.from_pretrained(tmp_path / "trained")
     assert list(trained.config.id2label.values()) == ["dark", "bright", "mid"]
+    # Columns found, not given, are each dataset's own: an evaluation set may name its columns otherwise.
+    renamed = dark_bright_dataset().rename_columns({"image": "picture"})
+    history = train(trained, dark_bright_dataset(), eval_dataset=renamed, epochs=1, batch_size=9, progress=False)
+    assert "top1" in history.final
     assert (
         main(["-q", "decompose", str(tmp_path / "parent"), "--dataset", str(tmp_path / "data"), "--output", "x"]) == 1
     )

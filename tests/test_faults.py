@@ -270,7 +270,7 @@ def test_a_commit_whose_answer_was_lost_is_reported_as_landed(tmp_path, parent, 
     # A push that fails before its commit lands still says so.
     hub_server.fail_next_commit = True
     with pytest.raises(ConnectionError, match="this one did not land"):
-        push_directory(tmp_path / "out" / "mid-module", "user/lost-answer")
+        push_directory(tmp_path / "out" / "mid-module", "user/lost-answer", overwrite=True)
 
 
 @pytest.mark.parametrize(

@@ -224,6 +224,16 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     assert main([*arguments, "--images-per-class", "4"]) == 0
     assert json.loads((composed / "config.json").read_text())["fit"]["data"]["images_per_class"] == 4
 
+    # The last fit's split is repeated for the same data only: after a fit on a test split, other data is read as
+    # its own default split.
+    held_out = str(tmp_path / "held-out" / "test.parquet")
+    (tmp_path / "held-out").mkdir()
+    _data(ALL, 10, seed=4).to_parquet(held_out)
+    assert main(["-q", "fit", str(composed), "--dataset", held_out, "--split", "test"]) == 0
+    assert main(["-q", "fit", str(composed), "--dataset", held_out]) == 0  # the 'test' of the last fit on it
+    assert main(["-q", "fit", str(composed), "--dataset", data]) == 0  # train.parquet: not asked for 'test'
+    capsys.readouterr()
+
     # Local data is recorded by its file name only, so fitting again asks for its path.
     assert main(["-q", "fit", str(composed)]) == 1
     assert "fitted on local data, ./train.parquet, and only its file name is recorded" in capsys.readouterr().err
@@ -245,6 +255,8 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     assert main(["-q", "fit", str(composed), "--dataset", data, "--output", str(tmp_path / "dim"), "--overwrite"]) == 1
     assert "would replace a module being composed" in capsys.readouterr().err
     assert (tmp_path / "dim" / "config.json").read_text() == dim_before
+    assert main(["-q", "fit", "user/some-composition"]) == 1  # a Hub repo is not changed in place
+    assert "is not a local directory, so it cannot be changed in place: give --output DIR" in capsys.readouterr().err
     both = ["--output", str(tmp_path / "both"), "--fit", data, "--calibrate", data]
     assert main(["-q", "compose", *modules, *both]) == 1
     assert "--fit and --calibrate are two ways" in capsys.readouterr().err and not (tmp_path / "both").exists()

@@ -18,6 +18,7 @@ import types
 import zipfile
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import timm
 import torch
@@ -203,33 +204,51 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
 
 
 def test_a_push_never_replaces_another_module_unless_told(
-    hub_server: HubServer, decomposed: Path, modules, tmp_path: Path
+    hub_server: HubServer, decomposed: Path, parent_dir: Path, modules, tmp_path: Path, monkeypatch
 ) -> None:
     # A quick decomposition with other parameters, pushed under the names of published modules: every module is
     # checked before the first push, so nothing is pushed at all.
-    decomposed = Path(shutil.copytree(decomposed, tmp_path / "modules"))
     assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
-    quick = copy.deepcopy(modules["dark"])
-    quick.config.module["method"]["parameters"]["samples_per_class"] = 2
+    quick_dir = tmp_path / "quick"
+    parent = ModularResNetForImageClassification.from_pretrained(parent_dir)
+    decompose_to_directory(parent, training_data(), quick_dir, samples_per_class=4, seed=1, progress=False)
+    quick = {
+        label: ModularResNetForImageClassification.from_pretrained(quick_dir / f"{label}-module") for label in LABELS
+    }
     mid_repo = f"{DEFAULT_USER}/{PARENT_NAME}-mid-module"
     before = commits(mid_repo)
-    with pytest.raises(FileExistsError, match=r"method parameters .*'samples_per_class': 2"):
-        push_modules([modules["mid"], quick], DEFAULT_USER, commit_message="quick run")
+    refused = r"already holds another module \(samples per class 4, not 8; sampling seed 1, not 0\); nothing was"
+    with pytest.raises(FileExistsError, match=refused):
+        push_modules(quick_dir, DEFAULT_USER, commit_message="quick run")
     assert commits(mid_repo) == before
+
     # The same module again, another branch, a pull request or a name with {strategy} are fine.
     assert push_modules([modules["dark"]], DEFAULT_USER)["dark"].changed is False
-    assert push_model(quick, f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", revision="quick").changed
-    assert push_model(quick, f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", create_pr=True).changed
-    named = push_modules([quick], DEFAULT_USER, name_template="{parent_name}-{label}-{strategy}-module")
+    assert push_model(quick["dark"], f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", revision="quick").changed
+    assert push_model(quick["dark"], f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", create_pr=True).changed
+    named = push_modules([quick["dark"]], DEFAULT_USER, name_template="{parent_name}-{label}-{strategy}-module")
     assert named["dark"].repo_id == f"{DEFAULT_USER}/{PARENT_NAME}-dark-activation-module"
+    # A parent or a composition does not take over a module's repo either.
+    with pytest.raises(FileExistsError, match="this push is not a class module"):
+        push_directory(parent_dir, mid_repo)
+    with pytest.raises(FileExistsError, match="this push is not a class module"):
+        hf_modular.ComposedModel.from_modules([modules["dark"], modules["mid"]]).push_to_hub(mid_repo)
+    assert commits(mid_repo) == before
+
+    # When the Hub cannot say what the repo holds, nothing is pushed (no "nothing there" guess, no cached copy).
+    before_offline = commits(mid_repo)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConnectionError, match="offline mode is enabled"):
+        push_model(modules["mid"], mid_repo)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    assert commits(mid_repo) == before_offline
+
     # From the command line: refused with the way out, then --overwrite.
-    quick.save_pretrained(decomposed / "dark-module")
-    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 1
-    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER, "--overwrite"]) == 0
-    published = json.loads(
-        Path(HfApi().hf_hub_download(f"{DEFAULT_USER}/{PARENT_NAME}-dark-module", "config.json")).read_text()
-    )
-    assert published["module"]["method"]["parameters"]["samples_per_class"] == 2
+    push_quick = ["-q", "push", str(quick_dir), "--namespace", DEFAULT_USER]
+    assert main(push_quick) == 1
+    assert main([*push_quick, "--overwrite"]) == 0
+    config = Path(HfApi().hf_hub_download(mid_repo, "config.json")).read_text()
+    assert json.loads(config)["module"]["sampling"]["samples_per_class"] == 4
 
 
 def test_push_modules_rejects_plain_models_and_empty_directories(tmp_path: Path, parent_dir: Path) -> None:

@@ -188,6 +188,10 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
         ComposedModel.from_pretrained(saved)
     with pytest.raises(ValueError, match="is a transformers ResNet: convert it with ModularResNetForImageClass"):
         ModularResNetForImageClassification.from_pretrained(tmp_path / "transformers-resnet")
+    # A weights file with its config given loads, as transformers loads one.
+    config = ModularResNetConfig.from_pretrained(saved)
+    loaded = ModularResNetForImageClassification.from_pretrained(saved / "model.safetensors", config=config)
+    assert torch.equal(loaded.fc.weight, ModularResNetForImageClassification.from_pretrained(saved).fc.weight)
 
 
 def test_directory_without_weights_raises(tmp_path, saved):

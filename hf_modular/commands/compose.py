@@ -1,4 +1,6 @@
-"""`compose` and `replace`: classifiers built from modules, and their fitted heads."""
+"""`compose`, `replace` and `fit`: classifiers built from modules, and their fitted heads.
+
+Under `accelerate launch` the processes share a fit's images; the main process alone saves, pushes and prints."""
 
 from __future__ import annotations
 
@@ -6,12 +8,13 @@ import argparse
 from pathlib import Path
 
 from ..compose import ComposedModel
-from ..data import load_image_dataset
+from ..data import dataset_name, load_image_dataset
+from ..distributed import distributed_state
 from ..saving import atomic_directory, check_overwrite
 from ..validation import cli_number
 from .hub import print_pushes
 from .loading import model_source
-from .options import add_overwrite_option, default_of
+from .options import add_column_options, add_overwrite_option, default_of
 
 FIT_IMAGES_PER_CLASS = default_of(ComposedModel.fit, "images_per_class")
 
@@ -28,9 +31,11 @@ def run_compose(args: argparse.Namespace) -> None:
     check_overwrite(args.output, args.overwrite)
     composed = ComposedModel.from_modules([model_source(m) for m in args.modules], rename=rename, labels=labels)
     if args.calibrate:
-        _calibrate(composed, args.calibrate, args.calibrate_split, args.quiet)
+        _calibrate(composed, args.calibrate, args.calibrate_split, args)
     if args.fit:
         _fit(composed, args.fit, args)
+    if not distributed_state().is_main_process:
+        return
     with atomic_directory(args.output, keep=()) as staging:
         composed.save_pretrained(staging, materialize=args.materialize)
     print(f"Composed {len(composed.labels)} modules ({', '.join(composed.labels)}) into {args.output}")
@@ -54,17 +59,23 @@ def _overlaps(path: Path, other: Path) -> bool:
 
 
 def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> None:
-    """Fit the heads on `dataset` with the split and images per class given, or else those of the composition's
-    last fit (so fitting again after a change repeats the same fit), or else the API's defaults."""
-    last = (composed.config.fit or {}).get("data", {})
+    """Fit the heads on `dataset` with the images per class given, or else those of the composition's last fit (so
+    fitting again after a change repeats the same fit), or else the API's default; the same for the split, when
+    `dataset` is the last fit's."""
+    state = distributed_state()
     record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
         dataset,
-        split=args.fit_split or last.get("split") or default_of(ComposedModel.fit, "split"),
-        images_per_class=args.images_per_class or last.get("images_per_class") or FIT_IMAGES_PER_CLASS,
-        seed=last.get("seed", default_of(ComposedModel.fit, "seed")),
+        split=args.fit_split or _last_fit(composed, dataset).get("split") or default_of(ComposedModel.fit, "split"),
+        images_per_class=args.images_per_class or _last_fit(composed).get("images_per_class") or FIT_IMAGES_PER_CLASS,
+        seed=_last_fit(composed).get("seed", default_of(ComposedModel.fit, "seed")),
         other_classes="skip",
+        state=state,
         progress=not args.quiet,
+        image_column=args.image_column,
+        label_column=args.label_column,
     )
+    if not state.is_main_process:
+        return
     data = record["data"]
     print(
         f"Fitted each module's head on {data['images']} images ({data['images_per_class']} per class, split "
@@ -72,8 +83,21 @@ def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> Non
     )
 
 
-def _calibrate(composed: ComposedModel, dataset: str, split: str, quiet: bool) -> None:
-    calibration = composed.calibrate(load_image_dataset(dataset, split=split), progress=not quiet)
+def _last_fit(composed: ComposedModel, dataset: str | None = None) -> dict:
+    """The data record of the composition's last fit ({} when there was none, or when `dataset` is not its data)."""
+    last = (composed.config.fit or {}).get("data", {})
+    if dataset is not None and dataset_name(None, dataset) != last.get("name_or_path"):
+        return {}
+    return last
+
+
+def _calibrate(composed: ComposedModel, dataset: str, split: str, args: argparse.Namespace) -> None:
+    data = load_image_dataset(dataset, split=split)
+    calibration = composed.calibrate(
+        data, progress=not args.quiet, image_column=args.image_column, label_column=args.label_column
+    )
+    if not distributed_state().is_main_process:
+        return
     print("Calibrated (scale, bias): " + ", ".join(f"{k} {a:.3g} {b:+.3g}" for k, (a, b) in calibration.items()))
 
 
@@ -143,8 +167,7 @@ def run_replace(args: argparse.Namespace) -> None:
     _refuse_fit_and_calibrate(args)
     if (args.fit or args.calibrate) and args.drop_fit:
         raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
-    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
-        check_overwrite(args.output, args.overwrite)
+    _check_where_it_is_saved(args)
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_to_leave_a_stale_fit(composed, args)
     _refuse_an_output_over_its_members(composed, args, new_members=(args.module,))
@@ -155,28 +178,43 @@ def run_replace(args: argparse.Namespace) -> None:
     if args.fit:
         _fit(composed, args.fit, args)
     if args.calibrate:
-        _calibrate(composed, args.calibrate, args.calibrate_split, args.quiet)
+        _calibrate(composed, args.calibrate, args.calibrate_split, args)
+    if not distributed_state().is_main_process:
+        return
     output = _save(composed, args.composed, args.output, materialize)
     inside = " (modules stored inside)" if materialize else ""
     print(f"Replaced the {args.label!r} module; saved to {output}{inside}")
 
 
 def run_fit(args: argparse.Namespace) -> None:
-    if args.output is not None and Path(args.output).resolve() != Path(args.composed).resolve():
-        check_overwrite(args.output, args.overwrite)
+    if args.calibrate and args.images_per_class is not None:
+        raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
+    _check_where_it_is_saved(args)
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_an_output_over_its_members(composed, args)
-    last = (composed.config.fit or {}).get("data", {})
     dataset = args.dataset or _last_fit_dataset(composed, args.composed)
     if args.calibrate:  # of the modules' own heads: a fit's heads are calibrated by construction
-        if args.images_per_class is not None:
-            raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
+        split = args.fit_split or _last_fit(composed, dataset).get("split") or "train"
         composed.config.fit = None
-        _calibrate(composed, dataset, args.fit_split or last.get("split") or "train", args.quiet)
+        _calibrate(composed, dataset, split, args)
     else:
         _fit(composed, dataset, args)
+    if not distributed_state().is_main_process:
+        return
     output = _save(composed, args.composed, args.output)
     print(f"Saved to {output}")
+
+
+def _check_where_it_is_saved(args: argparse.Namespace) -> None:
+    """A changed composition is saved in place, which needs a local directory, or to a free --output."""
+    in_place = args.output is None or Path(args.output).resolve() == Path(args.composed).resolve()
+    if in_place and not Path(args.composed).is_dir():
+        raise ValueError(
+            f"{args.composed} is not a local directory, so it cannot be changed in place: give --output DIR to save "
+            "the changed composition there."
+        )
+    if not in_place:
+        check_overwrite(args.output, args.overwrite)
 
 
 def add_compose_arguments(command: argparse.ArgumentParser) -> None:
@@ -203,6 +241,7 @@ def add_compose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     _add_calibrate_options(command)
     _add_fit_options(command)
+    add_column_options(command)
     command.set_defaults(run=run_compose)
 
 
@@ -262,6 +301,7 @@ def add_replace_arguments(command: argparse.ArgumentParser) -> None:
     )
     _add_fit_options(command)
     _add_calibrate_options(command)
+    add_column_options(command)
     command.add_argument(
         "--drop-fit",
         action="store_true",
@@ -279,6 +319,7 @@ def add_fit_arguments(command: argparse.ArgumentParser) -> None:
         help="labelled images of the composition's classes, other classes skipped (default: the last fit's dataset)",
     )
     _add_fit_settings(command, "--dataset", "--split")
+    add_column_options(command)
     command.add_argument(
         "--calibrate",
         action="store_true",

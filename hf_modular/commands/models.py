@@ -88,9 +88,12 @@ def _training_digest(training: dict[str, Any]) -> str:
 
 def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     config = composed.config
-    fitted_on = (config.fit or {}).get("data", {}).get("name_or_path") or "an in-memory dataset"
+    recorded = (config.fit or {}).get("data", {}).get("name_or_path")
+    fitted_on = recorded or "an in-memory dataset"
     changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
-    stale = f" (stale: {', '.join(changed)} changed since; `hf-modular fit {source}` fits it again)" if changed else ""
+    # Local data is recorded by its file name only, so fitting again needs its path.
+    again = f"hf-modular fit {source}" + ("" if recorded and not recorded.startswith("./") else " --dataset PATH")
+    stale = f" (stale: {', '.join(changed)} changed since; `{again}` fits it again)" if changed else ""
     return {
         "source": source,
         "composed of": len(composed.labels),

@@ -60,6 +60,6 @@ def add_overwrite_option(command: argparse.ArgumentParser) -> None:
 
 
 def add_column_options(command: argparse.ArgumentParser) -> None:
-    """Which columns hold the images and labels, for datasets with more than one of a kind or a plain int label."""
+    """Which columns hold the images and labels, for a dataset with more than one Image or ClassLabel column."""
     command.add_argument("--image-column", default=None, help="default: the dataset's Image column")
     command.add_argument("--label-column", default=None, help="default: the dataset's ClassLabel column")

@@ -10,7 +10,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from .. import demo
-from ..data import dataset_name, find_columns, label_names, load_image_dataset, pinned_revision
+from ..data import dataset_name, find_label_column, label_names, load_image_dataset, pinned_revision
 from ..distributed import on_main_process, training_accelerator
 from ..hub import parent_card, push_directory, push_modules
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
@@ -58,7 +58,7 @@ def run_train(args: argparse.Namespace) -> None:
         if args.eval_split
         else None
     )
-    _, label_column = find_columns(train_split, args.image_column, args.label_column)
+    label_column = find_label_column(train_split, args.label_column)
     labels = label_names(train_split, label_column)
     set_seed(args.seed)  # the new model's initial weights too: the same --seed gives the same run
     if args.from_timm:  # a timm ResNet's architecture (and weights, with pretrained=True) with a new head

@@ -23,7 +23,8 @@ from ..data import (
     dataset_fingerprint,
     dataset_name,
     dataset_split,
-    find_columns,
+    find_image_column,
+    find_label_column,
     iterate_batches,
     label_ids,
     label_names,
@@ -54,7 +55,7 @@ def sample_for_fit(
         raise ValueError(f"other_classes must be 'refuse' or 'skip', not {other_classes!r}.")
     if images_per_class < 1:
         raise ValueError(f"images_per_class must be >= 1, got {images_per_class}.")
-    _, label_column = find_columns(dataset)
+    label_column = find_label_column(dataset)
     names = label_names(dataset, label_column)
     missing = [label for label in labels if label not in names]
     if missing:
@@ -103,14 +104,14 @@ def pooled_features(
     rows are shared between the processes of `state` and every process gets all of them, in order."""
     state = distributed_state(state)
     warn_if_off_the_process_device(members[0], state, "fit")
-    image_column, label_column = find_columns(dataset)
+    image_column = find_image_column(dataset)
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)
     batches = iterate_batches(
         shard,
         composed_image_processor(composed_config),
         image_column=image_column,
-        label_column=label_column,
+        label_column=None,  # the targets come from sample_for_fit
         batch_size=batch_size,
         image_mode=image_mode(composed_config.num_channels),
         rows=rows,

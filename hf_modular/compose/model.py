@@ -36,9 +36,18 @@ from ..data import (
     label_ids,
     label_names,
     load_image_dataset,
+    only_columns,
+    require_dataset,
 )
 from ..distributed import DistributedState
-from ..hub import PushOptions, PushResult, composed_card, module_card, upload_folder
+from ..hub import (
+    PushOptions,
+    PushResult,
+    composed_card,
+    module_card,
+    refuse_replacing_another_module,
+    upload_folder,
+)
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
 from ..models.loading import check_saved_model
 from ..module import check_directory_names, module_directory_name
@@ -88,6 +97,9 @@ class ComposedConfig(PreTrainedConfig):
             (`data`: name, split, fingerprint, images per class, seed) and the members it was fitted for (`members`:
             label and weights sha256). The members answer with these heads; a member edited since makes the fit
             stale, and the composition refuses to answer until it is fitted again.
+        materialized (`bool`, *optional*):
+            Whether it was saved with every module stored inside (`save_pretrained(materialize=True)`); loaded, it
+            goes on storing them (`ComposedModel.stores_its_modules`). None in configs saved before this field.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -103,6 +115,7 @@ class ComposedConfig(PreTrainedConfig):
     rule: str = "vote"
     calibration: dict[str, list[float]] | None = None
     fit: dict[str, Any] | None = None
+    materialized: bool | None = None
 
     def validate_rule(self):
         if self.rule not in RULES:
@@ -125,8 +138,8 @@ class ComposedModel(PreTrainedModel):
     def __init__(self, config: ComposedConfig, members: Sequence[ModularResNetForImageClassification] = ()):
         super().__init__(config)
         self.members = nn.ModuleList()
-        # Whether it was loaded from a directory or repo that stores every module inside (saved with materialize=True):
-        # saving it again stores them all inside by default, a module replaced since included.
+        # Whether it was loaded from a directory or repo saved with materialize=True: saving it again stores every
+        # module inside by default, a module replaced since included.
         self.stores_its_modules = False
         self._plan_cache: dict[str, Any] = {}
         self._heads_cache: dict[str, Any] = {}
@@ -326,7 +339,14 @@ class ComposedModel(PreTrainedModel):
 
     @torch.inference_mode()
     def calibrate(
-        self, dataset: datasets.Dataset, *, max_images: int | None = 5000, batch_size: int = 256, progress: bool = True
+        self,
+        dataset: datasets.Dataset,
+        *,
+        max_images: int | None = 5000,
+        batch_size: int = 256,
+        progress: bool = True,
+        image_column: str | None = None,
+        label_column: str | None = None,
     ) -> dict[str, list[float]]:
         """Fit each module's own-class probability to labelled images and switch to `rule="calibrated"`.
 
@@ -334,8 +354,10 @@ class ComposedModel(PreTrainedModel):
         degrees, so their raw probabilities are not comparable. Platt scaling fits, per module, a scale and bias on
         its margin (own logit minus rest logit) so that `sigmoid(scale * margin + bias)` is the frequency of its class
         among `dataset`'s images of the composition's classes (at most `max_images`, a seeded random sample; use
-        held-out images, not the test split you report). Returns and stores `{label: [scale, bias]}`.
+        held-out images, not the test split you report; its Image and ClassLabel columns, or `image_column` and
+        `label_column`). Returns and stores `{label: [scale, bias]}`.
         """
+        dataset = only_columns(require_dataset(dataset), image_column, label_column)
         module_logits, labels = collect_module_logits(
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
         )
@@ -362,13 +384,16 @@ class ComposedModel(PreTrainedModel):
         other_classes: str = "refuse",
         state: DistributedState | None = None,
         progress: bool = True,
+        image_column: str | None = None,
+        label_column: str | None = None,
     ) -> dict[str, Any]:
         """Make modules from unrelated parents compose: refit each member's own-vs-rest head on a small labelled
         sample of the composition's classes (`images_per_class` seeded random images of each; every class must be
         there, and no other). The members and their repos are not changed; the composition stores the fitted heads
         (`config.fit`, saved and pushed with it) and answers with them. Use images you do not report results on.
         `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes (with `split`).
-        Images of classes no member answers are refused, or skipped with `other_classes="skip"`. Under
+        Images of classes no member answers are refused, or skipped with `other_classes="skip"`. The images and
+        labels are the dataset's Image and ClassLabel columns, or `image_column` and `label_column`. Under
         `accelerate launch` the processes of `state` share the images; each gets the same fit.
 
         Returns the fit record (see `ComposedConfig.fit`).
@@ -378,7 +403,7 @@ class ComposedModel(PreTrainedModel):
             list(self.members),
             self.labels,
             self.config,
-            load_image_dataset(dataset, split=split),
+            only_columns(load_image_dataset(dataset, split=split), image_column, label_column),
             dataset_source=source,
             images_per_class=images_per_class,
             seed=seed,
@@ -447,8 +472,8 @@ class ComposedModel(PreTrainedModel):
 
         With `materialize=True` every module is stored in `modules/<label>/` inside the directory, so the composed
         model loads offline and without the original repos. The default, None, is True for a composition loaded
-        from a directory or repo that stored every module (`stores_its_modules`: it goes on storing them, a module
-        replaced since included), else False. Modules with no source to point at (built in memory, or loaded from
+        from a directory or repo saved that way (`stores_its_modules`: it goes on storing them, a module replaced
+        since included), else False. Modules with no source to point at (built in memory, or loaded from
         another composition's folder) are always stored inside; with `portable=True` (for a Hub repo) so are
         modules known only by a local path.
         """
@@ -457,6 +482,7 @@ class ComposedModel(PreTrainedModel):
         materialize = self.stores_its_modules if materialize is None else materialize
         check_directory_names(self.labels)
         config = ComposedConfig.from_dict(self.config.to_dict())
+        config.materialized = bool(materialize)
         with atomic_directory(save_directory) as staging:
             for index, module in enumerate(self.members):
                 entry = dict(config.members[index])
@@ -484,6 +510,8 @@ class ComposedModel(PreTrainedModel):
         in-memory modules stored inside; `materialize` as for `save_pretrained`), processor and a card with the
         module table (and `evaluation`, a dict with `dataset`, `split`, `images`, `top1`, `top5`, when given).
         `options`: see `hf_modular.hub.PushOptions`. Returns a `hf_modular.hub.PushResult`."""
+        if not options.pop("overwrite", False):  # a module's repo is not taken over by a composition
+            refuse_replacing_another_module(repo_id, None, **options)
         with tempfile.TemporaryDirectory(prefix="hf-modular-push-") as staging:
             self.save_pretrained(staging, materialize=materialize, portable=True)
             saved = ComposedConfig.from_pretrained(staging)
@@ -524,7 +552,11 @@ class ComposedModel(PreTrainedModel):
                 module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         composed = cls(config, members)
-        composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
+        # (Configs saved before `materialized` existed: every module stored inside is the best sign of it.)
+        materialized = config.materialized
+        composed.stores_its_modules = (
+            materialized if materialized is not None else all("subfolder" in entry for entry in config.members)
+        )
         return composed
 
 

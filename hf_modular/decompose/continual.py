@@ -16,7 +16,16 @@ import torch
 from accelerate import Accelerator, PartialState
 from datasets import Dataset
 
-from ..data import dataset_fingerprint, dataset_name, find_columns, label_ids, label_names, load_image_dataset
+from ..data import (
+    dataset_fingerprint,
+    dataset_name,
+    find_columns,
+    find_label_column,
+    label_ids,
+    label_names,
+    load_image_dataset,
+    only_columns,
+)
 from ..distributed import device_and_dtype, distributed_state
 from ..models import ModularResNetForImageClassification
 from ..module import jaccard_index, masked_fraction
@@ -52,6 +61,8 @@ def continuous_learning(
     batch_size: int = 128,
     accelerator: Accelerator | PartialState | None = None,
     progress: bool = True,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> list[ModularResNetForImageClassification]:
     """Adapt modules for composition across datasets; returns new modules (the inputs are not changed).
 
@@ -60,12 +71,14 @@ def continuous_learning(
         datasets: for each module, the dataset holding examples of its class (by its label name); or one dataset
             for all. Module i's negatives are examples of every other module's class, taken from that module's
             dataset: `negatives_ratio` x module i's own sample count, spread evenly over the other classes.
+        image_column, label_column: the columns to read in every dataset (default: each one's Image and ClassLabel
+            column).
     """
     if len(modules) < 2:
         raise ValueError("Continuous learning needs at least two modules: each one learns from the others' classes.")
     given = list(datasets) if isinstance(datasets, Sequence) and not isinstance(datasets, str) else None
     given = given or [datasets] * len(modules)
-    sources = [load_image_dataset(d, split=split) for d in given]
+    sources = [only_columns(load_image_dataset(d, split=split), image_column, label_column) for d in given]
     names = [
         dataset_name(loaded, None if isinstance(d, Dataset) else d) for loaded, d in zip(sources, given, strict=True)
     ]
@@ -92,7 +105,7 @@ def continuous_learning(
 
 def _class_rows(module: ModularResNetForImageClassification, dataset: Dataset, seed: int) -> torch.Tensor:
     """The rows of `dataset` labelled with the module's class, in a seeded random order."""
-    _, label_column = find_columns(dataset)
+    label_column = find_label_column(dataset)
     label = module.config.provenance.target_label
     names = label_names(dataset, label_column)
     if label not in names:

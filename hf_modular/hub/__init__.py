@@ -16,6 +16,7 @@ from .publish import (
     push_directory,
     push_model,
     push_modules,
+    refuse_replacing_another_module,
     upload_folder,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "push_directory",
     "push_model",
     "push_modules",
+    "refuse_replacing_another_module",
     "upload_folder",
 ]

@@ -14,7 +14,7 @@ class HubMixin:
     def push_to_hub(self, repo_id: str, **options: Unpack[PushOptions]) -> PushResult:
         """Push this model (a module or a parent) to `repo_id` in one commit, with its model card. `options`:
         `private`, `revision`, `token`, `create_pr`, `commit_message`, `commit_description`, `license`, `tags`,
-        `max_shard_size` (see `PushOptions`).
+        `max_shard_size`, `remote_code`, `overwrite` (see `PushOptions`).
 
         Returns a `hf_modular.hub.PushResult` (repo id, commit sha, whether the push changed anything).
         """

@@ -21,15 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, get_session, hf_hub_url
 from huggingface_hub.errors import (
-    EntryNotFoundError,
     HfHubHTTPError,
     HFValidationError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, validate_repo_id
 from transformers import AutoConfig, AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel
 from typing_extensions import Unpack
 
@@ -145,7 +144,7 @@ def push_directory(
     _validate(repo_id)
     license = options.pop("license", None)
     config = AutoConfig.from_pretrained(directory)
-    if not options.pop("overwrite", False) and _is_module(config):
+    if not options.pop("overwrite", False):
         refuse_replacing_another_module(repo_id, config, **options)
     if _is_module(config):
         license = license or parent_license(ModuleProvenance.from_dict(config.module).parent, options.get("token"))
@@ -293,19 +292,35 @@ def repo_name(template: str, config: PreTrainedConfig) -> str:
     )
 
 
-def refuse_replacing_another_module(repo_id: str, config: PreTrainedConfig, **options: Unpack[PushOptions]) -> None:
-    """A module repo names one module: a push that would put a different one at the head of its branch (another
-    class, parent, strategy or method parameters, say a quick test run over a published module) is refused unless
-    `overwrite=True`. Nothing to check for a repo or branch that does not exist yet, or a pull request."""
+def refuse_replacing_another_module(
+    repo_id: str, config: PreTrainedConfig | None, **options: Unpack[PushOptions]
+) -> None:
+    """A module repo names one module: a push that would put a different one at the head of its branch is refused
+    unless `overwrite=True`. Different means another class, parent, strategy, method parameters, sampling or
+    training data (a quick test run over a published module, say), or no module at all: a parent or a composition
+    (`config` None or without a module section). Nothing to check for a repo or branch that does not exist yet, a
+    repo that holds no module, or a pull request."""
     if options.get("create_pr"):
         return
-    revision = options.get("revision")
+    api, token, revision = HfApi(token=options.get("token")), options.get("token"), options.get("revision")
+    # Read from the Hub itself, never from a cached copy of what the repo held; with the client's requests, so that
+    # the CLI's time limit holds (hf_hub_download's metadata request sets its own, and retries it for minutes). No
+    # answer is an error (offline mode included), never "nothing there".
     with _explained(repo_id):
         try:
-            path = hf_hub_download(repo_id, "config.json", revision=revision, token=options.get("token"))
-        except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+            info = api.repo_info(repo_id, revision=revision)
+        except (RepositoryNotFoundError, RevisionNotFoundError):
             return
-    differences = _module_differences(json.loads(Path(path).read_text()).get("module"), config.provenance)
+        if "config.json" not in {sibling.rfilename for sibling in info.siblings or []}:
+            return
+        url = hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=api.endpoint)
+        response = get_session().get(url, headers=build_hf_headers(token=token), follow_redirects=True)
+        hf_raise_for_status(response)
+    published = response.json().get("module")
+    if published is None:
+        return  # a parent's or a composition's repo: not a module's
+    ours = getattr(config, "module", None)
+    differences = _module_differences(published, ours)
     if differences:
         raise FileExistsError(
             f"{repo_id} already holds another module ({'; '.join(differences)}); nothing was pushed. Publish this "
@@ -315,21 +330,37 @@ def refuse_replacing_another_module(repo_id: str, config: PreTrainedConfig, **op
         )
 
 
-def _module_differences(published: dict[str, Any] | None, ours: ModuleProvenance) -> list[str]:
-    """What tells a published module's provenance (its config's `module` section) from ours, in words."""
-    if published is None:
-        return ["the repo's model is not a class module"]
+def _module_differences(published: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
+    """What tells a published module (its config's `module` section) from ours, in words."""
+    if ours is None:
+        return ["this push is not a class module"]
     try:
-        theirs = ModuleProvenance.from_dict(published)
+        theirs = _identity(ModuleProvenance.from_dict(published))
     except (ValueError, TypeError, KeyError):
         return ["the repo's module record cannot be read"]
-    pairs = {
-        "class": (theirs.target_label, ours.target_label),
-        "parent weights": (theirs.parent.weights_sha256[:12], ours.parent.weights_sha256[:12]),
-        "strategy": (theirs.method.strategy, ours.method.strategy),
-        "method parameters": (theirs.method.parameters, ours.method.parameters),
+    mine = _identity(ModuleProvenance.from_dict(ours))
+    return [
+        f"{key} {mine.get(key)!r}, not {theirs.get(key)!r}"
+        for key in dict.fromkeys([*theirs, *mine])
+        if theirs.get(key) != mine.get(key)
+    ]
+
+
+def _identity(info: ModuleProvenance) -> dict[str, Any]:
+    """What makes a module this module, rather than its run's date, timings or measurements."""
+    return {
+        "class": info.target_label,
+        "parent weights": info.parent.weights_sha256[:12],
+        "strategy": info.method.strategy,
+        **{f"method parameter {name}": value for name, value in info.method.parameters.items()},
+        "samples per class": info.sampling.samples_per_class,
+        "negatives ratio": info.sampling.negatives_ratio,
+        "sampling seed": info.sampling.seed,
+        "dataset": info.dataset.name_or_path,
+        "dataset configuration": info.dataset.config_name,
+        "dataset split": info.dataset.split,
+        "continuous learning": info.continuous_learning is not None,
     }
-    return [f"{what} {mine!r}, not {theirs!r}" for what, (theirs, mine) in pairs.items() if theirs != mine]
 
 
 def without_url_queries(text: str) -> str:

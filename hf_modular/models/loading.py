@@ -31,7 +31,10 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *ar
     source = None if source is None else str(source)  # None: `config=` and `state_dict=` give everything
     if source is not None:  # a local directory's weights sit in its `subfolder` when one is given, as on the Hub
         local = os.path.join(source, kwargs["subfolder"]) if kwargs.get("subfolder") else source
-        check_saved_model(local, config_given=kwargs.get("config") is not None, expected="modular_resnet")
+        config_given = kwargs.get("config") is not None
+        # transformers loads a weights file named with `config=`: safetensors, or a pickle the caller opted in to.
+        weights_file = config_given and (local.endswith(".safetensors") or kwargs["use_safetensors"] is not True)
+        check_saved_model(local, config_given=config_given, expected="modular_resnet", weights_file=weights_file)
         refuse_pickle_only_directory(local, kwargs["use_safetensors"])
     try:
         model, info = load(source, *args, output_loading_info=True, **kwargs)
@@ -79,12 +82,15 @@ def refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
     raise OSError(f"{directory} has no model.safetensors: it holds no weights. Save a model there first.")
 
 
-def check_saved_model(source: str, config_given: bool = False, expected: str | None = None) -> None:
+def check_saved_model(
+    source: str, config_given: bool = False, expected: str | None = None, weights_file: bool = False
+) -> None:
     """Refuse a local path that holds no saved model of the `expected` model type, saying what it is instead:
     transformers would call a file an invalid JSON file, and load a directory without config.json with a default
-    config. (A path that does not exist is left to the loader: it may be a Hub repo id.)"""
+    config. `config_given`: the caller passes the config itself; `weights_file`: a file is a weights file to load
+    with it. (A path that does not exist is left to the loader: it may be a Hub repo id.)"""
     path = Path(source)
-    if path.is_file():
+    if path.is_file() and not weights_file:
         hint = (
             " (a CIFAR ResNet checkpoint converts with hf_modular.import_cifar_resnet, or `hf-modular import FILE "
             "--output DIR`)"

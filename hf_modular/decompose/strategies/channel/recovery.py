@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ....data import find_columns, fixed_input_size, iterate_batches
+from ....data import fixed_input_size, iterate_batches
 from ....distributed import to_model
 from ....models import ModularResNetConfig, ModularResNetForImageClassification, image_mode, image_processor_for
 from .importance import log_odds
@@ -118,7 +118,7 @@ def distillation_data(
         dataset.select(rows.tolist()),
         image_processor_for(parent.config),
         image_column=image_column,
-        label_column=find_columns(dataset, image_column)[1],
+        label_column=None,  # unlabelled: the parent's answers are the targets
         image_mode=image_mode(parent.config.num_channels),
         rows=rows.tolist(),
         image_size=fixed_input_size(parent.config),
