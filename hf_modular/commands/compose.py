@@ -62,12 +62,12 @@ def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> Non
     """Fit the heads on `dataset` with the images per class given, or else those of the composition's last fit (so
     fitting again after a change repeats the same fit), or else the API's default; the same for the split, when
     `dataset` is the last fit's."""
-    state = distributed_state()
+    state, last, same_data = distributed_state(), _last_fit(composed), _last_fit(composed, dataset)
     record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
         dataset,
-        split=args.fit_split or _last_fit(composed, dataset).get("split") or default_of(ComposedModel.fit, "split"),
-        images_per_class=args.images_per_class or _last_fit(composed).get("images_per_class") or FIT_IMAGES_PER_CLASS,
-        seed=_last_fit(composed).get("seed", default_of(ComposedModel.fit, "seed")),
+        split=args.fit_split or same_data.get("split") or default_of(ComposedModel.fit, "split"),
+        images_per_class=args.images_per_class or last.get("images_per_class") or FIT_IMAGES_PER_CLASS,
+        seed=last.get("seed", default_of(ComposedModel.fit, "seed")),
         other_classes="skip",
         state=state,
         progress=not args.quiet,
