@@ -204,10 +204,16 @@ def only_columns(
     dataset: datasets.Dataset, image_column: str | None = None, label_column: str | None = None
 ) -> datasets.Dataset:
     """`dataset` with only its image and label columns, as given or found: a function that finds them itself then
-    finds exactly those. Unchanged when neither is given."""
+    finds exactly those. Unchanged (its fingerprint too) when they are the ones it would find anyway."""
     if image_column is None and label_column is None:
         return dataset
-    return dataset.select_columns(list(find_columns(dataset, image_column, label_column)))
+    columns = find_columns(dataset, image_column, label_column)
+    try:
+        if find_columns(dataset) == columns:
+            return dataset
+    except ValueError:  # several of a kind: the choice is needed
+        pass
+    return dataset.select_columns(list(columns))
 
 
 def label_names(dataset: datasets.Dataset, label_column: str) -> list[str]:

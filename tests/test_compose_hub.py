@@ -39,6 +39,11 @@ def test_push_composed_model_and_load_it_back(hub_server, tmp_path):
         "parent": modules_a["dark"].config.provenance.parent.repo_id or "modular_resnet",
     }
     assert composed.push_to_hub(repo, evaluation=evaluation).changed is False
+    # A Hub repo of the other kind names the loader that takes it (transformers would only warn, then fail later).
+    with pytest.raises(ValueError, match="is a composed model: load it with ComposedModel.from_pretrained"):
+        hf_modular.ModularResNetForImageClassification.from_pretrained(repo)
+    with pytest.raises(ValueError, match="is a classifier or class module: load it with ModularResNetForImage"):
+        ComposedModel.from_pretrained(dark_repo)
     assert result.changed
 
     card = ModelCard.load(repo)

@@ -247,6 +247,20 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     assert set(calibrated["calibration"]) == set(ALL)
     assert (composed / "config.json").read_text() == before
 
+    # Calibrating drops a fit (from Python too, and a path will do); `replace --calibrate` does the same; --drop
+    # drops either.
+    assert main(["-q", "fit", str(composed), "--dataset", data]) == 0
+    loaded = ComposedModel.from_pretrained(composed)
+    loaded.calibrate(data, progress=False)
+    assert loaded.config.fit is None and loaded.config.rule == "calibrated"
+    assert main(["-q", "replace", str(composed), "dark", str(tmp_path / "dark"), "--calibrate", data]) == 0
+    replaced = json.loads((composed / "config.json").read_text())
+    assert replaced["fit"] is None and replaced["rule"] == "calibrated"
+    assert main(["-q", "fit", str(composed), "--drop"]) == 0
+    dropped = json.loads((composed / "config.json").read_text())
+    assert (dropped["fit"], dropped["rule"], dropped["calibration"]) == (None, "vote", None)
+    capsys.readouterr()
+
     # A composition never fitted needs the data named; an --output over a member is refused before any work.
     assert main(["-q", "compose", *modules, "--output", str(tmp_path / "plain")]) == 0
     assert main(["-q", "fit", str(tmp_path / "plain")]) == 1

@@ -195,7 +195,7 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
 
     # Another module for an existing repo is refused before anything is pushed; overwrite=True makes one new commit.
     repo_id = results["dark"].repo_id
-    refused = rf"{repo_id} already holds another module \(class 'bright', not 'dark'\); nothing was pushed"
+    refused = rf"{repo_id} already holds another module: class 'dark' there, 'bright' in this push\. Nothing was"
     with pytest.raises(FileExistsError, match=refused):
         push_model(modules["bright"], repo_id)
     assert len(commits(repo_id)) == 2
@@ -217,7 +217,7 @@ def test_a_push_never_replaces_another_module_unless_told(
     }
     mid_repo = f"{DEFAULT_USER}/{PARENT_NAME}-mid-module"
     before = commits(mid_repo)
-    refused = r"already holds another module \(samples per class 4, not 8; sampling seed 1, not 0\); nothing was"
+    refused = r"another module: samples per class 8 there, 4 in this push; sampling seed 0 there, 1 in this push\. No"
     with pytest.raises(FileExistsError, match=refused):
         push_modules(quick_dir, DEFAULT_USER, commit_message="quick run")
     assert commits(mid_repo) == before
@@ -234,6 +234,13 @@ def test_a_push_never_replaces_another_module_unless_told(
     with pytest.raises(FileExistsError, match="this push is not a class module"):
         hf_modular.ComposedModel.from_modules([modules["dark"], modules["mid"]]).push_to_hub(mid_repo)
     assert commits(mid_repo) == before
+    # Nor does a module take over a parent's repo, and a name template must give each module its own repo.
+    parent_commits = commits(push_directory(parent_dir, f"{DEFAULT_USER}/the-parent").repo_id)
+    with pytest.raises(FileExistsError, match="the repo holds a model that is not a class module"):
+        push_model(modules["dark"], f"{DEFAULT_USER}/the-parent")
+    with pytest.raises(ValueError, match=r"gives several modules one repo \(user/the-parent\).*put \{label\}"):
+        push_modules(decomposed, DEFAULT_USER, name_template="the-parent")
+    assert commits(f"{DEFAULT_USER}/the-parent") == parent_commits
 
     # When the Hub cannot say what the repo holds, nothing is pushed (no "nothing there" guess, no cached copy).
     before_offline = commits(mid_repo)

@@ -21,6 +21,8 @@ from transformers import (
     PreTrainedModel,
     ResNetConfig,
     ResNetForImageClassification,
+    ViTConfig,
+    ViTForImageClassification,
     pipeline,
 )
 
@@ -188,6 +190,15 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
         ComposedModel.from_pretrained(saved)
     with pytest.raises(ValueError, match="is a transformers ResNet: convert it with ModularResNetForImageClass"):
         ModularResNetForImageClassification.from_pretrained(tmp_path / "transformers-resnet")
+    # A model of another architecture is not read as a ModularResNet with random weights, nor shown by `info`.
+    vit = ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_labels=2)
+    ViTForImageClassification(vit).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="is a 'vit' model, which hf_modular does not load"):
+        ModularResNetForImageClassification.from_pretrained(tmp_path / "vit")
+    assert main(["info", str(tmp_path / "vit")]) == 1
+    assert "is a 'vit' model, which hf_modular does not load" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="is a 'vit' model"):
+        ModularResNetForImageClassification.from_transformers(tmp_path / "vit")
     # A weights file with its config given loads, as transformers loads one.
     config = ModularResNetConfig.from_pretrained(saved)
     loaded = ModularResNetForImageClassification.from_pretrained(saved / "model.safetensors", config=config)

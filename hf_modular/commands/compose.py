@@ -12,7 +12,7 @@ from ..data import dataset_name, load_image_dataset
 from ..distributed import distributed_state
 from ..saving import atomic_directory, check_overwrite
 from ..validation import cli_number
-from .hub import print_pushes
+from .hub import print_pushes, refuse_a_model_push_now
 from .loading import model_source
 from .options import add_column_options, add_overwrite_option, default_of
 
@@ -29,6 +29,8 @@ def run_compose(args: argparse.Namespace) -> None:
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     _refuse_an_output_over_a_member(args.output, args.modules)
     check_overwrite(args.output, args.overwrite)
+    if args.push_to:
+        refuse_a_model_push_now(args.push_to, distributed_state())
     composed = ComposedModel.from_modules([model_source(m) for m in args.modules], rename=rename, labels=labels)
     if args.calibrate:
         _calibrate(composed, args.calibrate, args.calibrate_split, args)
@@ -71,8 +73,8 @@ def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> Non
         other_classes="skip",
         state=state,
         progress=not args.quiet,
-        image_column=args.image_column,
-        label_column=args.label_column,
+        image_column=args.image_column or same_data.get("image_column"),
+        label_column=args.label_column or same_data.get("label_column"),
     )
     if not state.is_main_process:
         return
@@ -140,12 +142,13 @@ def _refuse_an_output_over_its_members(
 def _refuse_to_leave_a_stale_fit(composed: ComposedModel, args: argparse.Namespace) -> None:
     """A fitted or calibrated composition's fit does not cover a new module: replace fits again or drops it."""
     config, refit = composed.config, args.fit or args.calibrate or args.drop_fit
-    if config.fit and not (args.fit or args.drop_fit):
+    if config.fit and not refit:
         data = config.fit["data"]
         raise ValueError(
             f"{args.composed} was fitted (on {data['images']} images of {data['name_or_path'] or 'a dataset'}), and "
-            "the fitted heads would not cover the new module; nothing was written. Add --fit DATA [--fit-split "
-            "SPLIT] to fit it again, or --drop-fit to answer with the modules' own heads."
+            "the fitted heads would not cover the new module; nothing was written. Add --fit DATA to fit it again, "
+            "--calibrate DATA to calibrate the modules' own heads instead, or --drop-fit to answer with them by the "
+            "paper's vote."
         )
     if config.rule == "calibrated" and not refit:
         raise ValueError(
@@ -189,13 +192,21 @@ def run_replace(args: argparse.Namespace) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     if args.calibrate and args.images_per_class is not None:
         raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
+    if args.drop and (args.calibrate or args.dataset or args.fit_split or args.images_per_class):
+        raise ValueError("--drop drops the fit and fits nothing: it takes no data options.")
     _check_where_it_is_saved(args)
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_an_output_over_its_members(composed, args)
+    if args.drop:
+        composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
+        if distributed_state().is_main_process:
+            print(f"Dropped the fit; saved to {_save(composed, args.composed, args.output)}")
+        return
     dataset = args.dataset or _last_fit_dataset(composed, args.composed)
     if args.calibrate:  # of the modules' own heads: a fit's heads are calibrated by construction
         split = args.fit_split or _last_fit(composed, dataset).get("split") or "train"
-        composed.config.fit = None
+        if composed.config.fit and distributed_state().is_main_process:
+            print("Its fit is dropped: calibration is of the modules' own heads (fitted heads are calibrated already).")
         _calibrate(composed, dataset, split, args)
     else:
         _fit(composed, dataset, args)
@@ -264,7 +275,7 @@ def _add_fit_settings(command: argparse.ArgumentParser, dataset_option: str, spl
         dest="fit_split",
         default=None,
         metavar="SPLIT",
-        help=f"the split of {dataset_option} (default: the last fit's, else {split})",
+        help=f"the split of {dataset_option} (default: the last fit's on the same data, else {split})",
     )
     command.add_argument(
         "--images-per-class",
@@ -286,7 +297,9 @@ def _add_fit_options(command: argparse.ArgumentParser) -> None:
 
 
 def add_replace_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
+    command.add_argument(
+        "composed", metavar="COMPOSED", help="a composed model's directory (a Hub repo id with --output DIR)"
+    )
     command.add_argument("label", metavar="LABEL", help="the label whose module is swapped")
     command.add_argument("module", metavar="MODULE", help="the new module (directory or repo id, @revision to pin)")
     command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
@@ -311,7 +324,9 @@ def add_replace_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def add_fit_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("composed", metavar="COMPOSED", help="a composed model's directory")
+    command.add_argument(
+        "composed", metavar="COMPOSED", help="a composed model's directory (a Hub repo id with --output DIR)"
+    )
     command.add_argument(
         "--dataset",
         default=None,
@@ -325,6 +340,11 @@ def add_fit_arguments(command: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Platt-calibrate the modules' own heads instead (rule 'calibrated'; every image of --split, at most "
         "5,000)",
+    )
+    command.add_argument(
+        "--drop",
+        action="store_true",
+        help="drop the fit or calibration instead: answer with the modules' own heads by the paper's vote",
     )
     command.add_argument("--output", default=None, metavar="DIR", help="where to save (default: in place)")
     add_overwrite_option(command)

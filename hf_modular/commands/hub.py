@@ -7,7 +7,8 @@ import os
 
 import huggingface_hub
 
-from ..hub import DEFAULT_NAME_TEMPLATE, push_directory, push_modules
+from ..distributed import DistributedState, on_main_process
+from ..hub import DEFAULT_NAME_TEMPLATE, push_directory, push_modules, refuse_replacing_another_module
 from .loading import model_source
 from .options import add_remote_code_option
 
@@ -43,6 +44,7 @@ def run_push_parent(args: argparse.Namespace) -> None:
         create_pr=args.create_pr,
         license=args.license,
         remote_code=args.remote_code,
+        overwrite=args.overwrite,
     )
     print_pushes({"model": result})
 
@@ -55,12 +57,7 @@ def add_push_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     command.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
-    command.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="let a module replace a different one a repo already holds (another class, parent or method; the Hub "
-        "keeps the old one in the repo's history)",
-    )
+    add_hub_overwrite_option(command)
     add_remote_code_option(command)
     command.set_defaults(run=run_push)
 
@@ -73,7 +70,17 @@ def add_push_parent_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     command.add_argument("--license", default=None, help="license id for the card")
     add_remote_code_option(command)
+    add_hub_overwrite_option(command)
     command.set_defaults(run=run_push_parent)
+
+
+def add_hub_overwrite_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what a repo holds when it is another class module, or a module where a model is pushed (the "
+        "Hub keeps the old files in the repo's history)",
+    )
 
 
 HUB_TIMEOUT_VARIABLE = "HF_MODULAR_HUB_TIMEOUT"
@@ -121,3 +128,19 @@ def limit_hub_requests(seconds: float) -> None:
         return client_class(event_hooks={**hooks, "request": request_hooks}, follow_redirects=True, timeout=seconds)
 
     huggingface_hub.set_client_factory(client)
+
+
+def refuse_a_model_push_now(repo_id: str, state: DistributedState) -> None:
+    """Before any work: a parent's or composition's push to `repo_id` would be refused (the repo holds a class
+    module), so say so before training or composing, on every process."""
+
+    def refusal() -> Exception | None:
+        try:
+            refuse_replacing_another_module(repo_id, None)
+        except Exception as error:  # sent to the other processes, raised on each
+            return error
+        return None
+
+    error = on_main_process(refusal, state)
+    if error is not None:
+        raise error

@@ -11,6 +11,7 @@ from transformers import AutoModelForImageClassification
 
 from ..models import ModularResNetForImageClassification
 from ..models.loading import check_saved_model
+from ..saving import OUR_MODEL_TYPES
 
 
 def model_source(name: str) -> str:
@@ -34,7 +35,7 @@ def _from_pretrained(model_class: Any, args: argparse.Namespace) -> Any:
     """`args.model` loaded by `model_class`, with errors that say what the argument is instead of what a loader
     expected of it; pickle weights only with --allow-pickle."""
     source = model_source(args.model)
-    check_saved_model(source)
+    check_saved_model(source, expected=OUR_MODEL_TYPES)  # and not, say, a ViT, read as a ResNet
     # None: safetensors where there are some, else the pickle (False would refuse safetensors altogether).
     pickle = {"use_safetensors": None} if getattr(args, "allow_pickle", False) else {}
     try:

@@ -13,8 +13,8 @@ from ..compose import ComposedConfig, ComposedModel
 from ..compose.fitting import stale_members
 from ..hub import composed_card, module_card, parent_card
 from ..models import CIFAR10_LABELS, ModularResNetForImageClassification, import_cifar_resnet
-from ..module import describe
-from ..saving import atomic_directory, check_overwrite, holds_our_output
+from ..module import REPORT_NAME, describe
+from ..saving import OUR_MODEL_TYPES, atomic_directory, check_overwrite, holds_our_output
 from .loading import check_saved_model, load_model, model_source
 from .options import add_overwrite_option, add_pickle_option
 
@@ -103,6 +103,9 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
             + (f"@{entry['revision'][:12]}" if entry.get("revision") else "")
             for entry in config.members
         ],
+        "modules stored inside": "all (self-contained)"
+        if composed.stores_its_modules
+        else f"{sum('subfolder' in entry for entry in config.members)} of {len(config.members)}",
         "input": [config.num_channels, config.image_size, config.image_size],
         "rule": config.rule,
         "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}" + stale,
@@ -128,6 +131,11 @@ def run_import(args: argparse.Namespace) -> None:
     else:  # a transformers ResNet: a saved directory or a Hub repo id
         if args.labels:
             raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
+        if source.is_dir() and (source / REPORT_NAME).is_file():
+            raise ValueError(
+                f"{args.checkpoint} is a decomposition's output, written by hf-modular: there is nothing to import. "
+                "Its *-module directories are modules, ready to compose or push."
+            )
         if source.is_dir() and holds_our_output(source):
             raise ValueError(
                 f"{args.checkpoint} is already an hf-modular model directory: there is nothing to import. Use it as "
@@ -141,7 +149,7 @@ def run_import(args: argparse.Namespace) -> None:
 
 def run_card(args: argparse.Namespace) -> None:
     directory = Path(model_source(args.directory))
-    check_saved_model(str(directory))
+    check_saved_model(str(directory), expected=OUR_MODEL_TYPES)
     config = AutoConfig.from_pretrained(directory)
     if isinstance(config, ComposedConfig):
         card = composed_card(config, args.repo_id, license=args.license)

@@ -18,7 +18,7 @@ from ..saving import atomic_directory, check_overwrite
 from ..train import train
 from ..validation import cli_number
 from .errors import message
-from .hub import print_pushes
+from .hub import print_pushes, refuse_a_model_push_now
 from .options import COUNT, add_column_options, add_compute_options, add_data_options, add_overwrite_option, default_of
 
 CHECKPOINTS = "training"  # `hf-modular train`'s checkpoints, inside its --output
@@ -45,6 +45,8 @@ def run_train(args: argparse.Namespace) -> None:
     accelerator = training_accelerator(cpu=args.cpu, mixed_precision=args.mixed_precision)
     if not (output.is_dir() and {entry.name for entry in output.iterdir()} <= {CHECKPOINTS}):
         check_overwrite(output, args.overwrite)  # an interrupted run's checkpoints alone are resumed, not refused
+    if args.push_to:
+        refuse_a_model_push_now(args.push_to, accelerator)
     if args.overwrite and (output / CHECKPOINTS).exists():
         if accelerator.is_main_process:
             shutil.rmtree(output / CHECKPOINTS)  # another run's checkpoints must not be resumed

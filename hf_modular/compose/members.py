@@ -142,6 +142,12 @@ def as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> li
 
 
 def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):
+    if Path(source).is_absolute() and not Path(source).exists():  # a local member that moved, not a Hub repo id
+        raise FileNotFoundError(
+            f"The {label!r} module of this composition was at {source}, which no longer exists. Put the module back "
+            "there, or change that member's \"source\" in the composition's config.json to where it is now. (Saved "
+            "with materialize=True, a composition keeps its modules inside and does not depend on their paths.)"
+        )
     try:
         return load_module(source, revision=revision, **hub_kwargs)
     except Exception as error:

@@ -37,7 +37,6 @@ from ..data import (
     label_names,
     load_image_dataset,
     only_columns,
-    require_dataset,
 )
 from ..distributed import DistributedState
 from ..hub import (
@@ -49,7 +48,7 @@ from ..hub import (
     upload_folder,
 )
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
-from ..models.loading import check_saved_model
+from ..models.loading import check_hub_model_type, check_saved_model
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
 from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
@@ -94,12 +93,9 @@ class ComposedConfig(PreTrainedConfig):
             of its class on the calibration data.
         fit (`dict`, *optional*):
             What [`ComposedModel.fit`] fitted: per label a refit own-vs-rest head (`heads`), the data it was fitted on
-            (`data`: name, split, fingerprint, images per class, seed) and the members it was fitted for (`members`:
-            label and weights sha256). The members answer with these heads; a member edited since makes the fit
-            stale, and the composition refuses to answer until it is fitted again.
-        materialized (`bool`, *optional*):
-            Whether it was saved with every module stored inside (`save_pretrained(materialize=True)`); loaded, it
-            goes on storing them (`ComposedModel.stores_its_modules`). None in configs saved before this field.
+            (`data`: name, split, fingerprint, images per class, seed, columns) and the members it was fitted for
+            (`members`: label and weights sha256). The members answer with these heads; a member edited since makes
+            the fit stale, and the composition refuses to answer until it is fitted again.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -115,7 +111,6 @@ class ComposedConfig(PreTrainedConfig):
     rule: str = "vote"
     calibration: dict[str, list[float]] | None = None
     fit: dict[str, Any] | None = None
-    materialized: bool | None = None
 
     def validate_rule(self):
         if self.rule not in RULES:
@@ -138,8 +133,9 @@ class ComposedModel(PreTrainedModel):
     def __init__(self, config: ComposedConfig, members: Sequence[ModularResNetForImageClassification] = ()):
         super().__init__(config)
         self.members = nn.ModuleList()
-        # Whether it was loaded from a directory or repo saved with materialize=True: saving it again stores every
-        # module inside by default, a module replaced since included.
+        # Whether it was loaded from a directory or repo that stores every module inside (saved with
+        # materialize=True, or with no module to point at): saving it again stores them all inside by default, a
+        # module replaced since included, so that it stays self-contained.
         self.stores_its_modules = False
         self._plan_cache: dict[str, Any] = {}
         self._heads_cache: dict[str, Any] = {}
@@ -340,8 +336,9 @@ class ComposedModel(PreTrainedModel):
     @torch.inference_mode()
     def calibrate(
         self,
-        dataset: datasets.Dataset,
+        dataset: datasets.Dataset | str | os.PathLike,
         *,
+        split: str = "train",
         max_images: int | None = 5000,
         batch_size: int = 256,
         progress: bool = True,
@@ -355,9 +352,12 @@ class ComposedModel(PreTrainedModel):
         its margin (own logit minus rest logit) so that `sigmoid(scale * margin + bias)` is the frequency of its class
         among `dataset`'s images of the composition's classes (at most `max_images`, a seeded random sample; use
         held-out images, not the test split you report; its Image and ClassLabel columns, or `image_column` and
-        `label_column`). Returns and stores `{label: [scale, bias]}`.
+        `label_column`). `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes
+        (with `split`). Calibration is of the modules' own heads: a fitted composition's fit is dropped (fitted heads
+        are calibrated by construction). Returns and stores `{label: [scale, bias]}`.
         """
-        dataset = only_columns(require_dataset(dataset), image_column, label_column)
+        dataset = only_columns(load_image_dataset(dataset, split=split), image_column, label_column)
+        self.config.fit = None
         module_logits, labels = collect_module_logits(
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
         )
@@ -427,7 +427,7 @@ class ComposedModel(PreTrainedModel):
             raise ValueError(
                 f"This composition was fitted for other members than it has now ({', '.join(stale)} changed since), "
                 "so its fit is stale. Fit it again (composed.fit(dataset); saved, `hf-modular fit DIR`), or drop the "
-                "fit (composed.config.fit = None) to answer with the members' own heads."
+                "fit (composed.config.fit = None; `hf-modular fit DIR --drop`) to answer with the members' own heads."
             )
         reference = [member.fc.weight for member in self.members]
         key = tuple(
@@ -472,8 +472,8 @@ class ComposedModel(PreTrainedModel):
 
         With `materialize=True` every module is stored in `modules/<label>/` inside the directory, so the composed
         model loads offline and without the original repos. The default, None, is True for a composition loaded
-        from a directory or repo saved that way (`stores_its_modules`: it goes on storing them, a module replaced
-        since included), else False. Modules with no source to point at (built in memory, or loaded from
+        from a directory or repo that stores every module inside (`stores_its_modules`: it stays self-contained, a
+        module replaced since included), else False. Modules with no source to point at (built in memory, or loaded from
         another composition's folder) are always stored inside; with `portable=True` (for a Hub repo) so are
         modules known only by a local path.
         """
@@ -482,7 +482,6 @@ class ComposedModel(PreTrainedModel):
         materialize = self.stores_its_modules if materialize is None else materialize
         check_directory_names(self.labels)
         config = ComposedConfig.from_dict(self.config.to_dict())
-        config.materialized = bool(materialize)
         with atomic_directory(save_directory) as staging:
             for index, module in enumerate(self.members):
                 entry = dict(config.members[index])
@@ -533,6 +532,8 @@ class ComposedModel(PreTrainedModel):
         if subfolder and Path(source).is_dir():  # a local directory: the composition is in its subfolder
             source, subfolder = str(Path(source) / subfolder), ""
         check_saved_model(source, expected=ComposedConfig.model_type)  # a local path: is it a composed model?
+        if not Path(source).exists():  # a Hub repo: the same question, asked of its config.json
+            check_hub_model_type(source, ComposedConfig.model_type, {**hub_kwargs, **kwargs})
         config = ComposedConfig.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
         if not config.members:  # a repo of another model type loads as a config without members
             raise ValueError(
@@ -552,11 +553,7 @@ class ComposedModel(PreTrainedModel):
                 module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         composed = cls(config, members)
-        # (Configs saved before `materialized` existed: every module stored inside is the best sign of it.)
-        materialized = config.materialized
-        composed.stores_its_modules = (
-            materialized if materialized is not None else all("subfolder" in entry for entry in config.members)
-        )
+        composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
         return composed
 
 

@@ -263,6 +263,13 @@ def push_modules(
         targets = [
             (directory, config, f"{namespace}/{repo_name(name_template, config)}") for directory, config in modules
         ]
+        repos = [repo_id for _, _, repo_id in targets]
+        shared = sorted({repo_id for repo_id in repos if repos.count(repo_id) > 1})
+        if shared:
+            raise ValueError(
+                f"The name template {name_template!r} gives several modules one repo ({', '.join(shared)}), where "
+                "each would replace the one before: put {label} or {index} in it. Nothing was pushed."
+            )
         for directory, config, repo_id in targets:
             check_complete(directory)
             _validate(repo_id)
@@ -295,11 +302,11 @@ def repo_name(template: str, config: PreTrainedConfig) -> str:
 def refuse_replacing_another_module(
     repo_id: str, config: PreTrainedConfig | None, **options: Unpack[PushOptions]
 ) -> None:
-    """A module repo names one module: a push that would put a different one at the head of its branch is refused
-    unless `overwrite=True`. Different means another class, parent, strategy, method parameters, sampling or
-    training data (a quick test run over a published module, say), or no module at all: a parent or a composition
-    (`config` None or without a module section). Nothing to check for a repo or branch that does not exist yet, a
-    repo that holds no module, or a pull request."""
+    """A class module's repo holds that module: a push that would put something else at the head of its branch is
+    refused unless `overwrite=True`. Something else is another module (another class, parent, strategy, method
+    parameters, sampling or training data: a quick test run over a published module, say), a module over a parent
+    or a composition, or a parent or composition (`config` None, or without a module section) over a module.
+    Nothing to check for a repo or branch that does not exist yet, or a pull request."""
     if options.get("create_pr"):
         return
     api, token, revision = HfApi(token=options.get("token")), options.get("token"), options.get("revision")
@@ -316,34 +323,37 @@ def refuse_replacing_another_module(
         url = hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=api.endpoint)
         response = get_session().get(url, headers=build_hf_headers(token=token), follow_redirects=True)
         hf_raise_for_status(response)
-    published = response.json().get("module")
+    published, ours = response.json().get("module"), getattr(config, "module", None)
+    if published is None and ours is None:
+        return  # a parent or composition updated: what repos of models usually see
     if published is None:
-        return  # a parent's or a composition's repo: not a module's
-    ours = getattr(config, "module", None)
-    differences = _module_differences(published, ours)
+        differences = ["the repo holds a model that is not a class module (a parent or a composition)"]
+    elif ours is None:
+        differences = ["this push is not a class module"]
+    else:
+        differences = _module_differences(published, ours)
     if differences:
+        name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
         raise FileExistsError(
-            f"{repo_id} already holds another module ({'; '.join(differences)}); nothing was pushed. Publish this "
-            "one under another name (name_template / --name-template, e.g. with {strategy}) or branch (revision / "
-            "--revision), or replace the repo's module with overwrite=True (`hf-modular push ... --overwrite`; the "
-            "Hub keeps the old one in the repo's history)."
+            f"{repo_id} already holds another module: {'; '.join(differences)}. Nothing was pushed. Publish this "
+            f"under another repo name{name_hint} or branch (revision / --revision), or replace what the repo holds "
+            "with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old files in "
+            "the repo's history)."
         )
 
 
-def _module_differences(published: dict[str, Any], ours: dict[str, Any] | None) -> list[str]:
-    """What tells a published module (its config's `module` section) from ours, in words."""
-    if ours is None:
-        return ["this push is not a class module"]
+def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """What tells a published module (its config's `module` section) from ours, in words. Another strategy is
+    said alone: their method parameters have nothing in common."""
     try:
         theirs = _identity(ModuleProvenance.from_dict(published))
     except (ValueError, TypeError, KeyError):
         return ["the repo's module record cannot be read"]
     mine = _identity(ModuleProvenance.from_dict(ours))
-    return [
-        f"{key} {mine.get(key)!r}, not {theirs.get(key)!r}"
-        for key in dict.fromkeys([*theirs, *mine])
-        if theirs.get(key) != mine.get(key)
-    ]
+    differing = [key for key in dict.fromkeys([*theirs, *mine]) if theirs.get(key) != mine.get(key)]
+    if "strategy" in differing:
+        differing = ["strategy"]
+    return [f"{key} {theirs.get(key)!r} there, {mine.get(key)!r} in this push" for key in differing]
 
 
 def _identity(info: ModuleProvenance) -> dict[str, Any]:

@@ -65,7 +65,8 @@ def config_from_transformers_resnet(model: nn.Module) -> ModularResNetConfig:
     from_config = getattr(model, "config", None)
     if getattr(from_config, "model_type", None) != "resnet" or not hasattr(model, "classifier"):
         raise TypeError(
-            f"from_transformers converts transformers' ResNetForImageClassification; got {type(model).__name__}."
+            f"from_transformers converts transformers' ResNetForImageClassification; got a {type(model).__name__} "
+            f"of model type {getattr(from_config, 'model_type', None)!r}."
         )
     config = from_config
     unsupported = {

@@ -11,6 +11,7 @@ from typing import Any
 
 from huggingface_hub import hf_hub_download
 from safetensors import SafetensorError
+from transformers import PreTrainedConfig
 
 from ..module import REPORT_NAME
 
@@ -35,6 +36,8 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *ar
         # transformers loads a weights file named with `config=`: safetensors, or a pickle the caller opted in to.
         weights_file = config_given and (local.endswith(".safetensors") or kwargs["use_safetensors"] is not True)
         check_saved_model(local, config_given=config_given, expected="modular_resnet", weights_file=weights_file)
+        if not config_given and not Path(source).exists():
+            check_hub_model_type(source, "modular_resnet", kwargs)
         refuse_pickle_only_directory(local, kwargs["use_safetensors"])
     try:
         model, info = load(source, *args, output_loading_info=True, **kwargs)
@@ -83,9 +86,12 @@ def refuse_pickle_only_directory(source: str, use_safetensors: bool) -> None:
 
 
 def check_saved_model(
-    source: str, config_given: bool = False, expected: str | None = None, weights_file: bool = False
+    source: str,
+    config_given: bool = False,
+    expected: str | tuple[str, ...] | None = None,
+    weights_file: bool = False,
 ) -> None:
-    """Refuse a local path that holds no saved model of the `expected` model type, saying what it is instead:
+    """Refuse a local path that holds no saved model of the `expected` model type(s), saying what it is instead:
     transformers would call a file an invalid JSON file, and load a directory without config.json with a default
     config. `config_given`: the caller passes the config itself; `weights_file`: a file is a weights file to load
     with it. (A path that does not exist is left to the loader: it may be a Hub repo id.)"""
@@ -111,11 +117,33 @@ def check_saved_model(
             "an hf-modular command wrote."
         )
     model_type = _model_type(path / "config.json")
-    if expected is not None and model_type != expected and model_type in OTHER_MODELS:
-        raise ValueError(f"{source} is {OTHER_MODELS[model_type]}.")
+    wanted = (expected,) if isinstance(expected, str) else tuple(expected or ())
+    if wanted and model_type is not None and model_type not in wanted:
+        raise ValueError(f"{source} is {OTHER_MODELS.get(model_type) or _foreign(model_type)}.")
 
 
-# What a directory of another model type is, and how to load it (`check_saved_model`).
+def check_hub_model_type(repo_id: str, expected: str, kwargs: dict[str, Any]) -> None:
+    """`check_saved_model`'s model-type check for a Hub repo: its config.json is read first (and cached for the load
+    itself). A repo that cannot be read is left to the loader, which says why."""
+    keys = ("revision", "subfolder", "cache_dir", "token", "local_files_only", "force_download")
+    try:
+        config, _ = PreTrainedConfig.get_config_dict(repo_id, **{k: kwargs[k] for k in keys if kwargs.get(k)})
+    except (OSError, ValueError):
+        return
+    model_type = config.get("model_type")
+    if model_type is not None and model_type != expected:
+        raise ValueError(f"{repo_id} is {OTHER_MODELS.get(model_type) or _foreign(model_type)}.")
+
+
+def _foreign(model_type: str) -> str:
+    return (
+        f"a {model_type!r} model, which hf_modular does not load: it works with ModularResNet classifiers (convert a "
+        "transformers ResNet with ModularResNetForImageClassification.from_transformers, a timm ResNet with "
+        "from_timm)"
+    )
+
+
+# What a directory of another of the model types hf_modular knows is, and how to load it (`check_saved_model`).
 OTHER_MODELS = {
     "modular_resnet": "a classifier or class module: load it with ModularResNetForImageClassification.from_pretrained "
     "(or AutoModelForImageClassification, which loads either)",

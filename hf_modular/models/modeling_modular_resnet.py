@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models._features import feature_take_indices  # what timm's own ResNet uses
 from torch import nn
-from transformers import AutoImageProcessor, PreTrainedModel, ResNetForImageClassification
+from transformers import AutoImageProcessor, PreTrainedConfig, PreTrainedModel, ResNetForImageClassification
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
 from transformers.modeling_outputs import (
@@ -582,11 +582,17 @@ class ModularResNetForImageClassification(ModularResNetModel):
         """
         source = model_or_repo
         if isinstance(model_or_repo, (str, os.PathLike)):
+            hub = {key: load_kwargs[key] for key in HUB_KWARGS if key in load_kwargs}  # not dtype, device_map, ...
+            model_type = PreTrainedConfig.get_config_dict(model_or_repo, **hub)[0].get("model_type")
+            if model_type != "resnet":  # before transformers loads another model's weights into a ResNet
+                raise TypeError(
+                    f"from_transformers converts transformers' ResNetForImageClassification; {model_or_repo} is a "
+                    f"{model_type!r} model."
+                )
             source = ResNetForImageClassification.from_pretrained(model_or_repo, **load_kwargs)
         config = config_from_transformers_resnet(source)
         if isinstance(model_or_repo, (str, os.PathLike)):
             try:
-                hub = {key: load_kwargs[key] for key in HUB_KWARGS if key in load_kwargs}  # not dtype, device_map, ...
                 processor = AutoImageProcessor.from_pretrained(model_or_repo, **hub)
                 config.image_mean, config.image_std = list(processor.image_mean), list(processor.image_std)
                 size = dict(processor.size or {})  # a fine-tune may use another input size than 224
