@@ -8,7 +8,13 @@ import os
 import huggingface_hub
 
 from ..distributed import DistributedState, on_main_process
-from ..hub import DEFAULT_NAME_TEMPLATE, push_directory, push_modules, refuse_replacing_another_module
+from ..hub import (
+    DEFAULT_NAME_TEMPLATE,
+    PushOptions,
+    push_directory,
+    push_modules,
+    refuse_replacing_another_module,
+)
 from .loading import model_source
 from .options import add_remote_code_option
 
@@ -20,58 +26,43 @@ def print_pushes(results: dict) -> None:
 
 
 def run_push(args: argparse.Namespace) -> None:
-    print_pushes(
-        push_modules(
-            args.directory,
-            args.namespace,
-            name_template=args.name_template,
-            private=args.private,
-            revision=args.revision,
-            create_pr=args.create_pr,
-            license=args.license,
-            remote_code=args.remote_code,
-            overwrite=args.overwrite,
-        )
-    )
+    results = push_modules(args.directory, args.namespace, name_template=args.name_template, **_push_options(args))
+    print_pushes(results)
 
 
 def run_push_parent(args: argparse.Namespace) -> None:
-    result = push_directory(
-        model_source(args.directory),
-        args.repo_id,
-        private=args.private,
-        revision=args.revision,
-        create_pr=args.create_pr,
-        license=args.license,
-        remote_code=args.remote_code,
-        overwrite=args.overwrite,
-    )
-    print_pushes({"model": result})
+    print_pushes({"model": push_directory(model_source(args.directory), args.repo_id, **_push_options(args))})
+
+
+def _push_options(args: argparse.Namespace) -> PushOptions:
+    """The `PushOptions` of `_add_push_options`' flags."""
+    names = ("private", "revision", "create_pr", "license", "remote_code", "overwrite")
+    return PushOptions(**{name: getattr(args, name) for name in names})
 
 
 def add_push_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("directory", metavar="DIR", help="a decomposition's output (its *-module directories)")
     command.add_argument("--namespace", required=True, help="Hub user or organisation")
     command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
-    command.add_argument("--private", action="store_true", help="create the repos private")
-    command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
-    command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    command.add_argument("--license", default=None, help="license id for the cards (the parent's license)")
-    add_hub_overwrite_option(command)
-    add_remote_code_option(command)
+    _add_push_options(command, repos="repos", license_help="license id for the cards (the parent's license)")
     command.set_defaults(run=run_push)
 
 
 def add_push_parent_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("directory", metavar="DIR", help="the parent model's directory")
     command.add_argument("repo_id", metavar="REPO_ID", help="namespace/name")
-    command.add_argument("--private", action="store_true", help="create the repo private")
+    _add_push_options(command, repos="repo", license_help="license id for the card")
+    command.set_defaults(run=run_push_parent)
+
+
+def _add_push_options(command: argparse.ArgumentParser, repos: str, license_help: str) -> None:
+    """How `push` and `push-parent` push: the `PushOptions` the command line offers."""
+    command.add_argument("--private", action="store_true", help=f"create the {repos} private")
     command.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     command.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-    command.add_argument("--license", default=None, help="license id for the card")
+    command.add_argument("--license", default=None, help=license_help)
     add_remote_code_option(command)
     add_hub_overwrite_option(command)
-    command.set_defaults(run=run_push_parent)
 
 
 def add_hub_overwrite_option(command: argparse.ArgumentParser) -> None:
