@@ -137,8 +137,10 @@ def _say_when_images_are_resized(dataset: datasets.Dataset, image_column: str, s
     except (OSError, SyntaxError, ValueError, TypeError):
         return  # the evaluation itself names the row that cannot be decoded
     found = getattr(first, "size", None)
+    if not isinstance(found, tuple) or found == (size, size):
+        return
     said = (dataset_fingerprint(dataset), size)
-    if isinstance(found, tuple) and found != (size, size) and said not in _RESIZES_SAID:
+    if said not in _RESIZES_SAID:
         _RESIZES_SAID.add(said)
         width, height = found
         logger.warning(

@@ -195,7 +195,7 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
 
     # Another module for an existing repo is refused before anything is pushed; overwrite=True makes one new commit.
     repo_id = results["dark"].repo_id
-    refused = rf"{repo_id} already holds another module: class 'dark' there, 'bright' in this push\. Nothing was"
+    refused = rf"This push would replace what {repo_id} holds: class 'dark' there, 'bright' in this push\. Nothing"
     with pytest.raises(FileExistsError, match=refused):
         push_model(modules["bright"], repo_id)
     assert len(commits(repo_id)) == 2
@@ -217,7 +217,7 @@ def test_a_push_never_replaces_another_module_unless_told(
     }
     mid_repo = f"{DEFAULT_USER}/{PARENT_NAME}-mid-module"
     before = commits(mid_repo)
-    refused = r"another module: samples per class 8 there, 4 in this push; sampling seed 0 there, 1 in this push\. No"
+    refused = r"holds: samples per class 8 there, 4 in this push; sampling seed 0 there, 1 in this push\. Nothing was"
     with pytest.raises(FileExistsError, match=refused):
         push_modules(quick_dir, DEFAULT_USER, commit_message="quick run")
     assert commits(mid_repo) == before

@@ -59,8 +59,9 @@ class PushOptions(TypedDict, total=False):
     as transformers' `save_pretrained`; pushing a model object only). remote_code: also publish transformers'
     `auto_map` and two small code files that only import hf_modular, so that `AutoModel...from_pretrained(repo,
     trust_remote_code=True)` works without `import hf_modular`, and tells a user without it to `pip install` it.
-    overwrite: let a class module replace a different one at the head of a repo's branch (another class, parent,
-    strategy or method parameters; see `refuse_replacing_another_module`). A pull request never needs it.
+    overwrite: let a push replace what a repo's branch holds when it is another class module, or a module where a
+    parent or composition is pushed, or the other way round (see `refuse_replacing_another_module`). A pull request
+    never needs it.
     """
 
     private: bool | None
@@ -335,7 +336,7 @@ def refuse_replacing_another_module(
     if differences:
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
         raise FileExistsError(
-            f"{repo_id} already holds another module: {'; '.join(differences)}. Nothing was pushed. Publish this "
+            f"This push would replace what {repo_id} holds: {'; '.join(differences)}. Nothing was pushed. Publish this "
             f"under another repo name{name_hint} or branch (revision / --revision), or replace what the repo holds "
             "with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old files in "
             "the repo's history)."
