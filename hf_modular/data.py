@@ -180,6 +180,8 @@ def find_label_column(dataset: datasets.Dataset, label_column: str | None = None
     if label_column is not None:
         if label_column not in features:
             raise ValueError(f"The dataset has no label column {label_column!r}; its columns are {list(features)}.")
+        if isinstance(features[label_column], datasets.Image):
+            raise ValueError(f"The column {label_column!r} holds images, not labels: give the ClassLabel column.")
         if not isinstance(features[label_column], datasets.ClassLabel):
             raise ValueError(
                 f"The label column {label_column!r} is not a ClassLabel, so its values have no class names to match "

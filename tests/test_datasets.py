@@ -93,6 +93,11 @@ def test_a_dataset_with_several_image_or_label_columns_says_which_to_use(parent,
     capsys.readouterr()
     assert main(["-q", "evaluate", str(tmp_path / "parent"), *flags, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["count"] == 9
+    assert main(["-q", "evaluate", str(tmp_path / "parent"), *flags]) == 0
+    shown = capsys.readouterr().out
+    assert "top-1" in shown and "top-5" not in shown  # three classes: every image is in its top 5
+    assert main(["-q", "evaluate", str(tmp_path / "parent"), *flags, "--label-column", "thumbnail"]) == 1
+    assert "The column 'thumbnail' holds images, not labels" in capsys.readouterr().err
     train_flags = ["--epochs", "1", "--batch-size", "9", "--output", str(tmp_path / "trained")]
     assert main(["-q", "train", *flags, "--preset", "modular_resnet20", *train_flags]) == 0
     trained = ModularResNetForImageClassification.from_pretrained(tmp_path / "trained")

@@ -35,7 +35,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(vars(result), indent=2))
         return
-    print(f"top-1 {100 * result.top1:.2f}%  top-5 {100 * result.top5:.2f}%  on {result.count} images")
+    top5 = f"  top-5 {100 * result.top5:.2f}%" if model.config.num_labels > 5 else ""  # else always 100%
+    print(f"top-1 {100 * result.top1:.2f}%{top5}  on {result.count} images")
     for label, recall in result.per_class.items():
         print(f"  {label:<20} {100 * recall:6.2f}%")
 
