@@ -270,7 +270,13 @@ def train(
                 _save_checkpoint(accelerator, Path(output_dir), state, training_state)
     model.eval()
     model.config.training = _training_record(
-        train_dataset, eval_dataset, settings, history, initial_weights, previous=model.config.training
+        train_dataset,
+        eval_dataset,
+        settings,
+        history,
+        initial_weights,
+        previous=model.config.training,
+        columns=((image_column, label_column), (given["image_column"], given["label_column"])),
     )
     return history
 
@@ -282,12 +288,15 @@ def _training_record(
     history: TrainingHistory,
     initial_weights: str,
     previous: dict[str, Any] | None,
+    columns: tuple[tuple[str, str], tuple[str | None, str | None]],
 ) -> dict[str, Any]:
-    """How the weights were made, for `config.training`: the data, the settings (precision and process count
-    included), the last epoch's loss and evaluation, the weights it started from (the record of an earlier
-    training of them, if any, under `previous`)."""
+    """How the weights were made, for `config.training`: the data (with the columns read: `columns` holds the
+    training set's and those given for the evaluation set), the settings (precision and process count included),
+    the last epoch's loss and evaluation, the weights it started from (the record of an earlier training of them,
+    if any, under `previous`)."""
 
-    def data(dataset: datasets.Dataset) -> dict[str, Any]:
+    def data(dataset: datasets.Dataset, image_column: str | None, label_column: str | None) -> dict[str, Any]:
+        image_column, label_column = find_columns(dataset, image_column, label_column)
         return {
             "name_or_path": dataset_name(dataset),  # the CLI knows the name or path it loaded the rows from
             "split": dataset_split(dataset, None),
@@ -295,12 +304,14 @@ def _training_record(
             "config_name": None,
             "rows": len(dataset),
             "fingerprint": dataset_fingerprint(dataset),
+            "image_column": image_column,
+            "label_column": label_column,
         }
 
     return {
         "hf_modular_version": __version__,
-        "dataset": data(train_dataset),
-        "eval_dataset": data(eval_dataset) if eval_dataset is not None else None,
+        "dataset": data(train_dataset, *columns[0]),
+        "eval_dataset": data(eval_dataset, *columns[1]) if eval_dataset is not None else None,
         **{key: value for key, value in settings.items() if key not in ("rows", "data", "architecture")},
         "trained_rows": settings["rows"],  # the labelled ones
         "optimizer": "SGD, Nesterov momentum 0.9, cosine schedule",

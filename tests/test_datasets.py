@@ -102,6 +102,8 @@ def test_a_dataset_with_several_image_or_label_columns_says_which_to_use(parent,
     assert main(["-q", "train", *flags, "--preset", "modular_resnet20", *train_flags]) == 0
     trained = ModularResNetForImageClassification.from_pretrained(tmp_path / "trained")
     assert list(trained.config.id2label.values()) == ["dark", "bright", "mid"]
+    recorded = trained.config.training
+    assert (recorded["dataset"]["image_column"], recorded["eval_dataset"]["label_column"]) == ("image", "label")
     # Columns found, not given, are each dataset's own: an evaluation set may name its columns otherwise.
     renamed = dark_bright_dataset().rename_columns({"image": "picture"})
     history = train(trained, dark_bright_dataset(), eval_dataset=renamed, epochs=1, batch_size=9, progress=False)

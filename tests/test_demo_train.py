@@ -116,6 +116,8 @@ def test_cli_train_writes_a_loadable_parent(tmp_path, capsys):
         "fingerprint": training["dataset"]["fingerprint"],
         "revision": None,
         "config_name": None,
+        "image_column": "image",
+        "label_column": "label",
     }
     assert training["eval_dataset"]["split"] == "test" and training["eval_dataset"]["rows"] == 40
     assert (training["epochs"], training["batch_size"], training["seed"], training["horizontal_flip"]) == (
