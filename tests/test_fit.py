@@ -103,7 +103,8 @@ def test_editing_a_fitted_composition_makes_the_fit_stale(strangers):
     composed.remove("dim")
     with pytest.raises(ValueError, match=r"\(dim changed since\)"):
         composed.predict(images)
-    composed.config.fit = None  # dropping the fit answers with the members' own heads
+    composed.drop_fit()  # dropping the fit answers with the members' own heads
+    assert composed.config.fit is None and composed.config.rule == "vote"
     composed.predict(images)
 
 

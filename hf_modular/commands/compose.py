@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..compose import ComposedModel
-from ..data import dataset_name, load_image_dataset
+from ..data import dataset_name
 from ..distributed import distributed_state
 from ..saving import atomic_directory, check_overwrite
 from ..validation import cli_number
@@ -94,9 +94,8 @@ def _last_fit(composed: ComposedModel, dataset: str | None = None) -> dict:
 
 
 def _calibrate(composed: ComposedModel, dataset: str, split: str, args: argparse.Namespace) -> None:
-    data = load_image_dataset(dataset, split=split)
     calibration = composed.calibrate(
-        data, progress=not args.quiet, image_column=args.image_column, label_column=args.label_column
+        dataset, split=split, progress=not args.quiet, image_column=args.image_column, label_column=args.label_column
     )
     if not distributed_state().is_main_process:
         return
@@ -116,7 +115,7 @@ def _save(composed: ComposedModel, source: str, output: str | None, materialize:
 
 def _last_fit_dataset(composed: ComposedModel, name: str) -> str:
     """The dataset of the composition's last fit, when its record names one that can be loaded again."""
-    recorded = (composed.config.fit or {}).get("data", {}).get("name_or_path")
+    recorded = _last_fit(composed).get("name_or_path")
     if not composed.config.fit:
         raise ValueError(f"{name} has not been fitted: give the labelled images to fit it on with --dataset DATA.")
     if recorded is None:
@@ -177,7 +176,7 @@ def run_replace(args: argparse.Namespace) -> None:
     materialize = args.materialize or composed.stores_its_modules  # it goes on storing them, the new one included
     composed.replace(args.label, model_source(args.module), relabel=args.relabel)
     if args.drop_fit:
-        composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
+        composed.drop_fit()
     if args.fit:
         _fit(composed, args.fit, args)
     if args.calibrate:
@@ -198,7 +197,7 @@ def run_fit(args: argparse.Namespace) -> None:
     composed = ComposedModel.from_pretrained(model_source(args.composed))
     _refuse_an_output_over_its_members(composed, args)
     if args.drop:
-        composed.config.fit, composed.config.rule, composed.config.calibration = None, "vote", None
+        composed.drop_fit()
         if distributed_state().is_main_process:
             print(f"Dropped the fit; saved to {_save(composed, args.composed, args.output)}")
         return

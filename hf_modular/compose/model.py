@@ -372,6 +372,10 @@ class ComposedModel(PreTrainedModel):
         self.config.rule = "calibrated"
         return calibration
 
+    def drop_fit(self) -> None:
+        """Forget a fit or a calibration: the members answer with their own heads by the paper's vote again."""
+        self.config.fit, self.config.calibration, self.config.rule = None, None, "vote"
+
     def fit(
         self,
         dataset: datasets.Dataset | str | os.PathLike,
@@ -427,7 +431,7 @@ class ComposedModel(PreTrainedModel):
             raise ValueError(
                 f"This composition was fitted for other members than it has now ({', '.join(stale)} changed since), "
                 "so its fit is stale. Fit it again (composed.fit(dataset); saved, `hf-modular fit DIR`), or drop the "
-                "fit (composed.config.fit = None; `hf-modular fit DIR --drop`) to answer with the members' own heads."
+                "fit (composed.drop_fit(); `hf-modular fit DIR --drop`) to answer with the members' own heads."
             )
         reference = [member.fc.weight for member in self.members]
         key = tuple(
