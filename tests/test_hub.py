@@ -625,6 +625,19 @@ def test_cli_push_decompose_push_to_and_card(
         assert card.data.base_model == parent_repo
         assert f"`{HfApi().repo_info(parent_repo).sha}`" in card.text
         assert hf_modular.load_module(repo_id).config.provenance.parent.repo_id == parent_repo
+    # The same decomposition again finds its repos holding the modules it builds (the check before it runs agrees
+    # with what it builds); one with other parameters is refused before anything is decomposed.
+    again = ["-q", "decompose", parent_repo, "--dataset", str(tmp_path / "train.parquet"), "--samples-per-class", "8"]
+    again += ["--push-to", DEFAULT_USER, "--name-template", "{parent_name}-{label}"]
+    assert main([*again, "--output", str(tmp_path / "again")]) == 0  # a new commit each: new timings
+    assert capsys.readouterr().out.count(f" {DEFAULT_USER}/cli-parent-") == len(LABELS)
+    assert main([*again, "--output", str(tmp_path / "quick"), "--seed", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "holds another module than this decomposition pushes there: sampling seed 0 there, 1 in this" in err
+    assert (
+        "Nothing was decomposed" in err and f"push {tmp_path / 'quick'} --namespace {DEFAULT_USER} --overwrite" in err
+    )
+    assert not (tmp_path / "quick").exists()
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

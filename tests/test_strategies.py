@@ -20,7 +20,7 @@ import torch
 import hf_modular
 from hf_modular import ComposedModel, ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.cli import build_parser, main
-from hf_modular.decompose import STRATEGIES, Strategy, decompose, register_strategy
+from hf_modular.decompose import STRATEGIES, Strategy, decompose, planned_modules, register_strategy
 from hf_modular.decompose.build import build_module
 from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.statistics import collect_activity
@@ -250,6 +250,26 @@ def test_every_cli_command_on_modules_of_each_strategy(decomposed, strategy, cap
     assert main(["push", str(directory), "--namespace", DEFAULT_USER, "--name-template", f"{strategy}-{{label}}"]) == 0
     pushed = hf_modular.load_module(f"{DEFAULT_USER}/{strategy}-bright")
     assert pushed.config.provenance.method.strategy == strategy
+
+
+@pytest.mark.parametrize("strategy", ["activation", "channel"])
+def test_planned_modules_are_what_the_decomposition_builds(decomposed, strategy):
+    """`decompose --push-to` checks the repos with these before it runs: they must say what it then builds."""
+    options = {"distill_steps": 3, "distill_images": 12, "mirror": False} if strategy == "channel" else {}
+    parent = ModularResNetForImageClassification.from_pretrained(decomposed / "parent")
+    planned = planned_modules(
+        parent, decomposed / "train.parquet", samples_per_class=4, strategy=strategy, batch_size=7, **options
+    )
+    assert list(planned) == NAMES
+    for label, config in planned.items():
+        built = ModularResNetConfig.from_pretrained(decomposed / strategy / f"{label}-module")
+        plan, made = config.provenance, built.provenance
+        assert (plan.target_label, plan.target_index) == (made.target_label, made.target_index)
+        assert (plan.parent, plan.method, plan.sampling) == (made.parent, made.method, made.sampling)
+        assert (plan.dataset.name_or_path, plan.dataset.split) == (made.dataset.name_or_path, made.dataset.split)
+        assert (config.id2label, config.preset) == (built.id2label, built.preset)
+    with pytest.raises(ValueError, match="Unknown classes"):
+        planned_modules(parent, "data", classes=["cat"])
 
 
 def test_continuous_learning_refuses_compact_modules_clearly(decomposed):

@@ -8,13 +8,13 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..decompose import STRATEGIES, decompose, decompose_to_directory
+from ..decompose import STRATEGIES, decompose, decompose_to_directory, planned_modules
 from ..distributed import distributed_state
-from ..hub import DEFAULT_NAME_TEMPLATE, push_modules
-from ..models import ModularResNetConfig
+from ..hub import DEFAULT_NAME_TEMPLATE, RepoHoldsAnotherModel, check_module_pushes, push_modules
+from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import describe
 from ..validation import cli_number
-from .hub import print_pushes
+from .hub import check_before_work, print_pushes
 from .loading import load_classifier
 from .options import (
     COUNT,
@@ -31,8 +31,25 @@ def run_decompose(args: argparse.Namespace) -> None:
     if args.eval_limit and not args.eval_split:
         raise ValueError("--eval-limit limits the evaluation, which needs --eval-split (e.g. --eval-split test).")
     state = distributed_state(cpu=args.cpu, mixed_precision=args.mixed_precision)
-    strategy_options = _strategy_options(args)
+    classes = [name.strip() for name in args.classes.split(",")] if args.classes is not None else None
+    options = {
+        "classes": classes,
+        "samples_per_class": args.samples_per_class,
+        "negatives_ratio": args.negatives_ratio,
+        "split": args.split,
+        "dataset_revision": args.dataset_revision,
+        "dataset_config": args.dataset_config,
+        "image_column": args.image_column,
+        "label_column": args.label_column,
+        "num_workers": args.num_workers,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "strategy": args.strategy,
+        **_strategy_options(args),
+    }
     model = load_classifier(args)
+    if args.push_to:  # a repo that holds another module is found now, not after the decomposition
+        check_before_work(lambda: _check_pushes(model, args, options), state)
     report = decompose_to_directory(
         model,
         args.dataset,
@@ -40,27 +57,19 @@ def run_decompose(args: argparse.Namespace) -> None:
         eval_dataset=args.dataset if args.eval_split else None,
         eval_split=args.eval_split or "test",
         eval_limit=args.eval_limit,
-        classes=[name.strip() for name in args.classes.split(",")] if args.classes is not None else None,
         accelerator=state,
         progress=not args.quiet,
         overwrite=args.overwrite,
-        samples_per_class=args.samples_per_class,
-        negatives_ratio=args.negatives_ratio,
-        split=args.split,
-        dataset_revision=args.dataset_revision,
-        dataset_config=args.dataset_config,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        num_workers=args.num_workers,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        strategy=args.strategy,
-        **strategy_options,
+        **options,
     )
     if not state.is_main_process:
         return
     if args.push_to:
-        print_pushes(push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private))
+        try:  # checked before the decomposition; a repo may have changed since
+            pushed = push_modules(args.output, args.push_to, name_template=args.name_template, private=args.private)
+        except RepoHoldsAnotherModel as error:
+            raise _refusal(error, args, decomposed=True) from None
+        print_pushes(pushed)
     modules = {
         label: ModularResNetConfig.from_pretrained(Path(args.output) / row["directory"]).provenance
         for label, row in report["modules"].items()
@@ -80,6 +89,29 @@ def run_decompose(args: argparse.Namespace) -> None:
     for label, row in report["modules"].items():
         binary = f"{100 * row['binary_accuracy']:9.2f}%" if "binary_accuracy" in row else "         -"
         print(f"{label:<20} " + " ".join(f"{measures[label][column]:>8}" for column in columns) + f" {binary}")
+
+
+def _check_pushes(model: ModularResNetForImageClassification, args: argparse.Namespace, options: dict) -> None:
+    """`push_modules`' checks, on the modules this decomposition will build."""
+    planned = planned_modules(model, args.dataset, **options)
+    try:
+        check_module_pushes(list(planned.values()), args.push_to, name_template=args.name_template)
+    except RepoHoldsAnotherModel as error:
+        raise _refusal(error, args, decomposed=False) from None
+
+
+def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decomposed: bool) -> FileExistsError:
+    """`decompose --push-to`'s words for a repo that holds another module: the ways out of this command."""
+    push = f"`hf-modular push {args.output} --namespace {args.push_to} --overwrite`"
+    outcome = (
+        f"The modules are saved in {args.output}; to replace the published ones, run {push}."
+        if decomposed
+        else f"Nothing was decomposed. To replace the published modules, decompose without --push-to, then run {push}."
+    )
+    return FileExistsError(
+        f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}. "
+        f"{outcome} Or push under other repo names (--name-template; {{strategy}} is a field) or another namespace."
+    )
 
 
 def _strategy_options(args: argparse.Namespace) -> dict[str, Any]:

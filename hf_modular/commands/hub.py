@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 
 import huggingface_hub
 
@@ -124,10 +125,16 @@ def limit_hub_requests(seconds: float) -> None:
 def refuse_a_model_push_now(repo_id: str, state: DistributedState) -> None:
     """Before any work: a parent's or composition's push to `repo_id` would be refused (the repo holds a class
     module), so say so before training or composing, on every process."""
+    check_before_work(lambda: refuse_replacing_another_module(repo_id, None), state)
+
+
+def check_before_work(check: Callable[[], object], state: DistributedState) -> None:
+    """Run `check` (one that asks the Hub) on the main process; what it raises is raised on every process, so that
+    none starts the work the others refused."""
 
     def refusal() -> Exception | None:
         try:
-            refuse_replacing_another_module(repo_id, None)
+            check()
         except Exception as error:  # sent to the other processes, raised on each
             return error
         return None

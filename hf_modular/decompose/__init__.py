@@ -10,7 +10,7 @@ data-parallel pass) -> `strategies/` (what each module keeps) -> `heads.py` (its
 
 from .continual import continuous_learning
 from .output import REPORT_NAME, decompose_to_directory
-from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose
+from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose, planned_modules
 from .strategies import (
     STRATEGIES,
     ActivationStrategy,
@@ -35,5 +35,6 @@ __all__ = [
     "decompose",
     "decompose_to_directory",
     "get_strategy",
+    "planned_modules",
     "register_strategy",
 ]

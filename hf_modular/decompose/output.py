@@ -12,7 +12,6 @@ the same output skips the classes whose module was built from the same parent wi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ from ..module import REPORT_NAME, check_directory_names, describe, module_direct
 from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
 from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose, resolve_classes
-from .strategies import STRATEGIES, get_strategy
+from .strategies import STRATEGIES, strategy_among
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +370,7 @@ def _expected_provenance(
     model, dataset: datasets.Dataset, options: dict[str, Any], state: PartialState
 ) -> dict[str, Any]:
     """What `decompose` would record for these options, to recognise modules an earlier run already built."""
-    name = options.get("strategy", "activation")
-    strategy_fields = {f.name for f in dataclasses.fields(STRATEGIES[name])} if name in STRATEGIES else set()
-    method = get_strategy(name, **{k: v for k, v in options.items() if k in strategy_fields})
+    method = strategy_among(options.get("strategy", "activation"), options)
     sampling = (
         options.get("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
         options.get("negatives_ratio", DEFAULT_NEGATIVES_RATIO),

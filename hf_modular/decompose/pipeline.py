@@ -27,14 +27,14 @@ from ..data import (
 )
 from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..emissions import measure_compute
-from ..models import ModularResNetForImageClassification
-from ..module import ModuleProvenance, weights_sha256
+from ..models import ModularResNetConfig, ModularResNetForImageClassification
+from ..module import REST_LABEL, ModuleProvenance, weights_sha256
 from ..module.provenance import DatasetRecord, MethodRecord, ParentRecord, SampleCounts, SamplingRecord
 from ..validation import check_number
 from ..version import __version__
 from .build import label_module
 from .sampling import plan_samples
-from .strategies import get_strategy
+from .strategies import get_strategy, strategy_among
 
 DEFAULT_SAMPLES_PER_CLASS = 1000  # the paper's
 DEFAULT_NEGATIVES_RATIO = 1.0  # the paper's 1:1
@@ -202,6 +202,45 @@ def resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> 
     if not classes:
         raise ValueError("classes=[] selects nothing; pass None for every class.")
     return [by_name[name] for name in dict.fromkeys(classes)]
+
+
+def planned_modules(
+    model: ModularResNetForImageClassification,
+    dataset: str | os.PathLike,
+    *,
+    classes: list[str] | None = None,
+    samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
+    negatives_ratio: float = DEFAULT_NEGATIVES_RATIO,
+    strategy: str = "activation",
+    split: str = "train",
+    dataset_config: str | None = None,
+    seed: int = DEFAULT_SEED,
+    **options: Any,
+) -> dict[str, ModularResNetConfig]:
+    """The configs of the modules `decompose(model, dataset, ...)` would build, as far as they are known before it
+    runs: each module's labels and what makes it this module (class, parent, method, sampling, data), without
+    counts or measurements. They name and check the repos the modules would be pushed to before a decomposition
+    is spent on them (`hf-modular decompose --push-to`).
+
+    `dataset` is a name or path, as `decompose` records it; `options` are `decompose`'s other keyword arguments:
+    a strategy's options are read, the rest (batch size, workers, ...) do not change a module and are ignored."""
+    method = strategy_among(strategy, options)
+    identity = {
+        "parent": _parent_record(model),
+        "dataset": DatasetRecord(name_or_path=dataset_name(None, dataset), split=split, config_name=dataset_config),
+        "method": MethodRecord(method.name, method.parameters()),
+        "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
+        "samples": SampleCounts(0, 0),
+        "compute": {},
+    }
+    planned = {}
+    for class_index in resolve_classes(classes, model.config.id2label):
+        label = model.config.id2label[class_index]
+        config = ModularResNetConfig.from_dict({**model.config.to_dict(), "training": None})
+        config.id2label, config.label2id = {0: label, 1: REST_LABEL}, {label: 0, REST_LABEL: 1}
+        config.provenance = ModuleProvenance(target_label=label, target_index=class_index, **identity)
+        planned[label] = config
+    return planned
 
 
 def _check_image_size(dataset: datasets.Dataset, image_column: str, image_size: int) -> None:

@@ -261,23 +261,13 @@ def push_modules(
     """
     check_name_template(name_template)
     with _module_directories(modules_or_dir) as modules:
-        targets = [
-            (directory, config, f"{namespace}/{repo_name(name_template, config)}") for directory, config in modules
-        ]
-        repos = [repo_id for _, _, repo_id in targets]
-        shared = sorted({repo_id for repo_id in repos if repos.count(repo_id) > 1})
-        if shared:
-            raise ValueError(
-                f"The name template {name_template!r} gives several modules one repo ({', '.join(shared)}), where "
-                "each would replace the one before: put {label} or {index} in it. Nothing was pushed."
-            )
-        for directory, config, repo_id in targets:
+        for directory, _ in modules:
             check_complete(directory)
-            _validate(repo_id)
-            if not options.get("overwrite"):
-                refuse_replacing_another_module(repo_id, config, **options)
+        repos = check_module_pushes(
+            [config for _, config in modules], namespace, name_template=name_template, **options
+        )
         results: dict[str, PushResult] = {}
-        for directory, config, repo_id in targets:
+        for (directory, config), repo_id in zip(modules, repos, strict=True):
             label = config.provenance.target_label
             try:  # checked above: the repos hold these modules or nothing
                 results[label] = push_directory(directory, repo_id, **{**options, "overwrite": True})
@@ -286,6 +276,33 @@ def push_modules(
                     raise  # nothing is live: the error as it is
                 raise PartialPushError(results, label, error) from error
     return results
+
+
+def check_module_pushes(
+    configs: list[PreTrainedConfig],
+    namespace: str,
+    *,
+    name_template: str = DEFAULT_NAME_TEMPLATE,
+    **options: Unpack[PushOptions],
+) -> list[str]:
+    """The repo of each module (by its config) under `namespace`, once every push has been found possible: the
+    template gives each module its own valid repo, and none would replace another module (unless `overwrite`).
+    `push_modules` checks this before its first push; configs of modules still to be built
+    (`hf_modular.decompose.planned_modules`) check a decomposition's pushes before it runs."""
+    check_name_template(name_template)
+    repos = [f"{namespace}/{repo_name(name_template, config)}" for config in configs]
+    shared = sorted({repo_id for repo_id in repos if repos.count(repo_id) > 1})
+    if shared:
+        raise ValueError(
+            f"The name template {name_template!r} gives several modules one repo ({', '.join(shared)}), where "
+            "each would replace the one before: put {label} or {index} in it. Nothing was pushed."
+        )
+    for repo_id in repos:
+        _validate(repo_id)
+    if not options.get("overwrite"):
+        for config, repo_id in zip(configs, repos, strict=True):
+            refuse_replacing_another_module(repo_id, config, **options)
+    return repos
 
 
 def repo_name(template: str, config: PreTrainedConfig) -> str:
@@ -334,12 +351,20 @@ def refuse_replacing_another_module(
     else:
         differences = _module_differences(published, ours)
     if differences:
+        raise RepoHoldsAnotherModel(repo_id, differences)
+
+
+class RepoHoldsAnotherModel(FileExistsError):
+    """A push would replace what `repo_id` holds; `differences` says how that differs from this push, in words."""
+
+    def __init__(self, repo_id: str, differences: list[str]):
+        self.repo_id, self.differences = repo_id, differences
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
-        raise FileExistsError(
-            f"This push would replace what {repo_id} holds: {'; '.join(differences)}. Nothing was pushed. Publish this "
-            f"under another repo name{name_hint} or branch (revision / --revision), or replace what the repo holds "
-            "with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old files in "
-            "the repo's history)."
+        super().__init__(
+            f"This push would replace what {repo_id} holds: {'; '.join(differences)}. Nothing was pushed. Publish "
+            f"this under another repo name{name_hint} or branch (revision / --revision), or replace what the repo "
+            "holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old "
+            "files in the repo's history)."
         )
 
 

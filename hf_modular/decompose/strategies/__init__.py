@@ -7,7 +7,7 @@ option), cards, `hf-modular info` and reports then know it.
 
 # The registration lines: importing a strategy's file registers it.
 from .activation import ActivationStrategy, ModuleSpec  # noqa: E402, I001
-from .base import STRATEGIES, BuiltModule, Strategy, get_strategy, register_strategy, strategy_of
+from .base import STRATEGIES, BuiltModule, Strategy, get_strategy, register_strategy, strategy_among, strategy_of
 from .channel import ChannelStrategy  # noqa: E402
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "Strategy",
     "get_strategy",
     "register_strategy",
+    "strategy_among",
     "strategy_of",
 ]

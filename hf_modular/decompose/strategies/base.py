@@ -106,6 +106,13 @@ def get_strategy(name: str, **options: Any) -> Strategy:
     return strategy(**options)
 
 
+def strategy_among(name: str, options: dict[str, Any]) -> Strategy:
+    """The strategy `name` with those of `options` that are its own (the others are the pipeline's: batch size, seed,
+    ...)."""
+    own = {option.name for option in dataclasses.fields(STRATEGIES[name])} if name in STRATEGIES else set()
+    return get_strategy(name, **{key: value for key, value in options.items() if key in own})
+
+
 def strategy_of(method: MethodRecord) -> Strategy:
     """The strategy a module's provenance names, with the options it was built with."""
     return get_strategy(method.strategy, **method.parameters)
