@@ -200,12 +200,18 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     fit = ["--fit", "user/greys", "--images-per-class", "6"]
     assert main(["-q", "compose", *modules, "--output", str(composed), *fit]) == 0
     first = json.loads((composed / "config.json").read_text())["fit"]
+    read = HfApi().dataset_info("user/greys").sha
+    assert first["data"]["revision"] == read and first["data"]["config_name"] is None
+    # The dataset moves on (other images); fitting again still reads the commit the fit read.
+    _data(ALL, 10, seed=5).to_parquet(data)
+    moved = HfApi().upload_folder(repo_id="user/greys", repo_type="dataset", folder_path=str(tmp_path / "fit")).oid
 
     # A member edited on disk makes the fit stale: info says so and names the command that fits it again.
     _stranger_modules(["bright", "dark"], ["mid", "dim"])[1].save_pretrained(tmp_path / "dark")
     capsys.readouterr()
     assert main(["info", str(composed)]) == 0
-    assert f"dark changed since; `hf-modular fit {composed}` fits it again" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"dark changed since; `hf-modular fit {composed}` fits it again" in out and f"user/greys@{read[:12]}" in out
     assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 1
     assert "hf-modular fit DIR" in capsys.readouterr().err
 
@@ -213,9 +219,12 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     assert main(["-q", "fit", str(composed)]) == 0
     assert "on 24 images (6 per class, split train)" in capsys.readouterr().out
     again = json.loads((composed / "config.json").read_text())["fit"]
-    same = ("name_or_path", "split", "images_per_class", "seed", "fingerprint")
+    same = ("name_or_path", "split", "revision", "images_per_class", "seed", "fingerprint")
     assert {key: again["data"][key] for key in same} == {key: first["data"][key] for key in same}
     assert again["members"] != first["members"] and again["heads"]["dark"] != first["heads"]["dark"]
+    assert main(["-q", "fit", str(composed), "--dataset-revision", "main"]) == 0  # moved on, when asked
+    latest = json.loads((composed / "config.json").read_text())["fit"]["data"]
+    assert latest["revision"] == moved and latest["fingerprint"] != first["data"]["fingerprint"]
     assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 0
 
     # replace --fit DATA repeats the last fit's images per class too, unless told otherwise.

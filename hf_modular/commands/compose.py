@@ -62,8 +62,8 @@ def _overlaps(path: Path, other: Path) -> bool:
 
 def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> None:
     """Fit the heads on `dataset` with the images per class given, or else those of the composition's last fit (so
-    fitting again after a change repeats the same fit), or else the API's default; the same for the split, when
-    `dataset` is the last fit's."""
+    fitting again after a change repeats the same fit), or else the API's default; the same for the split, columns,
+    and a Hub dataset's commit and configuration, when `dataset` is the last fit's."""
     state, last, same_data = distributed_state(), _last_fit(composed), _last_fit(composed, dataset)
     record = composed.fit(  # a full dataset is the usual input here: the composition's classes are picked
         dataset,
@@ -75,6 +75,7 @@ def _fit(composed: ComposedModel, dataset: str, args: argparse.Namespace) -> Non
         progress=not args.quiet,
         image_column=args.image_column or same_data.get("image_column"),
         label_column=args.label_column or same_data.get("label_column"),
+        **_dataset_version(args, same_data),
     )
     if not state.is_main_process:
         return
@@ -93,9 +94,26 @@ def _last_fit(composed: ComposedModel, dataset: str | None = None) -> dict:
     return last
 
 
-def _calibrate(composed: ComposedModel, dataset: str, split: str, args: argparse.Namespace) -> None:
+def _dataset_version(args: argparse.Namespace, last: dict) -> dict[str, str | None]:
+    """The Hub dataset's revision and configuration given, or else those the last fit on the same data read."""
+    return {
+        "dataset_revision": args.dataset_revision or last.get("revision"),
+        "dataset_config": args.dataset_config or last.get("config_name"),
+    }
+
+
+def _calibrate(
+    composed: ComposedModel, dataset: str, split: str, args: argparse.Namespace, last: dict | None = None
+) -> None:
+    """Calibrate on `dataset`; `last`, the data record of a fit on the same data, gives its commit and columns."""
+    last = last or {}
     calibration = composed.calibrate(
-        dataset, split=split, progress=not args.quiet, image_column=args.image_column, label_column=args.label_column
+        dataset,
+        split=split,
+        progress=not args.quiet,
+        image_column=args.image_column or last.get("image_column"),
+        label_column=args.label_column or last.get("label_column"),
+        **_dataset_version(args, last),
     )
     if not distributed_state().is_main_process:
         return
@@ -191,7 +209,8 @@ def run_replace(args: argparse.Namespace) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     if args.calibrate and args.images_per_class is not None:
         raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
-    if args.drop and (args.calibrate or args.dataset or args.fit_split or args.images_per_class):
+    data_options = (args.dataset, args.fit_split, args.images_per_class, args.dataset_revision, args.dataset_config)
+    if args.drop and (args.calibrate or any(data_options)):
         raise ValueError("--drop drops the fit and fits nothing: it takes no data options.")
     _check_where_it_is_saved(args)
     composed = ComposedModel.from_pretrained(model_source(args.composed))
@@ -203,10 +222,11 @@ def run_fit(args: argparse.Namespace) -> None:
         return
     dataset = args.dataset or _last_fit_dataset(composed, args.composed)
     if args.calibrate:  # of the modules' own heads: a fit's heads are calibrated by construction
-        split = args.fit_split or _last_fit(composed, dataset).get("split") or "train"
+        same_data = _last_fit(composed, dataset)
+        split = args.fit_split or same_data.get("split") or "train"
         if composed.config.fit and distributed_state().is_main_process:
             print("Its fit is dropped: calibration is of the modules' own heads (fitted heads are calibrated already).")
-        _calibrate(composed, dataset, split, args)
+        _calibrate(composed, dataset, split, args, same_data)
     else:
         _fit(composed, dataset, args)
     if not distributed_state().is_main_process:
@@ -251,6 +271,7 @@ def add_compose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     _add_calibrate_options(command)
     _add_fit_options(command)
+    add_dataset_version_options(command, "--fit or --calibrate")
     add_column_options(command)
     command.set_defaults(run=run_compose)
 
@@ -264,6 +285,23 @@ def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
         "calibrated probabilities instead of the paper's vote (use held-out images)",
     )
     command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
+
+
+def add_dataset_version_options(command: argparse.ArgumentParser, of: str) -> None:
+    """The Hub dataset's revision and configuration, for the data options named in `of`."""
+    command.add_argument(
+        "--dataset-revision",
+        default=None,
+        metavar="REV",
+        help=f"branch, tag or commit of the Hub dataset of {of} (default: the commit the last fit on it read, else "
+        "its main branch)",
+    )
+    command.add_argument(
+        "--dataset-config",
+        default=None,
+        metavar="NAME",
+        help=f"configuration of the Hub dataset of {of} (default: the last fit's on it)",
+    )
 
 
 def _add_fit_settings(command: argparse.ArgumentParser, dataset_option: str, split_flag: str) -> None:
@@ -313,6 +351,7 @@ def add_replace_arguments(command: argparse.ArgumentParser) -> None:
     )
     _add_fit_options(command)
     _add_calibrate_options(command)
+    add_dataset_version_options(command, "--fit or --calibrate")
     add_column_options(command)
     command.add_argument(
         "--drop-fit",
@@ -333,6 +372,7 @@ def add_fit_arguments(command: argparse.ArgumentParser) -> None:
         help="labelled images of the composition's classes, other classes skipped (default: the last fit's dataset)",
     )
     _add_fit_settings(command, "--dataset", "--split")
+    add_dataset_version_options(command, "--dataset")
     add_column_options(command)
     command.add_argument(
         "--calibrate",

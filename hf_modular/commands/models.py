@@ -88,8 +88,11 @@ def _training_digest(training: dict[str, Any]) -> str:
 
 def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     config = composed.config
-    recorded = (config.fit or {}).get("data", {}).get("name_or_path")
+    data = (config.fit or {}).get("data", {})
+    recorded = data.get("name_or_path")
     fitted_on = recorded or "an in-memory dataset"
+    if data.get("revision"):  # a Hub dataset: the commit that was read
+        fitted_on += f"@{data['revision'][:12]}"
     changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
     # Local data is recorded by its file name only, so fitting again needs its path.
     again = f"hf-modular fit {source}" + ("" if recorded and not recorded.startswith("./") else " --dataset PATH")

@@ -163,6 +163,8 @@ def fit_heads(
     dataset: datasets.Dataset,
     *,
     dataset_source: Any = None,
+    dataset_revision: str | None = None,
+    dataset_config: str | None = None,
     images_per_class: int = 100,
     seed: int = 0,
     l2: float = 1e-3,
@@ -194,6 +196,8 @@ def fit_heads(
         "data": {
             "name_or_path": dataset_name(dataset, dataset_source),
             "split": dataset_split(dataset, "train"),
+            "revision": dataset_revision,  # for a Hub dataset, the commit that was read
+            "config_name": dataset_config,
             "fingerprint": dataset_fingerprint(dataset),
             "images_per_class": images_per_class,
             "images": len(sample),

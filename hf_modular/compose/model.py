@@ -37,8 +37,9 @@ from ..data import (
     label_names,
     load_image_dataset,
     only_columns,
+    pinned_revision,
 )
-from ..distributed import DistributedState
+from ..distributed import DistributedState, distributed_state, on_main_process
 from ..hub import (
     PushOptions,
     PushResult,
@@ -93,9 +94,9 @@ class ComposedConfig(PreTrainedConfig):
             of its class on the calibration data.
         fit (`dict`, *optional*):
             What [`ComposedModel.fit`] fitted: per label a refit own-vs-rest head (`heads`), the data it was fitted on
-            (`data`: name, split, fingerprint, images per class, seed, columns) and the members it was fitted for
-            (`members`: label and weights sha256). The members answer with these heads; a member edited since makes
-            the fit stale, and the composition refuses to answer until it is fitted again.
+            (`data`: name, split, revision and configuration, fingerprint, images per class, seed, columns) and the
+            members it was fitted for (`members`: label and weights sha256). The members answer with these heads; a
+            member edited since makes the fit stale, and the composition refuses to answer until it is fitted again.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -344,6 +345,8 @@ class ComposedModel(PreTrainedModel):
         progress: bool = True,
         image_column: str | None = None,
         label_column: str | None = None,
+        dataset_revision: str | None = None,
+        dataset_config: str | None = None,
     ) -> dict[str, list[float]]:
         """Fit each module's own-class probability to labelled images and switch to `rule="calibrated"`.
 
@@ -353,10 +356,12 @@ class ComposedModel(PreTrainedModel):
         among `dataset`'s images of the composition's classes (at most `max_images`, a seeded random sample; use
         held-out images, not the test split you report; its Image and ClassLabel columns, or `image_column` and
         `label_column`). `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes
-        (with `split`). Calibration is of the modules' own heads: a fitted composition's fit is dropped (fitted heads
-        are calibrated by construction). Returns and stores `{label: [scale, bias]}`.
+        (with `split`; a Hub dataset at `dataset_revision`, in its configuration `dataset_config`). Calibration is of
+        the modules' own heads: a fitted composition's fit is dropped (fitted heads are calibrated by construction).
+        Returns and stores `{label: [scale, bias]}`.
         """
-        dataset = only_columns(load_image_dataset(dataset, split=split), image_column, label_column)
+        loaded = load_image_dataset(dataset, split=split, revision=dataset_revision, config_name=dataset_config)
+        dataset = only_columns(loaded, image_column, label_column)
         self.config.fit = None
         module_logits, labels = collect_module_logits(
             self, dataset, max_images=max_images, batch_size=batch_size, progress=progress
@@ -390,6 +395,8 @@ class ComposedModel(PreTrainedModel):
         progress: bool = True,
         image_column: str | None = None,
         label_column: str | None = None,
+        dataset_revision: str | None = None,
+        dataset_config: str | None = None,
     ) -> dict[str, Any]:
         """Make modules from unrelated parents compose: refit each member's own-vs-rest head on a small labelled
         sample of the composition's classes (`images_per_class` seeded random images of each; every class must be
@@ -398,17 +405,23 @@ class ComposedModel(PreTrainedModel):
         `dataset` is a `datasets.Dataset` or anything `hf_modular.data.load_image_dataset` takes (with `split`).
         Images of classes no member answers are refused, or skipped with `other_classes="skip"`. The images and
         labels are the dataset's Image and ClassLabel columns, or `image_column` and `label_column`. Under
-        `accelerate launch` the processes of `state` share the images; each gets the same fit.
+        `accelerate launch` the processes of `state` share the images; each gets the same fit. A Hub dataset is read
+        at `dataset_revision` (default: its main branch) in its configuration `dataset_config`; the record names the
+        commit that was read, so that the same fit can be made again.
 
         Returns the fit record (see `ComposedConfig.fit`).
         """
         source = dataset if isinstance(dataset, (str, os.PathLike)) else None
+        revision = on_main_process(lambda: pinned_revision(source, dataset_revision), distributed_state(state))
+        loaded = load_image_dataset(dataset, split=split, revision=revision, config_name=dataset_config)
         record = fit_heads(
             list(self.members),
             self.labels,
             self.config,
-            only_columns(load_image_dataset(dataset, split=split), image_column, label_column),
+            only_columns(loaded, image_column, label_column),
             dataset_source=source,
+            dataset_revision=revision,
+            dataset_config=dataset_config,
             images_per_class=images_per_class,
             seed=seed,
             l2=l2,
