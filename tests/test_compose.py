@@ -117,6 +117,35 @@ def test_rename(modules_a, modules_b):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
+def test_a_work_folder_with_a_composition_and_its_modules_can_move(tmp_path, modules_a, modules_b):
+    work = tmp_path / "work"
+    modules_a["dark"].save_pretrained(work / "modules" / "dark-module")
+    modules_b["sun"].save_pretrained(work / "modules" / "sun-module")
+    composed = ComposedModel.from_modules([work / "modules" / "dark-module", work / "modules" / "sun-module"])
+    expected = composed.predict_logits(_images())
+    composed.save_pretrained(work / "pair")
+    sources = [entry["source"] for entry in json.loads((work / "pair" / "config.json").read_text())["members"]]
+    assert sources == ["../modules/dark-module", "../modules/sun-module"]  # never read as Hub repo ids
+    composed.save_pretrained(work / "modules" / "inner")
+    assert json.loads((work / "modules" / "inner" / "config.json").read_text())["members"][0]["source"] == (
+        "../dark-module"
+    )
+
+    shutil.move(work, tmp_path / "moved")  # the folder moves: the composition still finds its modules
+    loaded = ComposedModel.from_pretrained(tmp_path / "moved" / "pair")
+    torch.testing.assert_close(loaded.predict_logits(_images()), expected, rtol=0, atol=0)
+    assert loaded.config.members[0]["source"] == str((tmp_path / "moved" / "modules" / "dark-module").resolve())
+    loaded.save_pretrained(tmp_path / "elsewhere" / "pair")  # saved elsewhere: relative to its new place
+    saved = json.loads((tmp_path / "elsewhere" / "pair" / "config.json").read_text())["members"][1]["source"]
+    assert saved == "../../moved/modules/sun-module"
+    torch.testing.assert_close(
+        ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair").predict_logits(_images()),
+        expected,
+        rtol=0,
+        atol=0,
+    )
+
+
 def test_bad_compositions(tmp_path, modules_a):
     with pytest.raises(ValueError, match="at least one module"):
         ComposedModel.from_modules([])

@@ -3,6 +3,7 @@ read the same images, recording where each comes from, and preparing each one's 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[
     if Path(source).is_absolute() and not Path(source).exists():  # a local member that moved, not a Hub repo id
         raise FileNotFoundError(
             f"The {label!r} module of this composition was at {source}, which no longer exists. Put the module back "
-            "there, or change that member's \"source\" in the composition's config.json to where it is now. (Saved "
+            "there, or change that member's \"source\" in the composition's config.json to where it is now (a path "
+            "relative to the composition's folder, or an absolute one). (Saved "
             "with materialize=True, a composition keeps its modules inside and does not depend on their paths.)"
         )
     try:
@@ -187,6 +189,25 @@ def confined_source(source: str, composition: str) -> str:
             f"This composition ({composition}) names a member by a local path ({source!r}). A downloaded "
             "composition may only name Hub repos, so it is refused; ask its author to push it with its modules."
         )
+    return source
+
+
+def relative_source(source: str, composition: str | os.PathLike) -> str:
+    """A local member's path as a composition saved in `composition` records it: relative to that directory, so that
+    moving a folder that holds both keeps the composition whole; `./` or `../` first, so it never reads as a Hub
+    repo id."""
+    try:
+        relative = Path(os.path.relpath(Path(source).resolve(), Path(composition).resolve())).as_posix()
+    except ValueError:  # another drive (Windows): only an absolute path reaches it
+        return str(Path(source).resolve())
+    return relative if relative.startswith("../") else f"./{relative}"
+
+
+def located_source(source: str, composition: str) -> str:
+    """A member's recorded source, a path relative to the composition's directory made absolute (a Hub repo id, or
+    an absolute path from an older release, as it is)."""
+    if source.startswith(("./", "../")) and Path(composition).is_dir():
+        return str((Path(composition) / source).resolve())
     return source
 
 

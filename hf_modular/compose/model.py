@@ -66,9 +66,11 @@ from .members import (
     load_from_subfolder,
     load_member,
     load_pinned,
+    located_source,
     member_entry,
     member_label,
     prepare_inputs,
+    relative_source,
 )
 from .rules import RULES, calibrated_scores, fit_platt, module_margins, own_class_log_probabilities
 
@@ -83,8 +85,9 @@ class ComposedConfig(PreTrainedConfig):
     Args:
         members (`list[dict]`):
             One entry per module, in output order: `label`, and where the module comes from: `source` (a Hub repo
-            id or a local path) with `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored
-            inside the composed model's own directory or repo, `materialize=True`).
+            id, or a local path: saved relative to the composition's directory, `./` or `../` first) with `revision`
+            (a commit sha, pinned when saved), or `subfolder` (a module stored inside the composed model's own
+            directory or repo, `materialize=True`).
         rule (`str`, defaults to `"vote"`):
             How the modules' answers become one: `"vote"`, the paper's rule over own-class probabilities, or
             `"calibrated"`, plain argmax over each module's calibrated own-class probability (see
@@ -485,7 +488,8 @@ class ComposedModel(PreTrainedModel):
         portable: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Write `config.json` (the modules by repo id and pinned revision, or by local path) and the processor.
+        """Write `config.json` (the modules by repo id and pinned revision, or by local path relative to
+        `save_directory`, so that moving a folder that holds both keeps the composition whole) and the processor.
 
         With `materialize=True` every module is stored in `modules/<label>/` inside the directory, so the composed
         model loads offline and without the original repos. The default, None, is True for a composition loaded
@@ -509,6 +513,8 @@ class ComposedModel(PreTrainedModel):
                     module.save_pretrained(Path(staging) / subfolder)
                     module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
                     entry = {"label": entry["label"], "subfolder": subfolder}
+                elif local:
+                    entry["source"] = relative_source(source, save_directory)
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
@@ -566,7 +572,8 @@ class ComposedModel(PreTrainedModel):
                     source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
                 )
             else:
-                member = confined_source(entry["source"], source)
+                member = located_source(confined_source(entry["source"], source), source)
+                entry["source"] = member  # where it is from here, should the composition be saved elsewhere
                 module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         composed = cls(config, members)
