@@ -401,6 +401,18 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
     assert not list(tmp_path.glob("**/*.partial"))
 
 
+def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness_model):
+    data = dark_bright_dataset()  # 6 dark images first, then 6 bright and 6 mid
+    options = {"eval_dataset": data, "classes": ["bright", "mid"], "samples_per_class": 6, "progress": False}
+    report = decompose_to_directory(brightness_model, data, tmp_path / "limited", eval_limit=8, **options)
+    assert report["evaluation"]["images"] == 8  # not the 2 bright images among the first 8 rows
+    assert set(report["evaluation"]["per_class"]) == {"bright", "mid"}  # 6 bright images, then 2 mid ones
+    assert decompose_to_directory(brightness_model, data, tmp_path / "all", **options)["evaluation"]["images"] == 12
+    with pytest.raises(ValueError, match=r"no images of the classes decomposed \(bright, mid\)"):
+        dark_only = data.select(range(6))
+        decompose_to_directory(brightness_model, data, tmp_path / "none", **{**options, "eval_dataset": dark_only})
+
+
 def test_cli_decompose(tmp_path, brightness_model, capsys):
     from hf_modular.cli import main
 

@@ -170,7 +170,9 @@ def add_decompose_arguments(command: argparse.ArgumentParser) -> None:
     add_data_options(command)
     add_column_options(command)
     command.add_argument("--eval-split", default=None, help="split to measure modules and composition on (e.g. test)")
-    command.add_argument("--eval-limit", type=COUNT, default=None, help="measure on the first N rows of the eval split")
+    command.add_argument(
+        "--eval-limit", type=COUNT, default=None, help="measure on the first N images of the eval split (of --classes)"
+    )
     command.add_argument("--classes", default=None, help="comma-separated labels (default: every class)")
     command.add_argument(
         "--samples-per-class", type=COUNT, default=default_of(decompose, "samples_per_class"), help="own-class inputs"

@@ -22,11 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
 from ..console import library_bars_off
-from ..data import dataset_fingerprint, dataset_name, dataset_split, load_image_dataset, pinned_revision
+from ..data import (
+    dataset_fingerprint,
+    dataset_name,
+    dataset_split,
+    dataset_to_model_labels,
+    find_columns,
+    find_label_column,
+    label_ids,
+    label_names,
+    load_image_dataset,
+    pinned_revision,
+)
 from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..evaluation import evaluate_composition
 from ..hub import module_card
@@ -57,9 +69,10 @@ def decompose_to_directory(
     """Decompose `model` into `output` (see the module docstring) and return the report that was written.
 
     `options` are `decompose`'s keyword arguments. With `eval_dataset` (a Dataset, or a name or path loaded with
-    `eval_split`; only its first `eval_limit` rows when given), the report has each module's binary accuracy and
-    the composition's top-1/top-5 next to the parent's on it; they are also written into each module's config
-    (`module.evaluation`) and model card; a rerun without one keeps the earlier run's measurements.
+    `eval_split`; its images of the classes decomposed, the first `eval_limit` of them when given), the report has
+    each module's binary accuracy and the composition's top-1/top-5 next to the parent's on it; they are also
+    written into each module's config (`module.evaluation`) and model card; a rerun without one keeps the earlier
+    run's measurements.
 
     `output` is held by one run at a time. Modules it already holds from another decomposition (another parent,
     other parameters, classes not asked for now) are an error, unless `overwrite=True`: then this run's modules
@@ -108,13 +121,15 @@ def _write_decomposition(
     options["dataset_revision"] = on_main_process(lambda: pinned_revision(dataset, revision), state)
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, eval_limit, options)
+        eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, options)
+        eval_dataset = _rows_of_classes(eval_dataset, model, wanted, options.get("label_column"), eval_limit)
     training = load_image_dataset(
         dataset,
         split=options.get("split", "train"),
         revision=options.get("dataset_revision"),
         config_name=options.get("dataset_config"),
     )
+    find_columns(training, options.get("image_column"), options.get("label_column"))  # a wrong column: said first
     done, foreign = _resumable(output, wanted, _expected_provenance(model, training, options, state), overwrite)
     todo = [label for label in wanted if label not in done]
     earlier = _read_report(output) if not todo else None  # nothing rebuilt: the earlier measurements still hold
@@ -175,7 +190,6 @@ def _load_eval_data(
     eval_dataset: str | os.PathLike | datasets.Dataset,
     dataset: datasets.Dataset | str | os.PathLike,
     eval_split: str,
-    eval_limit: int | None,
     options: dict[str, Any],
 ) -> datasets.Dataset:
     """The evaluation rows: the training data's pinned revision and configuration hold for its other splits."""
@@ -185,9 +199,25 @@ def _load_eval_data(
         eval_dataset = load_image_dataset(eval_dataset, split=eval_split, revision=revision, config_name=config_name)
     except ValueError as error:
         raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
-    if eval_limit:
-        eval_dataset = eval_dataset.select(range(min(eval_limit, len(eval_dataset))))
     return eval_dataset
+
+
+def _rows_of_classes(
+    eval_dataset: datasets.Dataset,
+    model: ModularResNetForImageClassification,
+    wanted: list[str],
+    label_column: str | None,
+    limit: int | None,
+) -> datasets.Dataset:
+    """The evaluation rows of the classes decomposed (the composition answers only those), the first `limit` of
+    them when given: with `classes`, the other classes' images are neither decoded nor counted against the limit."""
+    label_column = find_label_column(eval_dataset, label_column)
+    to_model = dataset_to_model_labels(label_names(eval_dataset, label_column), model.config.id2label)
+    classes = torch.tensor(resolve_classes(wanted, model.config.id2label))
+    rows = torch.isin(to_model[label_ids(eval_dataset, label_column)], classes).nonzero().flatten()[:limit]
+    if len(rows) == 0:
+        raise ValueError(f"The evaluation data has no images of the classes decomposed ({', '.join(wanted[:5])}).")
+    return eval_dataset if len(rows) == len(eval_dataset) else eval_dataset.select(rows.tolist())
 
 
 def _resumable(
