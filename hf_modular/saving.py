@@ -40,6 +40,8 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
     to `path` puts it back if a kill came between the two renames.)
     """
     path = Path(path)
+    if path.is_symlink():  # written where the link leads: the link stays, and so do other links to that directory
+        path = path.resolve()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another output path.")
     path.parent.mkdir(parents=True, exist_ok=True)

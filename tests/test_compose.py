@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,33 +118,52 @@ def test_rename(modules_a, modules_b):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
-def test_a_work_folder_with_a_composition_and_its_modules_can_move(tmp_path, modules_a, modules_b):
+def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tmp_path, modules_a, modules_b):
     work = tmp_path / "work"
     modules_a["dark"].save_pretrained(work / "modules" / "dark-module")
     modules_b["sun"].save_pretrained(work / "modules" / "sun-module")
     composed = ComposedModel.from_modules([work / "modules" / "dark-module", work / "modules" / "sun-module"])
     expected = composed.predict_logits(_images())
-    composed.save_pretrained(work / "pair")
-    sources = [entry["source"] for entry in json.loads((work / "pair" / "config.json").read_text())["members"]]
-    assert sources == ["../modules/dark-module", "../modules/sun-module"]  # never read as Hub repo ids
-    composed.save_pretrained(work / "modules" / "inner")
-    assert json.loads((work / "modules" / "inner" / "config.json").read_text())["members"][0]["source"] == (
-        "../dark-module"
-    )
 
-    shutil.move(work, tmp_path / "moved")  # the folder moves: the composition still finds its modules
+    def members(directory: Path) -> list[dict]:
+        return json.loads((directory / "config.json").read_text())["members"]
+
+    def same_answers(directory: Path) -> None:
+        loaded = ComposedModel.from_pretrained(directory)
+        torch.testing.assert_close(loaded.predict_logits(_images()), expected, rtol=0, atol=0)
+
+    composed.save_pretrained(work / "pair")
+    sources = [entry["source"] for entry in members(work / "pair")]
+    assert sources == ["../modules/dark-module", "../modules/sun-module"]  # never read as Hub repo ids
+    assert members(work / "pair")[0]["absolute_path"] == str((work / "modules" / "dark-module").resolve())
+    composed.save_pretrained(work / "modules" / "inner")
+    assert members(work / "modules" / "inner")[0]["source"] == "../dark-module"
+
+    # The composition alone moves: its modules are where they were.
+    shutil.move(work / "pair", tmp_path / "archive" / "pair")
+    same_answers(tmp_path / "archive" / "pair")
+    # The whole work folder moves: the composition finds its modules beside it.
+    shutil.move(tmp_path / "archive" / "pair", work / "pair")
+    shutil.move(work, tmp_path / "moved")
+    same_answers(tmp_path / "moved" / "pair")
     loaded = ComposedModel.from_pretrained(tmp_path / "moved" / "pair")
-    torch.testing.assert_close(loaded.predict_logits(_images()), expected, rtol=0, atol=0)
     assert loaded.config.members[0]["source"] == str((tmp_path / "moved" / "modules" / "dark-module").resolve())
     loaded.save_pretrained(tmp_path / "elsewhere" / "pair")  # saved elsewhere: relative to its new place
-    saved = json.loads((tmp_path / "elsewhere" / "pair" / "config.json").read_text())["members"][1]["source"]
-    assert saved == "../../moved/modules/sun-module"
-    torch.testing.assert_close(
-        ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair").predict_logits(_images()),
-        expected,
-        rtol=0,
-        atol=0,
-    )
+    assert members(tmp_path / "elsewhere" / "pair")[1]["source"] == "../../moved/modules/sun-module"
+    same_answers(tmp_path / "elsewhere" / "pair")
+
+    # Saved through a symbolic link, it is written where the link leads, and the link stays.
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "deep" / "er", target_is_directory=True)
+    loaded.save_pretrained(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "deep" / "er" / "config.json").is_file()
+    assert not [entry.name for entry in tmp_path.iterdir() if entry.name.startswith(".")]  # nothing left behind
+    same_answers(tmp_path / "link")
+
+    # Both places gone: the error names them.
+    shutil.rmtree(tmp_path / "moved" / "modules" / "sun-module")
+    with pytest.raises(FileNotFoundError, match=r"'sun' module of this composition was at .*sun-module, which no"):
+        ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair")
 
 
 def test_bad_compositions(tmp_path, modules_a):

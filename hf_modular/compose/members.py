@@ -143,13 +143,6 @@ def as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> li
 
 
 def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):
-    if Path(source).is_absolute() and not Path(source).exists():  # a local member that moved, not a Hub repo id
-        raise FileNotFoundError(
-            f"The {label!r} module of this composition was at {source}, which no longer exists. Put the module back "
-            "there, or change that member's \"source\" in the composition's config.json to where it is now (a path "
-            "relative to the composition's folder, or an absolute one). (Saved "
-            "with materialize=True, a composition keeps its modules inside and does not depend on their paths.)"
-        )
     try:
         return load_module(source, revision=revision, **hub_kwargs)
     except Exception as error:
@@ -192,23 +185,38 @@ def confined_source(source: str, composition: str) -> str:
     return source
 
 
-def relative_source(source: str, composition: str | os.PathLike) -> str:
-    """A local member's path as a composition saved in `composition` records it: relative to that directory, so that
-    moving a folder that holds both keeps the composition whole; `./` or `../` first, so it never reads as a Hub
-    repo id."""
+def local_member_entry(entry: dict[str, Any], composition: str | os.PathLike) -> dict[str, Any]:
+    """A local member's entry as a composition saved in `composition` records it: `source`, its path relative to that
+    directory (`./` or `../` first, so it never reads as a Hub repo id), which survives moving a folder that holds
+    both; and `absolute_path`, which survives moving the composition alone."""
+    target = Path(entry["source"]).resolve()
     try:
-        relative = Path(os.path.relpath(Path(source).resolve(), Path(composition).resolve())).as_posix()
-    except ValueError:  # another drive (Windows): only an absolute path reaches it
-        return str(Path(source).resolve())
-    return relative if relative.startswith("../") else f"./{relative}"
+        relative = Path(os.path.relpath(target, Path(composition).resolve())).as_posix()
+    except ValueError:  # another drive (Windows): only the absolute path reaches it
+        return {**entry, "source": str(target)}
+    relative = relative if relative.startswith("../") else f"./{relative}"
+    return {**entry, "source": relative, "absolute_path": str(target)}
 
 
-def located_source(source: str, composition: str) -> str:
-    """A member's recorded source, a path relative to the composition's directory made absolute (a Hub repo id, or
-    an absolute path from an older release, as it is)."""
-    if source.startswith(("./", "../")) and Path(composition).is_dir():
-        return str((Path(composition) / source).resolve())
-    return source
+def locate_member(entry: dict[str, Any], composition: str) -> str:
+    """Where the member of `entry` is now: a Hub repo id as it is; a local path relative to the composition's
+    directory, else at its `absolute_path`, whichever exists."""
+    source = entry["source"]
+    relative = source.startswith(("./", "../"))
+    if not relative and not Path(source).is_absolute():
+        return source  # a Hub repo id
+    places = [(Path(composition) / source).resolve()] if relative else [Path(source)]
+    places += [Path(entry["absolute_path"])] if entry.get("absolute_path") else []
+    for place in places:
+        if place.exists():
+            return str(place)
+    raise FileNotFoundError(
+        f"The {entry['label']!r} module of this composition was at {' or '.join(map(str, dict.fromkeys(places)))}, "
+        'which no longer exists. Put the module back there, or change that member\'s "source" in the '
+        "composition's config.json to where it is now (a path relative to the composition's folder, or an absolute "
+        "one). (Saved with materialize=True, a composition keeps its modules inside and does not depend on their "
+        "paths.)"
+    )
 
 
 def load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):

@@ -66,11 +66,11 @@ from .members import (
     load_from_subfolder,
     load_member,
     load_pinned,
-    located_source,
+    local_member_entry,
+    locate_member,
     member_entry,
     member_label,
     prepare_inputs,
-    relative_source,
 )
 from .rules import RULES, calibrated_scores, fit_platt, module_margins, own_class_log_probabilities
 
@@ -85,9 +85,9 @@ class ComposedConfig(PreTrainedConfig):
     Args:
         members (`list[dict]`):
             One entry per module, in output order: `label`, and where the module comes from: `source` (a Hub repo
-            id, or a local path: saved relative to the composition's directory, `./` or `../` first) with `revision`
-            (a commit sha, pinned when saved), or `subfolder` (a module stored inside the composed model's own
-            directory or repo, `materialize=True`).
+            id, or a local path: saved relative to the composition's directory, `./` or `../` first, beside its
+            `absolute_path`) with `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored
+            inside the composed model's own directory or repo, `materialize=True`).
         rule (`str`, defaults to `"vote"`):
             How the modules' answers become one: `"vote"`, the paper's rule over own-class probabilities, or
             `"calibrated"`, plain argmax over each module's calibrated own-class probability (see
@@ -514,7 +514,7 @@ class ComposedModel(PreTrainedModel):
                     module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
                     entry = {"label": entry["label"], "subfolder": subfolder}
                 elif local:
-                    entry["source"] = relative_source(source, save_directory)
+                    entry = local_member_entry(entry, save_directory)
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
@@ -572,9 +572,10 @@ class ComposedModel(PreTrainedModel):
                     source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
                 )
             else:
-                member = located_source(confined_source(entry["source"], source), source)
-                entry["source"] = member  # where it is from here, should the composition be saved elsewhere
-                module = load_pinned(member, entry.get("revision"), entry["label"], member_kwargs)
+                confined_source(entry["source"], source)
+                entry["source"] = locate_member(entry, source)  # where it is now, should it be saved elsewhere
+                entry.pop("absolute_path", None)
+                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
             members.append(module)
         composed = cls(config, members)
         composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
