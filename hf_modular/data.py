@@ -73,12 +73,17 @@ def hub_dataset_commit(name: str, revision: str | None) -> str | None:
         return None
 
 
+def is_hub_dataset(name_or_path: Any) -> bool:
+    """Whether `name_or_path` names a Hub dataset: a name that is no local path (not a Dataset object either)."""
+    return isinstance(name_or_path, (str, os.PathLike)) and not Path(name_or_path).exists()
+
+
 def pinned_revision(name_or_path: Any, revision: str | None) -> str | None:
     """For a Hub dataset, the commit `revision` (default: the main branch) stands for now, so that every read of it
-    and the record of it see one commit; for anything else, `revision` as given."""
-    if isinstance(name_or_path, (str, os.PathLike)) and not Path(name_or_path).exists():
+    and the record of it see one commit; None for local or in-memory data, which has no revisions."""
+    if is_hub_dataset(name_or_path):
         return hub_dataset_commit(str(name_or_path), revision) or revision
-    return revision
+    return None
 
 
 def _load(

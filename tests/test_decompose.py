@@ -408,9 +408,15 @@ def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness
     assert report["evaluation"]["images"] == 8  # not the 2 bright images among the first 8 rows
     assert set(report["evaluation"]["per_class"]) == {"bright", "mid"}  # 6 bright images, then 2 mid ones
     assert decompose_to_directory(brightness_model, data, tmp_path / "all", **options)["evaluation"]["images"] == 12
-    with pytest.raises(ValueError, match=r"no images of the classes decomposed \(bright, mid\)"):
+    with pytest.raises(
+        ValueError, match=r"\(split 'test'\): it has no images of the classes decomposed \(bright, mid\)"
+    ):
         dark_only = data.select(range(6))
         decompose_to_directory(brightness_model, data, tmp_path / "none", **{**options, "eval_dataset": dark_only})
+    with pytest.raises(ValueError, match=r"its 'label' column has no labels \(every row is -1, unlabelled\)"):
+        unlabelled = image_dataset([0, 255, 128], [-1, -1, -1])
+        decompose_to_directory(brightness_model, data, tmp_path / "none", **{**options, "eval_dataset": unlabelled})
+    assert not (tmp_path / "none").exists()
 
 
 def test_cli_decompose(tmp_path, brightness_model, capsys):

@@ -54,7 +54,9 @@ def test_fitting_makes_strangers_compose(strangers):
     composed = ComposedModel.from_modules(strangers)
     held_out = _data(ALL, 20, seed=7)
     vote = evaluate(composed, held_out, progress=False).top1
-    record = composed.fit(_data(ALL, 30, seed=3), images_per_class=20, progress=False)
+    options = {"dataset_revision": "v9", "dataset_config": "greys"}  # an in-memory dataset has neither: not recorded
+    record = composed.fit(_data(ALL, 30, seed=3), images_per_class=20, progress=False, **options)
+    assert (record["data"]["revision"], record["data"]["config_name"]) == (None, None)
     fitted = evaluate(composed, held_out, progress=False).top1
     assert fitted > vote and fitted >= 0.9, (vote, fitted)
     assert record["data"]["images"] == 80 and record["data"]["images_per_class"] == 20

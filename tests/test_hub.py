@@ -10,6 +10,7 @@ import copy
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,14 @@ import hf_modular
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
 from hf_modular.cli import main
 from hf_modular.decompose.output import decompose_to_directory
-from hf_modular.hub import PushResult, module_card, push_directory, push_model, push_modules
+from hf_modular.hub import (
+    PushResult,
+    check_write_access,
+    module_card,
+    push_directory,
+    push_model,
+    push_modules,
+)
 from hf_modular.models import image_processor_for
 from tests.conftest import randomize_
 from tests.hub_server import DEFAULT_TOKEN, DEFAULT_USER, HubServer, client_env, hub_server_fixture  # noqa: F401
@@ -196,8 +204,10 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
     # Another module for an existing repo is refused before anything is pushed; overwrite=True makes one new commit.
     repo_id = results["dark"].repo_id
     refused = rf"This push would replace what {repo_id} holds: class 'dark' there, 'bright' in this push\. Nothing"
-    with pytest.raises(FileExistsError, match=refused):
+    with pytest.raises(FileExistsError, match=refused) as caught:
         push_model(modules["bright"], repo_id)
+    travelled = pickle.loads(pickle.dumps(caught.value))  # as it is sent to the other processes of a launched run
+    assert (str(travelled), travelled.differences) == (str(caught.value), caught.value.differences)
     assert len(commits(repo_id)) == 2
     replaced = push_model(modules["bright"], repo_id, overwrite=True)
     assert replaced.changed and commits(repo_id)[0] == replaced.commit_sha and len(commits(repo_id)) == 3
@@ -494,6 +504,35 @@ def test_pushing_where_the_user_cannot_write_is_a_permission_error(hub_server: H
     assert not HfApi().repo_exists(f"{DEFAULT_USER}/read-only-module")
 
 
+def test_write_access_is_checked_before_the_work(
+    hub_server: HubServer, parent_dir: Path, decomposed: Path, tmp_path: Path, capsys
+) -> None:
+    check_write_access(DEFAULT_USER)
+    with pytest.raises(PermissionError, match=r"the token is user's, and 'someone-else' is neither that user\. Push"):
+        check_write_access("someone-else")
+    hub_server.orgs["my-org"] = {DEFAULT_USER}
+    check_write_access("my-org")
+    with pytest.raises(PermissionError, match=r"neither that user or one of its organisations \(my-org\)"):
+        check_write_access("someone-else")
+    secret = "hf_not_a_valid_token_0123456789"
+    with pytest.raises(PermissionError, match="the Hub does not accept the token") as error:
+        check_write_access(DEFAULT_USER, token=secret)
+    assert secret not in str(error.value)
+
+    # The commands that push what they make ask before making it.
+    training_data().to_parquet(str(tmp_path / "train.parquet"))
+    decompose = ["-q", "decompose", str(parent_dir), "--dataset", str(tmp_path / "train.parquet")]
+    assert main([*decompose, "--output", str(tmp_path / "out"), "--push-to", "someone-else"]) == 1
+    assert "Cannot push to someone-else: the token is user's" in capsys.readouterr().err
+    modules = [str(decomposed / f"{label}-module") for label in LABELS]
+    assert main(["-q", "compose", *modules, "--output", str(tmp_path / "pair"), "--push-to", "someone-else/x"]) == 1
+    assert "Cannot push to someone-else: the token is user's" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pair").exists()
+    hub_server.read_only_tokens.add(DEFAULT_TOKEN)
+    assert main([*decompose, "--output", str(tmp_path / "out"), "--push-to", DEFAULT_USER]) == 1
+    assert "Cannot push to user: the token is read-only" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "user/bad name", "user/", "user/-x--"])
 def test_invalid_repo_ids_are_value_errors(hub_server: HubServer, modules, repo_id: str) -> None:
     with pytest.raises(ValueError, match="valid Hub repo id"):
@@ -634,10 +673,16 @@ def test_cli_push_decompose_push_to_and_card(
     assert main([*again, "--output", str(tmp_path / "quick"), "--seed", "1"]) == 1
     err = capsys.readouterr().err
     assert "holds another module than this decomposition pushes there: sampling seed 0 there, 1 in this" in err
-    assert (
-        "Nothing was decomposed" in err and f"push {tmp_path / 'quick'} --namespace {DEFAULT_USER} --overwrite" in err
+    advice = (
+        f"push {tmp_path / 'quick'} --namespace {DEFAULT_USER} --overwrite --name-template '{{parent_name}}-{{label}}'"
     )
+    assert "Nothing was decomposed" in err and advice in err  # the same repos, when the advice is followed
     assert not (tmp_path / "quick").exists()
+    # A module never replaces the parent: that refusal offers other names only.
+    assert main([*again, "--output", str(tmp_path / "over"), "--classes", "dark", "--name-template", "cli-parent"]) == 1
+    err = capsys.readouterr().err
+    assert f"{parent_repo} holds a model that is not a class module (a parent or a composition)" in err
+    assert "--overwrite" not in err and "Push under other repo names" in err
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

@@ -21,6 +21,7 @@ FIT_IMAGES_PER_CLASS = default_of(ComposedModel.fit, "images_per_class")
 
 def run_compose(args: argparse.Namespace) -> None:
     _refuse_fit_and_calibrate(args)
+    _refuse_dataset_version_without_data(args)
     pairs = [pair.strip() for given in args.rename or [] for pair in given.split(",")]
     malformed = [pair for pair in pairs if "=" not in pair]
     if malformed:
@@ -185,6 +186,7 @@ def _refuse_fit_and_calibrate(args: argparse.Namespace) -> None:
 
 def run_replace(args: argparse.Namespace) -> None:
     _refuse_fit_and_calibrate(args)
+    _refuse_dataset_version_without_data(args)
     if (args.fit or args.calibrate) and args.drop_fit:
         raise ValueError("--fit and --calibrate fit the composition again and --drop-fit drops its fit: give one.")
     _check_where_it_is_saved(args)
@@ -198,7 +200,7 @@ def run_replace(args: argparse.Namespace) -> None:
     if args.fit:
         _fit(composed, args.fit, args)
     if args.calibrate:
-        _calibrate(composed, args.calibrate, args.calibrate_split, args)
+        _calibrate(composed, args.calibrate, args.calibrate_split, args, _last_fit(composed, args.calibrate))
     if not distributed_state().is_main_process:
         return
     output = _save(composed, args.composed, args.output, materialize)
@@ -271,7 +273,7 @@ def add_compose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--private", action="store_true", help="with --push-to: create the repo private")
     _add_calibrate_options(command)
     _add_fit_options(command)
-    add_dataset_version_options(command, "--fit or --calibrate")
+    add_dataset_version_options(command, "--fit or --calibrate", after_a_fit=False)
     add_column_options(command)
     command.set_defaults(run=run_compose)
 
@@ -287,21 +289,27 @@ def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
 
 
-def add_dataset_version_options(command: argparse.ArgumentParser, of: str) -> None:
-    """The Hub dataset's revision and configuration, for the data options named in `of`."""
+def add_dataset_version_options(command: argparse.ArgumentParser, of: str, *, after_a_fit: bool = True) -> None:
+    """The Hub dataset's revision and configuration, for the data options named in `of`; `after_a_fit`: the
+    command works on a composition that may have been fitted, whose last fit's choices are the defaults."""
+    last_commit = "the commit the last fit on it read, else " if after_a_fit else ""
     command.add_argument(
         "--dataset-revision",
         default=None,
         metavar="REV",
-        help=f"branch, tag or commit of the Hub dataset of {of} (default: the commit the last fit on it read, else "
-        "its main branch)",
+        help=f"branch, tag or commit of the Hub dataset of {of} (default: {last_commit}its main branch)",
     )
     command.add_argument(
         "--dataset-config",
         default=None,
         metavar="NAME",
-        help=f"configuration of the Hub dataset of {of} (default: the last fit's on it)",
+        help=f"configuration of the Hub dataset of {of}" + (" (default: the last fit's on it)" if after_a_fit else ""),
     )
+
+
+def _refuse_dataset_version_without_data(args: argparse.Namespace) -> None:
+    if (args.dataset_revision or args.dataset_config) and not (args.fit or args.calibrate):
+        raise ValueError("--dataset-revision and --dataset-config choose the data of --fit or --calibrate: give one.")
 
 
 def _add_fit_settings(command: argparse.ArgumentParser, dataset_option: str, split_flag: str) -> None:

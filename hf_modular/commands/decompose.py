@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import typing
 from pathlib import Path
 from typing import Any
 
 from ..decompose import STRATEGIES, decompose, decompose_to_directory, planned_modules
 from ..distributed import distributed_state
-from ..hub import DEFAULT_NAME_TEMPLATE, RepoHoldsAnotherModel, check_module_pushes, push_modules
+from ..hub import (
+    DEFAULT_NAME_TEMPLATE,
+    RepoHoldsAnotherModel,
+    check_module_pushes,
+    check_write_access,
+    push_modules,
+)
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import describe
 from ..validation import cli_number
@@ -93,6 +100,7 @@ def run_decompose(args: argparse.Namespace) -> None:
 
 def _check_pushes(model: ModularResNetForImageClassification, args: argparse.Namespace, options: dict) -> None:
     """`push_modules`' checks, on the modules this decomposition will build."""
+    check_write_access(args.push_to)
     planned = planned_modules(model, args.dataset, **options)
     try:
         check_module_pushes(list(planned.values()), args.push_to, name_template=args.name_template)
@@ -101,16 +109,24 @@ def _check_pushes(model: ModularResNetForImageClassification, args: argparse.Nam
 
 
 def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decomposed: bool) -> FileExistsError:
-    """`decompose --push-to`'s words for a repo that holds another module: the ways out of this command."""
-    push = f"`hf-modular push {args.output} --namespace {args.push_to} --overwrite`"
-    outcome = (
-        f"The modules are saved in {args.output}; to replace the published ones, run {push}."
-        if decomposed
-        else f"Nothing was decomposed. To replace the published modules, decompose without --push-to, then run {push}."
+    """`decompose --push-to`'s words for a repo that holds another model: the ways out of this command."""
+    elsewhere = "Push under other repo names (--name-template; {strategy} is a field) or to another namespace."
+    saved = f"The modules are saved in {args.output}." if decomposed else "Nothing was decomposed."
+    if not error.module:  # a parent or a composition: never to be replaced by a module
+        return FileExistsError(
+            f"{error.repo_id} holds a model that is not a class module (a parent or a composition), where this "
+            f"decomposition would push a module. {saved} {elsewhere}"
+        )
+    push = ["hf-modular", "push", args.output, "--namespace", args.push_to, "--overwrite"]
+    if args.name_template != DEFAULT_NAME_TEMPLATE:
+        push += ["--name-template", args.name_template]
+    push += ["--private"] if args.private else []
+    replace = (
+        f"run `{shlex.join(push)}`" if decomposed else f"decompose without --push-to, then run `{shlex.join(push)}`"
     )
     return FileExistsError(
         f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}. "
-        f"{outcome} Or push under other repo names (--name-template; {{strategy}} is a field) or another namespace."
+        f"{saved} To replace the published modules, {replace}. Or: {elsewhere[0].lower()}{elsewhere[1:]}"
     )
 
 

@@ -12,6 +12,7 @@ from ..distributed import DistributedState, on_main_process
 from ..hub import (
     DEFAULT_NAME_TEMPLATE,
     PushOptions,
+    check_write_access,
     push_directory,
     push_modules,
     refuse_replacing_another_module,
@@ -125,7 +126,12 @@ def limit_hub_requests(seconds: float) -> None:
 def refuse_a_model_push_now(repo_id: str, state: DistributedState) -> None:
     """Before any work: a parent's or composition's push to `repo_id` would be refused (the repo holds a class
     module), so say so before training or composing, on every process."""
-    check_before_work(lambda: refuse_replacing_another_module(repo_id, None), state)
+
+    def check() -> None:
+        check_write_access(repo_id.split("/")[0])
+        refuse_replacing_another_module(repo_id, None)
+
+    check_before_work(check, state)
 
 
 def check_before_work(check: Callable[[], object], state: DistributedState) -> None:

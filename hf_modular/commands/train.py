@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from .. import demo
 from ..data import dataset_name, find_label_column, label_names, load_image_dataset, pinned_revision
 from ..distributed import on_main_process, training_accelerator
-from ..hub import parent_card, push_directory, push_modules
+from ..hub import check_write_access, parent_card, push_directory, push_modules
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..saving import atomic_directory, check_overwrite
 from ..train import train
@@ -26,6 +26,8 @@ CHECKPOINTS = "training"  # `hf-modular train`'s checkpoints, inside its --outpu
 
 def run_demo(args: argparse.Namespace) -> None:
     check_overwrite(args.output, args.overwrite)
+    if args.push_to:
+        check_write_access(args.push_to)  # before the demo's work, not after it
     if args.overwrite and Path(args.output).exists():
         shutil.rmtree(args.output)  # the demo fills its folder step by step: an earlier run's files go first
     summary = demo.run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)

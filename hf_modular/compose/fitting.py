@@ -26,6 +26,7 @@ from ..data import (
     find_columns,
     find_image_column,
     find_label_column,
+    is_hub_dataset,
     iterate_batches,
     label_ids,
     label_names,
@@ -197,7 +198,7 @@ def fit_heads(
             "name_or_path": dataset_name(dataset, dataset_source),
             "split": dataset_split(dataset, "train"),
             "revision": dataset_revision,  # for a Hub dataset, the commit that was read
-            "config_name": dataset_config,
+            "config_name": dataset_config if is_hub_dataset(dataset_source) else None,  # local data has none
             "fingerprint": dataset_fingerprint(dataset),
             "images_per_class": images_per_class,
             "images": len(sample),

@@ -121,8 +121,7 @@ def _write_decomposition(
     options["dataset_revision"] = on_main_process(lambda: pinned_revision(dataset, revision), state)
     eval_source = eval_dataset if isinstance(eval_dataset, (str, os.PathLike)) else None
     if eval_dataset is not None:
-        eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, options)
-        eval_dataset = _rows_of_classes(eval_dataset, model, wanted, options.get("label_column"), eval_limit)
+        eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, eval_limit, model, wanted, options)
     training = load_image_dataset(
         dataset,
         split=options.get("split", "train"),
@@ -190,33 +189,30 @@ def _load_eval_data(
     eval_dataset: str | os.PathLike | datasets.Dataset,
     dataset: datasets.Dataset | str | os.PathLike,
     eval_split: str,
+    eval_limit: int | None,
+    model: ModularResNetForImageClassification,
+    wanted: list[str],
     options: dict[str, Any],
 ) -> datasets.Dataset:
-    """The evaluation rows: the training data's pinned revision and configuration hold for its other splits."""
+    """The evaluation rows: those of the classes decomposed (the composition answers only those; the other classes'
+    images are neither decoded nor counted against `eval_limit`), the first `eval_limit` of them when given. The
+    training data's pinned revision and configuration hold for its other splits."""
     same = str(eval_dataset) == str(dataset)
     revision, config_name = (options.get("dataset_revision"), options.get("dataset_config")) if same else (None, None)
     try:
         eval_dataset = load_image_dataset(eval_dataset, split=eval_split, revision=revision, config_name=config_name)
+        label_column = find_label_column(eval_dataset, options.get("label_column"))
+        to_model = dataset_to_model_labels(label_names(eval_dataset, label_column), model.config.id2label)
+        labels = to_model[label_ids(eval_dataset, label_column)]
+        if bool((labels < 0).all()):
+            raise ValueError(f"its {label_column!r} column has no labels (every row is -1, unlabelled).")
+        classes = torch.tensor(resolve_classes(wanted, model.config.id2label))
+        rows = torch.isin(labels, classes).nonzero().flatten()[:eval_limit]
+        if len(rows) == 0:
+            names = ", ".join(wanted[:5]) + (", ..." if len(wanted) > 5 else "")
+            raise ValueError(f"it has no images of the classes decomposed ({names}).")
     except ValueError as error:
         raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
-    return eval_dataset
-
-
-def _rows_of_classes(
-    eval_dataset: datasets.Dataset,
-    model: ModularResNetForImageClassification,
-    wanted: list[str],
-    label_column: str | None,
-    limit: int | None,
-) -> datasets.Dataset:
-    """The evaluation rows of the classes decomposed (the composition answers only those), the first `limit` of
-    them when given: with `classes`, the other classes' images are neither decoded nor counted against the limit."""
-    label_column = find_label_column(eval_dataset, label_column)
-    to_model = dataset_to_model_labels(label_names(eval_dataset, label_column), model.config.id2label)
-    classes = torch.tensor(resolve_classes(wanted, model.config.id2label))
-    rows = torch.isin(to_model[label_ids(eval_dataset, label_column)], classes).nonzero().flatten()[:limit]
-    if len(rows) == 0:
-        raise ValueError(f"The evaluation data has no images of the classes decomposed ({', '.join(wanted[:5])}).")
     return eval_dataset if len(rows) == len(eval_dataset) else eval_dataset.select(rows.tolist())
 
 

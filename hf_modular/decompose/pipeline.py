@@ -20,6 +20,7 @@ from ..data import (
     dataset_split,
     dataset_to_model_labels,
     find_columns,
+    is_hub_dataset,
     label_ids,
     label_names,
     load_image_dataset,
@@ -89,12 +90,7 @@ def decompose(
     check_number("batch_size", batch_size, minimum=1, integer=True)
     check_number("num_workers", num_workers, minimum=0, integer=True)
     method = get_strategy(strategy, **strategy_options)
-    if model.config.is_module:
-        parent = model.config.provenance.parent
-        raise ValueError(
-            "This model is already a class module (its config has a `module` section); decompose its parent, "
-            f"{parent.repo_id or parent.path}."
-        )
+    _refuse_a_module(model)
     class_indices = resolve_classes(classes, model.config.id2label)  # before the data is read
     state = distributed_state(accelerator)
     # The passes run on this process's device (as `accelerator.prepare` would place the model); the parent and the
@@ -189,6 +185,15 @@ def decompose(
     return modules
 
 
+def _refuse_a_module(model: ModularResNetForImageClassification) -> None:
+    if model.config.is_module:
+        parent = model.config.provenance.parent
+        raise ValueError(
+            "This model is already a class module (its config has a `module` section); decompose its parent, "
+            f"{parent.repo_id or parent.path}."
+        )
+
+
 def resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> list[int]:
     """The model class indices of the `classes` asked for (all of them for None)."""
     if isinstance(classes, str):
@@ -206,7 +211,7 @@ def resolve_classes(classes: list[str] | None, model_labels: dict[int, str]) -> 
 
 def planned_modules(
     model: ModularResNetForImageClassification,
-    dataset: str | os.PathLike,
+    dataset: datasets.Dataset | str | os.PathLike,
     *,
     classes: list[str] | None = None,
     samples_per_class: int = DEFAULT_SAMPLES_PER_CLASS,
@@ -217,17 +222,20 @@ def planned_modules(
     seed: int = DEFAULT_SEED,
     **options: Any,
 ) -> dict[str, ModularResNetConfig]:
-    """The configs of the modules `decompose(model, dataset, ...)` would build, as far as they are known before it
-    runs: each module's labels and what makes it this module (class, parent, method, sampling, data), without
-    counts or measurements. They name and check the repos the modules would be pushed to before a decomposition
-    is spent on them (`hf-modular decompose --push-to`).
+    """`{label: config}` of the modules `decompose(model, dataset, ...)` would build, without building them: what
+    names each module's repo (its labels, parent and strategy) and what makes it this module (its provenance's class,
+    parent, method, sampling and data), from which `hf-modular decompose --push-to` checks its repos before a
+    decomposition is spent. Nothing else is known yet: the architecture fields are the parent's (a channel module
+    is smaller, an activation module has masks), and the sample counts are zero.
 
-    `dataset` is a name or path, as `decompose` records it; `options` are `decompose`'s other keyword arguments:
-    a strategy's options are read, the rest (batch size, workers, ...) do not change a module and are ignored."""
+    `dataset` is what `decompose` takes; `options` are its other keyword arguments: a strategy's options are read,
+    the rest (batch size, workers, ...) do not change a module and are ignored."""
+    _refuse_a_module(model)
     method = strategy_among(strategy, options)
+    source = dataset if isinstance(dataset, (str, os.PathLike)) else None
     identity = {
         "parent": _parent_record(model),
-        "dataset": DatasetRecord(name_or_path=dataset_name(None, dataset), split=split, config_name=dataset_config),
+        "dataset": DatasetRecord(**_dataset_identity(dataset, source, split, dataset_config)),
         "method": MethodRecord(method.name, method.parameters()),
         "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
         "samples": SampleCounts(0, 0),
@@ -280,12 +288,19 @@ def _dataset_record(
     dataset_config: str | None,
 ) -> DatasetRecord:
     return DatasetRecord(
-        name_or_path=dataset_name(dataset, source),
-        split=dataset_split(dataset, split) if source is None else split,
-        config_name=dataset_config,
+        **_dataset_identity(dataset, source, split, dataset_config),
         revision=dataset_revision,  # for a Hub dataset, the commit its branch or tag stood for when it was read
         fingerprint=dataset_fingerprint(dataset),
         image_column=image_column,
         label_column=label_column,
         rows=len(dataset),
     )
+
+
+def _dataset_identity(dataset: Any, source: Any, split: str, dataset_config: str | None) -> dict[str, Any]:
+    """What a module records of its data's name, split and configuration (`source`: the name or path given)."""
+    return {
+        "name_or_path": dataset_name(dataset, source),
+        "split": dataset_split(dataset, split) if source is None else split,
+        "config_name": dataset_config if is_hub_dataset(source) else None,  # local data has no configurations
+    }

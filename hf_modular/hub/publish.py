@@ -25,6 +25,7 @@ from huggingface_hub import HfApi, get_session, hf_hub_url
 from huggingface_hub.errors import (
     HfHubHTTPError,
     HFValidationError,
+    LocalTokenNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -317,6 +318,33 @@ def repo_name(template: str, config: PreTrainedConfig) -> str:
     )
 
 
+def check_write_access(namespace: str, token: str | bool | None = None) -> None:
+    """Before work whose result is pushed to `namespace` (a user or organisation): raise PermissionError when the Hub
+    token cannot write there (no token, a read-only one, or another user's namespace), so that the work is not
+    spent first. A token of an organisation, or a fine-grained one, is left to the push itself to judge."""
+    advice = "Log in with `hf auth login`, or set HF_TOKEN to a token with write access to it."
+    try:
+        me = HfApi(token=token).whoami()
+    except LocalTokenNotFoundError as error:
+        raise PermissionError(f"Cannot push to {namespace}: not logged in to the Hub. {advice}") from error
+    except HfHubHTTPError as error:
+        if getattr(error.response, "status_code", None) == 401:
+            raise PermissionError(f"Cannot push to {namespace}: the Hub does not accept the token. {advice}") from error
+        raise
+    if me.get("type") != "user":
+        return
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    organisations = [org.get("name") for org in me.get("orgs") or []]
+    if role == "read":
+        raise PermissionError(f"Cannot push to {namespace}: the token is read-only. {advice}")
+    if namespace != me.get("name") and namespace not in organisations:
+        belongs = f" or one of its organisations ({', '.join(organisations)})" if organisations else ""
+        raise PermissionError(
+            f"Cannot push to {namespace}: the token is {me.get('name')}'s, and {namespace!r} is neither that user"
+            f"{belongs}. Push to a namespace of yours, or: {advice}"
+        )
+
+
 def refuse_replacing_another_module(
     repo_id: str, config: PreTrainedConfig | None, **options: Unpack[PushOptions]
 ) -> None:
@@ -345,20 +373,22 @@ def refuse_replacing_another_module(
     if published is None and ours is None:
         return  # a parent or composition updated: what repos of models usually see
     if published is None:
-        differences = ["the repo holds a model that is not a class module (a parent or a composition)"]
-    elif ours is None:
-        differences = ["this push is not a class module"]
-    else:
-        differences = _module_differences(published, ours)
+        raise RepoHoldsAnotherModel(
+            repo_id, ["the repo holds a model that is not a class module (a parent or a composition)"], module=False
+        )
+    if ours is None:
+        raise RepoHoldsAnotherModel(repo_id, ["this push is not a class module"])
+    differences = _module_differences(published, ours)
     if differences:
         raise RepoHoldsAnotherModel(repo_id, differences)
 
 
 class RepoHoldsAnotherModel(FileExistsError):
-    """A push would replace what `repo_id` holds; `differences` says how that differs from this push, in words."""
+    """A push would replace what `repo_id` holds (a class module, unless `module` is False: a parent or a
+    composition); `differences` says how that differs from this push, in words."""
 
-    def __init__(self, repo_id: str, differences: list[str]):
-        self.repo_id, self.differences = repo_id, differences
+    def __init__(self, repo_id: str, differences: list[str], module: bool = True):
+        self.repo_id, self.differences, self.module = repo_id, differences, module
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
         super().__init__(
             f"This push would replace what {repo_id} holds: {'; '.join(differences)}. Nothing was pushed. Publish "
@@ -366,6 +396,9 @@ class RepoHoldsAnotherModel(FileExistsError):
             "holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old "
             "files in the repo's history)."
         )
+
+    def __reduce__(self):  # rebuilt from its fields: it travels between processes (`check_before_work`)
+        return type(self), (self.repo_id, self.differences, self.module)
 
 
 def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list[str]:
