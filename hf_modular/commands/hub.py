@@ -128,8 +128,8 @@ def refuse_a_model_push_now(repo_id: str, state: DistributedState) -> None:
     module), so say so before training or composing, on every process."""
 
     def check() -> None:
+        refuse_replacing_another_module(repo_id, None)  # first: it also says when `repo_id` is no repo id
         check_write_access(repo_id.split("/")[0])
-        refuse_replacing_another_module(repo_id, None)
 
     check_before_work(check, state)
 

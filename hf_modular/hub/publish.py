@@ -353,6 +353,7 @@ def refuse_replacing_another_module(
     parameters, sampling or training data: a quick test run over a published module, say), a module over a parent
     or a composition, or a parent or composition (`config` None, or without a module section) over a module.
     Nothing to check for a repo or branch that does not exist yet, or a pull request."""
+    _validate(repo_id)
     if options.get("create_pr"):
         return
     api, token, revision = HfApi(token=options.get("token")), options.get("token"), options.get("revision")
