@@ -3,6 +3,7 @@ commit, DataLoader workers; a streaming dataset is refused with what to do inste
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ import hf_modular
 from hf_modular import ModularResNetForImageClassification
 from hf_modular.cli import main
 from hf_modular.data import load_image_dataset, select_classes
-from hf_modular.decompose import continuous_learning
+from hf_modular.decompose import continuous_learning, planned_modules
 from hf_modular.evaluation import evaluate
 from hf_modular.train import train
 from tests.conftest import randomize_
@@ -160,6 +161,10 @@ def test_a_hub_dataset_records_its_configuration_and_the_commit_it_was_read_at(t
         commit,
         18,
     )
+    # What `decompose --push-to` checks its repos with before decomposing: the same data, named the same way.
+    planned = planned_modules(parent, "user/greys", dataset_config="plain", dataset_revision="main")["dark"]
+    unknown_before = {"fingerprint": None, "rows": None, "image_column": None, "label_column": None}
+    assert planned.provenance.dataset == dataclasses.replace(record, **unknown_before)
 
 
 def test_no_private_attribute_of_datasets_is_read():

@@ -266,7 +266,8 @@ def test_planned_modules_are_what_the_decomposition_builds(decomposed, strategy)
         plan, made = config.provenance, built.provenance
         assert (plan.target_label, plan.target_index) == (made.target_label, made.target_index)
         assert (plan.parent, plan.method, plan.sampling) == (made.parent, made.method, made.sampling)
-        assert (plan.dataset.name_or_path, plan.dataset.split) == (made.dataset.name_or_path, made.dataset.split)
+        for field_name in ("name_or_path", "split", "config_name", "revision"):
+            assert getattr(plan.dataset, field_name) == getattr(made.dataset, field_name), field_name
         assert (config.id2label, config.preset) == (built.id2label, built.preset)
     with pytest.raises(ValueError, match="Unknown classes"):
         planned_modules(parent, "data", classes=["cat"])

@@ -103,7 +103,7 @@ def _check_pushes(model: ModularResNetForImageClassification, args: argparse.Nam
     check_write_access(args.push_to)
     planned = planned_modules(model, args.dataset, **options)
     try:
-        check_module_pushes(list(planned.values()), args.push_to, name_template=args.name_template)
+        check_module_pushes(planned, args.push_to, name_template=args.name_template)
     except RepoHoldsAnotherModel as error:
         raise _refusal(error, args, decomposed=False) from None
 

@@ -228,14 +228,15 @@ def planned_modules(
     decomposition is spent. Nothing else is known yet: the architecture fields are the parent's (a channel module
     is smaller, an activation module has masks), and the sample counts are zero.
 
-    `dataset` is what `decompose` takes; `options` are its other keyword arguments: a strategy's options are read,
-    the rest (batch size, workers, ...) do not change a module and are ignored."""
+    `dataset` is what `decompose` takes; `options` are its other keyword arguments: a strategy's options and
+    `dataset_revision` are read, the rest (batch size, workers, ...) do not change a module and are ignored."""
     _refuse_a_module(model)
     method = strategy_among(strategy, options)
     source = dataset if isinstance(dataset, (str, os.PathLike)) else None
+    revision = pinned_revision(source, options.get("dataset_revision"))  # the commit `decompose` would read now
     identity = {
         "parent": _parent_record(model),
-        "dataset": DatasetRecord(**_dataset_identity(dataset, source, split, dataset_config)),
+        "dataset": DatasetRecord(**_dataset_identity(dataset, source, split, dataset_config), revision=revision),
         "method": MethodRecord(method.name, method.parameters()),
         "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
         "samples": SampleCounts(0, 0),

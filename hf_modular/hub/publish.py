@@ -280,7 +280,7 @@ def push_modules(
 
 
 def check_module_pushes(
-    configs: list[PreTrainedConfig],
+    configs: Mapping[str, PreTrainedConfig] | Iterable[PreTrainedConfig],
     namespace: str,
     *,
     name_template: str = DEFAULT_NAME_TEMPLATE,
@@ -289,7 +289,9 @@ def check_module_pushes(
     """The repo of each module (by its config) under `namespace`, once every push has been found possible: the
     template gives each module its own valid repo, and none would replace another module (unless `overwrite`).
     `push_modules` checks this before its first push; configs of modules still to be built
-    (`hf_modular.decompose.planned_modules`) check a decomposition's pushes before it runs."""
+    (`planned_modules` of `hf_modular.decompose`, a `{label: config}` dict) check a decomposition's pushes before it
+    runs."""
+    configs = list(configs.values() if isinstance(configs, Mapping) else configs)
     check_name_template(name_template)
     repos = [f"{namespace}/{repo_name(name_template, config)}" for config in configs]
     shared = sorted({repo_id for repo_id in repos if repos.count(repo_id) > 1})
@@ -331,6 +333,14 @@ def check_write_access(namespace: str, token: str | bool | None = None) -> None:
         if getattr(error.response, "status_code", None) == 401:
             raise PermissionError(f"Cannot push to {namespace}: the Hub does not accept the token. {advice}") from error
         raise
+    except Exception as error:
+        cause = _network_cause(error)
+        if cause is None:
+            raise
+        raise ConnectionError(
+            f"Asking the Hub whether the token may write to {namespace} failed on the network ({type(cause).__name__}: "
+            f"{cause}), so nothing was made or pushed. Try again when the Hub can be reached."
+        ) from error
     if me.get("type") != "user":
         return
     role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
@@ -360,7 +370,7 @@ def refuse_replacing_another_module(
     # Read from the Hub itself, never from a cached copy of what the repo held; with the client's requests, so that
     # the CLI's time limit holds (hf_hub_download's metadata request sets its own, and retries it for minutes). No
     # answer is an error (offline mode included), never "nothing there".
-    with _explained(repo_id):
+    with _explained(repo_id, asking=True):
         try:
             info = api.repo_info(repo_id, revision=revision)
         except (RepositoryNotFoundError, RevisionNotFoundError):
@@ -428,6 +438,7 @@ def _identity(info: ModuleProvenance) -> dict[str, Any]:
         "sampling seed": info.sampling.seed,
         "dataset": info.dataset.name_or_path,
         "dataset configuration": info.dataset.config_name,
+        "dataset revision": info.dataset.revision,  # a Hub dataset's commit (local data is known by its name only)
         "dataset split": info.dataset.split,
         "continuous learning": info.continuous_learning is not None,
     }
@@ -527,10 +538,11 @@ def _validate(repo_id: str) -> None:
 
 
 class _explained:
-    """Turn the Hub client's failures into errors that say what happened and what to do; never echo a token."""
+    """Turn the Hub client's failures into errors that say what happened and what to do; never echo a token.
+    `asking`: the requests only ask what a repo holds, before a push."""
 
-    def __init__(self, repo_id: str):
-        self.repo_id = repo_id
+    def __init__(self, repo_id: str, *, asking: bool = False):
+        self.repo_id, self.asking = repo_id, asking
 
     def __enter__(self):
         return self
@@ -549,6 +561,12 @@ class _explained:
         if isinstance(error, HfHubHTTPError):
             return False  # the client's message already names the request and the server's reason
         cause = _network_cause(error)
+        if cause is not None and self.asking:
+            raise ConnectionError(
+                f"Asking the Hub what {self.repo_id} holds failed on the network ({type(cause).__name__}: {cause}), "
+                "so nothing was pushed (or made, for a command that pushes what it makes). Try again when the Hub "
+                "can be reached."
+            ) from error
         if cause is not None:
             raise ConnectionError(
                 f"Pushing to {self.repo_id} failed on the network ({type(cause).__name__}: {cause}). A commit is "
