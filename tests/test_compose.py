@@ -194,6 +194,7 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     assert saved == ["README.md", "config.json", "preprocessor_config.json"]  # a local composition has its card
     card = (tmp_path / "by-reference" / "README.md").read_text()
     assert "`dark-module` (a local directory)" in card and str(tmp_path) not in card
+    assert "The modules' answers are combined by the paper's vote" in card
     (tmp_path / "by-reference" / "README.md").unlink()
     assert main(["-q", "card", str(tmp_path / "by-reference"), "--repo-id", "me/dark-sun"]) == 0
     assert 'ComposedModel.from_pretrained("me/dark-sun")' in (tmp_path / "by-reference" / "README.md").read_text()

@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, ModelCard
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedModel, ModularResNetForImageClassification
@@ -204,6 +204,9 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     first = json.loads((composed / "config.json").read_text())["fit"]
     read = HfApi().dataset_info("user/greys").sha
     assert first["data"]["revision"] == read and first["data"]["config_name"] is None
+    card = ModelCard((composed / "README.md").read_text())  # the card says how it answers, and from which data
+    assert f"24 images (6 per class) of `user/greys` at commit `{read[:12]}`, split `train`" in card.text
+    assert card.data.datasets == ["user/greys"]
     # The dataset moves on (other images); fitting again still reads the commit the fit read.
     _data(ALL, 10, seed=5).to_parquet(data)
     moved = HfApi().upload_folder(repo_id="user/greys", repo_type="dataset", folder_path=str(tmp_path / "fit")).oid

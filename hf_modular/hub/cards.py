@@ -150,10 +150,12 @@ def composed_card(
                 metric_type="top_5_accuracy", metric_value=round(evaluation["top5"], 4), metric_name="top-5", **common
             ),
         ]
+    fit_data = (config.fit or {}).get("data", {}).get("name_or_path")
     card_data = ModelCardData(
         library_name="hf_modular",
         pipeline_tag="image-classification",
         tags=[*TAGS, "composed-model"],
+        datasets=[fit_data] if _is_repo_id(fit_data) else None,  # the Hub dataset its heads were fitted on
         base_model=hub_modules or None,
         base_model_relation=COMPOSED_RELATION if hub_modules else None,
         metrics=["accuracy"],
@@ -168,9 +170,34 @@ def composed_card(
         members=members,
         parents=parents,
         evaluation=evaluation,
+        answering=_how_a_composition_answers(config),
         repo_id=repo_id or "path/to/composed",
         input_size=f"{config.num_channels}x{config.image_size}x{config.image_size}",
     )
+
+
+VOTE = "the paper's vote (the single module that claims an image wins; otherwise the highest own-class probability)"
+
+
+def _how_a_composition_answers(config: Any) -> str:
+    """The card's words for how the modules' answers become one: by their own heads, by heads fitted for this
+    composition (on which data), or by calibrated probabilities."""
+    if config.fit:
+        data = config.fit["data"]
+        name = data.get("name_or_path") or "an in-memory dataset"
+        commit = f" at commit `{data['revision'][:12]}`" if data.get("revision") else ""
+        return (
+            "Each module answers with an own-vs-rest head refitted for this composition (`ComposedModel.fit`: "
+            "logistic regression on the module's frozen features, its repo unchanged) on "
+            f"{data['images']} images ({data['images_per_class']} per class) of `{name}`{commit}, split "
+            f"`{data['split']}`; the answers are combined by {VOTE}."
+        )
+    if config.rule == "calibrated":
+        return (
+            "Each module's own-class probability is Platt-calibrated for this composition (`ComposedModel.calibrate`), "
+            "and the highest calibrated probability wins."
+        )
+    return f"The modules' answers are combined by {VOTE}."
 
 
 def co2_metadata(compute: dict[str, Any] | None, training_type: str) -> dict[str, Any] | None:
