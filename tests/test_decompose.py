@@ -370,7 +370,7 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
     ]
     assert json.loads((output / "decomposition.json").read_text()) == report
     evaluation = report["evaluation"]
-    assert evaluation["images"] == len(data)
+    assert evaluation["images"] == len(data) and evaluation["classes"] is None  # every class: no subset to name
     assert 0.0 <= evaluation["composed"]["top1"] <= evaluation["composed"]["top5"] <= 1.0
     assert all(0.0 <= row["binary_accuracy"] <= 1.0 for row in report["modules"].values())
     assert not any(row["resumed"] for row in report["modules"].values())
@@ -408,6 +408,10 @@ def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness
     assert report["evaluation"]["images"] == 8  # not the 2 bright images among the first 8 rows
     assert set(report["evaluation"]["per_class"]) == {"bright", "mid"}  # 6 bright images, then 2 mid ones
     assert decompose_to_directory(brightness_model, data, tmp_path / "all", **options)["evaluation"]["images"] == 12
+    # The figures say they are of a subset: the composition chose between two classes, the parent among three.
+    assert report["evaluation"]["classes"] == ["bright", "mid"]
+    card = (tmp_path / "limited" / "mid-module" / "README.md").read_text()
+    assert "(8 images of the 2 classes decomposed together: bright, mid; the composition chooses among these" in card
     with pytest.raises(
         ValueError, match=r"\(split 'test'\): it has no images of the classes decomposed \(bright, mid\)"
     ):

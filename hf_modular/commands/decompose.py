@@ -87,7 +87,9 @@ def run_decompose(args: argparse.Namespace) -> None:
     evaluation = report.get("evaluation")
     if evaluation:
         parent, composed = evaluation["parent"], evaluation["composed"]
-        print(f"on {args.eval_split} ({evaluation['images']} images):")
+        subset = evaluation.get("classes")
+        among = f" of {', '.join(subset)}; the parent chooses among all its classes" if subset else ""
+        print(f"on {args.eval_split} ({evaluation['images']} images{among}):")
         print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
         print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
     measures = {label: describe(info).measures for label, info in modules.items()}

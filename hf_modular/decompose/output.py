@@ -299,6 +299,8 @@ def _measure_modules(
         **where,
         "images": result.parent.count,
         "modules": len(modules),
+        # A subset's images only: the composition chooses among these classes, the parent among all of its own.
+        "classes": list(modules) if len(modules) < model.config.num_labels else None,
         "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
         "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
     }
