@@ -264,6 +264,18 @@ def select_classes(dataset: datasets.Dataset, labels: list[str], label_column: s
     return subset.map(lambda row: {label_column: wanted[row[label_column]]}, features=features)
 
 
+def rows_of_classes(
+    dataset: datasets.Dataset, labels: Sequence[str], label_column: str | None = None, limit: int | None = None
+) -> datasets.Dataset:
+    """The rows whose label is one of `labels` (names), in order, the first `limit` of them when given (the dataset
+    itself when that is every row); labels and features are kept as they are."""
+    label_column = find_label_column(dataset, label_column)
+    wanted = set(labels)
+    ids = torch.tensor([index for index, name in enumerate(label_names(dataset, label_column)) if name in wanted])
+    rows = torch.isin(label_ids(dataset, label_column), ids).nonzero().flatten()[:limit]
+    return dataset if len(rows) == len(dataset) else dataset.select(rows.tolist())
+
+
 def iterate_batches(
     dataset: datasets.Dataset,
     processor: BaseImageProcessor,

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import hf_modular  # noqa: F401
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.cli import main
 from hf_modular.compose import top_k, vote
 from hf_modular.decompose import decompose
 from hf_modular.decompose.heads import channel_head
@@ -401,7 +402,7 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
     assert not list(tmp_path.glob("**/*.partial"))
 
 
-def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness_model):
+def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness_model, capsys):
     data = dark_bright_dataset()  # 6 dark images first, then 6 bright and 6 mid
     options = {"eval_dataset": data, "classes": ["bright", "mid"], "samples_per_class": 6, "progress": False}
     report = decompose_to_directory(brightness_model, data, tmp_path / "limited", eval_limit=8, **options)
@@ -412,6 +413,15 @@ def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness
     assert report["evaluation"]["classes"] == ["bright", "mid"]
     card = (tmp_path / "limited" / "mid-module" / "README.md").read_text()
     assert "(8 images of the 2 classes decomposed together: bright, mid; the composition chooses among these" in card
+    # `evaluate --limit` of a composition counts its classes' images too.
+    data.to_parquet(str(tmp_path / "test.parquet"))
+    members = [str(tmp_path / "limited" / f"{label}-module") for label in ("bright", "mid")]
+    assert main(["-q", "compose", *members, "--output", str(tmp_path / "pair")]) == 0
+    assert (
+        main(["-q", "evaluate", str(tmp_path / "pair"), "--dataset", str(tmp_path / "test.parquet"), "--limit", "8"])
+        == 0
+    )
+    assert "on 8 images" in capsys.readouterr().out
     with pytest.raises(
         ValueError, match=r"\(split 'test'\): it has no images of the classes decomposed \(bright, mid\)"
     ):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data import load_image_dataset
+from ..compose import ComposedModel
+from ..data import load_image_dataset, rows_of_classes
 from ..distributed import distributed_state
 from ..evaluation import evaluate
 from .loading import load_model
@@ -18,7 +19,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     dataset = load_image_dataset(
         args.dataset, split=args.split, revision=args.dataset_revision, config_name=args.dataset_config
     )
-    if args.limit:
+    if isinstance(model, ComposedModel):  # measured on its classes' images: the limit counts those
+        dataset = rows_of_classes(dataset, model.labels, args.label_column, args.limit)
+    elif args.limit:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
     result = evaluate(
         model,
@@ -53,7 +56,9 @@ def add_evaluate_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--batch-size", type=COUNT, default=default_of(evaluate, "batch_size"), help="(default: %(default)s)"
     )
-    command.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N rows")
+    command.add_argument(
+        "--limit", type=COUNT, default=None, help="evaluate only the first N images (of a composition's classes)"
+    )
     command.add_argument("--json", action="store_true", help="print JSON")
     add_compute_options(command)
     add_pickle_option(command)

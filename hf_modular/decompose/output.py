@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list
 
@@ -38,6 +37,7 @@ from ..data import (
     label_names,
     load_image_dataset,
     pinned_revision,
+    rows_of_classes,
 )
 from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..evaluation import evaluate_composition
@@ -202,18 +202,16 @@ def _load_eval_data(
     try:
         eval_dataset = load_image_dataset(eval_dataset, split=eval_split, revision=revision, config_name=config_name)
         label_column = find_label_column(eval_dataset, options.get("label_column"))
-        to_model = dataset_to_model_labels(label_names(eval_dataset, label_column), model.config.id2label)
-        labels = to_model[label_ids(eval_dataset, label_column)]
-        if bool((labels < 0).all()):
+        dataset_to_model_labels(label_names(eval_dataset, label_column), model.config.id2label)  # the model's names
+        if bool((label_ids(eval_dataset, label_column) < 0).all()):
             raise ValueError(f"its {label_column!r} column has no labels (every row is -1, unlabelled).")
-        classes = torch.tensor(resolve_classes(wanted, model.config.id2label))
-        rows = torch.isin(labels, classes).nonzero().flatten()[:eval_limit]
+        rows = rows_of_classes(eval_dataset, wanted, label_column, eval_limit)
         if len(rows) == 0:
             names = ", ".join(wanted[:5]) + (", ..." if len(wanted) > 5 else "")
             raise ValueError(f"it has no images of the classes decomposed ({names}).")
     except ValueError as error:
         raise ValueError(f"The evaluation data (split {eval_split!r}): {error}") from error
-    return eval_dataset if len(rows) == len(eval_dataset) else eval_dataset.select(rows.tolist())
+    return rows
 
 
 def _resumable(
