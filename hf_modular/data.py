@@ -111,7 +111,27 @@ def _load(
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
     if config_name is not None:
         load_kwargs["name"] = config_name
-    return datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
+    dataset = datasets.load_dataset(str(name_or_path), split=split, revision=revision, **load_kwargs)
+    _check_the_commit_read(dataset, str(name_or_path), revision)
+    return dataset
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _check_the_commit_read(dataset: datasets.Dataset, name: str, revision: str | None) -> None:
+    """Offline, datasets reads the latest copy of a Hub dataset in its cache, whatever commit was asked for (it says
+    so in a log line): refuse another commit than a pinned one, so that no record names a commit that was not
+    read. The commit read is the one in the cache's folder names (`.../<config>/<version>/<commit>/...`)."""
+    if not revision or not COMMIT.fullmatch(revision):
+        return
+    read = {part for file in dataset.cache_files for part in Path(file["filename"]).parts if COMMIT.fullmatch(part)}
+    if read and revision not in read:
+        raise ValueError(
+            f"{name} was read at commit {min(read)[:12]}, not at {revision[:12]} as asked: offline, datasets reads "
+            f"the latest copy in its cache, whichever commit is asked for. Read it online, or ask for commit "
+            f"{min(read)}."
+        )
 
 
 def _load_parquet(files: list[Path], split: str, **load_kwargs: Any) -> datasets.Dataset:

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import datasets
+import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -177,7 +178,7 @@ def test_no_private_attribute_of_datasets_is_read():
     assert not found, found
 
 
-def test_a_pinned_hub_revision_holds_for_the_evaluation_split_too(tmp_path, parent, hub_server):
+def test_a_pinned_hub_revision_holds_for_the_evaluation_split_too(tmp_path, parent, hub_server, monkeypatch):
     from hf_modular.decompose import decompose_to_directory
 
     api = HfApi()
@@ -193,3 +194,11 @@ def test_a_pinned_hub_revision_holds_for_the_evaluation_split_too(tmp_path, pare
         samples_per_class=6, progress=False,
     )  # fmt: skip
     assert report["evaluation"]["images"] == 6  # the test split as it was at the pinned commit
+    # Offline, datasets reads the latest cached commit whatever is asked: another commit than the pinned one is
+    # refused, never recorded under the pinned one's name.
+    latest = load_image_dataset("user/pinned", split="test")  # main, now the latest copy in the cache
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match=rf"user/pinned was read at commit \w{{12}}, not at {first[:12]} as asked"):
+        load_image_dataset("user/pinned", split="test", revision=first)
+    assert len(load_image_dataset("user/pinned", split="test")) == len(latest)  # unpinned, offline: what is cached
