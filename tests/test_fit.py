@@ -216,7 +216,7 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     capsys.readouterr()
     assert main(["info", str(composed)]) == 0
     out = capsys.readouterr().out
-    assert f"dark changed since; `hf-modular fit {composed}` fits it again" in out and f"user/greys@{read[:12]}" in out
+    assert f"dark changed since; `hf-modular fit {composed}` fits it again" in out and f"user/greys@{read}" in out
     assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 1
     assert "hf-modular fit DIR" in capsys.readouterr().err
 

@@ -92,7 +92,7 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
     recorded = data.get("name_or_path")
     fitted_on = recorded or "an in-memory dataset"
     if data.get("revision"):  # a Hub dataset: the commit that was read
-        fitted_on += f"@{data['revision'][:12]}"
+        fitted_on += f"@{data['revision']}"
     changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
     # Local data is recorded by its file name only, so fitting again needs its path.
     again = f"hf-modular fit {source}" + ("" if recorded and not recorded.startswith("./") else " --dataset PATH")
@@ -103,7 +103,7 @@ def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
         "labels": composed.labels,
         "members": [
             f"{entry['label']}: {entry.get('source') or entry.get('subfolder')}"
-            + (f"@{entry['revision'][:12]}" if entry.get("revision") else "")
+            + (f"@{entry['revision']}" if entry.get("revision") else "")
             for entry in config.members
         ],
         "modules stored inside": "all (self-contained)"
