@@ -118,7 +118,7 @@ def test_rename(modules_a, modules_b):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
-def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tmp_path, modules_a, modules_b):
+def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tmp_path, modules_a, modules_b, capsys):
     work = tmp_path / "work"
     modules_a["dark"].save_pretrained(work / "modules" / "dark-module")
     modules_b["sun"].save_pretrained(work / "modules" / "sun-module")
@@ -164,6 +164,10 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tm
     shutil.rmtree(tmp_path / "moved" / "modules" / "sun-module")
     with pytest.raises(FileNotFoundError, match=r"'sun' module of this composition was at .*sun-module, which no"):
         ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "elsewhere" / "pair")]) == 1  # what it records, then why it cannot load
+    captured = capsys.readouterr()
+    assert "sun: ../../moved/modules/sun-module" in captured.out and "which no longer exists" in captured.err
 
 
 def test_bad_compositions(tmp_path, modules_a):

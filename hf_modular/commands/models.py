@@ -22,9 +22,16 @@ CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
 
 
 def run_info(args: argparse.Namespace) -> None:
-    model = load_model(args)
+    try:
+        model = load_model(args)
+    except OSError:
+        config = _local_composition(args.model)
+        if config is None:
+            raise
+        _print_summary(_composed_summary(config, args.model), args.json)  # what it records, then why it fails
+        raise
     if isinstance(model, ComposedModel):
-        _print_summary(_composed_summary(model, args.model), args.json)
+        _print_summary(_composed_summary(model.config, args.model, model), args.json)
         return
     config = model.config
     summary = {
@@ -86,28 +93,40 @@ def _training_digest(training: dict[str, Any]) -> str:
     )
 
 
-def _composed_summary(composed: ComposedModel, source: str) -> dict[str, Any]:
-    config = composed.config
+def _local_composition(source: str) -> ComposedConfig | None:
+    """The config of the composition saved in the directory `source`, if that is one."""
+    try:
+        if json.loads((Path(source) / "config.json").read_text()).get("model_type") != ComposedConfig.model_type:
+            return None
+        return ComposedConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+
+
+def _composed_summary(config: ComposedConfig, source: str, composed: ComposedModel | None = None) -> dict[str, Any]:
+    """What `info` says of a composition: from its config, and from its loaded members when there are (`composed`:
+    whether a fit is stale)."""
+    labels = [entry["label"] for entry in config.members]
     data = (config.fit or {}).get("data", {})
     recorded = data.get("name_or_path")
     fitted_on = recorded or "an in-memory dataset"
     if data.get("revision"):  # a Hub dataset: the commit that was read
         fitted_on += f"@{data['revision']}"
-    changed = stale_members(config.fit, composed.labels, list(composed.members)) if config.fit else []
+    changed = stale_members(config.fit, labels, list(composed.members)) if config.fit and composed else []
     # Local data is recorded by its file name only, so fitting again needs its path.
     again = f"hf-modular fit {source}" + ("" if recorded and not recorded.startswith("./") else " --dataset PATH")
     stale = f" (stale: {', '.join(changed)} changed since; `{again}` fits it again)" if changed else ""
     return {
         "source": source,
-        "composed of": len(composed.labels),
-        "labels": composed.labels,
+        "composed of": len(labels),
+        "labels": labels,
         "members": [
             f"{entry['label']}: {entry.get('source') or entry.get('subfolder')}"
             + (f"@{entry['revision']}" if entry.get("revision") else "")
             for entry in config.members
         ],
         "modules stored inside": "all (self-contained)"
-        if composed.stores_its_modules
+        if all("subfolder" in entry for entry in config.members)
         else f"{sum('subfolder' in entry for entry in config.members)} of {len(config.members)}",
         "input": [config.num_channels, config.image_size, config.image_size],
         "rule": config.rule,
