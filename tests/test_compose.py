@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def test_rename(modules_a, modules_b):
         ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]], labels=["dark"])
 
 
-def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tmp_path, modules_a, modules_b, capsys):
+def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(
+    tmp_path, modules_a, modules_b, capsys, caplog
+):
     work = tmp_path / "work"
     modules_a["dark"].save_pretrained(work / "modules" / "dark-module")
     modules_b["sun"].save_pretrained(work / "modules" / "sun-module")
@@ -159,6 +162,21 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(tm
     assert (tmp_path / "link").is_symlink() and (tmp_path / "deep" / "er" / "config.json").is_file()
     assert not [entry.name for entry in tmp_path.iterdir() if entry.name.startswith(".")]  # nothing left behind
     same_answers(tmp_path / "link")
+
+    # A module changed on disk since the composition was saved: it answers with it as it is now, and says so.
+    ours = logging.getLogger("hf_modular")  # a CLI test may have stopped it propagating to pytest's handler
+    ours.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_modular"):
+            ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair")
+            assert "changed" not in caplog.text
+            modules_a["dark"].save_pretrained(tmp_path / "moved" / "modules" / "sun-module")  # another module there
+            ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair")
+            assert (
+                "The 'sun' module at " in caplog.text and "has changed since this composition was saved" in caplog.text
+            )
+    finally:
+        ours.removeHandler(caplog.handler)
 
     # Both places gone: the error names them.
     shutil.rmtree(tmp_path / "moved" / "modules" / "sun-module")

@@ -11,6 +11,7 @@ different preprocessing compose correctly.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -53,7 +54,7 @@ from ..models.loading import check_hub_model_type, check_saved_model
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
 from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
-from .fitting import fit_heads, fitted_heads, stale_members
+from .fitting import fit_heads, fitted_heads, member_fingerprint, stale_members
 from .members import (
     as_pil_list,
     check_compatible,
@@ -75,6 +76,8 @@ from .members import (
 from .rules import RULES, calibrated_scores, fit_platt, module_margins, own_class_log_probabilities
 
 MODULES_FOLDER = "modules"
+
+logger = logging.getLogger(__name__)
 
 
 @strict
@@ -513,8 +516,8 @@ class ComposedModel(PreTrainedModel):
                     module.save_pretrained(Path(staging) / subfolder)
                     module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
                     entry = {"label": entry["label"], "subfolder": subfolder}
-                elif local:
-                    entry = local_member_entry(entry, save_directory)
+                elif local:  # by path, and by its weights, to tell when the module there is changed
+                    entry = {**local_member_entry(entry, save_directory), "weights_sha256": member_fingerprint(module)}
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
@@ -576,6 +579,15 @@ class ComposedModel(PreTrainedModel):
                 entry["source"] = locate_member(entry, source)  # where it is now, should it be saved elsewhere
                 entry.pop("absolute_path", None)
                 module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
+                saved_weights = entry.pop("weights_sha256", None)
+                if saved_weights and member_fingerprint(module) != saved_weights:
+                    logger.warning(
+                        "The %r module at %s has changed since this composition was saved (its weights differ): "
+                        "the composition answers with it as it is now. Save the composition again to keep it, or "
+                        "put the earlier module back.",
+                        entry["label"],
+                        entry["source"],
+                    )
             members.append(module)
         composed = cls(config, members)
         composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
