@@ -78,6 +78,19 @@ def test_a_fitted_composition_round_trips_exactly(strangers, tmp_path):
         assert torch.equal(
             reloaded.module_logits(pixel_values, shared=False), composed.module_logits(pixel_values, shared=False)
         )
+    # Fitted in float32, loaded in a lower precision: the same members, so the fit holds (one float32 hash of the
+    # rounded weights would call every member changed and refuse to answer).
+    for dtype in (torch.bfloat16, torch.float16):
+        lower = ComposedModel.from_pretrained(tmp_path / "composed", dtype=dtype)
+        assert lower.members[0].fc.weight.dtype == dtype
+        with torch.no_grad():
+            assert lower.module_logits(pixel_values).shape == (6, len(ALL), 2)
+    # A member that really changed still makes the fit stale, in any precision.
+    edited = ComposedModel.from_pretrained(tmp_path / "composed", dtype=torch.bfloat16)
+    with torch.no_grad():
+        edited.members[1].fc.weight.mul_(2)
+    with pytest.raises(ValueError, match=r"its fit is stale"), torch.no_grad():
+        edited.module_logits(pixel_values)
 
 
 def test_a_fitted_composition_round_trips_through_the_hub(strangers, hub_server: HubServer):

@@ -191,8 +191,7 @@ def fit_heads(
         "method": "head",
         "heads": heads,
         "members": [
-            {"label": label, "weights_sha256": member_fingerprint(member)}
-            for label, member in zip(labels, members, strict=True)
+            {"label": label, **fingerprint_record(member)} for label, member in zip(labels, members, strict=True)
         ],
         "data": {
             "name_or_path": dataset_name(dataset, dataset_source),
@@ -228,19 +227,48 @@ def _fitted_head(fitted: dict[str, Any], like: torch.Tensor) -> Head:
     return Head(rows.to(like), bias.to(like), "linear")
 
 
-def member_fingerprint(member: ModularResNetForImageClassification) -> str:
-    """The member's weights sha256 in float32 (a member moved to another dtype or device is the same member),
-    computed once per set of tensor versions (it is checked on every answer)."""
+# The precisions a member's weights are fingerprinted in, by the key a record stores each under. A member loaded or
+# moved to a lower precision since it was recorded is the same member when its weights, rounded the same way, hash
+# alike; one hash in float32 would call it changed.
+FINGERPRINT_KEYS = {
+    torch.float32: "weights_sha256",
+    torch.bfloat16: "weights_sha256_bfloat16",
+    torch.float16: "weights_sha256_float16",
+}
+
+
+def member_fingerprint(member: ModularResNetForImageClassification, dtype: torch.dtype = torch.float32) -> str:
+    """The member's weights sha256 with its floating-point tensors in `dtype` (wherever it runs), computed once per
+    set of tensor versions and dtype (it is checked on every answer)."""
     key = tensor_versions(member)
-    cached = getattr(member, "_hf_modular_fingerprint", None)
+    cached = getattr(member, "_hf_modular_fingerprints", None)
     if cached is None or cached[0] != key:
-        cached = (key, weights_sha256(member, dtype=torch.float32))
-        member._hf_modular_fingerprint = cached
-    return cached[1]
+        cached = member._hf_modular_fingerprints = (key, {})
+    if dtype not in cached[1]:
+        cached[1][dtype] = weights_sha256(member, dtype=dtype)
+    return cached[1][dtype]
+
+
+def fingerprint_record(member: ModularResNetForImageClassification) -> dict[str, str]:
+    """What a record stores to recognise `member` later, in any of the precisions it may be loaded in."""
+    return {key: member_fingerprint(member, dtype) for dtype, key in FINGERPRINT_KEYS.items()}
+
+
+def is_recorded_member(record: dict[str, Any], member: ModularResNetForImageClassification) -> bool:
+    """Whether `member` is the one `record` (a `fingerprint_record`; an older one has the float32 hash only) was
+    made for, in some precision both have."""
+    return any(
+        record.get(key) is not None and record[key] == member_fingerprint(member, dtype)
+        for dtype, key in FINGERPRINT_KEYS.items()
+    )
 
 
 def stale_members(fit: dict[str, Any], labels: Sequence[str], members: Sequence[Any]) -> list[str]:
     """The labels whose member is not the one the fit was made for (replaced, added or removed since)."""
-    fitted = {entry["label"]: entry["weights_sha256"] for entry in fit["members"]}
-    current = {label: member_fingerprint(member) for label, member in zip(labels, members, strict=True)}
-    return sorted(label for label in fitted.keys() | current.keys() if fitted.get(label) != current.get(label))
+    fitted = {entry["label"]: entry for entry in fit["members"]}
+    current = dict(zip(labels, members, strict=True))
+    return sorted(
+        label
+        for label in fitted.keys() | current.keys()
+        if label not in fitted or label not in current or not is_recorded_member(fitted[label], current[label])
+    )

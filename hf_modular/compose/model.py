@@ -54,7 +54,14 @@ from ..models.loading import check_hub_model_type, check_saved_model
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
 from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
-from .fitting import fit_heads, fitted_heads, member_fingerprint, stale_members
+from .fitting import (
+    FINGERPRINT_KEYS,
+    fingerprint_record,
+    fit_heads,
+    fitted_heads,
+    is_recorded_member,
+    stale_members,
+)
 from .members import (
     as_pil_list,
     check_compatible,
@@ -101,8 +108,9 @@ class ComposedConfig(PreTrainedConfig):
         fit (`dict`, *optional*):
             What [`ComposedModel.fit`] fitted: per label a refit own-vs-rest head (`heads`), the data it was fitted on
             (`data`: name, split, revision and configuration, fingerprint, images per class, seed, columns) and the
-            members it was fitted for (`members`: label and weights sha256). The members answer with these heads; a
-            member edited since makes the fit stale, and the composition refuses to answer until it is fitted again.
+            members it was fitted for (`members`: label and weights sha256 in float32, bfloat16 and float16). The
+            members answer with these heads; a member edited since makes the fit stale (one loaded in another
+            precision does not), and the composition refuses to answer until it is fitted again.
         image_size (`int`), num_channels (`int`), crop_pct (`float`):
             The input the composed model's processor produces: resized to `image_size` (shorter side to
             `image_size / crop_pct` and centre-cropped when `crop_pct < 1`, as ImageNet models expect), scaled to
@@ -517,7 +525,7 @@ class ComposedModel(PreTrainedModel):
                     module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
                     entry = {"label": entry["label"], "subfolder": subfolder}
                 elif local:  # by path, and by its weights, to tell when the module there is changed
-                    entry = {**local_member_entry(entry, save_directory), "weights_sha256": member_fingerprint(module)}
+                    entry = {**local_member_entry(entry, save_directory), **fingerprint_record(module)}
                 config.members[index] = entry
             config.save_pretrained(staging)
             composed_image_processor(config).save_pretrained(staging)
@@ -579,8 +587,8 @@ class ComposedModel(PreTrainedModel):
                 entry["source"] = locate_member(entry, source)  # where it is now, should it be saved elsewhere
                 entry.pop("absolute_path", None)
                 module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
-                saved_weights = entry.pop("weights_sha256", None)
-                if saved_weights and member_fingerprint(module) != saved_weights:
+                recorded = {key: entry.pop(key) for key in FINGERPRINT_KEYS.values() if key in entry}
+                if recorded and not is_recorded_member(recorded, module):
                     logger.warning(
                         "The %r module at %s has changed since this composition was saved (its weights differ): "
                         "the composition answers with it as it is now. Save the composition again to keep it, or "
