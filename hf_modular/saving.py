@@ -40,12 +40,13 @@ def atomic_directory(path: str | os.PathLike, *, keep: Collection[str] | None = 
     to `path` puts it back if a kill came between the two renames.)
     """
     path = Path(path)
+    _restore_interrupted_swap(path)  # first: what a killed swap set aside may be a link
     if path.is_symlink():  # written where the link leads: the link stays, and so do other links to that directory
         path = path.resolve()
+        _restore_interrupted_swap(path)
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory; choose another output path.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _restore_interrupted_swap(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a saved model is as readable as any directory
     try:

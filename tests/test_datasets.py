@@ -166,6 +166,8 @@ def test_a_hub_dataset_records_its_configuration_and_the_commit_it_was_read_at(t
     planned = planned_modules(parent, "user/greys", dataset_config="plain", dataset_revision="main")["dark"]
     unknown_before = {"fingerprint": None, "rows": None, "image_column": None, "label_column": None}
     assert planned.provenance.dataset == dataclasses.replace(record, **unknown_before)
+    with pytest.raises(ConnectionError, match="could not say which commit of the dataset user/elsewhere"):
+        planned_modules(parent, "user/elsewhere")  # unknown commit: never compared as "no revision"
 
 
 def test_no_private_attribute_of_datasets_is_read():

@@ -512,6 +512,9 @@ def test_write_access_is_checked_before_the_work(
         check_write_access("someone-else")
     hub_server.orgs["my-org"] = {DEFAULT_USER}
     check_write_access("my-org")
+    check_write_access("My-Org")  # the Hub's names ignore case
+    with pytest.raises(ValueError, match="'my-org/x' is not a Hub namespace"):
+        check_write_access("my-org/x")
     with pytest.raises(PermissionError, match=r"neither that user or one of its organisations \(my-org\)"):
         check_write_access("someone-else")
     secret = "hf_not_a_valid_token_0123456789"

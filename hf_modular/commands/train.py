@@ -29,7 +29,13 @@ def run_demo(args: argparse.Namespace) -> None:
     if args.push_to:
         check_write_access(args.push_to)  # before the demo's work, not after it
     if args.overwrite and Path(args.output).exists():
-        shutil.rmtree(args.output)  # the demo fills its folder step by step: an earlier run's files go first
+        # The demo fills its folder step by step: an earlier run's files go first (the folder itself stays: it may
+        # be where a link leads).
+        for entry in Path(args.output).iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     summary = demo.run_demo(args.output, seed=args.seed, quick=args.quick, progress=not args.quiet)
     if args.push_to:
         summary["pushed"] = {

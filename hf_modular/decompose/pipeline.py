@@ -15,6 +15,7 @@ import datasets
 from accelerate import Accelerator, PartialState
 
 from ..data import (
+    COMMIT,
     dataset_fingerprint,
     dataset_name,
     dataset_split,
@@ -231,9 +232,15 @@ def planned_modules(
     `dataset` is what `decompose` takes; `options` are its other keyword arguments: a strategy's options and
     `dataset_revision` are read, the rest (batch size, workers, ...) do not change a module and are ignored."""
     _refuse_a_module(model)
+    class_indices = resolve_classes(classes, model.config.id2label)
     method = strategy_among(strategy, options)
     source = dataset if isinstance(dataset, (str, os.PathLike)) else None
     revision = pinned_revision(source, options.get("dataset_revision"))  # the commit `decompose` would read now
+    if is_hub_dataset(source) and not (revision and COMMIT.fullmatch(revision)):
+        raise ConnectionError(
+            f"The Hub could not say which commit of the dataset {source} would be read, so the modules cannot be told "
+            "apart from those published. Try again when the Hub can be reached."
+        )
     identity = {
         "parent": _parent_record(model),
         "dataset": DatasetRecord(**_dataset_identity(dataset, source, split, dataset_config), revision=revision),
@@ -243,7 +250,7 @@ def planned_modules(
         "compute": {},
     }
     planned = {}
-    for class_index in resolve_classes(classes, model.config.id2label):
+    for class_index in class_indices:
         label = model.config.id2label[class_index]
         config = ModularResNetConfig.from_dict({**model.config.to_dict(), "training": None})
         config.id2label, config.label2id = {0: label, 1: REST_LABEL}, {label: 0, REST_LABEL: 1}

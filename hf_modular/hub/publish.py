@@ -323,7 +323,14 @@ def repo_name(template: str, config: PreTrainedConfig) -> str:
 def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     """Before work whose result is pushed to `namespace` (a user or organisation): raise PermissionError when the Hub
     token cannot write there (no token, a read-only one, or another user's namespace), so that the work is not
-    spent first. A token of an organisation, or a fine-grained one, is left to the push itself to judge."""
+    spent first. A token of an organisation, or a fine-grained one, is left to the push itself to judge, and so is
+    a Hub that answers the question with another error (the endpoint is rate-limited): a warning says so."""
+    try:
+        validate_repo_id(namespace)
+        if "/" in namespace:
+            raise HFValidationError("it has a '/'")
+    except HFValidationError as error:
+        raise ValueError(f"{namespace!r} is not a Hub namespace, a user or organisation name ({error}).") from None
     advice = "Log in with `hf auth login`, or set HF_TOKEN to a token with write access to it."
     try:
         me = HfApi(token=token).whoami()
@@ -332,7 +339,10 @@ def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     except HfHubHTTPError as error:
         if getattr(error.response, "status_code", None) == 401:
             raise PermissionError(f"Cannot push to {namespace}: the Hub does not accept the token. {advice}") from error
-        raise
+        logger.warning(
+            "The Hub could not say whether the token may write to %s (%s); the push will tell.", namespace, error
+        )
+        return
     except Exception as error:
         cause = _network_cause(error)
         if cause is None:
@@ -347,7 +357,7 @@ def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     organisations = [org.get("name") for org in me.get("orgs") or []]
     if role == "read":
         raise PermissionError(f"Cannot push to {namespace}: the token is read-only. {advice}")
-    if namespace != me.get("name") and namespace not in organisations:
+    if namespace.casefold() not in {name.casefold() for name in [me.get("name") or "", *organisations] if name}:
         belongs = f" or one of its organisations ({', '.join(organisations)})" if organisations else ""
         raise PermissionError(
             f"Cannot push to {namespace}: the token is {me.get('name')}'s, and {namespace!r} is neither that user"
@@ -427,7 +437,9 @@ def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list
 
 
 def _identity(info: ModuleProvenance) -> dict[str, Any]:
-    """What makes a module this module, rather than its run's date, timings or measurements."""
+    """What makes a module this module, rather than its run's date, timings or measurements. Local data ("./name")
+    has no revision or configuration (an older release recorded those given with it)."""
+    hub_data = not (info.dataset.name_or_path or "./").startswith("./")
     return {
         "class": info.target_label,
         "parent weights": info.parent.weights_sha256[:12],
@@ -437,8 +449,8 @@ def _identity(info: ModuleProvenance) -> dict[str, Any]:
         "negatives ratio": info.sampling.negatives_ratio,
         "sampling seed": info.sampling.seed,
         "dataset": info.dataset.name_or_path,
-        "dataset configuration": info.dataset.config_name,
-        "dataset revision": info.dataset.revision,  # a Hub dataset's commit (local data is known by its name only)
+        "dataset configuration": info.dataset.config_name if hub_data else None,
+        "dataset revision": info.dataset.revision if hub_data else None,  # a Hub dataset's commit
         "dataset split": info.dataset.split,
         "continuous learning": info.continuous_learning is not None,
     }
