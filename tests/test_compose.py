@@ -179,14 +179,15 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(
     finally:
         ours.removeHandler(caplog.handler)
 
-    # Both places gone: the error names them.
-    shutil.rmtree(tmp_path / "moved" / "modules" / "sun-module")
-    with pytest.raises(FileNotFoundError, match=r"'sun' module of this composition was at .*sun-module, which no"):
+    # Both places gone, for both modules: one error names every module and its places.
+    shutil.rmtree(tmp_path / "moved" / "modules")
+    missing = r"in none of the places it recorded: 'dark' \(at [^;]*dark-module\); 'sun' \(at [^;]*sun-module\)\."
+    with pytest.raises(FileNotFoundError, match=missing):
         ComposedModel.from_pretrained(tmp_path / "elsewhere" / "pair")
     capsys.readouterr()
     assert main(["info", str(tmp_path / "elsewhere" / "pair")]) == 1  # what it records, then why it cannot load
     captured = capsys.readouterr()
-    assert "sun: ../../moved/modules/sun-module" in captured.out and "which no longer exists" in captured.err
+    assert "sun: ../../moved/modules/sun-module" in captured.out and "in none of the places" in captured.err
 
 
 def test_bad_compositions(tmp_path, modules_a):
@@ -241,7 +242,7 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     assert answers[0]["label"] == composed.predict(images[:1])[0]
 
     shutil.rmtree(tmp_path / "hub" / "sun-module")  # a referenced module that is gone
-    with pytest.raises(OSError, match="'sun' module of this composition was at .*, which no longer exists"):
+    with pytest.raises(OSError, match=r"in none of the places it recorded: 'sun' \(at .*sun-module\)\."):
         ComposedModel.from_pretrained(tmp_path / "by-reference")
     assert ComposedModel.from_pretrained(tmp_path / "materialized").labels == ["dark", "sun"]
 

@@ -508,14 +508,14 @@ def test_write_access_is_checked_before_the_work(
     hub_server: HubServer, parent_dir: Path, decomposed: Path, tmp_path: Path, capsys
 ) -> None:
     check_write_access(DEFAULT_USER)
-    with pytest.raises(PermissionError, match=r"the token is user's, and 'someone-else' is neither that user\. Push"):
+    with pytest.raises(PermissionError, match=r"the token is user's, and 'someone-else' is not that user\. Push"):
         check_write_access("someone-else")
     hub_server.orgs["my-org"] = {DEFAULT_USER}
     check_write_access("my-org")
     check_write_access("My-Org")  # the Hub's names ignore case
     with pytest.raises(ValueError, match="'my-org/x' is not a Hub namespace"):
         check_write_access("my-org/x")
-    with pytest.raises(PermissionError, match=r"neither that user or one of its organisations \(my-org\)"):
+    with pytest.raises(PermissionError, match=r"neither that user nor one of its organisations \(my-org\)"):
         check_write_access("someone-else")
     secret = "hf_not_a_valid_token_0123456789"
     with pytest.raises(PermissionError, match="the Hub does not accept the token") as error:

@@ -124,7 +124,10 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
         push += ["--name-template", args.name_template]
     push += ["--private"] if args.private else []
     replace = (
-        f"run `{shlex.join(push)}`" if decomposed else f"decompose without --push-to, then run `{shlex.join(push)}`"
+        f"run `{shlex.join(push)}`"
+        if decomposed
+        else f"decompose without --push-to (and with --overwrite, should {args.output} hold another run's modules), "
+        f"then run `{shlex.join(push)}`"
     )
     return FileExistsError(
         f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}. "

@@ -198,25 +198,31 @@ def local_member_entry(entry: dict[str, Any], composition: str | os.PathLike) ->
     return {**entry, "source": relative, "absolute_path": str(target)}
 
 
-def locate_member(entry: dict[str, Any], composition: str) -> str:
-    """Where the member of `entry` is now: a Hub repo id as it is; a local path relative to the composition's
-    directory, else at its `absolute_path`, whichever exists."""
-    source = entry["source"]
-    relative = source.startswith(("./", "../"))
-    if not relative and not Path(source).is_absolute():
-        return source  # a Hub repo id
-    places = [(Path(composition) / source).resolve()] if relative else [Path(source)]
-    places += [Path(entry["absolute_path"])] if entry.get("absolute_path") else []
-    for place in places:
-        if place.exists():
-            return str(place)
-    raise FileNotFoundError(
-        f"The {entry['label']!r} module of this composition was at {' or '.join(map(str, dict.fromkeys(places)))}, "
-        'which no longer exists. Put the module back there, or change that member\'s "source" in the '
-        "composition's config.json to where it is now (a path relative to the composition's folder, or an absolute "
-        "one). (Saved with materialize=True, a composition keeps its modules inside and does not depend on their "
-        "paths.)"
-    )
+def locate_members(entries: list[dict[str, Any]], composition: str) -> None:
+    """Point each member entry's `source` at where its module is now: a Hub repo id as it is; a local path relative
+    to the composition's directory, else its `absolute_path`, whichever exists. Raise one error naming every local
+    module found at none of its places."""
+    missing = []
+    for entry in entries:
+        source = entry["source"]
+        relative = source.startswith(("./", "../"))
+        if not relative and not Path(source).is_absolute():
+            continue  # a Hub repo id
+        places = [(Path(composition) / source).resolve()] if relative else [Path(source)]
+        places += [Path(entry["absolute_path"])] if entry.get("absolute_path") else []
+        found = next((place for place in places if place.exists()), None)
+        if found is None:
+            missing.append(f"{entry['label']!r} (at {' or '.join(map(str, dict.fromkeys(places)))})")
+            continue
+        entry["source"] = str(found)  # where it is from here, should the composition be saved elsewhere
+        entry.pop("absolute_path", None)
+    if missing:
+        raise FileNotFoundError(
+            f"Modules of this composition are in none of the places it recorded: {'; '.join(missing)}. Put them back, "
+            "or change each one's \"source\" in the composition's config.json to where it is now (a path relative to "
+            "the composition's folder, or an absolute one). (Saved with materialize=True, a composition keeps its "
+            "modules inside and does not depend on their paths.)"
+        )
 
 
 def load_from_subfolder(source: str, subfolder: str, revision: str | None, hub_kwargs: dict[str, Any]):

@@ -75,7 +75,7 @@ from .members import (
     load_member,
     load_pinned,
     local_member_entry,
-    locate_member,
+    locate_members,
     member_entry,
     member_label,
     prepare_inputs,
@@ -575,6 +575,10 @@ class ComposedModel(PreTrainedModel):
                 "a classifier or module with AutoModelForImageClassification, or compose modules with "
                 "ComposedModel.from_modules."
             )
+        referenced = [entry for entry in config.members if not entry.get("subfolder")]
+        for entry in referenced:  # a crafted config must not name paths on this machine from a Hub repo
+            confined_source(entry["source"], source)
+        locate_members(referenced, source)
         members = []
         for entry in config.members or []:
             if entry.get("subfolder"):
@@ -583,18 +587,20 @@ class ComposedModel(PreTrainedModel):
                     source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
                 )
             else:
-                confined_source(entry["source"], source)
-                entry["source"] = locate_member(entry, source)  # where it is now, should it be saved elsewhere
-                entry.pop("absolute_path", None)
                 module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
                 recorded = {key: entry.pop(key) for key in FINGERPRINT_KEYS.values() if key in entry}
                 if recorded and not is_recorded_member(recorded, module):
+                    consequence = (
+                        "its fit is stale: fit the composition again, or put the earlier module back"
+                        if config.fit
+                        else "the composition answers with it as it is now. Save the composition again to keep it, "
+                        "or put the earlier module back"
+                    )
                     logger.warning(
-                        "The %r module at %s has changed since this composition was saved (its weights differ): "
-                        "the composition answers with it as it is now. Save the composition again to keep it, or "
-                        "put the earlier module back.",
+                        "The %r module at %s has changed since this composition was saved (its weights differ): %s.",
                         entry["label"],
                         entry["source"],
+                        consequence,
                     )
             members.append(module)
         composed = cls(config, members)
