@@ -358,11 +358,9 @@ def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     if role == "read":
         raise PermissionError(f"Cannot push to {namespace}: the token is read-only. {advice}")
     if namespace.casefold() not in {name.casefold() for name in [me.get("name") or "", *organisations] if name}:
-        what = (
-            f"neither that user nor one of its organisations ({', '.join(organisations)})"
-            if organisations
-            else ("not that user")
-        )
+        what = "not that user"
+        if organisations:
+            what = f"neither that user nor one of its organisations ({', '.join(organisations)})"
         raise PermissionError(
             f"Cannot push to {namespace}: the token is {me.get('name')}'s, and {namespace!r} is {what}. Push to a "
             f"namespace of yours, or: {advice}"
