@@ -168,6 +168,13 @@ def test_a_hub_dataset_records_its_configuration_and_the_commit_it_was_read_at(t
     assert planned.provenance.dataset == dataclasses.replace(record, **unknown_before)
     with pytest.raises(ConnectionError, match="could not say which commit of the dataset user/elsewhere"):
         planned_modules(parent, "user/elsewhere")  # unknown commit: never compared as "no revision"
+    # decompose --push-to checks and builds from one commit, which its modules record.
+    parent.save_pretrained(tmp_path / "parent")
+    arguments = ["-q", "decompose", str(tmp_path / "parent"), "--dataset", "user/greys", "--dataset-config", "plain"]
+    arguments += ["--samples-per-class", "6", "--output", str(tmp_path / "out"), "--push-to", "user"]
+    assert main(arguments) == 0
+    pushed = hf_modular.load_module("user/parent-dark-module").config.provenance.dataset
+    assert (pushed.name_or_path, pushed.config_name, pushed.revision) == ("user/greys", "plain", commit)
 
 
 def test_no_private_attribute_of_datasets_is_read():

@@ -9,8 +9,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from ..data import pinned_revision
 from ..decompose import STRATEGIES, decompose, decompose_to_directory, planned_modules
-from ..distributed import distributed_state
+from ..distributed import distributed_state, on_main_process
 from ..hub import (
     DEFAULT_NAME_TEMPLATE,
     RepoHoldsAnotherModel,
@@ -56,6 +57,10 @@ def run_decompose(args: argparse.Namespace) -> None:
     }
     model = load_classifier(args)
     if args.push_to:  # a repo that holds another module is found now, not after the decomposition
+        # One commit of a Hub dataset, for the check and the decomposition alike (its branch may move meanwhile).
+        options["dataset_revision"] = on_main_process(
+            lambda: pinned_revision(args.dataset, args.dataset_revision), state
+        )
         check_before_work(lambda: _check_pushes(model, args, options), state)
     report = decompose_to_directory(
         model,
