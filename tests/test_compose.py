@@ -188,6 +188,9 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(
     assert main(["info", str(tmp_path / "elsewhere" / "pair")]) == 1  # what it records, then why it cannot load
     captured = capsys.readouterr()
     assert "sun: ../../moved/modules/sun-module" in captured.out and "in none of the places" in captured.err
+    assert main(["info", str(tmp_path / "elsewhere" / "pair"), "--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert record["stale_members"] is None and record["members"][1]["source"] == "../../moved/modules/sun-module"
 
 
 def test_bad_compositions(tmp_path, modules_a):

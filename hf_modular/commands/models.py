@@ -28,10 +28,10 @@ def run_info(args: argparse.Namespace) -> None:
         config = _local_composition(args.model)
         if config is None:
             raise
-        _print_summary(_composed_summary(config, args.model), args.json)  # what it records, then why it fails
+        _print_composition(config, args.model, None, args.json)  # what it records, then why it fails
         raise
     if isinstance(model, ComposedModel):
-        _print_summary(_composed_summary(model.config, args.model, model), args.json)
+        _print_composition(model.config, args.model, model, args.json)
         return
     config = model.config
     summary = {
@@ -103,16 +103,35 @@ def _local_composition(source: str) -> ComposedConfig | None:
         return None
 
 
-def _composed_summary(config: ComposedConfig, source: str, composed: ComposedModel | None = None) -> dict[str, Any]:
+def _print_composition(config: ComposedConfig, source: str, composed: ComposedModel | None, json_output: bool) -> None:
     """What `info` says of a composition: from its config, and from its loaded members when there are (`composed`:
-    whether a fit is stale)."""
+    whether a fit is stale). --json gives its records (a local member's source: where it was found, when
+    loaded), and the members its fit was not made for (null: not loaded)."""
+    labels = [entry["label"] for entry in config.members]
+    changed = stale_members(config.fit, labels, list(composed.members)) if config.fit and composed else []
+    if json_output:
+        record = {
+            "source": source,
+            "labels": labels,
+            "members": config.members,
+            "input": [config.num_channels, config.image_size, config.image_size],
+            "rule": config.rule,
+            "fit": config.fit,
+            "stale_members": changed if composed is not None else None,
+        }
+        print(json.dumps(record, indent=2))
+        return
+    _print_summary(_composed_summary(config, source, changed), json_output=False)
+
+
+def _composed_summary(config: ComposedConfig, source: str, changed: list[str]) -> dict[str, Any]:
+    """`info`'s digest of a composition (`changed`: the members its fit was not made for)."""
     labels = [entry["label"] for entry in config.members]
     data = (config.fit or {}).get("data", {})
     recorded = data.get("name_or_path")
     fitted_on = recorded or "an in-memory dataset"
     if data.get("revision"):  # a Hub dataset: the commit that was read
         fitted_on += f"@{data['revision']}"
-    changed = stale_members(config.fit, labels, list(composed.members)) if config.fit and composed else []
     # Local data is recorded by its file name only, so fitting again needs its path.
     again = f"hf-modular fit {source}" + ("" if recorded and not recorded.startswith("./") else " --dataset PATH")
     stale = f" (stale: {', '.join(changed)} changed since; `{again}` fits it again)" if changed else ""
