@@ -227,10 +227,13 @@ def test_a_push_never_replaces_another_module_unless_told(
     }
     mid_repo = f"{DEFAULT_USER}/{PARENT_NAME}-mid-module"
     before = commits(mid_repo)
-    refused = r"holds: samples per class 8 there, 4 in this push; sampling seed 0 there, 1 in this push\. Nothing was"
-    with pytest.raises(FileExistsError, match=refused):
+    refused = r"holds: samples per class 8 there, 4 in this push; sampling seed 0 there, 1 in this push\. So would"
+    with pytest.raises(FileExistsError, match=refused) as caught:
         push_modules(quick_dir, DEFAULT_USER, commit_message="quick run")
     assert commits(mid_repo) == before
+    assert sorted([caught.value.repo_id, *caught.value.other_repos]) == sorted(  # all of them, in one error
+        f"{DEFAULT_USER}/{PARENT_NAME}-{label}-module" for label in LABELS
+    )
 
     # The same module again, another branch, a pull request or a name with {strategy} are fine.
     assert push_modules([modules["dark"]], DEFAULT_USER)["dark"].changed is False
@@ -676,6 +679,8 @@ def test_cli_push_decompose_push_to_and_card(
     assert main([*again, "--output", str(tmp_path / "quick"), "--seed", "1"]) == 1
     err = capsys.readouterr().err
     assert "holds another module than this decomposition pushes there: sampling seed 0 there, 1 in this" in err
+    others = err.partition(" So would the pushes to ")[2].partition(". Nothing")[0]  # every repo in the way, at once
+    assert sorted([err.split()[3], *others.split(", ")]) == sorted(f"{DEFAULT_USER}/cli-parent-{x}" for x in LABELS)
     advice = (
         f"push {tmp_path / 'quick'} --namespace {DEFAULT_USER} --overwrite --name-template '{{parent_name}}-{{label}}'"
     )

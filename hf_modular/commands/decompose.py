@@ -122,7 +122,7 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
     if not error.module:  # a parent or a composition: never to be replaced by a module
         return FileExistsError(
             f"{error.repo_id} holds a model that is not a class module (a parent or a composition), where this "
-            f"decomposition would push a module. {saved} {elsewhere}"
+            f"decomposition would push a module.{error.others()} {saved} {elsewhere}"
         )
     push = ["hf-modular", "push", args.output, "--namespace", args.push_to, "--overwrite"]
     if args.name_template != DEFAULT_NAME_TEMPLATE:
@@ -135,8 +135,9 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
         f"then run `{shlex.join(push)}`"
     )
     return FileExistsError(
-        f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}. "
-        f"{saved} To replace the published modules, {replace}. Or: {elsewhere[0].lower()}{elsewhere[1:]}"
+        f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}."
+        f"{error.others()} {saved} To replace the published modules, {replace}. "
+        f"Or: {elsewhere[0].lower()}{elsewhere[1:]}"
     )
 
 

@@ -303,8 +303,17 @@ def check_module_pushes(
     for repo_id in repos:
         _validate(repo_id)
     if not options.get("overwrite"):
+        refusals = []
         for config, repo_id in zip(configs, repos, strict=True):
-            refuse_replacing_another_module(repo_id, config, **options)
+            try:
+                refuse_replacing_another_module(repo_id, config, **options)
+            except RepoHoldsAnotherModel as refusal:
+                refusals.append(refusal)
+        if refusals:  # one error for all: a user who renames or replaces should not find them one run at a time
+            refusals.sort(key=lambda refusal: refusal.module)  # a parent or composition first: never replaced
+            first = refusals[0]
+            others = [refusal.repo_id for refusal in refusals[1:]]
+            raise RepoHoldsAnotherModel(first.repo_id, first.differences, first.module, others)
     return repos
 
 
@@ -408,20 +417,29 @@ def refuse_replacing_another_module(
 
 class RepoHoldsAnotherModel(FileExistsError):
     """A push would replace what `repo_id` holds (a class module, unless `module` is False: a parent or a
-    composition); `differences` says how that differs from this push, in words."""
+    composition); `differences` says how that differs from this push, in words. `other_repos`: the repos of a
+    module push (`push_modules`) that hold other modules too, or other models when `module` is False."""
 
-    def __init__(self, repo_id: str, differences: list[str], module: bool = True):
+    def __init__(self, repo_id: str, differences: list[str], module: bool = True, other_repos: list[str] = ()):
         self.repo_id, self.differences, self.module = repo_id, differences, module
+        self.other_repos = list(other_repos)
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
         super().__init__(
-            f"This push would replace what {repo_id} holds: {'; '.join(differences)}. Nothing was pushed. Publish "
-            f"this under another repo name{name_hint} or branch (revision / --revision), or replace what the repo "
-            "holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub keeps the old "
-            "files in the repo's history)."
+            f"This push would replace what {repo_id} holds: {'; '.join(differences)}.{self.others()} Nothing was "
+            f"pushed. Publish this under another repo name{name_hint} or branch (revision / --revision), or replace "
+            "what the repo holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub "
+            "keeps the old files in the repo's history)."
         )
 
+    def others(self) -> str:
+        """A sentence on `other_repos`, or nothing."""
+        if not self.other_repos:
+            return ""
+        repos = ", ".join(self.other_repos)
+        return f" So would the push{'es' if len(self.other_repos) > 1 else ''} to {repos}."
+
     def __reduce__(self):  # rebuilt from its fields: it travels between processes (`check_before_work`)
-        return type(self), (self.repo_id, self.differences, self.module)
+        return type(self), (self.repo_id, self.differences, self.module, self.other_repos)
 
 
 def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list[str]:
