@@ -161,12 +161,15 @@ class CompositionAccuracy:
     `module_binary_accuracy` maps label -> share of images where the module's own/rest decision was right.
     `own_vs_rest` maps label -> {"module": quality, "parent": quality}: each module's own decision and the parent's
     own one-vs-rest decision for that class (softmax probability > 0.5), as `own_vs_rest_quality` measures them.
+    `parent_among_classes`: the parent choosing among the modules' classes only (its other logits left out), the
+    fair comparison for modules of some of its classes; the same as `parent` when there is a module per class.
     """
 
     parent: Accuracy
     composed: Accuracy
     module_binary_accuracy: dict[str, float]
     own_vs_rest: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    parent_among_classes: Accuracy | None = None
 
 
 @torch.inference_mode()
@@ -198,9 +201,10 @@ def evaluate_composition(
     shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()
     warn_if_off_the_process_device(parent, state, "evaluate_composition")
-    tallies = torch.zeros(5, dtype=torch.long)  # parent top-1, top-5, composed top-1, top-5, count
+    # parent top-1, top-5, composed top-1, top-5, count, parent among the modules' classes top-1, top-5
+    tallies = torch.zeros(7, dtype=torch.long)
     binary_hits = torch.zeros(len(modules), dtype=torch.long)
-    per_class = torch.zeros(len(modules), 3, dtype=torch.long)  # parent hits, composed hits, count
+    per_class = torch.zeros(len(modules), 4, dtype=torch.long)  # parent hits, composed hits, count, parent among
     module_probabilities, parent_probabilities, seen_labels = [], [], []  # per batch: (B, M), (B, M), (B,)
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)
@@ -225,6 +229,7 @@ def evaluate_composition(
             parent_logits = parent(to_model(pixel_values, parent)).logits.float().cpu()
             module_logits = shared([to_model(pixel_values, member) for member in members]).float().cpu()
         parent_top = parent_logits.topk(min(5, parent.config.num_labels), dim=1).indices
+        among_top = module_classes[parent_logits[:, module_classes].topk(min(5, len(members)), dim=1).indices]
         composed_top1 = module_classes[vote(module_logits)]
         composed_top = module_classes[top_k(module_logits)]
         tallies += torch.tensor(
@@ -234,6 +239,8 @@ def evaluate_composition(
                 (composed_top1 == labels).sum(),
                 (composed_top == labels[:, None]).any(1).sum(),
                 len(labels),
+                (among_top[:, 0] == labels).sum(),
+                (among_top == labels[:, None]).any(1).sum(),
             ]
         )
         claims = module_logits[..., 0] > module_logits[..., 1]
@@ -243,25 +250,24 @@ def evaluate_composition(
         seen_labels.append(labels)
         mine = labels[:, None] == module_classes[None, :]  # (B, M): image b is of module m's class
         right = torch.stack(
-            [parent_top[:, 0] == labels, composed_top1 == labels, torch.ones_like(labels, dtype=torch.bool)]
+            [
+                parent_top[:, 0] == labels,
+                composed_top1 == labels,
+                torch.ones_like(labels, dtype=torch.bool),
+                among_top[:, 0] == labels,
+            ]
         )
-        per_class += (mine[None] & right[:, :, None]).sum(1).T  # per module: parent hits, composed hits, images
+        per_class += (mine[None] & right[:, :, None]).sum(1).T  # per module: the four counts above
     tallies, binary_hits, per_class = (sum_over_processes(t, state) for t in (tallies, binary_hits, per_class))
     count = int(tallies[4])
     if count == 0:
         raise ValueError("No image of the dataset belongs to a module's class: nothing to evaluate.")
-    parent_accuracy = Accuracy(
-        float(tallies[0] / count),
-        float(tallies[1] / count),
-        count,
-        {label: float(v[0] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]},
-    )
-    composed_accuracy = Accuracy(
-        float(tallies[2] / count),
-        float(tallies[3] / count),
-        count,
-        {label: float(v[1] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]},
-    )
+
+    def accuracy(top1: int, top5: int, hits: int) -> Accuracy:  # from tallies' and per_class' columns
+        recalls = {label: float(v[hits] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]}
+        return Accuracy(float(tallies[top1] / count), float(tallies[top5] / count), count, recalls)
+
+    parent_accuracy, composed_accuracy, among_accuracy = accuracy(0, 1, 0), accuracy(2, 3, 1), accuracy(5, 6, 3)
     binary = {label: float(binary_hits[m] / count) for m, label in enumerate(modules)}
     seen_labels = concat_over_processes(torch.cat(seen_labels or [torch.empty(0, dtype=torch.long)]), state)
     module_probabilities, parent_probabilities = (
@@ -276,7 +282,7 @@ def evaluate_composition(
         }
         for m, label in enumerate(modules)
     }
-    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary, own_vs_rest)
+    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary, own_vs_rest, among_accuracy)
 
 
 def _progress(batches, rows: int, batch_size: int, state: DistributedState, progress: bool):

@@ -413,6 +413,17 @@ def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness
     assert report["evaluation"]["classes"] == ["bright", "mid"]
     card = (tmp_path / "limited" / "mid-module" / "README.md").read_text()
     assert "(8 images of the 2 classes decomposed together: bright, mid; the composition chooses among these" in card
+    # The parent is measured again choosing between those two classes only, its 'dark' logit left out.
+    measured = data.select(range(6, 14))  # the 8 images: 6 bright, then 2 mid
+    pixels = image_processor_for(brightness_model.config)(list(measured["image"]), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = brightness_model(pixels).logits
+    among = (logits[:, 1:].argmax(1) + 1 == torch.tensor(list(measured["label"]))).float().mean().item()
+    overall = (logits.argmax(1) == torch.tensor(list(measured["label"]))).float().mean().item()
+    evaluation = report["evaluation"]
+    assert evaluation["parent_among_classes"]["top1"] == pytest.approx(among) and among != overall
+    assert evaluation["parent"]["top1"] == pytest.approx(overall)
+    assert f"| parent (these classes only) | {100 * among:.2f}% | 100.00% |" in card
     # `evaluate --limit` of a composition counts its classes' images too.
     data.to_parquet(str(tmp_path / "test.parquet"))
     members = [str(tmp_path / "limited" / f"{label}-module") for label in ("bright", "mid")]

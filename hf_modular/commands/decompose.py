@@ -93,10 +93,17 @@ def run_decompose(args: argparse.Namespace) -> None:
     if evaluation:
         parent, composed = evaluation["parent"], evaluation["composed"]
         subset = evaluation.get("classes")
-        among = f" of {', '.join(subset)}; the parent chooses among all its classes" if subset else ""
-        print(f"on {args.eval_split} ({evaluation['images']} images{among}):")
-        print(f"  parent    top-1 {100 * parent['top1']:6.2f}%  top-5 {100 * parent['top5']:6.2f}%")
-        print(f"  composed  top-1 {100 * composed['top1']:6.2f}%  top-5 {100 * composed['top5']:6.2f}%")
+        # Of a subset, the parent chooses among all its classes, and again among the subset's only (a report of an
+        # earlier release has the first only).
+        rows = {"parent (all its classes)" if subset else "parent": parent}
+        if evaluation.get("parent_among_classes"):
+            rows["parent (these classes)"] = evaluation["parent_among_classes"]
+        rows["composed"] = composed
+        of = f" of {', '.join(subset)}" if subset else ""
+        print(f"on {args.eval_split} ({evaluation['images']} images{of}):")
+        width = max(map(len, rows))
+        for name, figures in rows.items():
+            print(f"  {name:<{width}}  top-1 {100 * figures['top1']:6.2f}%  top-5 {100 * figures['top5']:6.2f}%")
     measures = {label: describe(info).measures for label, info in modules.items()}
     columns = list(next(iter(measures.values())))
     print(f"{'module':<20} " + " ".join(f"{column:>8}" for column in columns) + f" {'binary acc':>10}")

@@ -290,6 +290,7 @@ def _measure_modules(
         )
     finally:
         model.to(home)
+    subset = len(modules) < model.config.num_labels
     for label, accuracy in result.module_binary_accuracy.items():
         report["modules"][label]["binary_accuracy"] = accuracy
         report["modules"][label]["own_vs_rest"] = result.own_vs_rest[label]
@@ -297,15 +298,23 @@ def _measure_modules(
         **where,
         "images": result.parent.count,
         "modules": len(modules),
-        # A subset's images only: the composition chooses among these classes, the parent among all of its own.
-        "classes": list(modules) if len(modules) < model.config.num_labels else None,
+        # A subset's images only: the composition chooses among these classes, the parent among all of its own,
+        # and again among these only (the fair comparison).
+        "classes": list(modules) if subset else None,
         "parent": {"top1": result.parent.top1, "top5": result.parent.top5},
         "composed": {"top1": result.composed.top1, "top5": result.composed.top5},
     }
+    if subset:
+        among = result.parent_among_classes
+        summary["parent_among_classes"] = {"top1": among.top1, "top5": among.top5}
     report["evaluation"] = {
         **summary,
         "per_class": {
-            label: {"parent": result.parent.per_class[label], "composed": result.composed.per_class[label]}
+            label: {
+                "parent": result.parent.per_class[label],
+                "composed": result.composed.per_class[label],
+                **({"parent_among_classes": result.parent_among_classes.per_class[label]} if subset else {}),
+            }
             for label in result.parent.per_class
         },
     }
