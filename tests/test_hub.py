@@ -254,6 +254,19 @@ def test_a_push_never_replaces_another_module_unless_told(
     with pytest.raises(ValueError, match=r"gives several modules one repo \(user/the-parent\).*put \{label\}"):
         push_modules(decomposed, DEFAULT_USER, name_template="the-parent")
     assert commits(f"{DEFAULT_USER}/the-parent") == parent_commits
+    # A repo of the user's own files (a README written by hand) is not replaced unasked either; a new repo (nothing
+    # but .gitattributes) takes the push.
+    api, readme_repo, new_repo = HfApi(), f"{DEFAULT_USER}/my-notes", f"{DEFAULT_USER}/made-on-the-hub"
+    for repo_id, name in ((readme_repo, "README.md"), (new_repo, ".gitattributes")):
+        api.create_repo(repo_id)
+        api.upload_file(path_or_fileobj=b"mine\n", path_in_repo=name, repo_id=repo_id)
+    refused = r"replace what user/my-notes holds: files that are not a model \(README\.md\)\. Nothing was pushed"
+    with pytest.raises(FileExistsError, match=refused) as caught:
+        push_model(modules["dark"], readme_repo)
+    assert caught.value.holds == "files" and len(commits(readme_repo)) == 2
+    assert push_model(modules["dark"], new_repo).changed
+    assert push_model(modules["dark"], readme_repo, overwrite=True).changed
+    assert "mine" not in Path(api.hf_hub_download(readme_repo, "README.md")).read_text()  # the module's card now
 
     # When the Hub cannot say what the repo holds, nothing is pushed (no "nothing there" guess, no cached copy).
     before_offline = commits(mid_repo)
@@ -691,6 +704,13 @@ def test_cli_push_decompose_push_to_and_card(
     err = capsys.readouterr().err
     assert f"{parent_repo} holds a model that is not a class module (a parent or a composition)" in err
     assert "--overwrite" not in err and "Push under other repo names" in err
+    # A repo of the user's own files is not replaced unasked; the advice says how to.
+    HfApi().create_repo(f"{DEFAULT_USER}/notes-dark")
+    HfApi().upload_file(path_or_fileobj=b"mine\n", path_in_repo="README.md", repo_id=f"{DEFAULT_USER}/notes-dark")
+    assert main([*again, "--output", str(tmp_path / "notes"), "--name-template", "notes-{label}"]) == 1
+    err = capsys.readouterr().err
+    assert "notes-dark holds files that are not a model (README.md), which this decomposition's push would" in err
+    assert "To replace them, decompose without --push-to" in err and "--overwrite" in err
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

@@ -126,7 +126,7 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
     """`decompose --push-to`'s words for a repo that holds another model: the ways out of this command."""
     elsewhere = "Push under other repo names (--name-template; {strategy} is a field) or to another namespace."
     saved = f"The modules are saved in {args.output}." if decomposed else "Nothing was decomposed."
-    if not error.module:  # a parent or a composition: never to be replaced by a module
+    if error.holds == "model":  # a parent or a composition: never to be replaced by a module
         return FileExistsError(
             f"{error.repo_id} holds a model that is not a class module (a parent or a composition), where this "
             f"decomposition would push a module.{error.others()} {saved} {elsewhere}"
@@ -141,9 +141,13 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
         else f"decompose without --push-to (and with --overwrite, should {args.output} hold another run's modules), "
         f"then run `{shlex.join(push)}`"
     )
+    if error.holds == "files":  # the user's own README, say
+        held, what = f"{error.differences[0]}, which this decomposition's push would replace", "them"
+    else:
+        held = f"another module than this decomposition pushes there: {'; '.join(error.differences)}"
+        what = "the published modules"
     return FileExistsError(
-        f"{error.repo_id} holds another module than this decomposition pushes there: {'; '.join(error.differences)}."
-        f"{error.others()} {saved} To replace the published modules, {replace}. "
+        f"{error.repo_id} holds {held}.{error.others()} {saved} To replace {what}, {replace}. "
         f"Or: {elsewhere[0].lower()}{elsewhere[1:]}"
     )
 

@@ -125,8 +125,8 @@ def limit_hub_requests(seconds: float) -> None:
 
 def refuse_a_model_push_now(repo_id: str, state: DistributedState) -> None:
     """Before any work: a parent's or composition's push to `repo_id` would be refused (a malformed repo id, a repo
-    that holds a class module, a namespace the token cannot write to), so say so before training or composing, on
-    every process."""
+    that holds a class module or files that are not a model, a namespace the token cannot write to), so say so
+    before training or composing, on every process."""
 
     def check() -> None:
         refuse_replacing_another_module(repo_id, None)  # first: it also says when `repo_id` is no repo id

@@ -61,8 +61,8 @@ class PushOptions(TypedDict, total=False):
     `auto_map` and two small code files that only import hf_modular, so that `AutoModel...from_pretrained(repo,
     trust_remote_code=True)` works without `import hf_modular`, and tells a user without it to `pip install` it.
     overwrite: let a push replace what a repo's branch holds when it is another class module, or a module where a
-    parent or composition is pushed, or the other way round (see `refuse_replacing_another_module`). A pull request
-    never needs it.
+    parent or composition is pushed, or the other way round, or files that are not a model (see
+    `refuse_replacing_another_module`). A pull request never needs it.
     """
 
     private: bool | None
@@ -310,10 +310,10 @@ def check_module_pushes(
             except RepoHoldsAnotherModel as refusal:
                 refusals.append(refusal)
         if refusals:  # one error for all: a user who renames or replaces should not find them one run at a time
-            refusals.sort(key=lambda refusal: refusal.module)  # a parent or composition first: never replaced
+            refusals.sort(key=lambda refusal: refusal.holds != "model")  # a parent or composition first: kept
             first = refusals[0]
             others = [refusal.repo_id for refusal in refusals[1:]]
-            raise RepoHoldsAnotherModel(first.repo_id, first.differences, first.module, others)
+            raise RepoHoldsAnotherModel(first.repo_id, first.differences, first.holds, others)
     return repos
 
 
@@ -382,8 +382,10 @@ def refuse_replacing_another_module(
     """A class module's repo holds that module: a push that would put something else at the head of its branch is
     refused unless `overwrite=True`. Something else is another module (another class, parent, strategy, method
     parameters, sampling or training data: a quick test run over a published module, say), a module over a parent
-    or a composition, or a parent or composition (`config` None, or without a module section) over a module.
-    Nothing to check for a repo or branch that does not exist yet, or a pull request."""
+    or a composition, or a parent or composition (`config` None, or without a module section) over a module; and
+    a model over files that are not one (a README written by hand: the push would replace it with its card).
+    Nothing to check for a repo or branch that does not exist yet (or holds only `.gitattributes`, as a new repo
+    does), or a pull request."""
     _validate(repo_id)
     if options.get("create_pr"):
         return
@@ -396,17 +398,22 @@ def refuse_replacing_another_module(
             info = api.repo_info(repo_id, revision=revision)
         except (RepositoryNotFoundError, RevisionNotFoundError):
             return
-        if "config.json" not in {sibling.rfilename for sibling in info.siblings or []}:
-            return
-        url = hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=api.endpoint)
-        response = get_session().get(url, headers=build_hf_headers(token=token), follow_redirects=True)
-        hf_raise_for_status(response)
+        files = [sibling.rfilename for sibling in info.siblings or [] if sibling.rfilename != ".gitattributes"]
+        if "config.json" in files:
+            url = hf_hub_url(repo_id, "config.json", revision=info.sha, endpoint=api.endpoint)
+            response = get_session().get(url, headers=build_hf_headers(token=token), follow_redirects=True)
+            hf_raise_for_status(response)
+    if "config.json" not in files:
+        if files:  # the user's own files: the push would replace its README.md, and leave the rest beside it
+            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            raise RepoHoldsAnotherModel(repo_id, [f"files that are not a model ({shown})"], "files")
+        return
     published, ours = response.json().get("module"), getattr(config, "module", None)
     if published is None and ours is None:
         return  # a parent or composition updated: what repos of models usually see
     if published is None:
         raise RepoHoldsAnotherModel(
-            repo_id, ["the repo holds a model that is not a class module (a parent or a composition)"], module=False
+            repo_id, ["the repo holds a model that is not a class module (a parent or a composition)"], "model"
         )
     if ours is None:
         raise RepoHoldsAnotherModel(repo_id, ["this push is not a class module"])
@@ -416,12 +423,13 @@ def refuse_replacing_another_module(
 
 
 class RepoHoldsAnotherModel(FileExistsError):
-    """A push would replace what `repo_id` holds (a class module, unless `module` is False: a parent or a
-    composition); `differences` says how that differs from this push, in words. `other_repos`: the repos of a
-    module push (`push_modules`) that hold other modules too, or other models when `module` is False."""
+    """A push would replace what `repo_id` holds: `holds` is "module" (a class module), "model" (a parent or a
+    composition, which no module push replaces) or "files" (files that are not a model); `differences` says how
+    that differs from this push, in words. `other_repos`: the further repos in the way of a push of several
+    modules (`push_modules`)."""
 
-    def __init__(self, repo_id: str, differences: list[str], module: bool = True, other_repos: list[str] = ()):
-        self.repo_id, self.differences, self.module = repo_id, differences, module
+    def __init__(self, repo_id: str, differences: list[str], holds: str = "module", other_repos: list[str] = ()):
+        self.repo_id, self.differences, self.holds = repo_id, differences, holds
         self.other_repos = list(other_repos)
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
         super().__init__(
@@ -439,7 +447,7 @@ class RepoHoldsAnotherModel(FileExistsError):
         return f" So would the push{'es' if len(self.other_repos) > 1 else ''} to {repos}."
 
     def __reduce__(self):  # rebuilt from its fields: it travels between processes (`check_before_work`)
-        return type(self), (self.repo_id, self.differences, self.module, self.other_repos)
+        return type(self), (self.repo_id, self.differences, self.holds, self.other_repos)
 
 
 def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list[str]:
