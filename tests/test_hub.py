@@ -528,7 +528,8 @@ def test_write_access_is_checked_before_the_work(
         check_write_access("someone-else")
     hub_server.orgs["my-org"] = {DEFAULT_USER}
     check_write_access("my-org")
-    check_write_access("My-Org")  # the Hub's names ignore case
+    with pytest.raises(ValueError, match="The Hub spells the namespace 'My-Org' as 'my-org': push to my-org"):
+        check_write_access("My-Org")  # found in any case, but an upload takes the Hub's own spelling
     with pytest.raises(ValueError, match="'my-org/x' is not a Hub namespace"):
         check_write_access("my-org/x")
     with pytest.raises(PermissionError, match=r"neither that user nor one of its organisations \(my-org\)"):

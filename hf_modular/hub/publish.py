@@ -332,8 +332,9 @@ def repo_name(template: str, config: PreTrainedConfig) -> str:
 def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     """Before work whose result is pushed to `namespace` (a user or organisation): raise PermissionError when the Hub
     token cannot write there (no token, a read-only one, or another user's namespace), so that the work is not
-    spent first. A token of an organisation, or a fine-grained one, is left to the push itself to judge, and so is
-    a Hub that answers the question with another error (the endpoint is rate-limited): a warning says so."""
+    spent first; a ValueError when the Hub spells the namespace otherwise (`user` for `User`). A token of an
+    organisation, or a fine-grained one, is left to the push itself to judge, and so is a Hub that answers the
+    question with another error (the endpoint is rate-limited): a warning says so."""
     try:
         validate_repo_id(namespace)
         if "/" in namespace:
@@ -366,7 +367,13 @@ def check_write_access(namespace: str, token: str | bool | None = None) -> None:
     organisations = [org.get("name") for org in me.get("orgs") or []]
     if role == "read":
         raise PermissionError(f"Cannot push to {namespace}: the token is read-only. {advice}")
-    if namespace.casefold() not in {name.casefold() for name in [me.get("name") or "", *organisations] if name}:
+    names = [name for name in [me.get("name"), *organisations] if name]
+    spelled = next((name for name in names if name != namespace and name.casefold() == namespace.casefold()), None)
+    # The Hub answers questions about a repo spelled in any case, but an upload spelled otherwise can fail
+    # (huggingface_hub issue 1371): the Hub's own spelling, before the work.
+    if spelled and namespace not in names:
+        raise ValueError(f"The Hub spells the namespace {namespace!r} as {spelled!r}: push to {spelled} instead.")
+    if namespace not in names:
         what = "not that user"
         if organisations:
             what = f"neither that user nor one of its organisations ({', '.join(organisations)})"
