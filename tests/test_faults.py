@@ -380,7 +380,7 @@ def test_a_folder_of_parquet_shards_is_read_by_the_split_its_names_say(tmp_path)
 
 
 def test_printed_errors_carry_no_url_query():
-    from hf_modular.hub.publish import without_url_queries
+    from hf_modular.hub.client import without_url_queries
 
     text = "403 for url 'https://s3.example/lfs/abc?X-Amz-Signature=secret&X-Amz-Credential=me' while uploading"
     assert without_url_queries(text) == "403 for url 'https://s3.example/lfs/abc?...' while uploading"

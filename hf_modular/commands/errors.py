@@ -5,7 +5,7 @@ from __future__ import annotations
 import huggingface_hub
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
-from ..hub.publish import without_url_queries
+from ..hub.client import without_url_queries
 from .hub import HUB_TIMEOUT_VARIABLE, hub_timeout, is_http_timeout
 
 

@@ -5,23 +5,16 @@ and models through transformers' Auto classes and never imports the modeling cod
 """
 
 from .cards import composed_card, module_card, parent_card
-from .mixin import HubMixin
-from .publish import (
+from .checks import (
     DEFAULT_NAME_TEMPLATE,
-    PUSH_ONLY_OPTIONS,
-    REQUIRED_FILES,
-    PartialPushError,
-    PushOptions,
-    PushResult,
     RepoHoldsAnotherModel,
     check_module_pushes,
     check_write_access,
-    push_directory,
-    push_model,
-    push_modules,
     refuse_replacing_another_module,
-    upload_folder,
 )
+from .mixin import HubMixin
+from .options import PUSH_ONLY_OPTIONS, PushOptions, PushResult
+from .publish import REQUIRED_FILES, PartialPushError, push_directory, push_model, push_modules, upload_folder
 
 __all__ = [
     "DEFAULT_NAME_TEMPLATE",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing_extensions import Unpack
 
-from .publish import PushOptions, PushResult, push_model
+from .options import PushOptions, PushResult
+from .publish import push_model
 
 
 class HubMixin:
