@@ -337,11 +337,26 @@ def test_images_of_other_classes_are_refused_or_skipped(strangers):
     assert record["data"]["images"] == 40
 
 
-def test_predict_takes_a_list_of_uint8_arrays(strangers):
+def test_predict_takes_images_arrays_and_files(strangers, tmp_path):
     composed = ComposedModel.from_modules(strangers)
-    images = _data(ALL, 1, seed=5)["image"]
+    images = list(_data(ALL, 1, seed=5)["image"])
     arrays = [np.asarray(image) for image in images]
-    assert composed.predict(arrays) == composed.predict(images)
+    expected = composed.predict(images)
+    assert composed.predict(arrays) == expected
+    files = []
+    for index, image in enumerate(images):  # read as transformers' pipelines read them
+        image.save(tmp_path / f"{index}.png")
+        files.append(tmp_path / f"{index}.png")
+    assert composed.predict(files) == composed.predict([str(path) for path in files]) == expected
+    assert composed.predict(files[0]) == expected[:1]
+    with pytest.raises(ValueError, match="No images were given"):
+        composed.predict([])
+    with pytest.raises(FileNotFoundError, match=r"No such image file: .*missing\.png"):
+        composed.predict([files[0], tmp_path / "missing.png"])
+    with pytest.raises(ValueError, match=r"not float32.*composed\(pixel_values=\.\.\.\)"):
+        composed.predict(np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(TypeError, match="Cannot read an image from a list in the list"):
+        composed.predict([arrays[0].tolist()])
 
 
 def test_fitting_sees_the_features_inference_computes_for_bfloat16_members(strangers):

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
+from transformers.image_utils import load_image
 
 from ..distributed import device_and_dtype
 from ..models import ModularResNetForImageClassification, load_module
@@ -127,19 +128,49 @@ def input_fields(modules: Sequence[ModularResNetForImageClassification]) -> dict
     }
 
 
-def as_pil_list(images: Sequence[Image.Image] | torch.Tensor | np.ndarray) -> list[Image.Image]:
+RawImages = Image.Image | str | os.PathLike | torch.Tensor | np.ndarray | Sequence[Image.Image | str | os.PathLike]
+
+
+def as_pil_list(images: RawImages) -> list[Image.Image]:
+    """PIL images from what `predict` takes: PIL images; image files (a path or URL, read as transformers' pipelines
+    read them); uint8 arrays or tensors, (H, W, C) or (C, H, W), or a batch of them; or a list of any of these."""
     if isinstance(images, Image.Image):
         return [images]
+    if isinstance(images, (str, os.PathLike)):
+        source = os.fspath(images)
+        if not source.startswith(("http://", "https://")) and not os.path.isfile(source):
+            raise FileNotFoundError(f"No such image file: {source}.")
+        try:
+            return [load_image(source)]
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Cannot read the image {source!r}: {error}") from error
     if isinstance(images, (torch.Tensor, np.ndarray)):
         array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
         if array.ndim == 3:
             array = array[None]
+        if array.ndim != 4:
+            raise ValueError(f"An image array has 3 dimensions (a batch of them 4), not {array.ndim}.")
         if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):  # (B, C, H, W) -> (B, H, W, C)
             array = array.transpose(0, 2, 3, 1)
         if array.dtype != np.uint8:
-            raise ValueError("Raw image arrays must be uint8 (0-255); pass PIL images or uint8 data.")
+            raise ValueError(
+                f"Raw image arrays must be uint8 (0-255), not {array.dtype}: pass PIL images, files or uint8 data. "
+                "For pixel values already preprocessed, call the composition itself: composed(pixel_values=...)."
+            )
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
-    return [image if isinstance(image, Image.Image) else as_pil_list(image)[0] for image in images]  # mixed lists
+    accepted = "PIL images, image files (paths or URLs), or uint8 arrays or tensors"
+    if not isinstance(images, Sequence):
+        raise TypeError(f"Cannot read images from a {type(images).__name__}: pass {accepted}, or a list of them.")
+    if len(images) == 0:
+        raise ValueError("No images were given: pass at least one.")
+    pictures = []
+    for image in images:
+        if not isinstance(image, (Image.Image, str, os.PathLike, torch.Tensor, np.ndarray)):  # a list of lists
+            raise TypeError(
+                f"Cannot read an image from a {type(image).__name__} in the list: its items are {accepted}."
+            )
+        pictures += as_pil_list(image)
+    return pictures
 
 
 def load_pinned(source: str, revision: str | None, label: str, hub_kwargs: dict[str, Any]):

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
-from PIL import Image
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
@@ -63,6 +61,7 @@ from .fitting import (
     stale_members,
 )
 from .members import (
+    RawImages,
     as_pil_list,
     check_compatible,
     check_unique,
@@ -323,10 +322,9 @@ class ComposedModel(PreTrainedModel):
         return output if return_dict is not False else output.to_tuple()
 
     @torch.inference_mode()
-    def predict(
-        self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, top: int = 1
-    ) -> list[str] | list[list[str]]:
-        """Labels for raw images (PIL images, or uint8 arrays/tensors): each module applies its own image processor.
+    def predict(self, images: RawImages, *, top: int = 1) -> list[str] | list[list[str]]:
+        """Labels for raw images (PIL images, image files by path or URL, uint8 arrays or tensors, or a list of
+        them): each module applies its own image processor.
 
         With `top > 1`, a list of the `top` best labels per image (the paper's top-k).
         """
@@ -471,9 +469,7 @@ class ComposedModel(PreTrainedModel):
         return self._heads_cache["heads"]
 
     @torch.inference_mode()
-    def predict_logits(
-        self, images: Sequence[Image.Image] | torch.Tensor | np.ndarray, *, shared: bool = True
-    ) -> torch.Tensor:
+    def predict_logits(self, images: RawImages, *, shared: bool = True) -> torch.Tensor:
         """(B, M, 2) module logits for raw images; modules with the same preprocessing share one processor call."""
         pictures = as_pil_list(images)
         prepared: dict[tuple, torch.Tensor] = {}
