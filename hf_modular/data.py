@@ -316,9 +316,9 @@ def iterate_batches(
     rows in the dataset the user passed, when `dataset` is a selection of it. With `image_size`, every image must
     be `image_size` x `image_size`: nothing is resized behind the user's back.
     """
-    columns = dataset.select_columns([image_column] if label_column is None else [image_column, label_column])
-    if isinstance(columns.features[image_column], datasets.Image):
-        columns = columns.cast_column(image_column, datasets.Image(decode=False))
+    columns = undecoded(
+        dataset.select_columns([image_column] if label_column is None else [image_column, label_column]), image_column
+    )
     numbers = range(len(dataset)) if rows is None else list(rows)
     collate = _Collate(columns, processor, image_column, label_column, numbers, image_mode, image_size)
     loader = torch.utils.data.DataLoader(
@@ -343,7 +343,7 @@ class _Collate:
     def __call__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.columns[positions]
         images = [
-            _decoded(value, self.numbers[position], self.image_mode, self.image_size, self.image_column)
+            decode_image(value, self.numbers[position], self.image_mode, self.image_size, self.image_column)
             for position, value in zip(positions, batch[self.image_column], strict=True)
         ]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
@@ -355,7 +355,25 @@ class _Collate:
 _IMAGE = datasets.Image()
 
 
-def _decoded(value: Any, row: int, mode: str, size: int | None, column: str) -> Image.Image:
+def undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    """`dataset` with its images left as datasets stores them (bytes or a path), for `decode_image` to decode one by
+    one and name the row of one that cannot be."""
+    if isinstance(dataset.features[image_column], datasets.Image):
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
+
+
+def first_image(dataset: datasets.Dataset, image_column: str) -> Image.Image:
+    """The first row's image, decoded whether the column decodes its images or not (`Image(decode=False)` holds
+    their bytes or paths); one that cannot be decoded is an error naming row 0."""
+    value = dataset[0][image_column]
+    try:
+        return _IMAGE.decode_example(value) if isinstance(value, dict) else value
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Row 0: its image cannot be decoded ({error}). Fix or drop that row.") from error
+
+
+def decode_image(value: Any, row: int, mode: str, size: int | None = None, column: str = "image") -> Image.Image:
     """One image of the dataset, decoded (datasets' own decoder) and converted to `mode`; a truncated or corrupt
     file, or an image of the wrong size, is an error that names its row."""
     try:

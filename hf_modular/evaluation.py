@@ -18,6 +18,7 @@ from .data import (
     dataset_fingerprint,
     dataset_to_model_labels,
     find_columns,
+    first_image,
     fixed_input_size,
     iterate_batches,
     label_names,
@@ -132,9 +133,8 @@ def _say_when_images_are_resized(dataset: datasets.Dataset, image_column: str, s
     if size is None or len(dataset) == 0:
         return
     try:
-        first = dataset[0][image_column]
-        first = datasets.Image().decode_example(first) if isinstance(first, dict) else first
-    except (OSError, SyntaxError, ValueError, TypeError):
+        first = first_image(dataset, image_column)
+    except (ValueError, TypeError):
         return  # the evaluation itself names the row that cannot be decoded
     found = getattr(first, "size", None)
     if not isinstance(found, tuple) or found == (size, size):

@@ -17,6 +17,7 @@ import operator
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,12 @@ from .data import (
     dataset_name,
     dataset_split,
     dataset_to_model_labels,
+    decode_image,
     find_columns,
     label_ids,
     label_names,
     require_dataset,
+    undecoded,
 )
 from .distributed import DistributedState, batch_norm_over_processes, sum_over_processes, to_model, training_accelerator
 from .evaluation import evaluate
@@ -82,14 +85,17 @@ class Augmentation:
 
 @dataclass
 class _EpochRows(torch.utils.data.Dataset):
-    """Key (epoch, index) -> (row `index` of `dataset`, the seed of its augmentation in that epoch)."""
+    """Key (epoch, index) -> (row `index` of `dataset`, the seed of its augmentation in that epoch, the row's number
+    in the user's dataset: `numbers[index]`)."""
 
     dataset: datasets.Dataset
     seed: int
+    numbers: Sequence[int]
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[dict[str, Any], int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[dict[str, Any], int, int]:
         epoch, index = key
-        return self.dataset[index], int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0])
+        return self.dataset[index], seed, self.numbers[index]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -108,16 +114,19 @@ class _TrainingBatch:
     label_column: str
     to_model_labels: torch.Tensor
 
-    def __call__(self, items: list[tuple[dict[str, Any], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, items: list[tuple[dict[str, Any], int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         if not items:
             size = self.augment.image_size
             return torch.empty(0, self.num_channels, size, size), torch.empty(0, dtype=torch.long)
-        images = [row[self.image_column].convert(self.image_mode) for row, _ in items]
+        images = [
+            decode_image(row[self.image_column], number, self.image_mode, column=self.image_column)
+            for row, _, number in items
+        ]
         pixel_values = self.processor(images, return_tensors="pt")["pixel_values"]
-        labels = self.to_model_labels[[row[self.label_column] for row, _ in items]]
+        labels = self.to_model_labels[[row[self.label_column] for row, _, _ in items]]
         augmented = [
             self.augment(image, torch.Generator().manual_seed(seed))
-            for image, (_, seed) in zip(pixel_values, items, strict=True)
+            for image, (_, seed, _) in zip(pixel_values, items, strict=True)
         ]
         return torch.stack(augmented), labels
 
@@ -199,7 +208,9 @@ def train(
     if len(labelled) < len(train_dataset):  # unlabelled rows (-1) teach nothing here
         logger.info("Skipping %d unlabelled rows", len(train_dataset) - len(labelled))
         labelled_rows = train_dataset.select(labelled.tolist())
-    rows = _EpochRows(labelled_rows.select_columns([image_column, label_column]), seed)
+    numbers = labelled.tolist() if len(labelled) < len(train_dataset) else range(len(train_dataset))
+    columns = undecoded(labelled_rows.select_columns([image_column, label_column]), image_column)
+    rows = _EpochRows(columns, seed, numbers)  # images decoded one by one, a broken one named by its row
     steps_per_epoch = math.ceil(len(rows) / batch_size)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay

@@ -3,6 +3,7 @@ commit, DataLoader workers; a streaming dataset is refused with what to do inste
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -125,6 +126,26 @@ def test_a_streaming_dataset_is_refused_with_what_to_do(parent):
     ):
         with pytest.raises(TypeError, match="streaming .* has no random access.*Dataset.from_generator"):
             run()
+
+
+def test_images_kept_undecoded_are_read_as_decoded_ones(parent):
+    # Image(decode=False) holds each image's bytes (or path): every entry point decodes them itself.
+    data = dark_bright_dataset()
+    raw = data.cast_column("image", datasets.Image(decode=False))
+    assert evaluate(parent, raw, progress=False) == evaluate(parent, data, progress=False)
+    modules = hf_modular.decompose(parent, raw, samples_per_class=6, progress=False)
+    decoded = hf_modular.decompose(parent, data, samples_per_class=6, progress=False)
+    for label, module in modules.items():
+        for name, tensor in module.state_dict().items():
+            assert torch.equal(tensor, decoded[label].state_dict()[name]), name
+    trained, twin = copy.deepcopy(parent), copy.deepcopy(parent)
+    train(trained, raw, epochs=1, batch_size=6, progress=False)
+    train(twin, data, epochs=1, batch_size=6, progress=False)
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, twin.state_dict()[name]), name
+    small = raw.cast_column("image", datasets.Image()).map(lambda row: {"image": row["image"].resize((4, 4))})
+    with pytest.raises(ValueError, match="The dataset's images are 4x4 but the model takes 8x8"):
+        hf_modular.decompose(parent, small.cast_column("image", datasets.Image(decode=False)), progress=False)
 
 
 def test_dataloader_workers_give_the_same_answer(parent):

@@ -21,6 +21,7 @@ from ..data import (
     dataset_split,
     dataset_to_model_labels,
     find_columns,
+    first_image,
     is_hub_dataset,
     label_ids,
     label_names,
@@ -262,7 +263,7 @@ def planned_modules(
 def _check_image_size(dataset: datasets.Dataset, image_column: str, image_size: int) -> None:
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
-    width, height = dataset[0][image_column].size
+    width, height = first_image(dataset, image_column).size
     if (width, height) != (image_size, image_size):
         raise ValueError(
             f"The dataset's images are {width}x{height} but the model takes {image_size}x{image_size}. The "
