@@ -57,6 +57,28 @@ def test_timm_model_api():
     assert model.eval()(_images(32, batch=1)).shape == (1, 4)
 
 
+def test_timm_training_options():
+    # What timm's train.py passes (create_model drops the None values): the defaults build the model.
+    options = {"drop_rate": 0.0, "drop_path_rate": None, "drop_block_rate": None, "global_pool": None}
+    model = timm.create_model("modular_resnet20", num_classes=10, **options)
+    images = _images(32, batch=4)
+    dropped = timm.create_model("modular_resnet20", num_classes=10, drop_rate=0.5)
+    dropped.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(dropped.eval()(images), model.eval()(images))  # dropout in training only
+        assert not torch.equal(dropped.train()(images), model.train()(images))
+    model.reset_classifier(0, global_pool="")  # timm's "no pooling": the last feature map
+    assert model.eval()(images).shape == (4, model.num_features, 8, 8)
+    for wrong, message in [
+        ({"drop_path_rate": 0.1}, "no stochastic depth: drop_path_rate must be 0 or None, not 0.1"),
+        ({"global_pool": "max"}, "pools by average"),
+        ({"global_pool": ""}, "only without a classifier"),
+        ({"drop_rate": 1.0}, r"drop_rate must be in \[0, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            timm.create_model("modular_resnet20", num_classes=10, **wrong)
+
+
 def test_generic_architecture_takes_config_fields():
     model = timm.create_model("modular_resnet", num_classes=3, layers=[1, 1], widths=[4, 8], stem_width=4)
     assert model.config.layers == [1, 1] and model.config.widths == [4, 8]

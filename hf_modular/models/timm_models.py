@@ -11,19 +11,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from .configuration_modular_resnet import ARCHITECTURE_FIELDS, PRESETS, ModularResNetConfig
-from .modeling_modular_resnet import ModularResNetForImageClassification
+from .modeling_modular_resnet import ModularResNetForImageClassification, head_logits
 from .processing import IMAGENET_CROP_PCT
 
 
 class TimmModularResNet(ModularResNetForImageClassification):
     """`ModularResNetForImageClassification` with timm's constructor and call conventions.
 
-    `forward(x)` returns logits (B, num_classes) rather than a transformers output object.
+    `forward(x)` returns logits (B, num_classes) rather than a transformers output object. timm's training options
+    are taken as its ResNet takes them: `drop_rate` (dropout before the classifier, in training only) and
+    `global_pool` ("avg", or "" for no pooling without a classifier); `drop_path_rate` and `drop_block_rate` are
+    accepted when they ask for nothing (0 or None), which timm's training script passes by default.
     """
 
     def __init__(
@@ -32,11 +36,23 @@ class TimmModularResNet(ModularResNetForImageClassification):
         in_chans: int = 3,
         preset: str | None = None,
         img_size: int | None = None,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        drop_path_rate: float | None = None,
+        drop_block_rate: float | None = None,
         **architecture: Any,
     ):
         unknown = set(architecture) - set(ARCHITECTURE_FIELDS) - {"image_mean", "image_std"}
         if unknown:
             raise TypeError(f"Unknown ModularResNet arguments for timm: {sorted(unknown)}.")
+        for name, rate, what in (
+            ("drop_path_rate", drop_path_rate, "stochastic depth"),
+            ("drop_block_rate", drop_block_rate, "DropBlock"),
+        ):
+            if rate:  # a class module's masks are of the network as it is: no block or region is dropped
+                raise ValueError(f"ModularResNet has no {what}: {name} must be 0 or None, not {rate}.")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}.")
         fields = {**(PRESETS[preset] if preset else {}), **architecture}
         if in_chans != 3 and "image_mean" not in fields:  # the config's defaults are RGB's
             fields["image_mean"], fields["image_std"] = list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)
@@ -50,23 +66,42 @@ class TimmModularResNet(ModularResNetForImageClassification):
             fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
         super().__init__(ModularResNetConfig(num_labels=max(num_classes, 1), preset=preset, **fields))
         self.loss_type = "ForImageClassification"  # transformers reads it from the class name, which lacks it here
-        self.num_classes = num_classes
+        self.num_classes, self.drop_rate = num_classes, drop_rate
         if num_classes == 0:  # timm's convention: no classifier, the model returns pooled features
             self.fc = nn.Identity()
+        self._set_global_pool(global_pool)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(pixel_values))
 
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """(B, num_features, h, w) -> logits (B, num_classes), or the pooled features (B, num_features) after
+        `drop_rate`'s dropout (features as they are without pooling: `global_pool=""`)."""
+        pooled = self.global_pool(features)
+        if self.drop_rate:
+            pooled = F.dropout(pooled, p=self.drop_rate, training=self.training)
+        return pooled if pre_logits else head_logits(self.fc(pooled), self.config.head_type)
+
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
-        """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads. `global_pool`:
+        "avg", or "" (no pooling: the features map, with `num_classes=0` only)."""
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config.head_type, self.config.head_rows = "linear", None
         if num_classes > 0:
             self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
+        if global_pool is not None:
+            self._set_global_pool(global_pool)
+
+    def _set_global_pool(self, pool: str) -> None:
+        if pool not in ("avg", ""):
+            raise ValueError(f"ModularResNet pools by average (global_pool='avg'), or not at all (''), not {pool!r}.")
+        if pool == "" and self.num_classes > 0:  # as timm's own classifiers refuse it
+            raise ValueError("global_pool='' leaves the features unpooled: only without a classifier (num_classes=0).")
+        self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)) if pool else nn.Identity()
 
 
 def _cfg(preset: str) -> dict[str, Any]:
