@@ -8,6 +8,7 @@ same logits, and read through the current record.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from hf_modular.decompose import STRATEGIES, Strategy, decompose, planned_module
 from hf_modular.decompose.build import build_module
 from hf_modular.decompose.heads import channel_head
 from hf_modular.decompose.statistics import collect_activity
+from hf_modular.decompose.strategies.base import PIPELINE_OPTIONS
 from hf_modular.hub import module_card
 from hf_modular.module import SCHEMA_VERSION, ModuleDescription, ModuleProvenance, describe
 from hf_modular.module.description import _DESCRIBERS
@@ -193,6 +195,35 @@ def test_a_new_strategy_is_one_class_and_one_registration(tmp_path, capsys, whol
     # An option of another strategy is refused, naming it.
     assert main([*arguments, "--strategy", "whole", "--keep", "0.5", "--output", str(tmp_path / "o2")]) == 1
     assert "--keep is not an option of --strategy whole" in capsys.readouterr().err
+
+
+def _strategy_with(option: str, annotation: type, default, name: str = "clashing") -> type[Strategy]:
+    """A WholeParentStrategy under another name, with one more option."""
+    cls = dataclasses.make_dataclass(
+        "Clashing", [(option, annotation, field(default=default))], bases=(WholeParentStrategy,)
+    )
+    cls.name = name
+    return cls
+
+
+def test_a_strategy_is_refused_a_name_or_option_already_taken(whole_strategy):
+    register_strategy(WholeParentStrategy)  # the same class again (a module reloaded) is fine
+    with pytest.raises(ValueError, match=r"A strategy named 'activation' is registered already \(hf_modular\."):
+        register_strategy(_strategy_with("scale_too", float, 1.0, name="activation"))
+    with pytest.raises(ValueError, match=r"option seed is the decomposition's own"):
+        register_strategy(_strategy_with("seed", int, 0))
+    with pytest.raises(ValueError, match=r"'keep' .*default 0\.9.* the 'channel' strategy's .*default 0\.25"):
+        register_strategy(_strategy_with("keep", float, 0.9))
+    assert "clashing" not in STRATEGIES and STRATEGIES["activation"].__name__ == "ActivationStrategy"
+    assert set(PIPELINE_OPTIONS) == set(inspect.signature(decompose).parameters)  # the list keeps up
+    # A name only the command line has is found when the command's options are made.
+    register_strategy(_strategy_with("output", str, "x"))
+    try:
+        with pytest.raises(ValueError, match=r"The option 'output' of the clashing strategy is a flag of"):
+            build_parser()
+    finally:
+        STRATEGIES.pop("clashing")
+        _DESCRIBERS.pop("clashing")
 
 
 def test_cli_options_come_from_the_strategy_fields():

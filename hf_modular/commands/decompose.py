@@ -178,19 +178,30 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     """One flag per option of every registered strategy, built from its dataclass field (type, default, help,
     choices), so the CLI never restates a default. Flags the user does not give stay out of `args`."""
     for name, owners in _strategy_flags().items():
-        strategy_names = ", ".join(owner for owner, _, _ in owners)
-        _, option, annotation = owners[0]
+        _, option, annotation = owners[0]  # registration made sure they share a type and a default
         kind = _flag_type(annotation)
-        help_text = f"{strategy_names}: {option.metadata.get('help', '')}"
+        helps: dict[str, list[str]] = {}  # one help text, with the strategies that give it
+        for owner, field, _ in owners:
+            helps.setdefault(field.metadata.get("help", ""), []).append(owner)
+        help_text = "; ".join(f"{', '.join(names)}: {text}" for text, names in helps.items())
         if option.default is not None:  # None's meaning is in the help itself
             help_text += f" (default: {option.default})"
         flag = "--" + name.replace("_", "-")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(
-                flag, type=kind, choices=option.metadata.get("choices"), default=argparse.SUPPRESS, help=help_text
-            )
+        try:
+            if kind is bool:
+                parser.add_argument(
+                    flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+                )
+            else:
+                parser.add_argument(
+                    flag, type=kind, choices=option.metadata.get("choices"), default=argparse.SUPPRESS, help=help_text
+                )
+        except argparse.ArgumentError as error:  # a strategy of the user's, with a name the command has
+            owners_named = ", ".join(owner for owner, _, _ in owners)
+            raise ValueError(
+                f"The option {name!r} of the {owners_named} strategy is a flag of `hf-modular decompose` itself "
+                f"({flag}): rename the option."
+            ) from error
 
 
 def _flag_type(annotation: Any) -> type:
@@ -227,7 +238,6 @@ def add_decompose_arguments(command: argparse.ArgumentParser) -> None:
         choices=list(STRATEGIES),
         help="activation: the paper's masked full-size modules; channel: compact, physically pruned modules",
     )
-    _add_strategy_options(command.add_argument_group("strategy options (each names the strategies that take it)"))
     command.add_argument(
         "--batch-size", type=COUNT, default=default_of(decompose, "batch_size"), help="images per step"
     )
@@ -242,4 +252,6 @@ def add_decompose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--name-template", default=DEFAULT_NAME_TEMPLATE, help="repo name of each module")
     command.add_argument("--private", action="store_true", help="create the module repos private")
     add_pickle_option(command)
+    # Last: a flag the command has already is a strategy option's name clash, said as such.
+    _add_strategy_options(command.add_argument_group("strategy options (each names the strategies that take it)"))
     command.set_defaults(run=run_decompose)

@@ -15,6 +15,7 @@ provenance, cost. Adding a strategy is one new file with a `@register_strategy` 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,15 +84,79 @@ class Strategy:
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}
+# The pipeline's own options (`decompose`'s keyword arguments), which a strategy's options sit beside in one call and
+# one command line: no strategy option may take their names.
+PIPELINE_OPTIONS = (
+    "model",
+    "dataset",
+    "classes",
+    "samples_per_class",
+    "negatives_ratio",
+    "strategy",
+    "split",
+    "dataset_revision",
+    "dataset_config",
+    "num_workers",
+    "image_column",
+    "label_column",
+    "batch_size",
+    "seed",
+    "accelerator",
+    "progress",
+    "strategy_options",
+)
 
 
 def register_strategy(strategy: type[Strategy]) -> type[Strategy]:
     """Class decorator: make `strategy` available by its `name` to `decompose`, the CLI, cards and reports."""
     if not dataclasses.is_dataclass(strategy):
         raise TypeError(f"{strategy.__name__} must be a dataclass of its options.")
+    registered = STRATEGIES.get(strategy.name)
+    if registered is not None and _qualified(registered) != _qualified(strategy):  # the same class reloaded is fine
+        raise ValueError(
+            f"A strategy named {strategy.name!r} is registered already ({_qualified(registered)}): give "
+            f"{strategy.__name__} another `name`."
+        )
+    _check_option_names(strategy)
     STRATEGIES[strategy.name] = strategy
     register_describer(strategy.name, strategy.describe)
     return strategy
+
+
+def _qualified(strategy: type[Strategy]) -> str:
+    return f"{strategy.__module__}.{strategy.__qualname__}"
+
+
+def _check_option_names(strategy: type[Strategy]) -> None:
+    """A strategy's options share one call and one command line with the pipeline's options and every other
+    strategy's: a name of the pipeline's is refused, and so is another strategy's option name with another type or
+    default (one `--flag` serves both)."""
+    fields = dataclasses.fields(strategy)
+    taken = sorted(option.name for option in fields if option.name in PIPELINE_OPTIONS)
+    if taken:
+        raise ValueError(
+            f"{strategy.__name__}'s option {', '.join(taken)} is the decomposition's own ({', '.join(taken)}=... of "
+            "decompose, and its command-line flag): rename it."
+        )
+    types = typing.get_type_hints(strategy)
+    for option in fields:
+        for other in STRATEGIES.values():
+            same = next((field for field in dataclasses.fields(other) if field.name == option.name), None)
+            if other.name == strategy.name or same is None:
+                continue
+            theirs = (typing.get_type_hints(other)[option.name], same.default)
+            ours = (types[option.name], option.default)
+            if theirs != ours:
+                raise ValueError(
+                    f"{strategy.__name__}'s option {option.name!r} ({_type_name(ours[0])}, default {ours[1]!r}) has "
+                    f"the name of the {other.name!r} strategy's ({_type_name(theirs[0])}, default {theirs[1]!r}), "
+                    f"and one --{option.name.replace('_', '-')} flag serves both: give it the same type and default, "
+                    "or another name."
+                )
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation)
 
 
 def get_strategy(name: str, **options: Any) -> Strategy:
