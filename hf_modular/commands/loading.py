@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForImageClassification
 
 from ..models import ModularResNetForImageClassification
-from ..models.loading import check_saved_model
+from ..models.loading import check_local_path, check_saved_model
 from ..saving import OUR_MODEL_TYPES
 
 
 def model_source(name: str) -> str:
     """A local path that does not exist is an error here, not a Hub lookup of a malformed repo id."""
-    looks_local = name.startswith(("/", "./", "../", "~", os.sep))
-    if looks_local and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"No such directory: {name}. Give a saved model's directory or a Hub repo id.")
-    return str(Path(name).expanduser()) if looks_local else name
+    check_local_path(name)
+    local = Path(name).expanduser()
+    return str(local) if local.exists() else name
 
 
 def load_classifier(args: argparse.Namespace):

@@ -19,6 +19,17 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".th", ".ckpt"}
 CHECKPOINT_SUFFIXES = (*PICKLE_SUFFIXES, ".tar")  # files that are a checkpoint to convert, not a saved model
 
 
+def check_local_path(name: str | os.PathLike) -> None:
+    """Raise FileNotFoundError when `name` can only be a local path and does not exist (it starts like a path, or has
+    more parts than a repo id's two), rather than a Hub lookup of a name that is no repo id. `mods/cow-module` might
+    be either, so it is left to the Hub, as transformers leaves it."""
+    name = os.fspath(name)
+    if Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", "./", "../", "~", os.sep)) or len(Path(name).parts) > 2:
+        raise FileNotFoundError(f"No such directory: {name}. Give a saved model's directory or a Hub repo id.")
+
+
 def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *args: Any, **kwargs: Any) -> Any:
     """Run transformers' `from_pretrained` (`load`) under this package's policy; returns what the caller asked for
     (the model, or `(model, loading_info)` with `output_loading_info=True`).
@@ -37,6 +48,7 @@ def load_checked(load: Callable[..., Any], source: str | os.PathLike | None, *ar
         weights_file = config_given and (local.endswith(".safetensors") or kwargs["use_safetensors"] is not True)
         check_saved_model(local, config_given=config_given, expected="modular_resnet", weights_file=weights_file)
         if not config_given and not Path(source).exists():
+            check_local_path(source)
             check_hub_model_type(source, "modular_resnet", kwargs)
         refuse_pickle_only_directory(local, kwargs["use_safetensors"])
     try:
