@@ -12,7 +12,7 @@ import pytest
 import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
-from transformers import pipeline
+from transformers import AutoModelForImageClassification, pipeline
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
@@ -233,6 +233,8 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
         loaded = ComposedModel.from_pretrained(tmp_path / directory)
         assert loaded.labels == ["dark", "sun"]
         torch.testing.assert_close(loaded.predict_logits(images), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="labels cannot be set when loading one"):  # not silently ignored
+        AutoModelForImageClassification.from_pretrained(tmp_path / "materialized", num_labels=3)
 
     # In-memory modules have no source to point at: they are stored inside the directory.
     in_memory = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]])
@@ -386,3 +388,14 @@ def test_half_precision_module_logits_are_scored_as_finely_as_float32(modules_a,
     # The paper's vote and top-k, which evaluate_composition reports, rank as the composition does.
     confident = torch.tensor([[[20.0, 0.0], [25.0, 0.0]]])  # both float32 probabilities round to 1.0
     assert vote(confident).tolist() == [1] and top_k(confident).tolist() == [[1, 0]]
+
+
+def test_a_composition_compiles_and_exports(modules_a, modules_b):
+    # Shared execution compares weights and branches on the masks that fired, which tracing cannot follow: a traced
+    # composition runs its members alone, with the same answer. A fresh composition has no plan built yet.
+    x, members = torch.rand(3, 3, 8, 8), [*modules_a.values(), *modules_b.values()]
+    expected = ComposedModel.from_modules(members).eval()(pixel_values=x).logits
+    compiled = torch.compile(ComposedModel.from_modules(members).eval(), backend="eager")
+    torch.testing.assert_close(compiled(pixel_values=x).logits, expected)
+    exported = torch.export.export(ComposedModel.from_modules(members).eval(), (x,))
+    torch.testing.assert_close(exported.module()(x)[0], expected)

@@ -297,7 +297,9 @@ class ComposedModel(PreTrainedModel):
 
     def _run_members(self, inputs: list[torch.Tensor], shared: bool) -> torch.Tensor:
         """Module i's logits on `inputs[i]`, (B, M, 2)."""
-        if shared and not self.training:
+        # Shared execution compares weights and branches on which masks fired: eager only. torch.compile and
+        # torch.export trace the members run alone, which gives the same answer.
+        if shared and not self.training and not torch.compiler.is_compiling():
             return self.execution_plan(inputs)
         heads = self._heads() or [Head.of(module) for module in self.members]
         answers = [run_alone(module, head, x) for module, head, x in zip(self.members, heads, inputs, strict=True)]
@@ -554,6 +556,10 @@ class ComposedModel(PreTrainedModel):
     ) -> ComposedModel:
         """Load a composed model from a directory or Hub repo (its `subfolder`, if given), fetching each module it
         names; `dtype` and `device_map` apply to every member, as transformers applies them to a model."""
+        # transformers would give a model a new head; a composition's classes are its members'. (The Auto classes
+        # pass the labels asked for inside `config`.)
+        relabel = sorted(key for key in ("num_labels", "id2label", "label2id") if key in kwargs)
+        given = kwargs.get("config")
         revision, subfolder = kwargs.get("revision"), kwargs.get("subfolder") or ""
         keys = ("cache_dir", "token", "local_files_only", "force_download")
         hub_kwargs = {key: kwargs[key] for key in keys if key in kwargs}
@@ -565,6 +571,12 @@ class ComposedModel(PreTrainedModel):
         if not Path(source).exists():  # a Hub repo: the same question, asked of its config.json
             check_hub_model_type(source, ComposedConfig.model_type, {**hub_kwargs, **kwargs})
         config = ComposedConfig.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
+        if relabel or (isinstance(given, ComposedConfig) and given.members and given.id2label != config.id2label):
+            raise ValueError(
+                f"A composition's classes are those of its modules: {', '.join(relabel) or 'its labels'} cannot be "
+                "set when loading one. Load it as it is, then add, remove or replace modules (composed.add, .remove, "
+                ".replace; ComposedModel.from_modules(..., rename=...) renames them), or fine-tune a parent instead."
+            )
         if not config.members:  # a repo of another model type loads as a config without members
             raise ValueError(
                 f"{pretrained_model_name_or_path} holds no composed model (its config.json names no members). Load "
