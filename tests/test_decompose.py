@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -298,6 +299,8 @@ def test_module_round_trip_through_transformers_and_timm(tmp_path, brightness_mo
             assert torch.equal(loaded.get_submodule(name).mask, site.mask)
     assert loaded.config.module == module.config.module
     assert loaded.config.id2label == {0: "dark", 1: "rest"}
+    with pytest.raises(StrictDataclassClassValidationError, match=r"must be 2, not 5\. A class module keeps its two"):
+        AutoModelForImageClassification.from_pretrained(tmp_path / "dark", num_labels=5, ignore_mismatched_sizes=True)
     stored = load_file(tmp_path / "dark" / "model.safetensors")
     assert stored["act1.mask"].dtype == torch.bool
     assert torch.equal(hf_modular.load_module(str(tmp_path / "dark"))(pixel_values).logits, expected)

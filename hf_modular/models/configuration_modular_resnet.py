@@ -250,7 +250,9 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if self.head_type == "softmax" and self.num_labels != 2:
             raise ValueError(
-                f"A 'softmax' head answers (own class, rest): num_labels must be 2, not {self.num_labels}."
+                f"A 'softmax' head answers (own class, rest): num_labels must be 2, not {self.num_labels}. A class "
+                "module keeps its two answers; for another set of classes, compose modules (ComposedModel), or "
+                "fine-tune the parent its provenance names (config.provenance.parent) with a new head."
             )
         if self.block_widths is not None and [len(stage) for stage in self.block_widths] != list(self.layers):
             raise ValueError(f"block_widths needs one width per block: {list(self.layers)} blocks per stage.")
