@@ -414,6 +414,7 @@ def dataset_to_model_labels(
     if unknown and unknown_as is None:
         raise ValueError(
             f"The dataset has labels the model does not know: {_some(unknown, 5)}. The model's labels are "
-            f"{_some(list(by_name), 10)}. Use a dataset with the model's classes, or select those rows first."
+            f"{_some(list(by_name), 10)}. Use a dataset of the model's classes (all or some of them), or keep the rows "
+            "of those: hf_modular.data.select_classes(dataset, [names...])."
         )
     return torch.tensor([by_name.get(name, unknown_as) for name in dataset_labels] + [UNLABELLED])

@@ -209,6 +209,22 @@ def test_sample_plan_spreads_negatives_evenly_and_groups_rows():
     assert torch.equal(plan.group_negative[plan.group], plan.negative)
     few = plan_samples(labels, [1], 4, samples_per_class=7, negatives_ratio=1.0, seed=0)
     assert few.own.sum().item() == 4  # class 1 has only 4 rows
+    # A class without rows (data of some of the model's classes) gives no negatives: the others give them all.
+    absent = plan_samples(labels[labels != 3], [0, 2], 4, samples_per_class=7, negatives_ratio=1.0, seed=0)
+    assert absent.negative.sum(0).tolist() == [7, 7]
+
+
+def test_a_dataset_of_some_of_the_models_classes_decomposes_them(brightness_model, caplog):
+    two = image_dataset([0] * 6 + [255] * 6, [0] * 6 + [1] * 6, names=["dark", "bright"])  # no "mid"
+    logging.getLogger("hf_modular").addHandler(caplog.handler)
+    try:
+        modules = decompose(brightness_model, two, classes=["dark", "bright"], samples_per_class=6, progress=False)
+    finally:
+        logging.getLogger("hf_modular").removeHandler(caplog.handler)
+    assert "The dataset has no images of 'mid': the modules are told apart from the model's other" in caplog.text
+    for label, module in modules.items():
+        samples = module.config.provenance.samples
+        assert (samples.own, samples.negative) == (6, 6), label  # every negative from the one other class there
 
 
 def test_channel_head_keeps_own_row_and_averages_the_rest():
@@ -340,7 +356,7 @@ def test_bad_input_errors(brightness_model):
     with pytest.raises(ValueError, match="16x16 but the model takes 8x8"):
         decompose(brightness_model, image_dataset([0, 255, 128], [0, 1, 2], size=16), progress=False)
     two_labels = ModularResNetForImageClassification(tiny_config(id2label={0: "dark", 1: "bright"}))
-    with pytest.raises(ValueError, match="2 outputs but the dataset's 'label' column has 3 classes"):
+    with pytest.raises(ValueError, match=r"labels the model does not know: \['mid'\].*select_classes"):
         decompose(two_labels, data, progress=False)
     with pytest.raises(ValueError, match="Unknown classes"):
         decompose(brightness_model, data, classes=["zebra"], progress=False)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,6 +43,8 @@ from .strategies import get_strategy, strategy_among
 DEFAULT_SAMPLES_PER_CLASS = 1000  # the paper's
 DEFAULT_NEGATIVES_RATIO = 1.0  # the paper's 1:1
 DEFAULT_SEED = 0
+
+logger = logging.getLogger(__name__)
 
 
 def decompose(
@@ -109,17 +112,22 @@ def decompose(
         image_column, label_column = find_columns(dataset, image_column, label_column)
         model_labels = model.config.id2label
         names = label_names(dataset, label_column)
-        if len(names) != model.config.num_labels:
-            raise ValueError(
-                f"The model has {model.config.num_labels} outputs but the dataset's {label_column!r} column has "
-                f"{len(names)} classes. Decompose a model with the dataset it was trained on."
+        to_model = dataset_to_model_labels(names, model_labels)  # a dataset of some of the model's classes will do
+        model_ids = to_model[label_ids(dataset, label_column)]
+        absent = [model_labels[i] for i in range(model.config.num_labels) if not bool((model_ids == i).any())]
+        if absent and state.is_main_process:
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+            logger.warning(
+                "The dataset has no images of %s: the modules are told apart from the model's other classes only, "
+                "so they compose worse with modules of those. Decompose on data of every class the modules will "
+                "meet.",
+                ", ".join(map(repr, absent[:5])) + more,
             )
-        to_model = dataset_to_model_labels(names, model_labels)
         if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
             _check_image_size(dataset, image_column, model.config.image_size)
 
         plan = plan_samples(
-            to_model[label_ids(dataset, label_column)],
+            model_ids,
             class_indices,
             model.config.num_labels,
             samples_per_class=samples_per_class,

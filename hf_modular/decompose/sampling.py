@@ -81,19 +81,20 @@ def plan_samples(
                 "classes=[...] or use a split that contains it."
             )
 
-    others = num_classes - 1
     # take[k, m]: how many of class k's shuffled rows module m uses.
     take = torch.zeros(num_classes, len(classes), dtype=torch.long)
     for m, c in enumerate(classes):
         own = min(samples_per_class, len(by_class[c]))
         take[c, m] = own
         wanted = round(negatives_ratio * own)
-        if others == 0 or wanted == 0:
+        # Spread evenly over the other classes that have rows (a dataset of some of the model's classes has none of
+        # the rest); the remainder goes to the classes that follow c, so no class is always favoured.
+        order = [(c + 1 + i) % num_classes for i in range(num_classes - 1)]
+        order = [k for k in order if len(by_class[k]) > 0]
+        if not order or wanted == 0:
             continue
-        # Spread evenly; the remainder goes to the classes that follow c, so no class is always favoured.
-        order = [(c + 1 + i) % num_classes for i in range(others)]
         for i, k in enumerate(order):
-            take[k, m] = min(even_share(wanted, others, i), len(by_class[k]))
+            take[k, m] = min(even_share(wanted, len(order), i), len(by_class[k]))
 
     rows, own_rows, negative_rows = [], [], []
     for k in range(num_classes):
