@@ -135,7 +135,16 @@ def _check_the_commit_read(dataset: datasets.Dataset, name: str, revision: str |
 
 
 def _load_parquet(files: list[Path], split: str, **load_kwargs: Any) -> datasets.Dataset:
-    if sum(pyarrow.parquet.ParquetFile(file).metadata.num_rows for file in files) == 0:  # datasets' own error is vague
+    rows = 0
+    for file in files:
+        try:
+            rows += pyarrow.parquet.ParquetFile(file).metadata.num_rows
+        except pyarrow.ArrowException as error:  # pyarrow's message does not name the file
+            raise ValueError(
+                f"{file} is not a readable parquet file ({error}). Write it again (dataset.to_parquet), or give "
+                "the images' folder instead."
+            ) from error
+    if rows == 0:  # datasets' own error is vague
         raise ValueError(f"{', '.join(file.name for file in files)} has no rows: there is nothing to read.")
     return datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split, **load_kwargs)
 

@@ -194,6 +194,8 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(
 
 
 def test_bad_compositions(tmp_path, modules_a):
+    with pytest.raises(ValueError, match=r"are \(2, 4, 8, 8\), but a composition takes \(batch, 3, height"):
+        ComposedModel.from_modules(list(modules_a.values()))(pixel_values=torch.zeros(2, 4, 8, 8))
     with pytest.raises(ValueError, match="at least one module"):
         ComposedModel.from_modules([])
     with pytest.raises(ValueError, match="Several modules claim"):
@@ -332,7 +334,7 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     calibrated = ComposedModel.from_pretrained(tmp_path / "calibrated")
     assert calibrated.config.rule == "calibrated" and sorted(calibrated.config.calibration) == ["bright", "dark"]
     assert main(["replace", str(tmp_path / "composed"), "zebra", str(tmp_path / "mid-module")]) == 1
-    assert "No module answers 'zebra'" in capsys.readouterr().err
+    assert "error: No module answers 'zebra'" in capsys.readouterr().err  # the message, not a KeyError's repr
     assert main(["compose", *directories, "--output", str(tmp_path / "x"), "--rename", "dark"]) == 1
     assert "--rename takes OLD=NEW pairs" in capsys.readouterr().err
     over_a_member = ["--output", directories[0], "--overwrite"]

@@ -367,8 +367,12 @@ def test_bad_input_errors(brightness_model):
     module = decompose(brightness_model, data, samples_per_class=6, progress=False)["dark"]
     with pytest.raises(ValueError, match="defined on 8x8 inputs"):
         module(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"are \(1, 4, 8, 8\), but the model takes \(batch, 3, height, width\)"):
+        brightness_model(torch.zeros(1, 4, 8, 8))  # said as transformers' ResNet says it, not a conv's shape error
     with pytest.raises(ValueError, match="already a class module"):
         decompose(module, data, progress=False)
+    with pytest.raises(ValueError, match="already a class module"):  # before 'Decomposing into cat, rest'
+        decompose_to_directory(module, data, "unused-output", progress=False)
     with pytest.raises(ValueError, match="not a ClassLabel.*class_encode_column"):
         decompose(brightness_model, data.cast_column("label", datasets.Value("int64")), label_column="label")
     clashing = ModularResNetForImageClassification(tiny_config(id2label={0: "t shirt", 1: "t-shirt", 2: "mid"}))

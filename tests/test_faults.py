@@ -299,6 +299,10 @@ def test_an_empty_dataset_is_named_as_such(tmp_path, parent, capsys):
     dark_bright_dataset().select([]).to_parquet(str(tmp_path / "train.parquet"))
     assert main(["evaluate", str(tmp_path / "model"), "--dataset", str(tmp_path / "train.parquet"), "--split", "train"])
     assert "train.parquet has no rows: there is nothing to read" in capsys.readouterr().err
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")  # pyarrow's own message names no file
+    broken = ["evaluate", str(tmp_path / "model"), "--dataset", str(tmp_path / "broken.parquet"), "--split", "train"]
+    assert main(broken) == 1
+    assert f"{tmp_path / 'broken.parquet'} is not a readable parquet file (" in capsys.readouterr().err
 
 
 def test_other_commands_respect_a_running_decomposition(tmp_path, parent, akamaster_checkpoint, capsys):

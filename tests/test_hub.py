@@ -289,6 +289,8 @@ def test_push_modules_rejects_plain_models_and_empty_directories(tmp_path: Path,
         push_modules([ModularResNetForImageClassification.from_pretrained(parent_dir)], DEFAULT_USER)
     with pytest.raises(ValueError, match="no module directories"):
         push_modules(tmp_path, DEFAULT_USER)
+    with pytest.raises(ValueError, match=r"is a saved model, not a decomposition's output.*hf-modular push-parent"):
+        push_modules(parent_dir, DEFAULT_USER)
     with pytest.raises(FileNotFoundError, match="absent"):
         push_modules(tmp_path / "absent", DEFAULT_USER)
 

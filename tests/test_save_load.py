@@ -167,6 +167,8 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
     (tmp_path / "notes").mkdir()
     (tmp_path / "modules").mkdir()
     (tmp_path / "modules" / "decomposition.json").write_text("{}")
+    shutil.copytree(saved, tmp_path / "cut-short")
+    (tmp_path / "cut-short" / "config.json").write_text('{"model_type": "modular_res')
     ResNetForImageClassification(ResNetConfig(num_labels=2, hidden_sizes=[8, 8, 8, 8])).save_pretrained(
         tmp_path / "transformers-resnet"
     )
@@ -175,6 +177,7 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
         (saved / "config.json", "is a file; give a saved model's directory or a Hub repo id."),
         (tmp_path / "notes", "has no config.json, so it holds no saved model"),
         (tmp_path / "modules", "is a decomposition's output: it holds one module per class"),
+        (tmp_path / "cut-short", "config.json is not valid JSON (Unterminated string"),
     ]:
         # transformers would call the file invalid JSON, or load the directory with a default config
         with pytest.raises((ValueError, OSError), match=re.escape(expected)):

@@ -18,4 +18,6 @@ def message(error: Exception) -> str:
         )
     if isinstance(error, StrictDataclassClassValidationError) and error.__cause__ is not None:
         return str(error.__cause__)  # the config's own message, without the validator's header line
+    if isinstance(error, KeyError) and len(error.args) == 1 and isinstance(error.args[0], str):
+        error = error.args[0]  # str() of a KeyError is the repr of its message, in quotes
     return without_url_queries(str(error))  # the Hub client's messages quote URLs, and an upload URL's query signs it

@@ -46,7 +46,14 @@ from ..models import ModularResNetConfig, ModularResNetForImageClassification
 from ..module import REPORT_NAME, check_directory_names, describe, module_directory_name, weights_sha256
 from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
-from .pipeline import DEFAULT_NEGATIVES_RATIO, DEFAULT_SAMPLES_PER_CLASS, DEFAULT_SEED, decompose, resolve_classes
+from .pipeline import (
+    DEFAULT_NEGATIVES_RATIO,
+    DEFAULT_SAMPLES_PER_CLASS,
+    DEFAULT_SEED,
+    decompose,
+    refuse_a_module,
+    resolve_classes,
+)
 from .strategies import STRATEGIES, strategy_among
 
 logger = logging.getLogger(__name__)
@@ -80,6 +87,7 @@ def decompose_to_directory(
     """
     if eval_limit is not None:
         check_number("eval_limit", eval_limit, minimum=1, integer=True)
+    refuse_a_module(model)  # before its two labels read as classes to decompose
     state = distributed_state(accelerator)
     output = Path(output)
     wanted = [model.config.id2label[i] for i in resolve_classes(classes, model.config.id2label)]

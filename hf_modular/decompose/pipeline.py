@@ -95,7 +95,7 @@ def decompose(
     check_number("batch_size", batch_size, minimum=1, integer=True)
     check_number("num_workers", num_workers, minimum=0, integer=True)
     method = get_strategy(strategy, **strategy_options)
-    _refuse_a_module(model)
+    refuse_a_module(model)
     class_indices = resolve_classes(classes, model.config.id2label)  # before the data is read
     state = distributed_state(accelerator)
     # The passes run on this process's device (as `accelerator.prepare` would place the model); the parent and the
@@ -195,7 +195,8 @@ def decompose(
     return modules
 
 
-def _refuse_a_module(model: ModularResNetForImageClassification) -> None:
+def refuse_a_module(model: ModularResNetForImageClassification) -> None:
+    """A class module is not decomposed again: raise ValueError naming its parent."""
     if model.config.is_module:
         parent = model.config.provenance.parent
         raise ValueError(
@@ -240,7 +241,7 @@ def planned_modules(
 
     `dataset` is what `decompose` takes; `options` are its other keyword arguments: a strategy's options and
     `dataset_revision` are read, the rest (batch size, workers, ...) do not change a module and are ignored."""
-    _refuse_a_module(model)
+    refuse_a_module(model)
     class_indices = resolve_classes(classes, model.config.id2label)
     method = strategy_among(strategy, options)
     source = dataset if isinstance(dataset, (str, os.PathLike)) else None

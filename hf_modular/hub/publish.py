@@ -263,6 +263,11 @@ def _module_directories(modules_or_dir: ModulesOrDirectory) -> Iterator[list[tup
         children = [p for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").is_file()]
         found = [(child, AutoConfig.from_pretrained(child)) for child in sorted(children)]
         found = [(child, config) for child, config in found if _is_module(config)]
+        if not found and (root / "config.json").is_file():  # a saved model itself, not a decomposition's output
+            raise ValueError(
+                f"{root} is a saved model, not a decomposition's output: push a module or a parent with push_model "
+                "or push_directory (`hf-modular push-parent DIR REPO_ID`), a composition with its push_to_hub."
+            )
         if not found:
             raise ValueError(f"{root} holds no module directories (folders with a module's config.json).")
         yield found

@@ -167,7 +167,15 @@ OTHER_MODELS = {
 
 
 def _model_type(config: Path) -> str | None:
+    """The `model_type` a saved config.json names; a file that is not a JSON object is an error that says what to
+    do (transformers' own says only that it is not valid JSON)."""
     try:
-        return json.loads(config.read_text()).get("model_type")
-    except (ValueError, AttributeError, OSError):
-        return None  # transformers' own loader says what is wrong with the file
+        found = json.loads(config.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{config} is not valid JSON ({error}): the save was cut short or the file was edited. Save the model "
+            "again (save_pretrained, or the hf-modular command that wrote it), or fix the file by hand."
+        ) from error
+    except OSError:
+        return None  # unreadable: transformers' own loader says why
+    return found.get("model_type") if isinstance(found, dict) else None
