@@ -87,7 +87,8 @@ def run_decompose(args: argparse.Namespace) -> None:
         for label, row in report["modules"].items()
     }
     strategy = STRATEGIES[args.strategy]
-    headline = strategy.headline_format.format(report[f"mean_{strategy.headline}"])
+    headline_format = strategy.headline_format or f"mean {strategy.headline.replace('_', ' ')} {{:.3f}}"
+    headline = headline_format.format(report[f"mean_{strategy.headline}"])
     print(f"{len(modules)} modules in {args.output}  ({headline})")
     evaluation = report.get("evaluation")
     if evaluation:

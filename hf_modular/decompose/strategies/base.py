@@ -37,7 +37,7 @@ class Strategy:
 
     name: ClassVar[str]
     headline: ClassVar[str]  # the figure of `describe(...).figures` that reports average over the modules
-    headline_format: ClassVar[str] = "{:.3f}"  # how the CLI prints that mean
+    headline_format: ClassVar[str | None] = None  # how the CLI prints that mean (None: "mean <headline> 0.123")
     supports_continuous_learning: ClassVar[bool] = False
 
     def parameters(self) -> dict[str, Any]:
