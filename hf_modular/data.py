@@ -375,7 +375,7 @@ def undecoded(dataset: datasets.Dataset, image_column: str) -> datasets.Dataset:
 def first_image(dataset: datasets.Dataset, image_column: str) -> Image.Image:
     """The first row's image, decoded whether the column decodes its images or not (`Image(decode=False)` holds
     their bytes or paths); one that cannot be decoded is an error naming row 0."""
-    value = dataset[0][image_column]
+    value = undecoded(dataset.select([0]), image_column)[0][image_column]  # decoded here, where errors are caught
     try:
         return _IMAGE.decode_example(value) if isinstance(value, dict) else value
     except (OSError, SyntaxError, ValueError) as error:

@@ -221,7 +221,9 @@ def test_a_dataset_of_some_of_the_models_classes_decomposes_them(brightness_mode
         modules = decompose(brightness_model, two, classes=["dark", "bright"], samples_per_class=6, progress=False)
     finally:
         logging.getLogger("hf_modular").removeHandler(caplog.handler)
-    assert "The dataset has no images of 'mid': the modules are told apart from the model's other" in caplog.text
+    assert "The dataset has no images of 'mid': the modules are told apart only from the classes it" in caplog.text
+    with pytest.raises(ValueError, match="Class 'mid' has no examples.*Drop it with classes="):  # every class, asked
+        decompose(brightness_model, two, samples_per_class=6, progress=False)
     for label, module in modules.items():
         samples = module.config.provenance.samples
         assert (samples.own, samples.negative) == (6, 6), label  # every negative from the one other class there

@@ -199,6 +199,11 @@ def test_a_truncated_jpeg_is_named_by_its_row(parent):
     broken = datasets.Dataset.from_list(rows, features=data.features)
     with pytest.raises(ValueError, match="Row 4: its image cannot be decoded"):
         evaluate(parent, broken, progress=False)
+    rows[0]["image"] = {"bytes": b"not an image", "path": None}  # the first row, which size checks read first
+    broken = datasets.Dataset.from_list(rows, features=data.features)
+    for run in (lambda: evaluate(parent, broken, progress=False), lambda: hf_modular.decompose(parent, broken)):
+        with pytest.raises(ValueError, match="Row 0: its image cannot be decoded"):
+            run()
 
 
 def _as_png_bytes(data: datasets.Dataset) -> list[dict]:

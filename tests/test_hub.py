@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def test_push_modules_from_a_directory_and_from_objects(hub_server: HubServer, d
 
 
 def test_a_push_never_replaces_another_module_unless_told(
-    hub_server: HubServer, decomposed: Path, parent_dir: Path, modules, tmp_path: Path, monkeypatch
+    hub_server: HubServer, decomposed: Path, parent_dir: Path, modules, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     # A quick decomposition with other parameters, pushed under the names of published modules: every module is
     # checked before the first push, so nothing is pushed at all.
@@ -254,18 +255,26 @@ def test_a_push_never_replaces_another_module_unless_told(
     with pytest.raises(ValueError, match=r"gives several modules one repo \(user/the-parent\).*put \{label\}"):
         push_modules(decomposed, DEFAULT_USER, name_template="the-parent")
     assert commits(f"{DEFAULT_USER}/the-parent") == parent_commits
-    # A repo of the user's own files (a README written by hand) is not replaced unasked either; a new repo (nothing
-    # but .gitattributes) takes the push.
-    api, readme_repo, new_repo = HfApi(), f"{DEFAULT_USER}/my-notes", f"{DEFAULT_USER}/made-on-the-hub"
-    for repo_id, name in ((readme_repo, "README.md"), (new_repo, ".gitattributes")):
+    # A repo of another library's files is not mixed into unasked either; a new repo (nothing but .gitattributes)
+    # takes the push, and so does one made on the Hub's site with its README written first (with a warning).
+    api = HfApi()
+    other_repo, new_repo, readme_repo = (f"{DEFAULT_USER}/{name}" for name in ("keras-net", "made-new", "my-notes"))
+    for repo_id, name in ((other_repo, "model.keras"), (new_repo, ".gitattributes"), (readme_repo, "README.md")):
         api.create_repo(repo_id)
         api.upload_file(path_or_fileobj=b"mine\n", path_in_repo=name, repo_id=repo_id)
-    refused = r"replace what user/my-notes holds: files that are not a model \(README\.md\)\. Nothing was pushed"
+    refused = r"what user/keras-net holds: files that are not a model of ours \(model\.keras\)\. Nothing was pushed"
     with pytest.raises(FileExistsError, match=refused) as caught:
-        push_model(modules["dark"], readme_repo)
-    assert caught.value.holds == "files" and len(commits(readme_repo)) == 2
+        push_model(modules["dark"], other_repo)
+    assert caught.value.holds == "files" and caught.value.module and len(commits(other_repo)) == 2
+    assert push_model(modules["dark"], other_repo, overwrite=True).changed
     assert push_model(modules["dark"], new_repo).changed
-    assert push_model(modules["dark"], readme_repo, overwrite=True).changed
+    ours = logging.getLogger("hf_modular")
+    ours.addHandler(caplog.handler)
+    try:
+        assert push_model(modules["dark"], readme_repo).changed
+    finally:
+        ours.removeHandler(caplog.handler)
+    assert "user/my-notes holds only a README.md: the push replaces it with the model's card" in caplog.text
     assert "mine" not in Path(api.hf_hub_download(readme_repo, "README.md")).read_text()  # the module's card now
 
     # When the Hub cannot say what the repo holds, nothing is pushed (no "nothing there" guess, no cached copy).
@@ -695,8 +704,8 @@ def test_cli_push_decompose_push_to_and_card(
     assert main([*again, "--output", str(tmp_path / "quick"), "--seed", "1"]) == 1
     err = capsys.readouterr().err
     assert "holds another module than this decomposition pushes there: sampling seed 0 there, 1 in this" in err
-    others = err.partition(" So would the pushes to ")[2].partition(". Nothing")[0]  # every repo in the way, at once
-    assert sorted([err.split()[3], *others.split(", ")]) == sorted(f"{DEFAULT_USER}/cli-parent-{x}" for x in LABELS)
+    named = re.findall(rf"{DEFAULT_USER}/cli-parent-[a-z]+", err.partition(". Nothing")[0])  # every repo, at once
+    assert sorted(named) == sorted(f"{DEFAULT_USER}/cli-parent-{label}" for label in LABELS)
     advice = (
         f"push {tmp_path / 'quick'} --namespace {DEFAULT_USER} --overwrite --name-template '{{parent_name}}-{{label}}'"
     )
@@ -707,12 +716,12 @@ def test_cli_push_decompose_push_to_and_card(
     err = capsys.readouterr().err
     assert f"{parent_repo} holds a model that is not a class module (a parent or a composition)" in err
     assert "--overwrite" not in err and "Push under other repo names" in err
-    # A repo of the user's own files is not replaced unasked; the advice says how to.
-    HfApi().create_repo(f"{DEFAULT_USER}/notes-dark")
-    HfApi().upload_file(path_or_fileobj=b"mine\n", path_in_repo="README.md", repo_id=f"{DEFAULT_USER}/notes-dark")
-    assert main([*again, "--output", str(tmp_path / "notes"), "--name-template", "notes-{label}"]) == 1
+    # A repo of another library's files is not mixed into unasked; the advice says how to.
+    HfApi().create_repo(f"{DEFAULT_USER}/keras-dark")
+    HfApi().upload_file(path_or_fileobj=b"mine\n", path_in_repo="model.keras", repo_id=f"{DEFAULT_USER}/keras-dark")
+    assert main([*again, "--output", str(tmp_path / "notes"), "--name-template", "keras-{label}"]) == 1
     err = capsys.readouterr().err
-    assert "notes-dark holds files that are not a model (README.md), which this decomposition's push would" in err
+    assert "keras-dark holds files that are not a model of ours (model.keras), which this decomposition's push" in err
     assert "To replace them, decompose without --push-to" in err and "--overwrite" in err
 
     # A push to a namespace the user cannot write: one error line, exit status 1.

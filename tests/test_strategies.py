@@ -24,6 +24,7 @@ from hf_modular.cli import build_parser, main
 from hf_modular.decompose import STRATEGIES, Strategy, decompose, planned_modules, register_strategy
 from hf_modular.decompose.build import build_module
 from hf_modular.decompose.heads import channel_head
+from hf_modular.decompose.output import decompose_to_directory
 from hf_modular.decompose.statistics import collect_activity
 from hf_modular.decompose.strategies.base import PIPELINE_OPTIONS
 from hf_modular.hub import module_card
@@ -208,22 +209,24 @@ def _strategy_with(option: str, annotation: type, default, name: str = "clashing
 
 def test_a_strategy_is_refused_a_name_or_option_already_taken(whole_strategy):
     register_strategy(WholeParentStrategy)  # the same class again (a module reloaded) is fine
-    with pytest.raises(ValueError, match=r"A strategy named 'activation' is registered already \(hf_modular\."):
-        register_strategy(_strategy_with("scale_too", float, 1.0, name="activation"))
-    with pytest.raises(ValueError, match=r"option seed is the decomposition's own"):
-        register_strategy(_strategy_with("seed", int, 0))
-    with pytest.raises(ValueError, match=r"'keep' .*default 0\.9.* the 'channel' strategy's .*default 0\.25"):
-        register_strategy(_strategy_with("keep", float, 0.9))
-    assert "clashing" not in STRATEGIES and STRATEGIES["activation"].__name__ == "ActivationStrategy"
-    assert set(PIPELINE_OPTIONS) == set(inspect.signature(decompose).parameters)  # the list keeps up
-    # A name only the command line has is found when the command's options are made.
-    register_strategy(_strategy_with("output", str, "x"))
     try:
-        with pytest.raises(ValueError, match=r"The option 'output' of the clashing strategy is a flag of"):
+        with pytest.raises(ValueError, match=r"A strategy named 'activation' is registered already \(hf_modular\."):
+            register_strategy(_strategy_with("scale_too", float, 1.0, name="activation"))
+        for reserved in ("seed", "eval_dataset"):  # decompose's keyword, decompose_to_directory's
+            with pytest.raises(ValueError, match=rf"option {reserved} is the decomposition's own"):
+                register_strategy(_strategy_with(reserved, int, 0))
+        with pytest.raises(ValueError, match=r"'keep' \(float, default 0\.9\) .* the 'channel' strategy's \(float, "):
+            register_strategy(_strategy_with("keep", float, 0.9))
+        assert "clashing" not in STRATEGIES and STRATEGIES["activation"].__name__ == "ActivationStrategy"
+        keywords = {*inspect.signature(decompose).parameters, *inspect.signature(decompose_to_directory).parameters}
+        assert set(PIPELINE_OPTIONS) == keywords - {"options"}  # the list keeps up
+        # A name only the command line has is found when the command's options are made.
+        register_strategy(_strategy_with("push_to", str, "x"))
+        with pytest.raises(ValueError, match=r"The option 'push_to' of the clashing strategy is a flag of"):
             build_parser()
     finally:
-        STRATEGIES.pop("clashing")
-        _DESCRIBERS.pop("clashing")
+        STRATEGIES.pop("clashing", None)
+        _DESCRIBERS.pop("clashing", None)
 
 
 def test_cli_options_come_from_the_strategy_fields():

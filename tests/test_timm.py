@@ -69,6 +69,11 @@ def test_timm_training_options():
         assert not torch.equal(dropped.train()(images), model.train()(images))
     model.reset_classifier(0, global_pool="")  # timm's "no pooling": the last feature map
     assert model.eval()(images).shape == (4, model.num_features, 8, 8)
+    with pytest.raises(ValueError, match="only without a classifier"):  # as timm's create_classifier refuses it
+        model.reset_classifier(5)
+    assert model.num_classes == 0 and model.eval()(images).dim() == 4  # left as it was
+    model.reset_classifier(5, global_pool="avg")
+    assert model.eval()(images).shape == (4, 5)
     for wrong, message in [
         ({"drop_path_rate": 0.1}, "no stochastic depth: drop_path_rate must be 0 or None, not 0.1"),
         ({"global_pool": "max"}, "pools by average"),

@@ -57,11 +57,11 @@ def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClass
     config = module.config
     device, dtype = device_and_dtype(module)
     pixel_values = pixel_values.to(device=device, dtype=torch.promote_types(pixel_values.dtype, torch.float32))
-    if pixel_values.dim() != 4 or pixel_values.shape[1] not in (1, 3):
+    if pixel_values.dim() != 4 or pixel_values.shape[1] not in (1, 3, config.num_channels):
         raise ValueError(
             f"The pixel values are {tuple(pixel_values.shape)}, but a composition takes (batch, 3, height, width) "
-            "images in [0, 1] (grey ones as (batch, 1, height, width)): prepare them with the composition's image "
-            "processor, or call composed.predict on the images themselves."
+            f"images in [0, 1] (grey ones as (batch, 1, height, width); {config.num_channels} channels for this "
+            "module): prepare them with the composition's image processor, or call composed.predict on the images."
         )
     if pixel_values.shape[1] != config.num_channels:
         if config.num_channels == 1:  # RGB into a grey model: luminance, as PIL's "L" conversion computes it

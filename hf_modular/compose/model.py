@@ -299,7 +299,7 @@ class ComposedModel(PreTrainedModel):
         """Module i's logits on `inputs[i]`, (B, M, 2)."""
         # Shared execution compares weights and branches on which masks fired: eager only. torch.compile and
         # torch.export trace the members run alone, which gives the same answer.
-        if shared and not self.training and not torch.compiler.is_compiling():
+        if shared and not self.training and not _is_compiling():
             return self.execution_plan(inputs)
         heads = self._heads() or [Head.of(module) for module in self.members]
         answers = [run_alone(module, head, x) for module, head, x in zip(self.members, heads, inputs, strict=True)]
@@ -614,6 +614,12 @@ class ComposedModel(PreTrainedModel):
         composed = cls(config, members)
         composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
         return composed
+
+
+def _is_compiling() -> bool:
+    """Whether torch.compile or torch.export is tracing (`torch.compiler.is_compiling`, from torch 2.3)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 @torch.inference_mode()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import torch
 from accelerate import Accelerator, PartialState
 
 from ..data import (
@@ -114,13 +115,14 @@ def decompose(
         names = label_names(dataset, label_column)
         to_model = dataset_to_model_labels(names, model_labels)  # a dataset of some of the model's classes will do
         model_ids = to_model[label_ids(dataset, label_column)]
-        absent = [model_labels[i] for i in range(model.config.num_labels) if not bool((model_ids == i).any())]
+        counts = torch.bincount(model_ids[model_ids >= 0], minlength=model.config.num_labels)
+        absent = [model_labels[i] for i in range(model.config.num_labels) if counts[i] == 0]
         if absent and state.is_main_process:
             more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             logger.warning(
-                "The dataset has no images of %s: the modules are told apart from the model's other classes only, "
-                "so they compose worse with modules of those. Decompose on data of every class the modules will "
-                "meet.",
+                "The dataset has no images of %s: the modules are told apart only from the classes it has images "
+                "of, so they compose worse with modules of the others. Decompose on data of every class the "
+                "modules will meet.",
                 ", ".join(map(repr, absent[:5])) + more,
             )
         if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized

@@ -154,9 +154,10 @@ def refuse_replacing_another_module(
     refused unless `overwrite=True`. Something else is another module (another class, parent, strategy, method
     parameters, sampling or training data: a quick test run over a published module, say), a module over a parent
     or a composition, or a parent or composition (`config` None, or without a module section) over a module; and
-    a model over files that are not one (a README written by hand: the push would replace it with its card).
-    Nothing to check for a repo or branch that does not exist yet (or holds only `.gitattributes`, as a new repo
-    does), or a pull request."""
+    a model over files that are not one of ours (another library's weights, a dataset's files: the push would be
+    mixed in with them). Nothing to check for a repo or branch that does not exist yet (or holds only
+    `.gitattributes`, as a new repo does), or a pull request; a repo with only a README.md takes the push, whose
+    card replaces it, with a warning."""
     check_repo_id(repo_id)
     if options.get("create_pr"):
         return
@@ -175,9 +176,15 @@ def refuse_replacing_another_module(
             response = get_session().get(url, headers=build_hf_headers(token=token), follow_redirects=True)
             hf_raise_for_status(response)
     if "config.json" not in files:
-        if files:  # the user's own files: the push would replace its README.md, and leave the rest beside it
+        if files == ["README.md"]:  # a repo made on the Hub's site, its card written first: the push's card replaces it
+            logger.warning(
+                "%s holds only a README.md: the push replaces it with the model's card (the Hub keeps the old one "
+                "in the repo's history).",
+                repo_id,
+            )
+        elif files:  # another library's model, a dataset's files...: the push would be mixed in with them
             shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
-            raise RepoHoldsAnotherModel(repo_id, [f"files that are not a model ({shown})"], "files")
+            raise RepoHoldsAnotherModel(repo_id, [f"files that are not a model of ours ({shown})"], "files")
         return
     published, ours = response.json().get("module"), getattr(config, "module", None)
     if published is None and ours is None:
@@ -209,6 +216,11 @@ class RepoHoldsAnotherModel(FileExistsError):
             "what the repo holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub "
             "keeps the old files in the repo's history)."
         )
+
+    @property
+    def module(self) -> bool:
+        """Whether the repo holds something a module push may replace with overwrite (an earlier release's field)."""
+        return self.holds != "model"
 
     def others(self) -> str:
         """A sentence on `other_repos`, or nothing."""

@@ -362,7 +362,9 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def _stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """conv1 -> bn1 -> act1 (before the max-pool), after checking the input's channels and a masked module's
         input size."""
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels:
+        if not torch.jit.is_tracing() and (
+            pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels
+        ):
             raise ValueError(  # as transformers' ResNet says it, rather than a convolution's shape error
                 f"The pixel values are {tuple(pixel_values.shape)}, but the model takes (batch, "
                 f"{self.config.num_channels}, height, width) (config.num_channels={self.config.num_channels}): "

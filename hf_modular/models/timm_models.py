@@ -87,21 +87,28 @@ class TimmModularResNet(ModularResNetForImageClassification):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads. `global_pool`:
-        "avg", or "" (no pooling: the features map, with `num_classes=0` only)."""
+        "avg", or "" (no pooling: the features map, with `num_classes=0` only); None keeps the model's."""
+        pool = self._pool if global_pool is None else global_pool
+        _check_pool(pool, num_classes)  # before anything changes
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.config.head_type, self.config.head_rows = "linear", None
         if num_classes > 0:
             self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
-        if global_pool is not None:
-            self._set_global_pool(global_pool)
+        self._set_global_pool(pool)
 
     def _set_global_pool(self, pool: str) -> None:
-        if pool not in ("avg", ""):
-            raise ValueError(f"ModularResNet pools by average (global_pool='avg'), or not at all (''), not {pool!r}.")
-        if pool == "" and self.num_classes > 0:  # as timm's own classifiers refuse it
-            raise ValueError("global_pool='' leaves the features unpooled: only without a classifier (num_classes=0).")
+        _check_pool(pool, self.num_classes)
+        self._pool = pool
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)) if pool else nn.Identity()
+
+
+def _check_pool(pool: str, num_classes: int) -> None:
+    """timm's `global_pool` values a ModularResNet takes: "avg", and "" without a classifier."""
+    if pool not in ("avg", ""):
+        raise ValueError(f"ModularResNet pools by average (global_pool='avg'), or not at all (''), not {pool!r}.")
+    if pool == "" and num_classes > 0:  # as timm's own classifiers refuse it
+        raise ValueError("global_pool='' leaves the features unpooled: only without a classifier (num_classes=0).")
 
 
 def _cfg(preset: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ provenance, cost. Adding a strategy is one new file with a `@register_strategy` 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -104,6 +103,12 @@ PIPELINE_OPTIONS = (
     "accelerator",
     "progress",
     "strategy_options",
+    # decompose_to_directory's own
+    "output",
+    "eval_dataset",
+    "eval_split",
+    "eval_limit",
+    "overwrite",
 )
 
 
@@ -138,25 +143,31 @@ def _check_option_names(strategy: type[Strategy]) -> None:
             f"{strategy.__name__}'s option {', '.join(taken)} is the decomposition's own ({', '.join(taken)}=... of "
             "decompose, and its command-line flag): rename it."
         )
-    types = typing.get_type_hints(strategy)
     for option in fields:
         for other in STRATEGIES.values():
             same = next((field for field in dataclasses.fields(other) if field.name == option.name), None)
             if other.name == strategy.name or same is None:
                 continue
-            theirs = (typing.get_type_hints(other)[option.name], same.default)
-            ours = (types[option.name], option.default)
+            theirs, ours = _flag_of(other, same), _flag_of(strategy, option)
             if theirs != ours:
                 raise ValueError(
-                    f"{strategy.__name__}'s option {option.name!r} ({_type_name(ours[0])}, default {ours[1]!r}) has "
-                    f"the name of the {other.name!r} strategy's ({_type_name(theirs[0])}, default {theirs[1]!r}), "
-                    f"and one --{option.name.replace('_', '-')} flag serves both: give it the same type and default, "
-                    "or another name."
+                    f"{strategy.__name__}'s option {option.name!r} ({_described(ours)}) has the name of the "
+                    f"{other.name!r} strategy's ({_described(theirs)}), and one --{option.name.replace('_', '-')} "
+                    "flag serves both: give it the same type, default and choices, or another name."
                 )
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation)
+def _flag_of(strategy: type[Strategy], option: dataclasses.Field) -> tuple[str, Any, Any]:
+    """What a command-line flag takes from an option: its type (by name: an annotation imported for type checkers
+    only is not resolved), its default and its choices."""
+    annotation = option.type if isinstance(option.type, str) else getattr(option.type, "__name__", str(option.type))
+    default = option.default_factory() if option.default_factory is not dataclasses.MISSING else option.default
+    return annotation.replace(" ", ""), default, option.metadata.get("choices")
+
+
+def _described(flag: tuple[str, Any, Any]) -> str:
+    annotation, default, choices = flag
+    return f"{annotation}, default {default!r}" + (f", choices {list(choices)}" if choices else "")
 
 
 def get_strategy(name: str, **options: Any) -> Strategy:
