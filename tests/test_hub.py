@@ -261,7 +261,7 @@ def test_a_push_never_replaces_another_module_unless_told(
     other_repo, new_repo, readme_repo = (f"{DEFAULT_USER}/{name}" for name in ("keras-net", "made-new", "my-notes"))
     for repo_id, name in ((other_repo, "model.keras"), (new_repo, ".gitattributes"), (readme_repo, "README.md")):
         api.create_repo(repo_id)
-        api.upload_file(path_or_fileobj=b"mine\n", path_in_repo=name, repo_id=repo_id)
+        api.upload_file(path_or_fileobj=b"---\nlicense: mit\n---\nmine\n", path_in_repo=name, repo_id=repo_id)
     refused = r"what user/keras-net holds: files that are not a model of ours \(model\.keras\)\. Nothing was pushed"
     with pytest.raises(FileExistsError, match=refused) as caught:
         push_model(modules["dark"], other_repo)
