@@ -721,8 +721,8 @@ def test_cli_push_decompose_push_to_and_card(
     HfApi().upload_file(path_or_fileobj=b"mine\n", path_in_repo="model.keras", repo_id=f"{DEFAULT_USER}/keras-dark")
     assert main([*again, "--output", str(tmp_path / "notes"), "--name-template", "keras-{label}"]) == 1
     err = capsys.readouterr().err
-    assert "keras-dark holds files that are not a model of ours (model.keras), which this decomposition's push" in err
-    assert "To replace them, decompose without --push-to" in err and "--overwrite" in err
+    assert "keras-dark holds files that are not a model of ours (model.keras), where this decomposition would" in err
+    assert "To push the modules there all the same, decompose without --push-to" in err and "--overwrite" in err
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

@@ -142,13 +142,14 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
         else f"decompose without --push-to (and with --overwrite, should {args.output} hold another run's modules), "
         f"then run `{shlex.join(push)}`"
     )
-    if error.holds == "files":  # the user's own README, say
-        held, what = f"{error.differences[0]}, which this decomposition's push would replace", "them"
+    if error.holds == "files":  # another library's weights, say
+        held = f"{error.differences[0]}, where this decomposition would push a module"
+        to = "To push the modules there all the same"
     else:
         held = f"another module than this decomposition pushes there: {'; '.join(error.differences)}"
-        what = "the published modules"
+        to = "To replace the published modules"
     return FileExistsError(
-        f"{error.repo_id} holds {held}.{error.others()} {saved} To replace {what}, {replace}. "
+        f"{error.repo_id} holds {held}.{error.others()} {saved} {to}, {replace}. "
         f"Or: {elsewhere[0].lower()}{elsewhere[1:]}"
     )
 
