@@ -349,6 +349,8 @@ def test_predict_takes_images_arrays_and_files(strangers, tmp_path):
         files.append(tmp_path / f"{index}.png")
     assert composed.predict(files) == composed.predict([str(path) for path in files]) == expected
     assert composed.predict(files[0]) == expected[:1]
+    grey = [np.asarray(image.convert("L")) for image in images]  # (H, W) arrays: grey images, as PIL's "L" ones
+    assert composed.predict(grey) == composed.predict([image.convert("L") for image in images])
     with pytest.raises(ValueError, match="No images were given"):
         composed.predict([])
     with pytest.raises(FileNotFoundError, match=r"No such image file: .*missing\.png"):

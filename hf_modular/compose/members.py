@@ -139,7 +139,7 @@ RawImages = Image.Image | str | os.PathLike | torch.Tensor | np.ndarray | Sequen
 
 def as_pil_list(images: RawImages) -> list[Image.Image]:
     """PIL images from what `predict` takes: PIL images; image files (a path or URL, read as transformers' pipelines
-    read them); uint8 arrays or tensors, (H, W, C) or (C, H, W), or a batch of them; or a list of any of these."""
+    read them); uint8 arrays or tensors, (H, W), (H, W, C) or (C, H, W), or a batch of them; or a list of these."""
     if isinstance(images, Image.Image):
         return [images]
     if isinstance(images, (str, os.PathLike)):
@@ -152,10 +152,12 @@ def as_pil_list(images: RawImages) -> list[Image.Image]:
             raise ValueError(f"Cannot read the image {source!r}: {error}") from error
     if isinstance(images, (torch.Tensor, np.ndarray)):
         array = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
+        if array.ndim == 2:  # one grey image, (H, W)
+            array = array[None, :, :, None]
         if array.ndim == 3:
             array = array[None]
         if array.ndim != 4:
-            raise ValueError(f"An image array has 3 dimensions (a batch of them 4), not {array.ndim}.")
+            raise ValueError(f"An image array has 2 or 3 dimensions (a batch of them 4), not {array.ndim}.")
         if array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):  # (B, C, H, W) -> (B, H, W, C)
             array = array.transpose(0, 2, 3, 1)
         if array.dtype != np.uint8:
