@@ -375,3 +375,12 @@ def test_fitting_sees_the_features_inference_computes_for_bfloat16_members(stran
         for member, found in zip(members, fitted_on, strict=True):
             features = member.forward_features(prepare_input(pixel_values, member))
             assert torch.equal(found, member.forward_head(features, pre_logits=True).float())
+
+
+def test_a_fitted_composition_exports(strangers):
+    # Its stale-fit check hashes the members' weights, which tracing cannot: a traced composition skips it.
+    composed = ComposedModel.from_modules(strangers)
+    composed.fit(_data(ALL, 6, seed=3), images_per_class=5, progress=False)
+    x = torch.rand(2, 3, 8, 8)
+    expected = composed.eval()(pixel_values=x).logits
+    torch.testing.assert_close(torch.export.export(composed, (x,)).module()(x)[0], expected)

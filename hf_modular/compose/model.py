@@ -453,7 +453,9 @@ class ComposedModel(PreTrainedModel):
         fit = self.config.fit
         if not fit:
             return None
-        stale = stale_members(fit, self.labels, list(self.members))
+        # Hashing the members' weights cannot be traced: torch.compile and torch.export take the members as they
+        # are (an eager call first says whether the fit is stale).
+        stale = [] if _is_compiling() else stale_members(fit, self.labels, list(self.members))
         if stale:
             raise ValueError(
                 f"This composition was fitted for other members than it has now ({', '.join(stale)} changed since), "
