@@ -266,7 +266,11 @@ def test_a_push_never_replaces_another_module_unless_told(
     with pytest.raises(FileExistsError, match=refused) as caught:
         push_model(modules["dark"], other_repo)
     assert caught.value.holds == "files" and caught.value.module and len(commits(other_repo)) == 2
+    assert "push into it all the same with overwrite=True" in str(caught.value) and "its own files stay" in str(
+        caught.value
+    )
     assert push_model(modules["dark"], other_repo, overwrite=True).changed
+    assert "model.keras" in {sibling.rfilename for sibling in api.repo_info(other_repo).siblings}  # as it said
     assert push_model(modules["dark"], new_repo).changed
     ours = logging.getLogger("hf_modular")
     ours.addHandler(caplog.handler)
@@ -722,7 +726,10 @@ def test_cli_push_decompose_push_to_and_card(
     assert main([*again, "--output", str(tmp_path / "notes"), "--name-template", "keras-{label}"]) == 1
     err = capsys.readouterr().err
     assert "keras-dark holds files that are not a model of ours (model.keras), where this decomposition would" in err
-    assert "To push the modules there all the same, decompose without --push-to" in err and "--overwrite" in err
+    assert (
+        "To push the modules there all the same (its files stay beside them), decompose without --push-to" in err
+        and "--overwrite" in err
+    )
 
     # A push to a namespace the user cannot write: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1

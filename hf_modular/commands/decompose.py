@@ -144,7 +144,7 @@ def _refusal(error: RepoHoldsAnotherModel, args: argparse.Namespace, *, decompos
     )
     if error.holds == "files":  # another library's weights, say
         held = f"{error.differences[0]}, where this decomposition would push a module"
-        to = "To push the modules there all the same"
+        to = "To push the modules there all the same (its files stay beside them)"
     else:
         held = f"another module than this decomposition pushes there: {'; '.join(error.differences)}"
         to = "To replace the published modules"

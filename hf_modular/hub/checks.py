@@ -27,6 +27,7 @@ from .options import PushOptions
 DEFAULT_NAME_TEMPLATE = "{parent_name}-{label}-module"
 
 logger = logging.getLogger(__name__)
+_WARNED_README_ONLY: set[str] = set()
 
 
 NAME_FIELDS = ("parent_name", "label", "index", "architecture", "strategy")
@@ -177,13 +178,16 @@ def refuse_replacing_another_module(
             hf_raise_for_status(response)
     if "config.json" not in files:
         if files == ["README.md"]:  # a repo made on the Hub's site, its card written first: the push's card replaces it
-            logger.warning(
-                "%s holds only a README.md: the push replaces it with the model's card (the Hub keeps the old one "
-                "in the repo's history).",
-                repo_id,
-            )
+            if repo_id not in _WARNED_README_ONLY:  # once, though a command checks before its work and at its push
+                _WARNED_README_ONLY.add(repo_id)
+                logger.warning(
+                    "%s holds only a README.md: the push replaces it with the model's card (the Hub keeps the old "
+                    "one in the repo's history).",
+                    repo_id,
+                )
         elif files:  # another library's model, a dataset's files...: the push would be mixed in with them
-            shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+            foreign = [name for name in files if name != "README.md"]
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise RepoHoldsAnotherModel(repo_id, [f"files that are not a model of ours ({shown})"], "files")
         return
     published, ours = response.json().get("module"), getattr(config, "module", None)
@@ -210,11 +214,16 @@ class RepoHoldsAnotherModel(FileExistsError):
         self.repo_id, self.differences, self.holds = repo_id, differences, holds
         self.other_repos = list(other_repos)
         name_hint = " (name_template / --name-template; {strategy} is a field)" if "strategy" in differences[0] else ""
+        anyway = (
+            "push into it all the same with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; its "
+            "own files stay beside the model's, a README.md among them replaced by the card)"
+            if holds == "files"
+            else "replace what the repo holds with overwrite=True (--overwrite on `hf-modular push` and "
+            "`push-parent`; the Hub keeps the old files in the repo's history)"
+        )
         super().__init__(
             f"This push would replace what {repo_id} holds: {'; '.join(differences)}.{self.others()} Nothing was "
-            f"pushed. Publish this under another repo name{name_hint} or branch (revision / --revision), or replace "
-            "what the repo holds with overwrite=True (--overwrite on `hf-modular push` and `push-parent`; the Hub "
-            "keeps the old files in the repo's history)."
+            f"pushed. Publish this under another repo name{name_hint} or branch (revision / --revision), or {anyway}."
         )
 
     @property
