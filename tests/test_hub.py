@@ -731,11 +731,15 @@ def test_cli_push_decompose_push_to_and_card(
         and "--overwrite" in err
     )
 
-    # A push to a namespace the user cannot write: one error line, exit status 1.
+    # A push to a namespace the user cannot write, or spelled otherwise: one error line, exit status 1.
     assert main(["-q", "push", str(decomposed), "--namespace", "someone-else"]) == 1
     err = capsys.readouterr().err
-    assert "hf-modular push: error: Cannot push to someone-else/" in err and "hf auth login" in err
+    assert "hf-modular push: error: Cannot push to someone-else: the token is user's" in err and "hf auth login" in err
     assert DEFAULT_TOKEN not in err
+    assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER.upper()]) == 1
+    assert f"The Hub spells the namespace 'USER' as '{DEFAULT_USER}'" in capsys.readouterr().err
+    assert main(["-q", "push-parent", str(parent_dir), "USER/the-parent"]) == 1
+    assert f"The Hub spells the namespace 'USER' as '{DEFAULT_USER}'" in capsys.readouterr().err
 
     # `card` writes README.md for a directory, naming the repo when given.
     directory = tmp_path / "carded"

@@ -17,6 +17,7 @@ from ..hub import (
     push_modules,
     refuse_replacing_another_module,
 )
+from ..hub.client import check_repo_id
 from .loading import model_source
 from .options import add_remote_code_option
 
@@ -28,11 +29,16 @@ def print_pushes(results: dict) -> None:
 
 
 def run_push(args: argparse.Namespace) -> None:
+    if not args.create_pr:  # a pull request may go to another's repo
+        check_write_access(args.namespace)  # a namespace misspelled, or not the token's, said as such
     results = push_modules(args.directory, args.namespace, name_template=args.name_template, **_push_options(args))
     print_pushes(results)
 
 
 def run_push_parent(args: argparse.Namespace) -> None:
+    if not args.create_pr:
+        check_repo_id(args.repo_id)
+        check_write_access(args.repo_id.split("/")[0])
     print_pushes({"model": push_directory(model_source(args.directory), args.repo_id, **_push_options(args))})
 
 
