@@ -353,6 +353,10 @@ def test_predict_takes_images_arrays_and_files(strangers, tmp_path):
     assert composed.predict(grey) == composed.predict([image.convert("L") for image in images])
     with pytest.raises(ValueError, match="No images were given"):
         composed.predict([])
+    with pytest.raises(IsADirectoryError, match="is a folder: give its image files"):
+        composed.predict(tmp_path)
+    with pytest.raises(ValueError, match="top must be an integer >= 1"):
+        composed.predict(files, top=0)
     with pytest.raises(FileNotFoundError, match=r"No such image file: .*missing\.png"):
         composed.predict([files[0], tmp_path / "missing.png"])
     with pytest.raises(ValueError, match=r"not float32.*composed\(pixel_values=\.\.\.\)"):

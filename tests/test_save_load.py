@@ -190,8 +190,9 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
         assert expected in capsys.readouterr().err
     # A path that can be no repo id and is not there is said to be missing, not looked up on the Hub.
     for missing in (f"{tmp_path}/gone", "./gone-module", "modules/gone/cat-module"):
-        with pytest.raises(FileNotFoundError, match=f"No such directory: {re.escape(missing)}. Give a saved"):
-            ModularResNetForImageClassification.from_pretrained(missing)
+        for loader in (ModularResNetForImageClassification, ComposedModel):
+            with pytest.raises(FileNotFoundError, match=f"No such directory: {re.escape(missing)}. Give a saved"):
+                loader.from_pretrained(missing)
         assert main(["info", missing]) == 1
         assert f"No such directory: {missing}." in capsys.readouterr().err
     # A saved model of another kind names the loader that takes it (transformers would only warn).

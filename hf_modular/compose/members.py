@@ -144,6 +144,8 @@ def as_pil_list(images: RawImages) -> list[Image.Image]:
         return [images]
     if isinstance(images, (str, os.PathLike)):
         source = os.fspath(images)
+        if os.path.isdir(source):
+            raise IsADirectoryError(f"{source} is a folder: give its image files (a list of paths).")
         if not source.startswith(("http://", "https://")) and not os.path.isfile(source):
             raise FileNotFoundError(f"No such image file: {source}.")
         try:

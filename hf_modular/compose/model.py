@@ -48,9 +48,10 @@ from ..hub import (
     upload_folder,
 )
 from ..models import ModularResNetForImageClassification, image_mode, image_processor_for
-from ..models.loading import check_hub_model_type, check_saved_model
+from ..models.loading import check_hub_model_type, check_local_path, check_saved_model
 from ..module import check_directory_names, module_directory_name
 from ..saving import atomic_directory
+from ..validation import check_number
 from .execution import ExecutionPlan, Head, cached, common_dtype, plan_key, run_alone
 from .fitting import (
     FINGERPRINT_KEYS,
@@ -330,6 +331,7 @@ class ComposedModel(PreTrainedModel):
 
         With `top > 1`, a list of the `top` best labels per image (the paper's top-k).
         """
+        check_number("top", top, minimum=1, integer=True)
         scores = self.scores(self.predict_logits(images))
         if top == 1:
             return [self.labels[i] for i in scores.argmax(dim=1).tolist()]
@@ -571,6 +573,7 @@ class ComposedModel(PreTrainedModel):
             source, subfolder = str(Path(source) / subfolder), ""
         check_saved_model(source, expected=ComposedConfig.model_type)  # a local path: is it a composed model?
         if not Path(source).exists():  # a Hub repo: the same question, asked of its config.json
+            check_local_path(source)  # unless it can be no repo id
             check_hub_model_type(source, ComposedConfig.model_type, {**hub_kwargs, **kwargs})
         config = ComposedConfig.from_pretrained(source, revision=revision, subfolder=subfolder, **hub_kwargs)
         if relabel or (isinstance(given, ComposedConfig) and given.members and given.id2label != config.id2label):

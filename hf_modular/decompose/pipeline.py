@@ -117,6 +117,14 @@ def decompose(
         model_ids = to_model[label_ids(dataset, label_column)]
         counts = torch.bincount(model_ids[model_ids >= 0], minlength=model.config.num_labels)
         absent = [model_labels[i] for i in range(model.config.num_labels) if counts[i] == 0]
+        unbuildable = [model_labels[i] for i in class_indices if counts[i] == 0]
+        if unbuildable:  # all of them named at once, before any warning about the others
+            more = f" and {len(unbuildable) - 10} more" if len(unbuildable) > 10 else ""
+            raise ValueError(
+                f"The dataset (split {split!r}) has no images of {', '.join(map(repr, unbuildable[:10]))}{more}, so "
+                "no module of those can be built. Name the classes to decompose among those it has (classes=[...]; "
+                "--classes a,b), or use a split that has them all."
+            )
         if absent and state.is_main_process:
             more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             logger.warning(
