@@ -134,8 +134,8 @@ def _qualified(strategy: type[Strategy]) -> str:
 
 def _check_option_names(strategy: type[Strategy]) -> None:
     """A strategy's options share one call and one command line with the pipeline's options and every other
-    strategy's: a name of the pipeline's is refused, and so is another strategy's option name with another type or
-    default (one `--flag` serves both)."""
+    strategy's: a name of the pipeline's is refused, and so is another strategy's option name with another type,
+    default or choices (one `--flag` serves both)."""
     fields = dataclasses.fields(strategy)
     taken = sorted(option.name for option in fields if option.name in PIPELINE_OPTIONS)
     if taken:
@@ -148,7 +148,7 @@ def _check_option_names(strategy: type[Strategy]) -> None:
             same = next((field for field in dataclasses.fields(other) if field.name == option.name), None)
             if other.name == strategy.name or same is None:
                 continue
-            theirs, ours = _flag_of(other, same), _flag_of(strategy, option)
+            theirs, ours = _flag_of(same), _flag_of(option)
             if theirs != ours:
                 raise ValueError(
                     f"{strategy.__name__}'s option {option.name!r} ({_described(ours)}) has the name of the "
@@ -157,7 +157,7 @@ def _check_option_names(strategy: type[Strategy]) -> None:
                 )
 
 
-def _flag_of(strategy: type[Strategy], option: dataclasses.Field) -> tuple[str, Any, Any]:
+def _flag_of(option: dataclasses.Field) -> tuple[str, Any, Any]:
     """What a command-line flag takes from an option: its type (by name: an annotation imported for type checkers
     only is not resolved), its default and its choices."""
     annotation = option.type if isinstance(option.type, str) else getattr(option.type, "__name__", str(option.type))
