@@ -191,6 +191,7 @@ def test_a_composition_of_local_modules_survives_moving_it_or_its_work_folder(
     assert main(["info", str(tmp_path / "elsewhere" / "pair"), "--json"]) == 1
     record = json.loads(capsys.readouterr().out)
     assert record["stale_members"] is None and record["members"][1]["source"] == "../../moved/modules/sun-module"
+    assert "in none of the places it recorded" in record["load_error"]  # a script reading the JSON alone knows why
 
 
 def test_bad_compositions(tmp_path, modules_a):

@@ -233,6 +233,7 @@ def test_cli_fit_fits_a_stale_composition_again_as_it_was_fitted(strangers, tmp_
     assert main(["info", str(composed), "--json"]) == 0  # the records, for scripts
     record = json.loads(capsys.readouterr().out)
     assert record["stale_members"] == ["dark"] and record["fit"]["data"]["revision"] == read
+    assert record["load_error"] is None
     assert [entry["source"] for entry in record["members"]] == [str(tmp_path / label) for label in ALL]  # found there
     assert main(["-q", "evaluate", str(composed), "--dataset", data, "--split", "train"]) == 1
     assert "hf-modular fit DIR" in capsys.readouterr().err

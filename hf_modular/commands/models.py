@@ -15,6 +15,7 @@ from ..hub import composed_card, module_card, parent_card
 from ..models import CIFAR10_LABELS, ModularResNetForImageClassification, import_cifar_resnet
 from ..module import REPORT_NAME, describe
 from ..saving import OUR_MODEL_TYPES, atomic_directory, check_overwrite, holds_our_output
+from .errors import message
 from .loading import check_saved_model, load_model, model_source
 from .options import add_overwrite_option, add_pickle_option
 
@@ -24,11 +25,11 @@ CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
 def run_info(args: argparse.Namespace) -> None:
     try:
         model = load_model(args)
-    except OSError:
+    except OSError as error:
         config = _local_composition(args.model)
         if config is None:
             raise
-        _print_composition(config, args.model, None, args.json)  # what it records, then why it fails
+        _print_composition(config, args.model, None, args.json, error)  # what it records, then why it fails
         raise
     if isinstance(model, ComposedModel):
         _print_composition(model.config, args.model, model, args.json)
@@ -103,10 +104,17 @@ def _local_composition(source: str) -> ComposedConfig | None:
         return None
 
 
-def _print_composition(config: ComposedConfig, source: str, composed: ComposedModel | None, json_output: bool) -> None:
+def _print_composition(
+    config: ComposedConfig,
+    source: str,
+    composed: ComposedModel | None,
+    json_output: bool,
+    load_error: OSError | None = None,
+) -> None:
     """What `info` says of a composition: from its config, and from its loaded members when there are (`composed`:
     whether a fit is stale). --json gives its records (a local member's source: where it was found, when
-    loaded), and the members its fit was not made for (null: not loaded)."""
+    loaded), the members its fit was not made for (null: not loaded), and why its members could not be loaded
+    (`load_error`, null when they were), so a script reading the JSON alone knows."""
     labels = [entry["label"] for entry in config.members]
     changed = stale_members(config.fit, labels, list(composed.members)) if config.fit and composed else []
     if json_output:
@@ -118,6 +126,7 @@ def _print_composition(config: ComposedConfig, source: str, composed: ComposedMo
             "rule": config.rule,
             "fit": config.fit,
             "stale_members": changed if composed is not None else None,
+            "load_error": None if load_error is None else message(load_error),
         }
         print(json.dumps(record, indent=2))
         return
