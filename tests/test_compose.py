@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -232,6 +233,8 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     assert (tmp_path / "materialized" / "modules" / "dark-module" / "model.safetensors").is_file()
     card = (tmp_path / "materialized" / "modules" / "dark-module" / "README.md").read_text()
     assert "**class module** for `dark`" in card
+    parents = re.search(r"Decomposed from: .*\.", (tmp_path / "by-reference" / "README.md").read_text())
+    assert parents and parents.group() in (tmp_path / "materialized" / "README.md").read_text()  # stored, still named
     for directory in ("by-reference", "materialized"):
         loaded = ComposedModel.from_pretrained(tmp_path / directory)
         assert loaded.labels == ["dark", "sun"]
@@ -263,7 +266,7 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
     stored.replace("dark", tmp_path / "hub" / "dark-module")
     stored.save_pretrained(tmp_path / "materialized")
     members = json.loads((tmp_path / "materialized" / "config.json").read_text())["members"]
-    assert all(set(entry) == {"label", "subfolder"} for entry in members), members
+    assert all(set(entry) == {"label", "subfolder", "parent"} for entry in members), members
     shutil.rmtree(tmp_path / "hub")  # nothing outside it is needed
     torch.testing.assert_close(
         ComposedModel.from_pretrained(tmp_path / "materialized").predict_logits(images), expected, rtol=0, atol=0

@@ -525,7 +525,9 @@ class ComposedModel(PreTrainedModel):
                     subfolder = f"{MODULES_FOLDER}/{module_directory_name(entry['label'])}"
                     module.save_pretrained(Path(staging) / subfolder)
                     module_card(module.config).save(Path(staging) / subfolder / "README.md")  # its origin travels too
-                    entry = {"label": entry["label"], "subfolder": subfolder}
+                    # The parent stays on record (an older record may have none): the card names it.
+                    parent = {"parent": entry["parent"]} if entry.get("parent") else {}
+                    entry = {"label": entry["label"], "subfolder": subfolder, **parent}
                 elif local:  # by path, and by its weights, to tell when the module there is changed
                     entry = {**local_member_entry(entry, save_directory), **fingerprint_record(module)}
                 config.members[index] = entry
