@@ -160,6 +160,7 @@ def test_cli_compose_fit(strangers, tmp_path, capsys):
     assert main(["info", str(output)]) == 0  # a composition is described too
     described = capsys.readouterr().out
     assert "composed of" in described and "fit" in described and "32 images" in described
+    assert "vote, over the fitted heads" in described  # not the paper's vote over the modules' own heads
     fit = json.loads((output / "config.json").read_text())["fit"]
     assert fit["data"]["images_per_class"] == 8 and set(fit["heads"]) == set(ALL)
     assert (

@@ -157,7 +157,7 @@ def _composed_summary(config: ComposedConfig, source: str, changed: list[str]) -
         if all("subfolder" in entry for entry in config.members)
         else f"{sum('subfolder' in entry for entry in config.members)} of {len(config.members)}",
         "input": [config.num_channels, config.image_size, config.image_size],
-        "rule": config.rule,
+        "rule": f"{config.rule}, over the fitted heads" if config.fit else config.rule,
         "fit": None if not config.fit else f"{config.fit['data']['images']} images of {fitted_on}" + stale,
     }
 

@@ -94,10 +94,12 @@ class ComposedConfig(PreTrainedConfig):
 
     Args:
         members (`list[dict]`):
-            One entry per module, in output order: `label`, and where the module comes from: `source` (a Hub repo
-            id, or a local path: saved relative to the composition's directory, `./` or `../` first, beside its
-            `absolute_path`) with `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored
-            inside the composed model's own directory or repo, `materialize=True`).
+            One entry per module, in output order: `label`, `parent` (the Hub id or directory name of the model it
+            was decomposed from, for the card), and where the module comes from: `source` (a Hub repo id, or a
+            local path: saved relative to the composition's directory, `./` or `../` first, beside its
+            `absolute_path` and its weights' `weights_sha256*`, which tell when the module there has changed) with
+            `revision` (a commit sha, pinned when saved), or `subfolder` (a module stored inside the composed
+            model's own directory or repo, `materialize=True`).
         rule (`str`, defaults to `"vote"`):
             How the modules' answers become one: `"vote"`, the paper's rule over own-class probabilities, or
             `"calibrated"`, plain argmax over each module's calibrated own-class probability (see
@@ -135,8 +137,9 @@ class ComposedConfig(PreTrainedConfig):
 class ComposedModel(PreTrainedModel):
     """A classifier whose classes are answered by class modules.
 
-    `forward(pixel_values)` takes (B, C, H, W) images in [0, 1] and returns logits (B, M): the log of each module's
-    own-class probability, so argmax and softmax follow the paper's vote.
+    `forward(pixel_values)` takes (B, C, H, W) images in [0, 1] and returns logits (B, M): per module, the log of
+    its own-class probability, from its own head or its fitted one (`fit`), calibrated under `rule="calibrated"`.
+    Their argmax is the composition's answer (with the modules' own heads, the paper's vote).
     """
 
     config_class = ComposedConfig
@@ -342,6 +345,8 @@ class ComposedModel(PreTrainedModel):
         own-class probability (the paper's vote always picks their argmax), or of its calibrated probability."""
         if self.config.rule == "vote":
             return own_class_log_probabilities(module_logits)
+        if self.config.rule != "calibrated":  # a new rule in `RULES` needs its own branch here
+            raise NotImplementedError(f"ComposedModel.scores has no branch for rule {self.config.rule!r}.")
         missing = [label for label in self.labels if label not in (self.config.calibration or {})]
         if missing:
             raise ValueError(
@@ -394,7 +399,8 @@ class ComposedModel(PreTrainedModel):
         return calibration
 
     def drop_fit(self) -> None:
-        """Forget a fit or a calibration: the members answer with their own heads by the paper's vote again."""
+        """Forget a fit and a calibration alike: the members answer with their own heads by the paper's vote
+        again."""
         self.config.fit, self.config.calibration, self.config.rule = None, None, "vote"
 
     def fit(
