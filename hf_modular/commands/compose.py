@@ -14,9 +14,11 @@ from ..saving import atomic_directory, check_overwrite
 from ..validation import cli_number
 from .hub import print_pushes, refuse_a_model_push_now
 from .loading import model_source
-from .options import add_column_options, add_overwrite_option, default_of
+from .options import add_column_options, add_dataset_version_options, add_overwrite_option, default_of
 
 FIT_IMAGES_PER_CLASS = default_of(ComposedModel.fit, "images_per_class")
+CALIBRATION_IMAGES = default_of(ComposedModel.calibrate, "max_images")
+CALIBRATION_SPLIT = default_of(ComposedModel.calibrate, "split")
 
 
 def run_compose(args: argparse.Namespace) -> None:
@@ -210,7 +212,9 @@ def run_replace(args: argparse.Namespace) -> None:
 
 def run_fit(args: argparse.Namespace) -> None:
     if args.calibrate and args.images_per_class is not None:
-        raise ValueError("--calibrate uses every image of --split (at most 5,000); --images-per-class is for fits.")
+        raise ValueError(
+            f"--calibrate uses every image of --split (at most {CALIBRATION_IMAGES:,}); --images-per-class is for fits."
+        )
     data_options = (args.dataset, args.fit_split, args.images_per_class, args.dataset_revision, args.dataset_config)
     if args.drop and (args.calibrate or any(data_options)):
         raise ValueError("--drop drops the fit and fits nothing: it takes no data options.")
@@ -225,7 +229,7 @@ def run_fit(args: argparse.Namespace) -> None:
     dataset = args.dataset or _last_fit_dataset(composed, args.composed)
     if args.calibrate:  # of the modules' own heads: a fit's heads are calibrated by construction
         same_data = _last_fit(composed, dataset)
-        split = args.fit_split or same_data.get("split") or "train"
+        split = args.fit_split or same_data.get("split") or CALIBRATION_SPLIT
         if composed.config.fit and distributed_state().is_main_process:
             print("Its fit is dropped: calibration is of the modules' own heads (fitted heads are calibrated already).")
         _calibrate(composed, dataset, split, args, same_data)
@@ -286,24 +290,11 @@ def _add_calibrate_options(command: argparse.ArgumentParser) -> None:
         help="fit each module's own-class probability on this labelled dataset and answer by plain argmax over the "
         "calibrated probabilities instead of the paper's vote (use held-out images)",
     )
-    command.add_argument("--calibrate-split", default="train", metavar="SPLIT", help="of --calibrate (default: train)")
-
-
-def add_dataset_version_options(command: argparse.ArgumentParser, of: str, *, after_a_fit: bool = True) -> None:
-    """The Hub dataset's revision and configuration, for the data options named in `of`; `after_a_fit`: the
-    command works on a composition that may have been fitted, whose last fit's choices are the defaults."""
-    last_commit = "the commit the last fit on it read, else " if after_a_fit else ""
     command.add_argument(
-        "--dataset-revision",
-        default=None,
-        metavar="REV",
-        help=f"branch, tag or commit of the Hub dataset of {of} (default: {last_commit}its main branch)",
-    )
-    command.add_argument(
-        "--dataset-config",
-        default=None,
-        metavar="NAME",
-        help=f"configuration of the Hub dataset of {of}" + (" (default: the last fit's on it)" if after_a_fit else ""),
+        "--calibrate-split",
+        default=CALIBRATION_SPLIT,
+        metavar="SPLIT",
+        help=f"of --calibrate (default: {CALIBRATION_SPLIT})",
     )
 
 
@@ -386,7 +377,7 @@ def add_fit_arguments(command: argparse.ArgumentParser) -> None:
         "--calibrate",
         action="store_true",
         help="Platt-calibrate the modules' own heads instead (rule 'calibrated'; every image of --split, at most "
-        "5,000)",
+        f"{CALIBRATION_IMAGES:,})",
     )
     command.add_argument(
         "--drop",

@@ -30,10 +30,28 @@ def add_compute_options(command: argparse.ArgumentParser) -> None:
 
 
 def add_data_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
-    command.add_argument("--dataset-config", default=None, metavar="NAME", help="a Hub dataset's configuration")
+    """The data options of a command that reads one dataset (`--dataset`)."""
+    add_dataset_version_options(command, "--dataset", after_a_fit=False)
     command.add_argument(
         "--num-workers", type=cli_number(minimum=0, integer=True), default=0, help="processes that decode images"
+    )
+
+
+def add_dataset_version_options(command: argparse.ArgumentParser, of: str, *, after_a_fit: bool = True) -> None:
+    """The Hub dataset's revision and configuration, for the data options named in `of`; `after_a_fit`: the
+    command works on a composition that may have been fitted, whose last fit's choices are the defaults."""
+    last_commit = "the commit the last fit on it read, else " if after_a_fit else ""
+    command.add_argument(
+        "--dataset-revision",
+        default=None,
+        metavar="REV",
+        help=f"branch, tag or commit of the Hub dataset of {of} (default: {last_commit}its main branch)",
+    )
+    command.add_argument(
+        "--dataset-config",
+        default=None,
+        metavar="NAME",
+        help=f"configuration of the Hub dataset of {of}" + (" (default: the last fit's on it)" if after_a_fit else ""),
     )
 
 
