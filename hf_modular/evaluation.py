@@ -158,7 +158,8 @@ def _say_when_images_are_resized(dataset: datasets.Dataset, image_column: str, s
 class CompositionAccuracy:
     """The parent and its composed modules measured on the same images.
 
-    `module_binary_accuracy` maps label -> share of images where the module's own/rest decision was right.
+    `module_binary_accuracy` maps label -> share of images where the module's own/rest decision was right (the
+    accuracy of its `own_vs_rest` quality).
     `own_vs_rest` maps label -> {"module": quality, "parent": quality}: each module's own decision and the parent's
     own one-vs-rest decision for that class (softmax probability > 0.5), as `own_vs_rest_quality` measures them.
     `parent_among_classes`: the parent choosing among the modules' classes only (its other logits left out), the
@@ -201,11 +202,12 @@ def evaluate_composition(
     shared = ExecutionPlan(members, [0] * len(members))  # every module reads the parent's input
     parent.eval()
     warn_if_off_the_process_device(parent, state, "evaluate_composition")
-    # parent top-1, top-5, composed top-1, top-5, count, parent among the modules' classes top-1, top-5
-    tallies = torch.zeros(7, dtype=torch.long)
-    binary_hits = torch.zeros(len(modules), dtype=torch.long)
-    per_class = torch.zeros(len(modules), 4, dtype=torch.long)  # parent hits, composed hits, count, parent among
-    module_probabilities, parent_probabilities, seen_labels = [], [], []  # per batch: (B, M), (B, M), (B,)
+    ranks = min(5, parent.config.num_labels), min(5, len(members))
+    # Per batch, the classes each answer ranks first (or first k): the parent among all its classes and among the
+    # modules' classes only, and the composition (top-1 by the paper's vote, top-k by own-class probability); and each
+    # module's and the parent's probability of the module's class, (B, M).
+    answers: dict[str, list[torch.Tensor]] = {key: [] for key in ("parent", "among", "composed_top1", "composed")}
+    module_probabilities, parent_probabilities, seen_labels = [], [], []
     with split_rows(state, len(dataset)) as rows:
         shard = dataset.select(rows)
     batches = iterate_batches(
@@ -228,53 +230,26 @@ def evaluate_composition(
         with autocast(state):
             parent_logits = parent(to_model(pixel_values, parent)).logits.float().cpu()
             module_logits = shared([to_model(pixel_values, member) for member in members]).float().cpu()
-        parent_top = parent_logits.topk(min(5, parent.config.num_labels), dim=1).indices
-        among_top = module_classes[parent_logits[:, module_classes].topk(min(5, len(members)), dim=1).indices]
-        composed_top1 = module_classes[vote(module_logits)]
-        composed_top = module_classes[top_k(module_logits)]
-        tallies += torch.tensor(
-            [
-                (parent_top[:, 0] == labels).sum(),
-                (parent_top == labels[:, None]).any(1).sum(),
-                (composed_top1 == labels).sum(),
-                (composed_top == labels[:, None]).any(1).sum(),
-                len(labels),
-                (among_top[:, 0] == labels).sum(),
-                (among_top == labels[:, None]).any(1).sum(),
-            ]
-        )
-        claims = module_logits[..., 0] > module_logits[..., 1]
-        binary_hits += (claims == (labels[:, None] == module_classes[None, :])).sum(0)
+        answers["parent"].append(parent_logits.topk(ranks[0], dim=1).indices)
+        answers["among"].append(module_classes[parent_logits[:, module_classes].topk(ranks[1], dim=1).indices])
+        answers["composed_top1"].append(module_classes[vote(module_logits)][:, None])
+        answers["composed"].append(module_classes[top_k(module_logits)])
         module_probabilities.append(own_class_probabilities(module_logits))
         parent_probabilities.append(parent_logits.softmax(dim=1)[:, module_classes])
         seen_labels.append(labels)
-        mine = labels[:, None] == module_classes[None, :]  # (B, M): image b is of module m's class
-        right = torch.stack(
-            [
-                parent_top[:, 0] == labels,
-                composed_top1 == labels,
-                torch.ones_like(labels, dtype=torch.bool),
-                among_top[:, 0] == labels,
-            ]
-        )
-        per_class += (mine[None] & right[:, :, None]).sum(1).T  # per module: the four counts above
-    tallies, binary_hits, per_class = (sum_over_processes(t, state) for t in (tallies, binary_hits, per_class))
-    count = int(tallies[4])
-    if count == 0:
+    widths = {"parent": ranks[0], "among": ranks[1], "composed_top1": 1, "composed": ranks[1]}
+    answers = {key: _concat(parts, (widths[key],), torch.long, state) for key, parts in answers.items()}
+    seen_labels = _concat(seen_labels, (), torch.long, state)
+    module_probabilities, parent_probabilities = (
+        _concat(parts, (len(modules),), torch.float32, state) for parts in (module_probabilities, parent_probabilities)
+    )
+    if len(seen_labels) == 0:
         raise ValueError("No image of the dataset belongs to a module's class: nothing to evaluate.")
 
-    def accuracy(top1: int, top5: int, hits: int) -> Accuracy:  # from tallies' and per_class' columns
-        recalls = {label: float(v[hits] / v[2]) for label, v in zip(modules, per_class, strict=True) if v[2]}
-        return Accuracy(float(tallies[top1] / count), float(tallies[top5] / count), count, recalls)
+    def accuracy(top1: torch.Tensor, top: torch.Tensor) -> Accuracy:
+        return _accuracy(top1[:, 0], top, seen_labels, dict(zip(modules, module_classes.tolist(), strict=True)))
 
-    parent_accuracy, composed_accuracy, among_accuracy = accuracy(0, 1, 0), accuracy(2, 3, 1), accuracy(5, 6, 3)
-    binary = {label: float(binary_hits[m] / count) for m, label in enumerate(modules)}
-    seen_labels = concat_over_processes(torch.cat(seen_labels or [torch.empty(0, dtype=torch.long)]), state)
-    module_probabilities, parent_probabilities = (
-        concat_over_processes(torch.cat(parts or [torch.empty(0, len(modules))]), state)
-        for parts in (module_probabilities, parent_probabilities)
-    )
-    truth = seen_labels[:, None] == module_classes[None, :]  # (N, M)
+    truth = seen_labels[:, None] == module_classes[None, :]  # (N, M): image n is of module m's class
     own_vs_rest = {
         label: {
             "module": own_vs_rest_quality(module_probabilities[:, m], truth[:, m]),
@@ -282,7 +257,31 @@ def evaluate_composition(
         }
         for m, label in enumerate(modules)
     }
-    return CompositionAccuracy(parent_accuracy, composed_accuracy, binary, own_vs_rest, among_accuracy)
+    return CompositionAccuracy(
+        parent=accuracy(answers["parent"], answers["parent"]),
+        composed=accuracy(answers["composed_top1"], answers["composed"]),
+        module_binary_accuracy={label: quality["module"]["accuracy"] for label, quality in own_vs_rest.items()},
+        own_vs_rest=own_vs_rest,
+        parent_among_classes=accuracy(answers["among"], answers["among"]),
+    )
+
+
+def _concat(parts: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype, state: DistributedState):
+    """A process's per-batch tensors, concatenated over its batches and then over every process (rank order)."""
+    return concat_over_processes(torch.cat(parts) if parts else torch.empty(0, *shape, dtype=dtype), state)
+
+
+def _accuracy(top1: torch.Tensor, top: torch.Tensor, labels: torch.Tensor, classes: dict[str, int]) -> Accuracy:
+    """(N,) first answers and (N, k) ranked answers against (N,) labels: top-1, top-k, and each class's recall (the
+    share of its images answered right first), for the classes in `classes` (label -> index) that have images."""
+    right = top1 == labels
+    recalls = {
+        label: right[labels == index].float().mean().item()
+        for label, index in classes.items()
+        if (labels == index).any()
+    }
+    top_k_hits = (top == labels[:, None]).any(dim=1)
+    return Accuracy(right.float().mean().item(), top_k_hits.float().mean().item(), len(labels), recalls)
 
 
 def _progress(batches, rows: int, batch_size: int, state: DistributedState, progress: bool):
