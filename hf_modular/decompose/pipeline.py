@@ -76,9 +76,10 @@ def decompose(
         classes: label names to build modules for (default: all of the model's classes).
         samples_per_class: own-class inputs observed per module (fewer when the class has fewer).
         negatives_ratio: negatives per own input, spread evenly over the other classes (the paper: 1.0).
-        strategy: a registered strategy's name (`hf_modular.decompose.STRATEGIES`): `"activation"` (the paper's
-            method; options `sites`, `backtrack`, `delta`, `backtrack_input`, see `ActivationStrategy`) or
-            `"channel"` (compact modules, see `ChannelStrategy`). `strategy_options` go to its class.
+        strategy: a registered strategy's name (`from hf_modular.decompose import STRATEGIES`): `"activation"`
+            (the paper's method; options `sites`, `backtrack`, `delta`, `backtrack_input`, see
+            `ActivationStrategy`) or `"channel"` (compact modules, see `ChannelStrategy`). `strategy_options` go to
+            its class.
         dataset_revision: the Hub dataset's branch, tag or commit to load; the commit it resolves to is recorded.
         dataset_config: the Hub dataset's configuration (`datasets.load_dataset`'s `name`).
         num_workers: DataLoader worker processes that decode and preprocess images (0: in this process).
@@ -115,24 +116,7 @@ def decompose(
         names = label_names(dataset, label_column)
         to_model = dataset_to_model_labels(names, model_labels)  # a dataset of some of the model's classes will do
         model_ids = to_model[label_ids(dataset, label_column)]
-        counts = torch.bincount(model_ids[model_ids >= 0], minlength=model.config.num_labels)
-        absent = [model_labels[i] for i in range(model.config.num_labels) if counts[i] == 0]
-        unbuildable = [model_labels[i] for i in class_indices if counts[i] == 0]
-        if unbuildable:  # all of them named at once, before any warning about the others
-            more = f" and {len(unbuildable) - 10} more" if len(unbuildable) > 10 else ""
-            raise ValueError(
-                f"The dataset (split {split!r}) has no images of {', '.join(map(repr, unbuildable[:10]))}{more}, so "
-                "no module of those can be built. Name the classes to decompose among those it has (classes=[...]; "
-                "--classes a,b), or use a split that has them all."
-            )
-        if absent and state.is_main_process:
-            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
-            logger.warning(
-                "The dataset has no images of %s: the modules are told apart only from the classes it has images "
-                "of, so they compose worse with modules of the others. Decompose on data of every class the "
-                "modules will meet.",
-                ", ".join(map(repr, absent[:5])) + more,
-            )
+        _check_class_coverage(model_ids, class_indices, model_labels, split, state)
         if model.config.stem_type == "cifar":  # small-input models are decomposed at their own size, not resized
             _check_image_size(dataset, image_column, model.config.image_size)
 
@@ -203,6 +187,33 @@ def decompose(
         modules[label] = label_module(module.to(device), provenance)
     model.to(device)  # the caller's model goes back where it was
     return modules
+
+
+def _check_class_coverage(
+    model_ids: torch.Tensor, class_indices: list[int], model_labels: dict[int, str], split: str, state: PartialState
+) -> None:
+    """Refuse a dataset without images of a class to decompose (all such classes named at once), and warn when it
+    lacks other classes of the model: their images are what the modules learn to answer "rest" to.
+
+    `model_ids`: each row's class as the model's index (-1: a class the model does not have)."""
+    counts = torch.bincount(model_ids[model_ids >= 0], minlength=len(model_labels))
+    absent = [model_labels[i] for i in range(len(model_labels)) if counts[i] == 0]
+    unbuildable = [model_labels[i] for i in class_indices if counts[i] == 0]
+    if unbuildable:
+        more = f" and {len(unbuildable) - 10} more" if len(unbuildable) > 10 else ""
+        raise ValueError(
+            f"The dataset (split {split!r}) has no images of {', '.join(map(repr, unbuildable[:10]))}{more}, so "
+            "no module of those can be built. Name the classes to decompose among those it has (classes=[...]; "
+            "--classes a,b), or use a split that has them all."
+        )
+    if absent and state.is_main_process:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        logger.warning(
+            "The dataset has no images of %s: the modules are told apart only from the classes it has images "
+            "of, so they compose worse with modules of the others. Decompose on data of every class the "
+            "modules will meet.",
+            ", ".join(map(repr, absent[:5])) + more,
+        )
 
 
 def refuse_a_module(model: ModularResNetForImageClassification) -> None:
