@@ -135,8 +135,12 @@ def pooled_features(
 
 def logistic_regression(features: torch.Tensor, targets: torch.Tensor, l2: float) -> tuple[torch.Tensor, float]:
     """(N, F) features and (N,) 0/1 targets -> the weight (F,) and bias of `sigmoid(w . x + b)` that maximise the
-    likelihood with an L2 penalty `l2 * |w|^2` (L-BFGS, in float64)."""
-    x, y = features.double(), targets.double()
+    likelihood with an L2 penalty `l2 * |w|^2` (L-BFGS, in float64). Callable under `torch.inference_mode`."""
+    with torch.inference_mode(False), torch.enable_grad():  # copies: inference tensors cannot be saved for backward
+        return _logistic_regression(features.double().clone(), targets.double().clone(), l2)
+
+
+def _logistic_regression(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, float]:
     scale = x.std(0).clamp_min(1e-6)  # fitted on standardised features, returned for the raw ones
     center = x.mean(0)
     standard = (x - center) / scale
@@ -150,11 +154,18 @@ def logistic_regression(features: torch.Tensor, targets: torch.Tensor, l2: float
         value.backward()
         return value
 
-    with torch.enable_grad():
-        optimizer.step(loss)
+    optimizer.step(loss)
     weight = parameters[:-1].detach() / scale
     bias = float(parameters[-1].detach() - (weight * center).sum())
     return weight.float(), bias
+
+
+def fit_platt(margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Platt scaling per module: (N, M) margins (own logit minus rest logit) and (N, M) 0/1 targets -> (M, 2)
+    `[scale, bias]` so that `sigmoid(scale * margin + bias)` matches each module's class frequency: a logistic
+    regression on one feature, the margin, without penalty."""
+    fitted = [logistic_regression(margins[:, [m]], targets[:, m], l2=0.0) for m in range(margins.shape[1])]
+    return torch.tensor([[float(weight[0]), bias] for weight, bias in fitted])
 
 
 def fit_heads(

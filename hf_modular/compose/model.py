@@ -57,6 +57,7 @@ from .fitting import (
     FINGERPRINT_KEYS,
     fingerprint_record,
     fit_heads,
+    fit_platt,
     fitted_heads,
     is_recorded_member,
     stale_members,
@@ -80,7 +81,7 @@ from .members import (
     member_label,
     prepare_inputs,
 )
-from .rules import RULES, calibrated_scores, fit_platt, module_margins, own_class_log_probabilities
+from .rules import RULES, calibrated_scores, module_margins, own_class_log_probabilities
 
 MODULES_FOLDER = "modules"
 

@@ -49,25 +49,6 @@ def top_k(module_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     return margins.topk(min(k, margins.shape[1]), dim=1).indices
 
 
-def fit_platt(margins: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Platt scaling per module: (N, M) margins (own logit minus rest logit) and (N, M) 0/1 targets -> (M, 2)
-    `[scale, bias]` so that `sigmoid(scale * margin + bias)` matches each module's class frequency."""
-    with torch.inference_mode(False), torch.enable_grad():
-        margins, targets = margins.clone(), targets.clone()
-        parameters = torch.tensor([[1.0, 0.0]] * margins.shape[1], requires_grad=True)
-        optimizer = torch.optim.LBFGS([parameters], max_iter=200, line_search_fn="strong_wolfe")
-
-        def loss() -> torch.Tensor:
-            optimizer.zero_grad()
-            logits = parameters[:, 0] * margins + parameters[:, 1]
-            value = F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / len(margins)
-            value.backward()
-            return value
-
-        optimizer.step(loss)
-    return parameters.detach()
-
-
 def calibrated_scores(module_logits: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
     """(B, M, 2) module logits and (M, 2) `[scale, bias]` -> (B, M) log of each calibrated own-class probability."""
     margin = module_margins(module_logits)
