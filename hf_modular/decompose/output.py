@@ -105,7 +105,17 @@ def decompose_to_directory(
         if refusal:
             raise refusal
         return _write_decomposition(
-            model, dataset, output, wanted, eval_dataset, eval_split, eval_limit, state, progress, overwrite, options
+            model,
+            dataset,
+            output,
+            wanted=wanted,
+            eval_dataset=eval_dataset,
+            eval_split=eval_split,
+            eval_limit=eval_limit,
+            state=state,
+            progress=progress,
+            overwrite=overwrite,
+            options=options,
         )
 
 
@@ -113,6 +123,7 @@ def _write_decomposition(
     model: ModularResNetForImageClassification,
     dataset: datasets.Dataset | str | os.PathLike,
     output: Path,
+    *,
     wanted: list[str],
     eval_dataset: datasets.Dataset | str | os.PathLike | None,
     eval_split: str,
@@ -141,18 +152,7 @@ def _write_decomposition(
     todo = [label for label in wanted if label not in done]
     earlier = _read_report(output) if not todo else None  # nothing rebuilt: the earlier measurements still hold
 
-    timings: dict[str, float] = {}
-    if todo:
-        logger.info("Decomposing into %d module(s): %s", len(todo), ", ".join(todo))
-        modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, **options)
-        timings["decompose_seconds"] = time.perf_counter() - started
-        timings["statistics_seconds"] = next(iter(modules.values())).config.provenance.compute["statistics_seconds"]
-        # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
-        if state.is_main_process:
-            with library_bars_off():  # one module after the other, each a few small files: no bar per file
-                for label, module in modules.items():
-                    module.save_pretrained(output / module_directory_name(label))
-        state.wait_for_everyone()
+    timings = _build_and_save(model, dataset, output, todo, state, progress, options) if todo else {}
     if state.is_main_process and overwrite:
         # What the output held at the start and is not this run's goes, now that this run's modules exist; nothing
         # that appeared meanwhile is touched.
@@ -191,6 +191,32 @@ def _write_decomposition(
     timings["total_seconds"] = time.perf_counter() - started
     _write_json_atomically(output / REPORT_NAME, report)
     return report
+
+
+def _build_and_save(
+    model: ModularResNetForImageClassification,
+    dataset: datasets.Dataset | str | os.PathLike,
+    output: Path,
+    todo: list[str],
+    state: PartialState,
+    progress: bool,
+    options: dict[str, Any],
+) -> dict[str, float]:
+    """Decompose the classes `todo` and save their modules into `output`; returns the timings for the report."""
+    logger.info("Decomposing into %d module(s): %s", len(todo), ", ".join(todo))
+    started = time.perf_counter()
+    modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, **options)
+    timings = {
+        "decompose_seconds": time.perf_counter() - started,
+        "statistics_seconds": next(iter(modules.values())).config.provenance.compute["statistics_seconds"],
+    }
+    # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
+    if state.is_main_process:
+        with library_bars_off():  # one module after the other, each a few small files: no bar per file
+            for label, module in modules.items():
+                module.save_pretrained(output / module_directory_name(label))
+    state.wait_for_everyone()
+    return timings
 
 
 def _load_eval_data(
