@@ -12,7 +12,14 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from torch import nn
 from transformers import PreTrainedConfig
 
-from ..module import ModuleProvenance, count_parameters, describe, parent_name, weights_sha256
+from ..module import (
+    OWN_VS_REST_METRICS,
+    ModuleProvenance,
+    count_parameters,
+    describe,
+    parent_name,
+    weights_sha256,
+)
 from ..module.provenance import ParentRecord
 
 TAGS = ["hf-modular", "image-classification"]
@@ -65,6 +72,7 @@ def module_card(config: PreTrainedConfig, repo_id: str | None = None, *, license
         info=info,
         description=describe(info),
         evaluation=evaluation,
+        quality_metrics=OWN_VS_REST_METRICS,
         repo_id=repo_id or f"path/to/{info.target_label}-module",
         parent_link=_parent_link(parent),
         parent_revision=f"`{parent.revision}`" if parent.revision else "local weights (see sha256)",
@@ -237,19 +245,16 @@ def _module_results(info: ModuleProvenance) -> list[EvalResult]:
         "dataset_split": evaluation["split"],
         "dataset_revision": info.dataset.revision if same_data else None,
     }
-    label = info.target_label
     quality = evaluation.get("own_vs_rest", {}).get("module") or {"accuracy": evaluation["binary_accuracy"]}
-    names = {
-        "accuracy": ("accuracy", f"Own-vs-rest accuracy ({label} vs rest)"),
-        "precision": ("precision", f"Precision of '{label}'"),
-        "recall": ("recall", f"Recall of '{label}'"),
-        "auc": ("roc_auc", f"ROC AUC ({label} vs rest)"),
-        "ece": ("expected_calibration_error", f"Expected calibration error of P({label})"),
-    }
     return [
-        EvalResult(metric_type=names[key][0], metric_value=round(value, 4), metric_name=names[key][1], **common)
-        for key, value in quality.items()
-        if key in names and value is not None  # an AUC without negatives is undefined, not a result
+        EvalResult(
+            metric_type=metric.hub_type,
+            metric_value=round(quality[metric.key], 4),
+            metric_name=metric.hub_name.format(label=info.target_label),
+            **common,
+        )
+        for metric in OWN_VS_REST_METRICS
+        if quality.get(metric.key) is not None  # an AUC without negatives is undefined, not a result
     ]
 
 

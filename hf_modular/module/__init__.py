@@ -6,7 +6,9 @@ layer above can use them.
 
 from .description import ModuleDescription, describe, register_describer
 from .metrics import (
+    OWN_VS_REST_METRICS,
     MacCounter,
+    QualityMetric,
     count_macs,
     count_parameters,
     jaccard_index,
@@ -18,12 +20,14 @@ from .naming import REPORT_NAME, REST_LABEL, check_directory_names, module_direc
 from .provenance import SCHEMA_VERSION, ModuleProvenance
 
 __all__ = [
+    "OWN_VS_REST_METRICS",
     "REPORT_NAME",
     "REST_LABEL",
     "SCHEMA_VERSION",
     "MacCounter",
     "ModuleDescription",
     "ModuleProvenance",
+    "QualityMetric",
     "check_directory_names",
     "count_macs",
     "count_parameters",

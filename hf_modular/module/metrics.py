@@ -7,6 +7,7 @@ The model is asked for its structure (`model.blocks()`, each block's `conv_names
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -98,6 +99,41 @@ def count_macs(model: nn.Module, pixel_values: torch.Tensor) -> int:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
+
+
+@dataclass(frozen=True)
+class QualityMetric:
+    """One figure of `own_vs_rest_quality`, and how the module's card shows and publishes it."""
+
+    key: str  # its key in `own_vs_rest_quality`'s answer
+    column: str  # the card table's column
+    hub_type: str  # the Hub's metric type, in the card's model-index
+    hub_name: str  # its name in the model-index, `{label}` for the module's class
+    percent: bool  # shown as a percentage; else with four decimals
+
+    def format(self, value: float | None) -> str:
+        """The table cell: "-" for a figure that is undefined (an AUC without negatives) or not recorded (a module
+        measured by an earlier release)."""
+        if value is None:
+            return "-"
+        return f"{100 * value:.2f}%" if self.percent else f"{value:.4f}"
+
+
+# The figures of a module's own decision, in the order its card shows them. A new one is a row here and a key in
+# `own_vs_rest_quality`: the card's table and its model-index follow.
+OWN_VS_REST_METRICS = (
+    QualityMetric("accuracy", "accuracy", "accuracy", "Own-vs-rest accuracy ({label} vs rest)", percent=True),
+    QualityMetric("precision", "precision", "precision", "Precision of '{label}'", percent=True),
+    QualityMetric("recall", "recall", "recall", "Recall of '{label}'", percent=True),
+    QualityMetric("auc", "AUC", "roc_auc", "ROC AUC ({label} vs rest)", percent=False),
+    QualityMetric(
+        "ece",
+        "calibration error (ECE)",
+        "expected_calibration_error",
+        "Expected calibration error of P({label})",
+        percent=False,
+    ),
+)
 
 
 def own_vs_rest_quality(probabilities: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> dict[str, float | None]:
