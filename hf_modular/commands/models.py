@@ -13,7 +13,7 @@ from ..compose import ComposedConfig, ComposedModel
 from ..compose.fitting import stale_members
 from ..hub import composed_card, module_card, parent_card
 from ..models import CIFAR10_LABELS, ModularResNetForImageClassification, import_cifar_resnet
-from ..module import REPORT_NAME, describe
+from ..module import REPORT_NAME, count_parameters, describe
 from ..saving import OUR_MODEL_TYPES, atomic_directory, check_overwrite, holds_our_output
 from .errors import message
 from .loading import check_saved_model, load_model, model_source
@@ -44,7 +44,7 @@ def run_info(args: argparse.Namespace) -> None:
         "stem": config.stem_type,
         "shortcut": config.shortcut,
         "input": [config.num_channels, config.image_size, config.image_size],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": count_parameters(model),
         "labels": [config.id2label[i] for i in range(config.num_labels)],
         "sites": len(model.sites()),
         "masked_sites": len(config.mask_shapes or {}),

@@ -180,7 +180,7 @@ def composed_card(
         evaluation=evaluation,
         answering=_how_a_composition_answers(config),
         repo_id=repo_id or "path/to/composed",
-        input_size=f"{config.num_channels}x{config.image_size}x{config.image_size}",
+        input_size=_input_size(config),
     )
 
 
@@ -258,9 +258,13 @@ def _module_results(info: ModuleProvenance) -> list[EvalResult]:
     ]
 
 
+def _input_size(config: PreTrainedConfig) -> str:
+    return f"{config.num_channels}x{config.image_size}x{config.image_size}"
+
+
 def _input_fields(config: PreTrainedConfig) -> dict[str, Any]:
     return {
-        "input_size": f"{config.num_channels}x{config.image_size}x{config.image_size}",
+        "input_size": _input_size(config),
         "mean": [round(m, 4) for m in config.image_mean],
         "std": [round(s, 4) for s in config.image_std],
         "architecture": _architecture(config),
