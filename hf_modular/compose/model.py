@@ -597,37 +597,46 @@ class ComposedModel(PreTrainedModel):
                 "a classifier or module with AutoModelForImageClassification, or compose modules with "
                 "ComposedModel.from_modules."
             )
-        referenced = [entry for entry in config.members if not entry.get("subfolder")]
-        for entry in referenced:  # a crafted config must not name paths on this machine from a Hub repo
-            confined_source(entry["source"], source)
-        locate_members(referenced, source)
-        members = []
-        for entry in config.members or []:
-            if entry.get("subfolder"):
-                inside = confined_subfolder(source, entry["subfolder"])  # a crafted config must not leave the repo
-                module = load_from_subfolder(
-                    source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
-                )
-            else:
-                module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
-                recorded = {key: entry.pop(key) for key in FINGERPRINT_KEYS.values() if key in entry}
-                if recorded and not is_recorded_member(recorded, module):
-                    consequence = (
-                        "its fit is stale: fit the composition again, or put the earlier module back"
-                        if config.fit
-                        else "the composition answers with it as it is now. Save the composition again to keep it, "
-                        "or put the earlier module back"
-                    )
-                    logger.warning(
-                        "The %r module at %s has changed since this composition was saved (its weights differ): %s.",
-                        entry["label"],
-                        entry["source"],
-                        consequence,
-                    )
-            members.append(module)
+        members = _load_members(config, source, subfolder, revision, member_kwargs)
         composed = cls(config, members)
         composed.stores_its_modules = all("subfolder" in entry for entry in config.members)
         return composed
+
+
+def _load_members(
+    config: ComposedConfig, source: str, subfolder: str, revision: str | None, member_kwargs: dict[str, Any]
+) -> list[ModularResNetForImageClassification]:
+    """The modules a composition's config names, in order: those stored inside it (its `subfolder`, if any), and
+    those it points to (found where they were recorded, warned about when their weights changed since)."""
+    referenced = [entry for entry in config.members if not entry.get("subfolder")]
+    for entry in referenced:  # a crafted config must not name paths on this machine from a Hub repo
+        confined_source(entry["source"], source)
+    locate_members(referenced, source)
+    members = []
+    for entry in config.members:
+        if entry.get("subfolder"):
+            inside = confined_subfolder(source, entry["subfolder"])  # a crafted config must not leave the repo
+            module = load_from_subfolder(
+                source, f"{subfolder}/{inside}" if subfolder else inside, revision, member_kwargs
+            )
+        else:
+            module = load_pinned(entry["source"], entry.get("revision"), entry["label"], member_kwargs)
+            recorded = {key: entry.pop(key) for key in FINGERPRINT_KEYS.values() if key in entry}
+            if recorded and not is_recorded_member(recorded, module):
+                consequence = (
+                    "its fit is stale: fit the composition again, or put the earlier module back"
+                    if config.fit
+                    else "the composition answers with it as it is now. Save the composition again to keep it, "
+                    "or put the earlier module back"
+                )
+                logger.warning(
+                    "The %r module at %s has changed since this composition was saved (its weights differ): %s.",
+                    entry["label"],
+                    entry["source"],
+                    consequence,
+                )
+        members.append(module)
+    return members
 
 
 def _is_compiling() -> bool:
