@@ -417,7 +417,9 @@ def _read_report(output: Path) -> dict[str, Any] | None:
 
 def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
     """Whether `output` already holds this class's module, built from the same parent and data with the same
-    parameters (`expected`, see `_expected_provenance`)."""
+    parameters (`expected`, see `_expected_provenance`). Stricter than the push check's `_identity`
+    (`hub/checks.py`), which compares modules built on other machines: a resumed run reads the same data, so it
+    compares the data's fingerprint, and the mixed precision the statistics pass ran in."""
     directory = output / module_directory_name(label)
     if not (directory / "model.safetensors").is_file():
         return False

@@ -258,7 +258,8 @@ def _module_differences(published: dict[str, Any], ours: dict[str, Any]) -> list
 
 def _identity(info: ModuleProvenance) -> dict[str, Any]:
     """What makes a module this module, rather than its run's date, timings or measurements. Local data ("./name")
-    has no revision or configuration (an older release recorded those given with it)."""
+    has no revision or configuration (an older release recorded those given with it). A resumed decomposition
+    checks more (`_is_complete` in `decompose/output.py`)."""
     hub_data = not (info.dataset.name_or_path or "./").startswith("./")
     return {
         "class": info.target_label,
