@@ -12,6 +12,7 @@ the same output skips the classes whose module was built from the same parent wi
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -47,9 +48,6 @@ from ..module import REPORT_NAME, check_directory_names, describe, module_direct
 from ..saving import atomic_directory, locked_directory
 from ..validation import check_number
 from .pipeline import (
-    DEFAULT_NEGATIVES_RATIO,
-    DEFAULT_SAMPLES_PER_CLASS,
-    DEFAULT_SEED,
     decompose,
     refuse_a_module,
     resolve_classes,
@@ -143,7 +141,7 @@ def _write_decomposition(
         eval_dataset = _load_eval_data(eval_dataset, dataset, eval_split, eval_limit, model, wanted, options)
     training = load_image_dataset(
         dataset,
-        split=options.get("split", "train"),
+        split=options.get("split", _DECOMPOSE_DEFAULTS["split"]),
         revision=options.get("dataset_revision"),
         config_name=options.get("dataset_config"),
     )
@@ -437,17 +435,22 @@ def _is_complete(output: Path, label: str, expected: dict[str, Any]) -> bool:
     )
 
 
+# `decompose`'s own defaults, read from its signature so that they are stated once.
+_DECOMPOSE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(decompose).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
 def _expected_provenance(
     model, dataset: datasets.Dataset, options: dict[str, Any], state: PartialState
 ) -> dict[str, Any]:
     """What `decompose` would record for these options, to recognise modules an earlier run already built."""
-    method = strategy_among(options.get("strategy", "activation"), options)
-    sampling = (
-        options.get("samples_per_class", DEFAULT_SAMPLES_PER_CLASS),
-        options.get("negatives_ratio", DEFAULT_NEGATIVES_RATIO),
-        options.get("seed", DEFAULT_SEED),
-    )
-    split = dataset_split(dataset, options.get("split", "train"))
+    given = {**_DECOMPOSE_DEFAULTS, **options}
+    method = strategy_among(given["strategy"], options)
+    sampling = (given["samples_per_class"], given["negatives_ratio"], given["seed"])
+    split = dataset_split(dataset, given["split"])
     return {
         "weights_sha256": weights_sha256(model),
         "method": (method.name, method.parameters()),
