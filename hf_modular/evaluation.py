@@ -84,9 +84,16 @@ def evaluate(
             "`hf-modular decompose ... --eval-split`; it is in its card); to evaluate it among other classes, compose "
             "it with their modules and evaluate the composition."
         )
-    to_model_labels = dataset_to_model_labels(
-        label_names(dataset, label_column), model.config.id2label, unknown_as=-1 if composed else None
-    )
+    names = label_names(dataset, label_column)
+    to_model_labels = dataset_to_model_labels(names, model.config.id2label, unknown_as=-1 if composed else None)
+    unmatched = [label for label in model.config.id2label.values() if label not in set(names)]
+    if composed and unmatched and state.is_main_process:  # a class named otherwise would go unmeasured, unsaid
+        logger.warning(
+            "The dataset has no label named %s, so the composition's modules of those are measured only as rivals, "
+            "never on their own images. If the dataset names them otherwise, rename its labels (or the modules': "
+            "ComposedModel.from_modules(..., rename=...)) to match.",
+            ", ".join(map(repr, unmatched)),
+        )
     processor = composed_image_processor(model.config) if composed else image_processor_for(model.config)
     num_labels = model.config.num_labels
     tallies = torch.zeros(3, num_labels, dtype=torch.long)  # top-1 hits, top-5 hits, images; per class

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -20,6 +21,7 @@ from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClass
 from hf_modular.cli import main
 from hf_modular.compose import composed_image_processor, top_k, vote
 from hf_modular.decompose import decompose
+from hf_modular.evaluation import evaluate
 from hf_modular.models import image_processor_for
 from tests.test_decompose import image_dataset, tiny_config
 
@@ -277,7 +279,6 @@ def test_calibrated_rule(tmp_path, modules_a, modules_b):
     import torch.nn.functional as F
 
     from hf_modular.compose import collect_module_logits
-    from hf_modular.evaluation import evaluate
 
     composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"], modules_b["night"]])
     data = image_dataset([30, 220, 90] * 6, [0, 1, 2] * 6, noise=40, names=["dark", "bright", "night"])
@@ -311,7 +312,7 @@ def test_calibrated_rule(tmp_path, modules_a, modules_b):
         ComposedConfig(rule="softmax")
 
 
-def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
+def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys, caplog):
     from hf_modular.cli import main
 
     for label in NAMES_A:
@@ -328,6 +329,16 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["count"] == 8  # only the rows of the composition's two classes
     assert set(report["per_class"]) == {"dark", "bright"}
+    # A class the dataset names otherwise is not silently left out of the measure.
+    renamed = data.cast_column("label", datasets.ClassLabel(names=["dim", "bright", "mid"]))
+    ours = logging.getLogger("hf_modular")
+    ours.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_modular"):
+            assert evaluate(ComposedModel.from_pretrained(tmp_path / "composed"), renamed, progress=False).count == 4
+        assert "The dataset has no label named 'dark'" in caplog.text and "rename" in caplog.text
+    finally:
+        ours.removeHandler(caplog.handler)
     code = main(["-q", "replace", str(tmp_path / "composed"), "bright", str(tmp_path / "mid-module"), "--relabel"])
     assert code == 0
     replaced = ComposedModel.from_pretrained(tmp_path / "composed")
