@@ -86,7 +86,7 @@ def evaluate(
         )
     names = label_names(dataset, label_column)
     to_model_labels = dataset_to_model_labels(names, model.config.id2label, unknown_as=-1 if composed else None)
-    unmatched = [label for label in model.config.id2label.values() if label not in set(names)]
+    unmatched = sorted(set(model.config.id2label.values()) - set(names))
     if composed and unmatched and state.is_main_process:  # a class named otherwise would go unmeasured, unsaid
         logger.warning(
             "The dataset has no label named %s, so the composition's modules of those are measured only as rivals, "
