@@ -30,6 +30,9 @@ def test_stage_names_and_defaults_follow_transformers_resnet():
     assert (ours.out_features, ours.out_indices) == (theirs.out_features, theirs.out_indices)
     with pytest.raises(ValueError, match="out_features must be a subset of stage_names"):
         ModularResNetConfig(out_features=["layer9"])
+    # transformers' backbone tests count the stages with `config.depths`; it is `layers`, not a second field.
+    assert ours.depths == theirs.depths == [2, 2, 2, 2] and "depths" not in ours.to_dict()
+    assert len(ModularResNetConfig().stage_names) == len(ModularResNetConfig().depths) + 1
 
 
 def test_feature_maps_are_the_classifiers_hidden_states(tmp_path, classifier):

@@ -262,7 +262,7 @@ def test_trainer_with_gradient_checkpointing_trains_the_model(tmp_path, tiny_con
         remove_unused_columns=False,
     )
     Trainer(model=model, args=arguments, train_dataset=rows).train()
-    assert model.gradient_checkpointing
+    assert model.is_gradient_checkpointing
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
@@ -275,10 +275,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_config, randomize)
         model(x, labels=labels).loss.backward()
         return [p.grad.clone() for p in model.parameters()]
 
+    # A hook inside a block sees the block run once per step, twice once it is recomputed in the backward pass.
+    runs = []
+    model.layer1[0].conv1.register_forward_hook(lambda *_: runs.append(1))
     plain = gradients()
+    assert len(runs) == 1
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.23
         model.activation_checkpointing_enable({"use_reentrant": False})
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for a, b in zip(plain, gradients(), strict=True):
         torch.testing.assert_close(a, b)
+    assert len(runs) == 3
+
+
+def test_gradient_checkpointing_switches_every_block_as_transformers_checks(tiny_config):
+    """transformers' `test_gradient_checkpointing_enable_disable`: every module with the flag follows the switch."""
+    model = ModularResNetForImageClassification(tiny_config)
+    assert not model.is_gradient_checkpointing
+    model.gradient_checkpointing_enable()
+    flags = {n: m.gradient_checkpointing for n, m in model.named_modules() if hasattr(m, "gradient_checkpointing")}
+    assert set(flags) == {name for name, _ in model.blocks()} and all(flags.values())
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    assert not any(m.gradient_checkpointing for _, m in model.blocks())

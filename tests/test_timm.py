@@ -190,10 +190,48 @@ def test_features_only_returns_the_maps_feature_info_describes(name, size):
     with torch.no_grad():
         chosen = picked(x)
     assert [t.shape[1] for t in chosen] == picked.feature_info.channels() == [info.channels()[1], info.channels()[3]]
-    if name.endswith("18"):  # the stage after the last index asked for is pruned away
-        assert isinstance(picked.model.layer4, nn.Identity)
+    if name.endswith("18"):  # the stage after the last index asked for is left out
+        assert "layer4" not in dict(picked.named_children()) and "layer3" in dict(picked.named_children())
         reference = timm.create_model("resnet18", features_only=True).feature_info  # timm's own ResNet-18
         assert info.channels() == reference.channels() and info.reduction() == reference.reduction()
+
+
+def test_features_only_is_timms_feature_list_with_the_models_own_maps(randomize):
+    torch.manual_seed(0)
+    features = randomize(timm.create_model("modular_resnet20", features_only=True)).eval()
+    torch.manual_seed(0)
+    model = randomize(timm.create_model("modular_resnet20", num_classes=10)).eval()
+    assert type(features).__name__ == "FeatureListNet"  # as for timm's own ResNet
+    x = _images(32)
+    with torch.no_grad():
+        maps = features(x)
+        _, intermediates = model.forward_intermediates(x)
+    for got, expected in zip(maps, intermediates, strict=True):
+        assert torch.equal(got, expected)
+    features.set_grad_checkpointing(True)  # what timm's training script calls on a feature extractor
+    features.train()
+    sum(m.square().sum() for m in features(x)).backward()
+    assert all(p.grad is not None for p in features.parameters())
+
+
+def test_create_model_places_the_model_where_asked():
+    model = timm.create_model("modular_resnet20", num_classes=10, device="cpu", dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64} and model.in_chans == 3
+    model.reset_classifier(4)  # a new head where the model is, in its dtype
+    assert model.fc.weight.dtype == torch.float64
+    assert model.eval()(_images(32).double()).shape == (2, 4)
+    assert timm.create_model("modular_resnet20", in_chans=1).in_chans == 1
+
+
+def test_pruning_to_the_stem_drops_the_max_pool_and_the_head_as_timm_does():
+    model = timm.create_model("modular_resnet18").eval()
+    reference = timm.create_model("resnet18").eval()
+    assert model.prune_intermediate_layers([0]) == reference.prune_intermediate_layers([0]) == [0]
+    for pruned in (model, reference):
+        assert isinstance(pruned.maxpool, nn.Identity) and isinstance(pruned.fc, nn.Identity)
+    assert model.num_features == reference.num_features == 64
+    kept = model.forward_intermediates(_images(64), indices=[0], intermediates_only=True)
+    assert kept[0].shape == (2, 64, 32, 32)
 
 
 def test_forward_intermediates_follows_timm():
@@ -237,12 +275,13 @@ def test_grad_checkpointing_gives_the_same_gradients(randomize):
 
     plain = gradients()
     model.set_grad_checkpointing(True)
-    assert model.gradient_checkpointing
+    assert model.is_gradient_checkpointing
+    assert all(block.gradient_checkpointing for _, block in model.blocks())  # each block recomputes itself
     checkpointed = gradients()
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b)
     model.set_grad_checkpointing(False)
-    assert not model.gradient_checkpointing
+    assert not model.is_gradient_checkpointing
 
 
 def test_resolve_data_config_and_export():
@@ -254,7 +293,9 @@ def test_resolve_data_config_and_export():
     x = _images(32)
     exported = torch.export.export(model, (x,))
     traced = torch.jit.trace(model, x)
+    graph = torch.fx.symbolic_trace(model)  # timm's feature extraction by graph (`create_feature_extractor`) uses it
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(exported.module()(x), expected)
     torch.testing.assert_close(traced(x), expected)
+    torch.testing.assert_close(graph(x), expected)

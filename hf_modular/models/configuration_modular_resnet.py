@@ -269,6 +269,11 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
         return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name, **overrides})
 
     @property
+    def depths(self) -> list[int]:
+        """transformers' name for `layers` (as `ResNetConfig.depths`): blocks per stage, one entry per stage."""
+        return list(self.layers)
+
+    @property
     def expansion(self) -> int:
         """How many times its width a block outputs: 4 for bottleneck blocks, 1 for basic ones."""
         return 4 if self.block_type == "bottleneck" else 1

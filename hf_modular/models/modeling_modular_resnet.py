@@ -24,9 +24,11 @@ import torch
 import torch.nn.functional as F
 from timm.models._features import feature_take_indices  # what timm's own ResNet uses
 from torch import nn
+from torch.fx import _symbolic_trace as symbolic_trace
 from transformers import AutoImageProcessor, PreTrainedConfig, PreTrainedModel, ResNetForImageClassification
 from transformers import initialization as init
 from transformers.backbone_utils import BackboneMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
     BackboneOutput,
     BaseModelOutputWithPoolingAndNoAttention,
@@ -47,6 +49,9 @@ from .convert import (
 from .loading import load_checked
 from .processing import image_processor_for
 
+# torch.fx's check for symbolic tracing alone (`is_fx_tracing`, all older torch has, also answers under torch.export).
+_is_fx_symbolic_tracing = getattr(symbolic_trace, "is_fx_symbolic_tracing", symbolic_trace.is_fx_tracing)
+
 
 class MaskedReLU(nn.Module):
     """ReLU with an optional boolean mask over (C, H, W): masked positions are forced to 0.
@@ -55,6 +60,7 @@ class MaskedReLU(nn.Module):
     """
 
     mask: torch.Tensor | None
+    inplace = True  # as `nn.ReLU(inplace=True)` says it: timm's feature extractors then never checkpoint it alone
 
     def __init__(self, mask_shape: list[int] | None = None):
         super().__init__()
@@ -141,11 +147,12 @@ def _conv(
     )
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(GradientCheckpointingLayer):
     """What every block tells about its structure, so no caller re-derives it.
 
     `conv_names[k]` feeds `act_names[k]`; the last conv feeds the residual add, whose sum enters the last ReLU.
-    The inner convs (all but the last) produce channels that only the block itself reads.
+    The inner convs (all but the last) produce channels that only the block itself reads. As transformers' layers,
+    a block recomputes its forward in the backward pass once gradient checkpointing is enabled on the model.
     """
 
     conv_names: tuple[str, ...]
@@ -343,7 +350,6 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
             self.stage_layers.append(stage_name)
         self.num_features = channels[-1]
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        self.gradient_checkpointing = False  # `activation_checkpointing_enable()`, timm's `set_grad_checkpointing`
         self.post_init()
 
     def forward_features(
@@ -354,7 +360,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         if hidden_states is not None:
             hidden_states.append(hidden_state)
         for stage_name in self.stage_layers:
-            hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
+            hidden_state = getattr(self, stage_name)(hidden_state)
             if hidden_states is not None:
                 hidden_states.append(hidden_state)
         return hidden_state
@@ -362,28 +368,20 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def _stem(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """conv1 -> bn1 -> act1 (before the max-pool), after checking the input's channels and a masked module's
         input size."""
-        if not torch.jit.is_tracing() and (
-            pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels
-        ):
+        tracing = torch.jit.is_tracing() or _is_fx_symbolic_tracing()  # shapes are symbolic then
+        if not tracing and (pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.num_channels):
             raise ValueError(  # as transformers' ResNet says it, rather than a convolution's shape error
                 f"The pixel values are {tuple(pixel_values.shape)}, but the model takes (batch, "
                 f"{self.config.num_channels}, height, width) (config.num_channels={self.config.num_channels}): "
                 "prepare images with the model's image processor."
             )
         size = self.config.image_size
-        if self.config.mask_shapes and tuple(pixel_values.shape[-2:]) != (size, size):
+        if not tracing and self.config.mask_shapes and tuple(pixel_values.shape[-2:]) != (size, size):
             raise ValueError(
                 f"This module's masks are defined on {size}x{size} inputs but got "
                 f"{tuple(pixel_values.shape[-2:])}. Resize the images with the module's image processor."
             )
         return self.act1(self.bn1(self.conv1(pixel_values)))
-
-    def _run_stage(self, stage: nn.Sequential, hidden_state: torch.Tensor) -> torch.Tensor:
-        if not (self.gradient_checkpointing and self.training and torch.is_grad_enabled()):
-            return stage(hidden_state)
-        for block in stage:  # trade compute for memory: keep only each block's input for the backward pass
-            hidden_state = self._gradient_checkpointing_func(block.__call__, hidden_state)
-        return hidden_state
 
     def forward_intermediates(
         self,
@@ -407,7 +405,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         hidden_state = self.maxpool(hidden_state)
         stages = self.stage_layers[:last] if stop_early else self.stage_layers
         for index, stage_name in enumerate(stages, start=1):
-            hidden_state = self._run_stage(getattr(self, stage_name), hidden_state)
+            hidden_state = getattr(self, stage_name)(hidden_state)
             if index in take:
                 intermediates.append(hidden_state)
         return intermediates if intermediates_only else (hidden_state, intermediates)
@@ -415,14 +413,23 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the stages after the last of `indices` (and the head with `prune_head`), as timm's models do for
-        `features_only`; returns the kept indices."""
+        """Drop what follows the last of `indices` (and the head with `prune_head`), as timm's ResNet does for
+        `features_only`: the later stages, the stem's max-pool when only the stem is kept, and the head once the
+        features it reads are gone. Returns the kept indices."""
         take, last = feature_take_indices(len(self.stage_layers) + 1, indices)
+        pruned_end = last < len(self.stage_layers)
+        if pruned_end:  # the features now end at the last kept map
+            self.num_features = self.feature_info[last]["num_chs"]
         for stage_name in self.stage_layers[last:]:
             setattr(self, stage_name, nn.Identity())
         self.stage_layers = self.stage_layers[:last]
-        if prune_head and hasattr(self, "fc"):
-            self.fc = nn.Identity()
+        if last == 0:
+            self.maxpool = nn.Identity()  # it follows the stem's feature map
+        if (prune_head or pruned_end) and hasattr(self, "fc"):
+            if hasattr(self, "reset_classifier"):  # timm's class: no head and no pooling, as timm's ResNet
+                self.reset_classifier(0, "")
+            else:
+                self.fc = nn.Identity()
         return take
 
     @property
@@ -443,7 +450,8 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
         return self.num_features
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """timm's switch for gradient checkpointing (transformers': `activation_checkpointing_enable()`)."""
+        """timm's switch for gradient checkpointing (transformers': `activation_checkpointing_enable()`): each
+        residual block then keeps only its input for the backward pass and recomputes the rest."""
         arguments = {"use_reentrant": False}
         if hasattr(self, "activation_checkpointing_enable"):  # transformers' newer name for the same switch
             self.activation_checkpointing_enable(arguments) if enable else self.activation_checkpointing_disable()

@@ -27,7 +27,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
     `forward(x)` returns logits (B, num_classes) rather than a transformers output object. timm's training options
     are taken as its ResNet takes them: `drop_rate` (dropout before the classifier, in training only) and
     `global_pool` ("avg", or "" for no pooling without a classifier); `drop_path_rate` and `drop_block_rate` are
-    accepted when they ask for nothing (0 or None), which timm's training script passes by default.
+    accepted when they ask for nothing (0 or None), which timm's training script passes by default. `device` and
+    `dtype` place the model as timm's `create_model(..., device=, dtype=)` asks.
     """
 
     def __init__(
@@ -40,6 +41,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
         global_pool: str = "avg",
         drop_path_rate: float | None = None,
         drop_block_rate: float | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **architecture: Any,
     ):
         unknown = set(architecture) - set(ARCHITECTURE_FIELDS) - {"image_mean", "image_std"}
@@ -66,10 +69,12 @@ class TimmModularResNet(ModularResNetForImageClassification):
             fields["image_size"] = img_size if isinstance(img_size, int) else int(img_size[-1])
         super().__init__(ModularResNetConfig(num_labels=max(num_classes, 1), preset=preset, **fields))
         self.loss_type = "ForImageClassification"  # transformers reads it from the class name, which lacks it here
-        self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         if num_classes == 0:  # timm's convention: no classifier, the model returns pooled features
             self.fc = nn.Identity()
         self._set_global_pool(global_pool)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.forward_head(self.forward_features(pixel_values))
@@ -91,7 +96,12 @@ class TimmModularResNet(ModularResNetForImageClassification):
         pool = self._pool if global_pool is None else global_pool
         _check_pool(pool, num_classes)  # before anything changes
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        weight = next(self.parameters())  # the new head is made where the model is, in its dtype
+        self.fc = (
+            nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes > 0
+            else nn.Identity()
+        )
         self.config.head_type, self.config.head_rows = "linear", None
         if num_classes > 0:
             self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
@@ -138,8 +148,9 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> TimmModula
     if variant in PRESETS:
         kwargs.setdefault("preset", variant)
     layers = kwargs.get("layers") or PRESETS[kwargs.get("preset") or "modular_resnet20"]["layers"]
-    # `features_only=True`: timm's getter wraps `forward_intermediates`; every level (stem, stages) by default.
-    feature_cfg = {"feature_cls": "getter", "out_indices": tuple(range(len(layers) + 1))}
+    # `features_only=True`: timm's FeatureListNet, as for its own ResNet (it runs the modules `feature_info` names,
+    # stem to last stage, and takes `set_grad_checkpointing`); every level (stem, stages) by default.
+    feature_cfg = {"out_indices": tuple(range(len(layers) + 1))}
     return build_model_with_cfg(TimmModularResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
