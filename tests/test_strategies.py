@@ -85,6 +85,15 @@ def test_release_0_1_0_provenance_is_upgraded_to_the_current_schema():
         assert describe(config.provenance).summary in card
 
 
+def test_an_activation_cards_summary_says_which_nodes_are_masked():
+    info = ModularResNetConfig.from_pretrained(RELEASE_0_1_0 / "activation/cat-module").provenance
+    summary = describe(info).summary
+    assert "stayed at or below zero on every image it was decomposed with" in summary
+    assert "the paper's backtracking" in summary  # the release's module was backtracked (the default reading)
+    info.method.parameters["backtrack"] = "none"
+    assert "backtracking" not in describe(info).summary
+
+
 def test_release_0_1_0_modules_compose_and_save_in_the_current_schema(tmp_path):
     composed = ComposedModel.from_modules(
         [str(RELEASE_0_1_0 / "activation/cat-module"), str(RELEASE_0_1_0 / "channel/dog-module")]

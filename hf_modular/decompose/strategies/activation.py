@@ -160,10 +160,17 @@ class ActivationStrategy(Strategy):
     @classmethod
     def describe(cls, info: ModuleProvenance) -> ModuleDescription:
         masked, jaccard = info.details["masked_fraction"], info.details["jaccard_index"]
+        backtracked = (
+            ""
+            if info.method.parameters.get("backtrack", "text") == "none"
+            else ", and the last-stage features that only argue against its class (the paper's backtracking)"
+        )
         return ModuleDescription(
             summary="It follows the method of Pan & Rajan, *Decomposing Convolutional Neural Networks into Reusable "
             f"and Replaceable Modules* (ICSE 2022): it keeps the parent's weights, masks the {100 * masked:.2f}% of "
-            "its nodes that this class does not use, and has a two-way head.",
+            "its nodes that stayed at or below zero on every image it was decomposed with (its class's and the "
+            f"other classes' samples){backtracked}, and has a two-way head. Most masked nodes are inactive for "
+            "every class, so modules of one parent share most of their masks.",
             head=HEAD_DESCRIPTIONS[info.method.parameters.get("head", "channeled")] + " It was never trained.",
             rows=[
                 ("Masked nodes", f"{100 * masked:.2f}% of the ReLU-site nodes"),
