@@ -378,6 +378,26 @@ def test_cli_compose_replace_evaluate(tmp_path, modules_a, capsys, caplog):
     assert ComposedModel.from_modules([odd]).labels == ["dark"]
 
 
+def test_a_decomposition_output_composes_as_all_its_modules_in_class_order(tmp_path, capsys):
+    from hf_modular.cli import main
+    from hf_modular.decompose import decompose_to_directory
+
+    torch.manual_seed(0)
+    names = ["zebra", "apple", "mid"]  # class order differs from the folders' alphabetical order
+    parent = ModularResNetForImageClassification(tiny_config(id2label=dict(enumerate(names)))).eval()
+    data = image_dataset([30, 220, 128] * 4, [0, 1, 2] * 4, noise=30, names=names)
+    decompose_to_directory(parent, data, tmp_path / "out", samples_per_class=4, progress=False)
+    composed = ComposedModel.from_modules([tmp_path / "out"])
+    assert composed.labels == names
+    pixel_values = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    by_folder = ComposedModel.from_modules([tmp_path / "out" / f"{name}-module" for name in names])
+    torch.testing.assert_close(composed.module_logits(pixel_values), by_folder.module_logits(pixel_values))
+    assert main(["-q", "evaluate", str(tmp_path / "out"), "--dataset", "unused"]) == 1  # refused, with the way on
+    assert f"hf-modular compose {tmp_path / 'out'} --output" in capsys.readouterr().err
+    assert main(["-q", "compose", str(tmp_path / "out"), "--output", str(tmp_path / "composed")]) == 0
+    assert ComposedModel.from_pretrained(tmp_path / "composed").labels == names
+
+
 def test_load_from_a_local_subfolder_with_dtype(tmp_path, modules_a, modules_b):
     composed = ComposedModel.from_modules([modules_a["dark"], modules_b["sun"]])
     composed.save_pretrained(tmp_path / "repo" / "compositions" / "dark-sun", materialize=True)

@@ -255,7 +255,11 @@ def _check_where_it_is_saved(args: argparse.Namespace) -> None:
 
 def add_compose_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument(
-        "modules", nargs="+", metavar="MODULE", help="module directories or Hub repo ids (@revision to pin one)"
+        "modules",
+        nargs="+",
+        metavar="MODULE",
+        help="module directories or Hub repo ids (@revision to pin one); a decomposition's output directory gives "
+        "all its modules",
     )
     command.add_argument("--output", required=True, metavar="DIR", help="the composed model's directory")
     add_overwrite_option(command)

@@ -3,8 +3,9 @@ read the same images, recording where each comes from, and preparing each one's 
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from transformers.image_utils import load_image
 from ..distributed import device_and_dtype
 from ..models import ModularResNetForImageClassification, load_module
 from ..models.processing import IMAGENET_CROP_PCT
-from ..module import parent_name
+from ..module import REPORT_NAME, parent_name
 
 
 def composed_image_processor(config: PreTrainedConfig) -> BaseImageProcessor:
@@ -75,6 +76,20 @@ def prepare_input(pixel_values: torch.Tensor, module: ModularResNetForImageClass
     mean = torch.tensor(config.image_mean, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
     std = torch.tensor(config.image_std, dtype=pixel_values.dtype, device=pixel_values.device)[None, :, None, None]
     return ((pixel_values - mean) / std).to(dtype)
+
+
+def expand_decompositions(modules: Iterable[Any]) -> list[Any]:
+    """Each local decomposition output in `modules` (a folder with `decomposition.json` beside its `*-module`
+    folders) as its modules' folders, in the parent's class order; everything else as it is."""
+    expanded: list[Any] = []
+    for module in modules:
+        report = Path(module) / REPORT_NAME if isinstance(module, (str, os.PathLike)) else None
+        if report is None or not report.is_file() or (report.parent / "config.json").is_file():
+            expanded.append(module)
+            continue
+        entries = json.loads(report.read_text()).get("modules") or {}
+        expanded.extend(str(report.parent / entry["directory"]) for entry in entries.values())
+    return expanded
 
 
 def load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassification:

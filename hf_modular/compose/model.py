@@ -70,6 +70,7 @@ from .members import (
     composed_image_processor,
     confined_source,
     confined_subfolder,
+    expand_decompositions,
     input_fields,
     input_key,
     load_from_subfolder,
@@ -178,12 +179,13 @@ class ComposedModel(PreTrainedModel):
         **load_kwargs: Any,
     ) -> ComposedModel:
         """Compose modules given as objects, local paths or Hub repo ids (`"org/name@revision"` pins a revision).
+        A decomposition's output folder stands for all its modules, in the parent's class order.
 
         Two modules may not claim the same label: `rename={"old": "new"}` renames a module's class (every module of
         that class), `labels` gives every module's label in order (two modules of one class can then answer as two
         labels), or use `replace` to swap one.
         """
-        loaded = [load_member(module, **load_kwargs) for module in modules]
+        loaded = [load_member(module, **load_kwargs) for module in expand_decompositions(modules)]
         if not loaded:
             raise ValueError("A composition needs at least one module.")
         own = [member_label(module) for module in loaded]

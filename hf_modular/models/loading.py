@@ -122,7 +122,8 @@ def check_saved_model(
         if (path / REPORT_NAME).is_file():
             raise FileNotFoundError(
                 f"{source} is a decomposition's output: it holds one module per class. Give one of its *-module "
-                "directories."
+                f"directories, or compose them all and use the composition: `hf-modular compose {source} --output "
+                "DIR` (ComposedModel.from_modules([directory]))."
             )
         raise FileNotFoundError(
             f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or "
