@@ -76,9 +76,11 @@ def test_info_json(capsys, saved):
 
 
 def test_import_writes_a_loadable_directory(capsys, tmp_path, akamaster_checkpoint):
+    import hashlib
+
     path, reference = akamaster_checkpoint(blocks_per_stage=3)
     output = tmp_path / "imported"
-    assert main(["import", str(path), "--output", str(output)]) == 0
+    assert main(["import", str(path), "--output", str(output), "--license", "bsd-2-clause"]) == 0
     assert str(output) in capsys.readouterr().out
     assert sorted(p.name for p in output.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     model = ModularResNetForImageClassification.from_pretrained(output)
@@ -87,6 +89,15 @@ def test_import_writes_a_loadable_directory(capsys, tmp_path, akamaster_checkpoi
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, reference(x), atol=1e-5, rtol=1e-5)
+    # Where the weights came from travels with them: the file by name and hash, and the license given.
+    origin = model.config.origin
+    assert origin["source"] == path.name and origin["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert origin["license"] == "bsd-2-clause" and "akamaster" in origin["format"]
+    assert main(["info", str(output)]) == 0
+    assert f"imported from {path.name}" in capsys.readouterr().out
+    assert main(["card", str(output)]) == 0  # the card takes the recorded license unless told another
+    card = (output / "README.md").read_text()
+    assert "license: bsd-2-clause" in card and origin["sha256"] in card and "## Origin" in card
 
 
 def test_quiet_import_with_labels(tmp_path, akamaster_checkpoint):

@@ -50,7 +50,8 @@ def _data(count: int = 8):
 @pytest.fixture(scope="module")
 def compact():
     parent = _parent()
-    parent.config.training = {"epochs": 1}  # a trained parent's record, which its compact modules must not carry
+    parent.config.training = {"epochs": 1}  # a trained parent's records, which its compact modules must not carry
+    parent.config.origin = {"source": "resnet.th", "format": "CIFAR ResNet checkpoint"}
     return decompose(parent, _data(), strategy="channel", samples_per_class=4, progress=False, **DISTILL)
 
 
@@ -134,7 +135,8 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
     parent = _parent()
     for module in compact.values():
         details = module.config.provenance.details
-        assert module.config.is_pruned and module.config.mask_shapes is None and module.config.training is None
+        assert module.config.is_pruned and module.config.mask_shapes is None
+        assert module.config.training is None and module.config.origin is None
         assert count_parameters(module) < count_parameters(parent)
         assert details["macs_fraction"] < 1 and details["shared_steps"] == 4  # all but the last block (the default)
     composed = ComposedModel.from_modules(list(compact.values())).eval()

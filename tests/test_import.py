@@ -214,6 +214,7 @@ def test_transformers_resnets_import_with_the_same_logits(tmp_path, layer_type):
     with torch.no_grad():
         torch.testing.assert_close(converted(x).logits, expected)
     assert converted.config.id2label == {0: "cat", 1: "dog", 2: "bird"}
+    assert converted.config.origin is None  # an object built in memory has nowhere to point at
 
     # A saved directory, as a Hub repo holds it: the model and its image processor (here with its own statistics).
     original.save_pretrained(tmp_path / "hf-resnet")
@@ -224,6 +225,9 @@ def test_transformers_resnets_import_with_the_same_logits(tmp_path, layer_type):
     imported = ModularResNetForImageClassification.from_pretrained(tmp_path / "ours").eval()
     assert imported.config.image_mean == [0.5, 0.5, 0.5] and imported.config.image_std == [0.25, 0.25, 0.25]
     assert imported.config.image_size == 64  # a fine-tune's own input size, not ImageNet's 224
+    origin = imported.config.origin
+    assert origin["source"] == str(tmp_path / "hf-resnet") and origin["format"].startswith("transformers")
+    assert "revision" not in origin and "sha256" not in origin  # a local directory: no commit to name
     with torch.no_grad():
         torch.testing.assert_close(imported(x).logits, expected)
 

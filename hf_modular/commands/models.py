@@ -52,12 +52,14 @@ def run_info(args: argparse.Namespace) -> None:
         "head": config.head_type if config.head_rows is None else f"{config.head_type} ({config.head_rows} rows)",
         "module": config.module,
         "training": config.training,
+        "origin": config.origin,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     summary.pop("module")
     summary["training"] = _training_digest(config.training) if config.training else None
+    summary["origin"] = _origin_digest(config.origin) if config.origin else None
     if config.is_module:  # a readable digest; --json has everything
         info = config.provenance
         parent = info.parent.repo_id or info.parent.path or f"an in-memory {info.parent.architecture}"
@@ -75,6 +77,14 @@ def run_info(args: argparse.Namespace) -> None:
                     f"{100 * parent_own['accuracy']:.2f}%, {parent_own['ece']:.4f})"
                 )
     _print_summary(summary, json_output=False)
+
+
+def _origin_digest(origin: dict[str, Any]) -> str:
+    """One line of `config.origin`."""
+    details = [f"sha256 {origin['sha256'][:12]}" if origin.get("sha256") else None, origin.get("revision")]
+    details.append(f"license {origin['license']}" if origin.get("license") else None)
+    listed = ", ".join(detail for detail in details if detail)
+    return f"imported from {origin.get('source')} ({origin.get('format')}" + (f"; {listed})" if listed else ")")
 
 
 def _training_digest(training: dict[str, Any]) -> str:
@@ -177,7 +187,7 @@ def run_import(args: argparse.Namespace) -> None:
     source = Path(args.checkpoint)
     if source.is_file() or source.suffix in CHECKPOINT_SUFFIXES:  # a CIFAR checkpoint file from the wild
         labels = args.labels.split(",") if args.labels else CIFAR10_LABELS
-        model = import_cifar_resnet(args.checkpoint, labels=labels)
+        model = import_cifar_resnet(args.checkpoint, labels=labels, license=args.license)
     else:  # a transformers ResNet: a saved directory or a Hub repo id
         if args.labels:
             raise ValueError("--labels is for checkpoint files; a transformers ResNet brings its own labels.")
@@ -191,7 +201,9 @@ def run_import(args: argparse.Namespace) -> None:
                 f"{args.checkpoint} is already an hf-modular model directory: there is nothing to import. Use it as "
                 f"it is (`hf-modular info {args.checkpoint}`, or decompose it)."
             )
-        model = ModularResNetForImageClassification.from_transformers(args.checkpoint, revision=args.revision)
+        model = ModularResNetForImageClassification.from_transformers(
+            args.checkpoint, revision=args.revision, license=args.license
+        )
     with atomic_directory(args.output, keep=()) as staging:  # a model directory is replaced as a whole
         model.save_pretrained(staging)
     print(f"Saved {model.config.preset or 'modular_resnet'} ({model.config.num_labels} classes) to {args.output}")
@@ -231,6 +243,9 @@ def add_import_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--output", required=True, metavar="DIR", help="directory to write")
     add_overwrite_option(command)
     command.add_argument("--labels", default=None, help="comma-separated class names (default: CIFAR-10's)")
+    command.add_argument(
+        "--license", default=None, help="the weights' license (a Hub license id), recorded for the cards"
+    )
     command.set_defaults(run=run_import)
 
 

@@ -6,6 +6,7 @@ import torch
 
 from ..distributed import device_and_dtype
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
+from ..models.configuration_modular_resnet import WEIGHT_RECORDS
 from ..module import REST_LABEL, ModuleProvenance
 
 
@@ -29,7 +30,7 @@ def build_module(
             "head_type": head_type,
             "head_rows": len(head_weight) if head_type == "softmax" else None,
             "module": None,
-            "training": None,  # the parent's; the module's provenance names the parent
+            **WEIGHT_RECORDS,  # the parent's; the module's provenance names the parent
         }
     )
     module = ModularResNetForImageClassification(config).to(*device_and_dtype(parent))

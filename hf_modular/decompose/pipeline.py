@@ -33,6 +33,7 @@ from ..data import (
 from ..distributed import device_and_dtype, distributed_state, mixed_precision_of, on_main_process
 from ..emissions import measure_compute
 from ..models import ModularResNetConfig, ModularResNetForImageClassification
+from ..models.configuration_modular_resnet import WEIGHT_RECORDS
 from ..module import REST_LABEL, ModuleProvenance, weights_sha256
 from ..module.provenance import DatasetRecord, MethodRecord, ParentRecord, SampleCounts, SamplingRecord
 from ..validation import check_number
@@ -283,7 +284,7 @@ def planned_modules(
     planned = {}
     for class_index in class_indices:
         label = model.config.id2label[class_index]
-        config = ModularResNetConfig.from_dict({**model.config.to_dict(), "training": None})
+        config = ModularResNetConfig.from_dict({**model.config.to_dict(), **WEIGHT_RECORDS})
         config.id2label, config.label2id = {0: label, 1: REST_LABEL}, {label: 0, REST_LABEL: 1}
         config.provenance = ModuleProvenance(target_label=label, target_index=class_index, **identity)
         planned[label] = config

@@ -93,8 +93,10 @@ def parent_card(
     evaluation: dict[str, Any] | None = None,
     license: str | None = None,
 ) -> ModelCard:
-    """The card of a plain ModularResNet classifier (a parent), with optional measured accuracy."""
+    """The card of a plain ModularResNet classifier (a parent), with optional measured accuracy. Without a
+    `license`, the one recorded when the weights were imported (`config.origin`) is the card's."""
     config = model.config
+    license = license or (config.origin or {}).get("license")
     card_data = ModelCardData(
         library_name="hf_modular",
         pipeline_tag="image-classification",
@@ -112,6 +114,7 @@ def parent_card(
         weights_sha256=weights_sha256(model),
         evaluation=evaluation,
         training=config.training,
+        origin=config.origin,
         repo_id=repo_id or "path/to/model",
         license_text=f"`{license}`." if license else "As the weights' original license says.",
         **_input_fields(config),

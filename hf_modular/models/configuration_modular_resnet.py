@@ -96,6 +96,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# How a classifier's weights were made (`training`) or where they came from (`origin`): a module or a pruned copy is
+# not those weights, and its own provenance names them instead.
+WEIGHT_RECORDS: dict[str, None] = {"training": None, "origin": None}
+
+
 @strict
 class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
     r"""
@@ -156,6 +161,11 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
             dtype, process count, the last epoch's loss and evaluation, and the weights it started from (with the
             record of their own training, if any, under `previous`). `None` for weights made elsewhere, and on class
             modules (their `module` section names the parent by its weights).
+        origin (`dict`, *optional*):
+            Where imported weights came from (`hf-modular import`, `import_cifar_resnet`, `from_transformers`): the
+            `source` (checkpoint file name, or model directory or repo id), its `format`, the file's `sha256` or the
+            repo's `revision`, the `license` when one was given, and the `hf_modular_version` that imported it. A
+            parent's card shows it, and its license is the card's unless another is given. `None` otherwise.
         out_features (`list[str]`, *optional*), out_indices (`list[int]`, *optional*):
             For [`ModularResNetBackbone`] (`AutoBackbone`), as in transformers' `ResNetConfig`: which of `stage_names`
             (`"stem"`, `"stage1"`, ... one per entry of `layers`) it returns. Default: the last stage.
@@ -194,6 +204,7 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
     head_rows: int | None = None
     module: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    origin: dict[str, Any] | None = None
 
     def __post_init__(self, **kwargs):
         for key in _DERIVED_KEYS:  # derived from the typed fields; see `to_dict`
@@ -209,10 +220,11 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
         self.set_output_features_output_indices(
             out_indices=kwargs.pop("out_indices", None), out_features=kwargs.pop("out_features", None)
         )
-        if self.training is not None and not isinstance(self.training, dict):
-            raise ValueError(
-                f"config field `training` must be a record (a JSON object) or null, not {self.training!r}."
-            )
+        for name in ("training", "origin"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise ValueError(
+                    f"config field `{name}` must be a record (a JSON object) or null, not {getattr(self, name)!r}."
+                )
         if self.module is not None:  # validated and upgraded to the current schema, so every reader sees one layout
             self.module = ModuleProvenance.from_dict(self.module).to_dict()
         super().__post_init__(**kwargs)

@@ -4,6 +4,7 @@ the wild. The model classes build themselves from these (`ModularResNetForImageC
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from ..version import __version__
 from .configuration_modular_resnet import ModularResNetConfig
 
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -159,6 +161,35 @@ def read_cifar_checkpoint(
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: index for index, label in enumerate(labels)}
     return config, state_dict
+
+
+CIFAR_CHECKPOINT_FORMAT = "CIFAR ResNet checkpoint in the akamaster/pytorch_resnet_cifar10 layout"
+TRANSFORMERS_RESNET_FORMAT = "transformers ResNetForImageClassification"
+
+
+def origin_record(
+    source: str | os.PathLike,
+    format: str,
+    *,
+    revision: str | None = None,
+    license: str | None = None,
+) -> dict[str, Any]:
+    """`config.origin` for imported weights: a checkpoint file is named and hashed (its bytes, so anyone holding
+    the same file can check it), a model directory or repo is named with its revision when known."""
+    path = Path(source)
+    record: dict[str, Any] = {"source": path.name if path.is_file() else str(source), "format": format}
+    if path.is_file():
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+        record["sha256"] = digest.hexdigest()
+    if revision:
+        record["revision"] = revision
+    if license:
+        record["license"] = license
+    record["hf_modular_version"] = __version__
+    return record
 
 
 def _timm_key(key: str) -> str:

@@ -40,9 +40,12 @@ from ..saving import atomic_directory
 from .configuration_modular_resnet import ModularResNetConfig
 from .convert import (
     CIFAR10_LABELS,
+    CIFAR_CHECKPOINT_FORMAT,
+    TRANSFORMERS_RESNET_FORMAT,
     config_from_timm_resnet,
     config_from_transformers_resnet,
     load_exactly,
+    origin_record,
     read_cifar_checkpoint,
     tensors_from_transformers_resnet,
 )
@@ -591,11 +594,12 @@ class ModularResNetForImageClassification(ModularResNetModel):
 
     @classmethod
     def from_transformers(
-        cls, model_or_repo: str | os.PathLike | nn.Module, **load_kwargs: Any
+        cls, model_or_repo: str | os.PathLike | nn.Module, *, license: str | None = None, **load_kwargs: Any
     ) -> ModularResNetForImageClassification:
         """Convert a transformers `ResNetForImageClassification` (an object, a local directory or a Hub repo id such
         as `"microsoft/resnet-50"`, loaded with `load_kwargs`) into this class, with the same labels, weights and
         logits, ready to decompose. The image processor's mean, std and input size come along when the source has one.
+        `config.origin` names the directory or repo (with the commit it was downloaded at) and `license`.
         """
         source = model_or_repo
         if isinstance(model_or_repo, (str, os.PathLike)):
@@ -616,6 +620,13 @@ class ModularResNetForImageClassification(ModularResNetModel):
                 config.image_size = int(size.get("shortest_edge") or size.get("height") or config.image_size)
             except (OSError, ValueError, AttributeError, TypeError):  # no processor saved: ImageNet's, as configured
                 pass
+        name = str(model_or_repo) if isinstance(model_or_repo, (str, os.PathLike)) else source.config.name_or_path
+        if name or license:  # an object built in memory has no name to record
+            commit = None if not name or Path(name).is_dir() else getattr(source.config, "_commit_hash", None)
+            config.origin = origin_record(
+                name or "a ResNetForImageClassification object", TRANSFORMERS_RESNET_FORMAT, revision=commit,
+                license=license,
+            )  # fmt: skip
         converted = cls(config)
         load_exactly(converted, tensors_from_transformers_resnet(source.state_dict()), "transformers ResNet")
         return converted.train(source.training)
@@ -662,15 +673,20 @@ def head_logits(rows: torch.Tensor, head_type: str) -> torch.Tensor:
 
 
 def import_cifar_resnet(
-    checkpoint: str | os.PathLike, *, labels: list[str] | tuple[str, ...] = CIFAR10_LABELS
+    checkpoint: str | os.PathLike,
+    *,
+    labels: list[str] | tuple[str, ...] = CIFAR10_LABELS,
+    license: str | None = None,
 ) -> ModularResNetForImageClassification:
     """Import a CIFAR ResNet checkpoint in the layout of akamaster/pytorch_resnet_cifar10.
 
     The file is a torch pickle (`{"state_dict": ..., "best_prec1": ...}`, keys prefixed `module.`, head named
     `linear`). It is read with `torch.load(weights_only=True)`, which refuses arbitrary objects, and becomes an
-    option-A ModularResNet-(6n+2) whose depth is read from the keys.
+    option-A ModularResNet-(6n+2) whose depth is read from the keys. `config.origin` records the file's name and
+    sha256, and `license` (a Hub license id, e.g. `"bsd-2-clause"`): the weights' own, for the cards.
     """
     config, state_dict = read_cifar_checkpoint(checkpoint, labels=labels)
+    config.origin = origin_record(checkpoint, CIFAR_CHECKPOINT_FORMAT, license=license)
     model = ModularResNetForImageClassification(config)
     load_exactly(model, state_dict, str(checkpoint))
     return model.eval()

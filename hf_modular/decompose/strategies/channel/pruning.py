@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ....models import ModularResNetForImageClassification
+from ....models.configuration_modular_resnet import WEIGHT_RECORDS
 
 
 @dataclass
@@ -64,7 +65,8 @@ def prune(
         raise ValueError("Stage 1 adds the stem's output through an identity shortcut: keep the same channels in both.")
     full = config.full_stage_channels
     pruned_config = copy.deepcopy(config)
-    pruned_config.training = None  # describes the full network's weights, not these
+    for name in WEIGHT_RECORDS:  # they describe the full network's weights, not these
+        setattr(pruned_config, name, None)
     pruned_config.stage_channels = [len(index) for index in residual]
     pruned_config.block_widths = [
         [len(selection.inner[f"{stage}.{b}"][0]) for b in range(depth)]
