@@ -18,7 +18,7 @@ from transformers.backbone_utils import BackboneConfigMixin
 
 from ..module.provenance import ModuleProvenance
 from ..validation import check_number
-from .processing import IMAGENET_CROP_PCT, image_processor_class
+from .processing import IMAGENET_CROP_PCT, image_processor_class, image_processor_settings
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -45,9 +45,11 @@ ARCHITECTURE_FIELDS = (
 
 # Keys that only timm reads from config.json; they are derived from the typed fields, so they are dropped on load.
 _TIMM_KEYS = ("architecture", "num_classes", "num_features", "pretrained_cfg", "model_args", "label_names")
-# transformers treats a local config.json holding `pretrained_cfg` as a timm checkpoint and looks there for the image
-# processor's class; naming it sends AutoImageProcessor (and pipelines) on to preprocessor_config.json.
-_DERIVED_KEYS = (*_TIMM_KEYS, "image_processor_type")
+# transformers treats a local config.json holding `pretrained_cfg` as a timm checkpoint and builds the image processor
+# from config.json itself: it names the processor's class and holds its settings (`image_mean` and `image_std` are
+# the config's own fields), so AutoImageProcessor and pipelines on a saved directory resize as they should.
+_PROCESSOR_KEYS = ("image_processor_type", "size", "crop_pct")
+_DERIVED_KEYS = (*_TIMM_KEYS, *_PROCESSOR_KEYS)
 
 
 def _cifar(blocks_per_stage: int) -> dict[str, Any]:
@@ -363,7 +365,8 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
 
     def to_dict(self) -> dict[str, Any]:
         image_processor_type = image_processor_class(self.stem_type, self.num_channels).__name__
-        return {**super().to_dict(), **self.timm_config(), "image_processor_type": image_processor_type}
+        settings = image_processor_settings(self)
+        return {**super().to_dict(), **self.timm_config(), **settings, "image_processor_type": image_processor_type}
 
 
 __all__ = ["ModularResNetConfig", "PRESETS", "ARCHITECTURE_FIELDS"]

@@ -72,23 +72,20 @@ def image_processor_class(stem_type: str, num_channels: int = 3) -> type[BaseIma
     return ConvNextImageProcessor if stem_type == "imagenet" else ViTImageProcessor
 
 
-def image_processor_for(config: PreTrainedConfig) -> BaseImageProcessor:
-    """Resize, scale to [0, 1] and normalise with the config's mean and std (a `ModularResNetConfig`).
+def image_processor_settings(config: PreTrainedConfig) -> dict[str, Any]:
+    """The arguments of `image_processor_for`'s processor (for a `ModularResNetConfig`): size, crop and statistics.
 
     Small-input models (CIFAR stem) resize straight to `image_size`, which leaves 32x32 images untouched. ImageNet
     models follow timm's evaluation recipe: resize the shorter side to `image_size / 0.875`, center-crop
     `image_size`.
     """
-    processor_class = image_processor_class(config.stem_type, config.num_channels)
+    statistics = {"image_mean": list(config.image_mean), "image_std": list(config.image_std)}
     if config.stem_type == "imagenet":
-        return processor_class(
-            size={"shortest_edge": config.image_size},
-            crop_pct=IMAGENET_CROP_PCT,
-            image_mean=list(config.image_mean),
-            image_std=list(config.image_std),
-        )
-    return processor_class(
-        size={"height": config.image_size, "width": config.image_size},
-        image_mean=list(config.image_mean),
-        image_std=list(config.image_std),
-    )
+        return {"size": {"shortest_edge": config.image_size}, "crop_pct": IMAGENET_CROP_PCT, **statistics}
+    return {"size": {"height": config.image_size, "width": config.image_size}, **statistics}
+
+
+def image_processor_for(config: PreTrainedConfig) -> BaseImageProcessor:
+    """Resize, scale to [0, 1] and normalise with the config's mean and std (see `image_processor_settings`)."""
+    processor_class = image_processor_class(config.stem_type, config.num_channels)
+    return processor_class(**image_processor_settings(config))
