@@ -11,25 +11,28 @@ from transformers import AutoImageProcessor, pipeline
 
 import hf_modular  # noqa: F401  (registers the classes)
 from hf_modular import ModularResNetConfig, ModularResNetForImageClassification
+from hf_modular.models import image_processor_for
 from hf_modular.models.processing import GreyscaleConvNextImageProcessor, GreyscaleViTImageProcessor
 from tests.conftest import randomize_
 
 
-def _grey_model(stem_type: str) -> ModularResNetForImageClassification:
-    torch.manual_seed(0)
-    size = 64 if stem_type == "imagenet" else 16
-    config = ModularResNetConfig(
+def _grey_config(stem_type: str) -> ModularResNetConfig:
+    return ModularResNetConfig(
         layers=[1, 1],
         widths=[4, 8],
         stem_width=4,
         stem_type=stem_type,
-        image_size=size,
+        image_size=64 if stem_type == "imagenet" else 16,
         num_channels=1,
         image_mean=[0.4],
         image_std=[0.3],
         id2label={0: "zero", 1: "one", 2: "two"},
     )
-    return randomize_(ModularResNetForImageClassification(config)).eval()
+
+
+def _grey_model(stem_type: str) -> ModularResNetForImageClassification:
+    torch.manual_seed(0)
+    return randomize_(ModularResNetForImageClassification(_grey_config(stem_type))).eval()
 
 
 @pytest.mark.parametrize(
@@ -72,6 +75,52 @@ def test_a_one_channel_model_loads_and_classifies_through_every_path(tmp_path, s
     best = expected.softmax(-1)[0].argmax().item()
     assert answer[0]["label"] == model.config.id2label[best]
     assert answer[0]["score"] == pytest.approx(expected.softmax(-1)[0, best].item(), abs=1e-5)
+
+
+# Every kind of image transformers' processors take, each made from a channels-last uint8 RGB array.
+INPUT_KINDS = {
+    "PIL image": Image.fromarray,
+    "numpy, channels last": lambda rgb: rgb,
+    "numpy, channels first": lambda rgb: rgb.transpose(2, 0, 1),
+    "torch, channels first": lambda rgb: torch.from_numpy(rgb).permute(2, 0, 1),
+    "torch, channels last": torch.from_numpy,
+}
+
+
+@pytest.mark.parametrize("stem_type", ["cifar", "imagenet"])
+def test_greyscale_processors_convert_every_input_kind_as_the_pil_path_does(stem_type):
+    # As transformers' test_convert_to_rgb_mixed_input_batch, for the luminance step: one batch mixing every kind.
+    processor = image_processor_for(_grey_config(stem_type))
+    rng = np.random.default_rng(0)
+    # Coloured, not grey, so that a channel axis taken for another, or channels weighted wrongly, would show.
+    rgbs = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in INPUT_KINDS]
+    expected = processor([Image.fromarray(rgb) for rgb in rgbs], return_tensors="pt")["pixel_values"]
+    assert expected.shape[:2] == (len(rgbs), 1)
+
+    def process(images, **options):
+        return processor(images, return_tensors="pt", **options)["pixel_values"]
+
+    mixed = [kind(rgb) for kind, rgb in zip(INPUT_KINDS.values(), rgbs, strict=True)]
+    torch.testing.assert_close(process(mixed), expected, rtol=0, atol=0)  # uint8: PIL's own conversion, exactly
+    for name, kind in INPUT_KINDS.items():
+        torch.testing.assert_close(process(kind(rgbs[0])), expected[:1], rtol=0, atol=0, msg=name)
+    stacked = np.stack(rgbs)  # a batch as one array or tensor, in either layout
+    as_tensor = torch.from_numpy(stacked)
+    for batch in (stacked, stacked.transpose(0, 3, 1, 2), as_tensor, as_tensor.permute(0, 3, 1, 2)):
+        torch.testing.assert_close(process(batch), expected, rtol=0, atol=0)
+
+    # Float images in [0, 1]: the same luminance before PIL rounds it to whole grey levels (a resize can carry
+    # that rounding a little further).
+    array_kinds = [kind for name, kind in INPUT_KINDS.items() if name != "PIL image"]
+    floats = [kind(rgb.astype(np.float32) / 255) for kind, rgb in zip(array_kinds, rgbs, strict=False)]
+    grey_level = 1 / 255 / processor.image_std[0]
+    torch.testing.assert_close(process(floats, do_rescale=False), expected[:4], rtol=0, atol=2 * grey_level)
+
+    # A layout the shape leaves ambiguous (3 rows of 3-channel pixels look channels-first) follows input_data_format.
+    short = rng.integers(0, 256, (3, 24, 3), dtype=np.uint8)
+    expected = process(Image.fromarray(short))
+    for image in (short, torch.from_numpy(short)):
+        torch.testing.assert_close(process(image, input_data_format="channels_last"), expected, rtol=0, atol=0)
 
 
 def test_rgb_models_keep_transformers_own_processors(tmp_path):

@@ -12,9 +12,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
+from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 import hf_modular  # noqa: F401
 from hf_modular import ComposedConfig, ComposedModel, ModularResNetForImageClassification
@@ -80,6 +82,78 @@ def test_composition_across_parents_with_different_normalisation(modules_a, modu
     assert logits.argmax(1).tolist() == vote(expected).tolist()
     top = composed.predict(images, top=2)
     assert [row[0] for row in top] == composed.predict(images)
+
+
+def _composed_and_pixel_values(modules_a, modules_b):
+    composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"], modules_b["sun"]])
+    pixel_values = composed_image_processor(composed.config)(_images(), return_tensors="pt")["pixel_values"]
+    return composed, pixel_values
+
+
+def test_forward_follows_config_return_dict(modules_a, modules_b):
+    composed, pixel_values = _composed_and_pixel_values(modules_a, modules_b)
+    with torch.no_grad():
+        logits = composed(pixel_values).logits
+        composed.config.return_dict = False  # what transformers' common tests set: the config decides by default
+        as_tuple = composed(pixel_values)
+        assert isinstance(as_tuple, tuple)
+        torch.testing.assert_close(as_tuple[0], logits)
+        assert isinstance(composed(pixel_values, return_dict=True), ImageClassifierOutputWithNoAttention)
+        composed.config.return_dict = True
+        assert isinstance(composed(pixel_values, return_dict=False), tuple)
+
+
+@pytest.mark.parametrize("rule", ["vote", "calibrated"])
+def test_forward_loss_follows_config_problem_type(modules_a, modules_b, rule):
+    composed, pixel_values = _composed_and_pixel_values(modules_a, modules_b)
+    if rule == "calibrated":
+        composed.config.calibration = {label: [2.0, -1.0] for label in composed.labels}
+        composed.config.rule = rule
+    with torch.no_grad():
+        log_probabilities = composed.scores(composed.module_logits(pixel_values))  # what predict ranks
+    labels = torch.tensor([0, 1, 2, 2, 1, 0])
+
+    # Unset, integer labels: single-label classification, the cross-entropy of the normalised probabilities.
+    output = composed(pixel_values, labels=labels)
+    assert composed.config.problem_type == "single_label_classification"
+    torch.testing.assert_close(output.logits, log_probabilities)
+    torch.testing.assert_close(output.loss, F.cross_entropy(log_probabilities, labels))
+    output.loss.backward()  # the loss reaches the modules' weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in composed.members[0].parameters())
+    as_tuple = composed(pixel_values, labels=labels, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], output.loss)
+
+    # Multi-label: the logits are log-odds, so that their sigmoid is each module's own-class probability (the
+    # ranking is unchanged) and the loss is the binary cross-entropy of those probabilities.
+    targets = (labels[:, None] == torch.arange(3)).float()
+    targets[0, 2] = 1.0  # an image of two classes
+    composed.config.problem_type = "multi_label_classification"
+    with torch.no_grad():
+        output = composed(pixel_values, labels=targets)
+    torch.testing.assert_close(output.logits.sigmoid(), log_probabilities.exp())
+    assert output.logits.argmax(1).tolist() == log_probabilities.argmax(1).tolist()
+    torch.testing.assert_close(output.loss, F.binary_cross_entropy(log_probabilities.exp(), targets))
+    # transformers' pipeline reads a multi-label model's logits through a sigmoid.
+    classify = pipeline(
+        "image-classification", model=composed, image_processor=composed_image_processor(composed.config)
+    )
+    answers = classify(_images()[0], top_k=3)
+    scores = {answer["label"]: answer["score"] for answer in answers}
+    assert scores == pytest.approx(
+        dict(zip(composed.labels, log_probabilities[0].exp().tolist(), strict=True)), abs=1e-5
+    )
+    composed.config.problem_type = None  # float labels: inferred as multi-label, as transformers does
+    with torch.no_grad():
+        inferred = composed(pixel_values, labels=targets)
+    assert composed.config.problem_type == "multi_label_classification"
+    torch.testing.assert_close(inferred.logits, output.logits)
+    torch.testing.assert_close(inferred.loss, output.loss)
+
+    composed.config.problem_type = "regression"
+    with torch.no_grad():
+        output = composed(pixel_values, labels=targets)
+    torch.testing.assert_close(output.logits, log_probabilities)
+    torch.testing.assert_close(output.loss, F.mse_loss(log_probabilities, targets))
 
 
 def test_replace_add_remove(modules_a, modules_b):
@@ -276,8 +350,6 @@ def test_save_and_load_by_reference_and_materialized(tmp_path, modules_a, module
 
 
 def test_calibrated_rule(tmp_path, modules_a, modules_b):
-    import torch.nn.functional as F
-
     from hf_modular.compose import collect_module_logits
 
     composed = ComposedModel.from_modules([modules_a["dark"], modules_a["bright"], modules_b["night"]])

@@ -82,7 +82,7 @@ from .members import (
     member_label,
     prepare_inputs,
 )
-from .rules import RULES, calibrated_scores, module_margins, own_class_log_probabilities
+from .rules import RULES, calibrated_margins, module_margins
 
 MODULES_FOLDER = "modules"
 
@@ -141,7 +141,8 @@ class ComposedModel(PreTrainedModel):
 
     `forward(pixel_values)` takes (B, C, H, W) images in [0, 1] and returns logits (B, M): per module, the log of
     its own-class probability, from its own head or its fitted one (`fit`), calibrated under `rule="calibrated"`.
-    Their argmax is the composition's answer (with the modules' own heads, the paper's vote).
+    Their argmax is the composition's answer (with the modules' own heads, the paper's vote). Under
+    `config.problem_type = "multi_label_classification"` the logits are the log-odds of those probabilities instead.
     """
 
     config_class = ComposedConfig
@@ -152,6 +153,9 @@ class ComposedModel(PreTrainedModel):
 
     def __init__(self, config: ComposedConfig, members: Sequence[ModularResNetForImageClassification] = ()):
         super().__init__(config)
+        # transformers picks `loss_function` by a loss name in the class name, which "ComposedModel" lacks (it would
+        # fall back to a causal-LM loss): the image classifiers' loss honours `config.problem_type`.
+        self.loss_type = "ForImageClassification"
         self.members = nn.ModuleList()
         # Whether it was loaded from a directory or repo that stores every module inside (saved with
         # materialize=True, or with no module to point at): saving it again stores them all inside by default, a
@@ -319,16 +323,25 @@ class ComposedModel(PreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`):
             Images scaled to [0, 1], as the composed model's image processor returns them.
-        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
-            Indices into the composition's labels; when given, the output carries the negative log-likelihood of the
-            normalised own-class probabilities.
+        labels (`torch.Tensor`, *optional*):
+            When given, the output carries the loss that `config.problem_type` names, as in transformers' image
+            classifiers: for `"single_label_classification"` (integer labels, shape `(batch_size,)`, indices into
+            the composition's labels) the negative log-likelihood of the normalised own-class probabilities; for
+            `"multi_label_classification"` (float labels, shape `(batch_size, num_labels)`) the binary
+            cross-entropy of each module's own-class probability; for `"regression"` the mean squared error of the
+            logits. Left unset, the problem type is inferred from the labels as transformers does.
 
-        Returns logits (B, M): `scores` of the module logits, whose argmax is the composition's answer.
+        Returns logits (B, M) whose argmax is the composition's answer: `scores` of the module logits (the log of
+        each own-class probability), or, for `"multi_label_classification"`, its log-odds, so that a sigmoid of
+        them is each module's own-class probability, as transformers' multi-label classifiers are read.
         """
-        logits = self.scores(self.module_logits(pixel_values))
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        own_class_log_odds = self.own_class_log_odds(self.module_logits(pixel_values))
+        multi_label = _problem_type(self.config, labels) == "multi_label_classification"
+        logits = own_class_log_odds if multi_label else F.logsigmoid(own_class_log_odds)
+        loss = self.loss_function(labels, logits, self.config, **kwargs) if labels is not None else None
         output = ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)
-        return output if return_dict is not False else output.to_tuple()
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
 
     @torch.inference_mode()
     def predict(self, images: RawImages, *, top: int = 1) -> list[str] | list[list[str]]:
@@ -346,17 +359,23 @@ class ComposedModel(PreTrainedModel):
     def scores(self, module_logits: torch.Tensor) -> torch.Tensor:
         """(B, M, 2) module logits -> (B, M) log-scores whose argmax follows the composition's `rule`: the log of each
         own-class probability (the paper's vote always picks their argmax), or of its calibrated probability."""
+        return F.logsigmoid(self.own_class_log_odds(module_logits))  # finite however confident a module is
+
+    def own_class_log_odds(self, module_logits: torch.Tensor) -> torch.Tensor:
+        """(B, M, 2) module logits -> (B, M) log-odds of each own-class probability that `scores` takes the log of:
+        each module's margin (own logit minus rest logit), calibrated under `rule="calibrated"`."""
         if self.config.rule == "vote":
-            return own_class_log_probabilities(module_logits)
+            return module_margins(module_logits)
         if self.config.rule != "calibrated":  # a new rule in `RULES` needs its own branch here
-            raise NotImplementedError(f"ComposedModel.scores has no branch for rule {self.config.rule!r}.")
+            raise NotImplementedError(f"ComposedModel.own_class_log_odds has no branch for rule {self.config.rule!r}.")
         missing = [label for label in self.labels if label not in (self.config.calibration or {})]
         if missing:
             raise ValueError(
                 f"rule='calibrated' but the modules for {missing} have no calibration (added or replaced since the "
                 "last one). Run composed.calibrate(dataset) again, or set composed.config.rule = 'vote'."
             )
-        return calibrated_scores(module_logits, torch.tensor([self.config.calibration[label] for label in self.labels]))
+        calibration = torch.tensor([self.config.calibration[label] for label in self.labels])
+        return calibrated_margins(module_logits, calibration)
 
     @torch.inference_mode()
     def calibrate(
@@ -639,6 +658,17 @@ def _load_members(
                 )
         members.append(module)
     return members
+
+
+def _problem_type(config: PreTrainedConfig, labels: torch.Tensor | None) -> str | None:
+    """The problem type transformers' classification loss will use: `config.problem_type`, or, left unset, the one
+    it infers from the labels (as `transformers.loss.loss_utils.ForSequenceClassificationLoss` does). The forward
+    needs it before the loss, to return the logits that problem type reads."""
+    if config.problem_type is not None or labels is None:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    return "single_label_classification" if labels.dtype in (torch.long, torch.int) else "multi_label_classification"
 
 
 def _is_compiling() -> bool:

@@ -8,7 +8,6 @@ modules would tie and argmax would pick the first of them.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 RULES = ("vote", "calibrated")
 
@@ -16,11 +15,6 @@ RULES = ("vote", "calibrated")
 def own_class_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
     """(B, M, 2) logits of M binary modules (own class first) -> (B, M) probability of each module's own class."""
     return _at_least_float32(module_logits).softmax(dim=-1)[..., 0]
-
-
-def own_class_log_probabilities(module_logits: torch.Tensor) -> torch.Tensor:
-    """(B, M, 2) -> (B, M) log of each own-class probability, finite however confident a module is."""
-    return F.logsigmoid(module_margins(module_logits))  # = log softmax[..., 0] of the two logits
 
 
 def module_margins(module_logits: torch.Tensor) -> torch.Tensor:
@@ -49,11 +43,12 @@ def top_k(module_logits: torch.Tensor, k: int = 5) -> torch.Tensor:
     return margins.topk(min(k, margins.shape[1]), dim=1).indices
 
 
-def calibrated_scores(module_logits: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
-    """(B, M, 2) module logits and (M, 2) `[scale, bias]` -> (B, M) log of each calibrated own-class probability."""
+def calibrated_margins(module_logits: torch.Tensor, calibration: torch.Tensor) -> torch.Tensor:
+    """(B, M, 2) module logits and (M, 2) `[scale, bias]` -> (B, M) log-odds of each calibrated own-class
+    probability."""
     margin = module_margins(module_logits)
     scale, bias = calibration.to(margin).T
-    return F.logsigmoid(scale * margin + bias)
+    return scale * margin + bias
 
 
 def _at_least_float32(logits: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import BaseImageProcessor, ConvNextImageProcessor, PreTrainedConfig, ViTImageProcessor
+from transformers.image_transforms import to_channel_dimension_format
+from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 
 # timm's ImageNet evaluation recipe: resize the shorter side to image_size / 0.875, then centre-crop image_size.
 IMAGENET_CROP_PCT = 0.875
@@ -22,38 +24,67 @@ def image_mode(num_channels: int) -> str:
     return "RGB" if num_channels == 3 else "L"
 
 
-def _luminance(images: Any) -> Any:
-    """PIL images, HxWx3 arrays or 3xHxW tensors (or lists of them) -> the same as 1-channel luminance images."""
-    if isinstance(images, (list, tuple)):
-        return [_luminance(image) for image in images]
-    if isinstance(images, Image.Image):
-        return images.convert("L")
-    if isinstance(images, np.ndarray) and images.ndim == 3 and images.shape[-1] == 3:  # (H, W, 3)
-        if images.dtype == np.uint8:
-            return Image.fromarray(images).convert("L")
-        return (images @ LUMA)[..., None].astype(images.dtype)  # keeps a channel axis, as PIL's "L" does
-    if isinstance(images, torch.Tensor) and images.ndim >= 3 and images.shape[-3] == 3:  # (..., 3, H, W)
-        weights = torch.tensor(LUMA, dtype=torch.float32, device=images.device)[:, None, None]
-        grey = (images.float() * weights).sum(-3, keepdim=True)
-        return grey.round().to(images.dtype) if not images.is_floating_point() else grey.to(images.dtype)
-    return images
-
-
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, PIL's "L"
 
 
-class GreyscaleViTImageProcessor(ViTImageProcessor):
-    """`ViTImageProcessor` for 1-channel models: converts images to luminance first."""
+def _luminance(image: Any, input_data_format: ChannelDimension | str | None = None) -> Any:
+    """One image -> the same kind of image, in the same channel layout, with its RGB turned into one luminance
+    channel as PIL's "L" mode computes it: a PIL image, or a numpy array or torch tensor, channels first or last
+    (`input_data_format`, or inferred as transformers infers it). Grey images, and anything else, pass through."""
+    if isinstance(image, Image.Image):
+        return image.convert("L")
+    if not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim != 3:
+        return image  # (H, W) is grey already; the processor rejects what is not an image
+    # The layout the processor itself will assume (the same channel counts, the same tie-break: channels first).
+    layout = (
+        ChannelDimension(input_data_format)
+        if input_data_format is not None
+        else infer_channel_dimension_format(image, num_channels=(1, 3, 4))
+    )
+    channels_last = to_channel_dimension_format(image, ChannelDimension.LAST, layout)
+    if channels_last.shape[-1] != 3:
+        return image
+    is_torch = isinstance(image, torch.Tensor)
+    if image.dtype == (torch.uint8 if is_torch else np.uint8):
+        # PIL's own conversion, so that an array or tensor gives exactly the pixels the same PIL image gives.
+        array = channels_last.cpu().numpy() if is_torch else channels_last
+        grey = np.array(Image.fromarray(np.ascontiguousarray(array)).convert("L"))[..., None]  # writable, for torch
+        grey = torch.from_numpy(grey).to(image.device) if is_torch else grey
+    elif is_torch:
+        weights = torch.tensor(LUMA, dtype=torch.promote_types(image.dtype, torch.float32), device=image.device)
+        grey = channels_last.to(weights.dtype) @ weights
+        grey = (grey if image.is_floating_point() else grey.round()).to(image.dtype)[..., None]
+    else:
+        grey = channels_last @ LUMA
+        grey = (grey if np.issubdtype(image.dtype, np.floating) else np.rint(grey)).astype(image.dtype)[..., None]
+    return to_channel_dimension_format(grey, layout, ChannelDimension.LAST)
 
-    def preprocess(self, images: Any, *args: Any, **kwargs: Any):
-        return super().preprocess(_luminance(images), *args, **kwargs)
+
+class GreyscaleViTImageProcessor(ViTImageProcessor):
+    """`ViTImageProcessor` for 1-channel models: converts each image to luminance first."""
+
+    def process_image(
+        self,
+        image: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: ChannelDimension | str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        # transformers calls this once per image, after splitting batches, with the caller's input_data_format.
+        return super().process_image(_luminance(image, input_data_format), do_convert_rgb, input_data_format, **kwargs)
 
 
 class GreyscaleConvNextImageProcessor(ConvNextImageProcessor):
-    """`ConvNextImageProcessor` for 1-channel models: converts images to luminance first."""
+    """`ConvNextImageProcessor` for 1-channel models: converts each image to luminance first."""
 
-    def preprocess(self, images: Any, *args: Any, **kwargs: Any):
-        return super().preprocess(_luminance(images), *args, **kwargs)
+    def process_image(
+        self,
+        image: Any,
+        do_convert_rgb: bool | None = None,
+        input_data_format: ChannelDimension | str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return super().process_image(_luminance(image, input_data_format), do_convert_rgb, input_data_format, **kwargs)
 
 
 def processor_registry_key(processor_class: type[BaseImageProcessor]) -> type[PreTrainedConfig]:
