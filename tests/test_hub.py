@@ -678,9 +678,11 @@ def test_cli_push_decompose_push_to_and_card(
     out = capsys.readouterr().out
     for label in LABELS:
         repo_id = f"{DEFAULT_USER}/{PARENT_NAME}-{label}-module"
-        assert repo_id in out and commits(repo_id)[0][:12] in out
+        assert f"{repo_id}@{commits(repo_id)[0]}" in out
         assert len(commits(repo_id)) == 2
     assert out.count("(new commit)") == len(LABELS)
+    pinned = [line.split()[1] for line in out.splitlines() if "@" in line]  # as printed, they pin the versions pushed
+    assert sorted(hf_modular.ComposedModel.from_modules(pinned).labels) == sorted(LABELS)
     assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
     assert capsys.readouterr().out.count("(unchanged)") == len(LABELS)
 

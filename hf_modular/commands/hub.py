@@ -23,9 +23,10 @@ from .options import add_remote_code_option
 
 
 def print_pushes(results: dict) -> None:
+    """One line per repo, `repo_id@commit` in full: what `compose` (and `from_modules`) take to pin that version."""
     for label, result in results.items():
         state = "new commit" if result.changed else "unchanged"
-        print(f"{label:<20} {result.repo_id}  commit {result.commit_sha[:12]}  ({state})")
+        print(f"{label:<20} {result.repo_id}@{result.commit_sha}  ({state})")
 
 
 def run_push(args: argparse.Namespace) -> None:
