@@ -192,7 +192,8 @@ def decompose(
             modules[label] = label_module(module.to(device), provenance)
             if on_module is not None:
                 on_module(label, modules[label])
-    # The whole decomposition's cost, from reading the data to the last labelled module (all modules, this process).
+    # The whole decomposition's cost, from reading the data to the last labelled module (all modules, this process;
+    # what `on_module` does, such as saving them, included).
     whole_run = {**compute.to_dict(), **cost, "modules_built": len(class_indices)}
     for module in modules.values():
         info = module.config.provenance
