@@ -36,12 +36,12 @@ class WholeParent(Strategy):
         return None  # this strategy needs no statistics pass; others return what `build` needs
 
     def build(self, parent, observations, plan, **context):
-        modules = []
-        for class_index in plan.classes:  # one (module, measurements) per planned class, in order
+        # One (module, measurements) per planned class, in order, each yielded as soon as it is built: a
+        # decomposition into a directory saves it before the next, so an interrupted run keeps it.
+        for class_index in plan.classes:
             weight, bias = channel_head(parent.fc.weight.detach(), parent.fc.bias.detach(), class_index)
             module = build_module(parent, {}, weight / self.temperature, bias / self.temperature)
-            modules.append((module, {"kept_fraction": 1.0}))
-        return modules
+            yield module, {"kept_fraction": 1.0}
 
     @classmethod
     def describe(cls, info):  # what cards, `hf-modular info` and reports say about its modules

@@ -34,6 +34,7 @@ class ComputeRecord:
     method: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     _started: float = field(default_factory=time.perf_counter, repr=False)
+    _cpu_started: float = field(default_factory=time.process_time, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if not key.startswith("_")}
@@ -41,6 +42,15 @@ class ComputeRecord:
     def wall_seconds_so_far(self) -> float:
         """Inside the measured block: seconds since it started."""
         return time.perf_counter() - self._started
+
+    def so_far(self) -> dict[str, Any]:
+        """Inside the measured block: the record as `to_dict()` would give it if the block ended now. The energy is
+        always the paper's formula's here: codecarbon's tracker can be read only once, when the block ends."""
+        partial = ComputeRecord(
+            wall_seconds=self.wall_seconds_so_far(), cpu_seconds=time.process_time() - self._cpu_started
+        )
+        _estimate_by_formula(partial)
+        return partial.to_dict()
 
 
 def paper_estimate(wall_seconds: float, cpu_seconds: float, watts: float | None = None) -> tuple[float, float, float]:
@@ -57,12 +67,11 @@ def measure_compute(use_codecarbon: bool = True) -> Iterator[ComputeRecord]:
     """Measure the block's wall and CPU time, and its energy and CO2e; the record is filled when the block ends."""
     tracker = _codecarbon_tracker() if use_codecarbon else None
     record = ComputeRecord()
-    wall, cpu = record._started, time.process_time()
     try:
         yield record
     finally:
-        record.wall_seconds = time.perf_counter() - wall
-        record.cpu_seconds = time.process_time() - cpu
+        record.wall_seconds = time.perf_counter() - record._started
+        record.cpu_seconds = time.process_time() - record._cpu_started
         emissions = tracker.stop() if tracker is not None else None
         if tracker is not None and emissions is not None:
             data = tracker.final_emissions_data
@@ -72,13 +81,18 @@ def measure_compute(use_codecarbon: bool = True) -> Iterator[ComputeRecord]:
                 "codecarbon",
             )
         else:
-            kwh, co2e, watts = paper_estimate(record.wall_seconds, record.cpu_seconds)
-            record.energy_kwh, record.co2e_kg = kwh, co2e
-            record.method = "the paper's formula with an assumed power"
-            record.details["average_watts"] = watts
-            if gpu := _cuda_device_in_use():
-                record.method += " (CPU and DRAM only: the GPU's draw is not counted)"
-                record.details["gpu_not_counted"] = gpu
+            _estimate_by_formula(record)
+
+
+def _estimate_by_formula(record: ComputeRecord) -> None:
+    """Fill `record`'s energy, CO2e and method from its measured times by the paper's formula."""
+    kwh, co2e, watts = paper_estimate(record.wall_seconds, record.cpu_seconds)
+    record.energy_kwh, record.co2e_kg = kwh, co2e
+    record.method = "the paper's formula with an assumed power"
+    record.details["average_watts"] = watts
+    if gpu := _cuda_device_in_use():
+        record.method += " (CPU and DRAM only: the GPU's draw is not counted)"
+        record.details["gpu_not_counted"] = gpu
 
 
 def _cuda_device_in_use() -> str | None:

@@ -429,6 +429,133 @@ def test_decompose_to_directory_reports_and_resumes(tmp_path, brightness_model):
     assert not list(tmp_path.glob("**/*.partial"))
 
 
+class _StopAfterSaves(logging.Handler):
+    """Ctrl-C as a user presses it between two modules: a KeyboardInterrupt raised from inside the run, at the log
+    record `decompose_to_directory` emits once a module is saved (a real point of the code, not a replaced one)."""
+
+    def __init__(self, saves: int):
+        super().__init__(logging.INFO)
+        self.saves = saves
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Saved "):
+            self.saves -= 1
+            if self.saves == 0:
+                raise KeyboardInterrupt
+
+
+def _random_parent() -> ModularResNetForImageClassification:
+    torch.manual_seed(0)
+    model = ModularResNetForImageClassification(tiny_config(layers=[2, 2])).eval()
+    with torch.no_grad():  # random batch-norm statistics, so that the modules differ from class to class
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.1, 0.3)
+    return model
+
+
+def _module_files(directory) -> dict:
+    """A module directory's tensors, and its config without what differs between runs by nature (when and at what
+    cost it was built)."""
+    config = json.loads((directory / "config.json").read_text())
+    config["module"] = {k: v for k, v in config["module"].items() if k not in ("compute", "created")}
+    return {"tensors": load_file(directory / "model.safetensors"), "config": config}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"strategy": "activation"},
+        {"strategy": "channel", "keep": 0.5, "distill_steps": 3, "distill_images": 12, "distill_batch_size": 4},
+    ],
+    ids=["activation", "channel"],
+)
+def test_an_interrupted_decomposition_keeps_its_saved_modules_and_the_rerun_matches_an_uninterrupted_one(
+    tmp_path, options
+):
+    parent = _random_parent()
+    data = image_dataset([30, 220, 128] * 8, [0, 1, 2] * 8, noise=30)
+    run = dict(eval_dataset=data, samples_per_class=4, progress=False, **options)
+    reference = decompose_to_directory(parent, data, tmp_path / "uninterrupted", **run)
+
+    output = tmp_path / "interrupted"
+    library = logging.getLogger("hf_modular")
+    stop, level = _StopAfterSaves(1), library.level
+    library.setLevel(logging.INFO)
+    library.addHandler(stop)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            decompose_to_directory(parent, data, output, **run)
+    finally:
+        library.removeHandler(stop)
+        library.setLevel(level)
+    # The first module was saved as soon as it was built, whole; the others were not built, nor the report written.
+    assert sorted(p.name for p in output.iterdir() if not p.name.startswith(".")) == ["dark-module"]
+    assert not list(output.glob(".*.partial"))
+    weights = output / "dark-module" / "model.safetensors"
+    saved_at = weights.stat().st_mtime_ns
+    cost = json.loads((output / "dark-module" / "config.json").read_text())["module"]["compute"]
+    assert cost["modules_built"] == 1 and 0 < cost["statistics_seconds"] < cost["wall_seconds"]  # the run up to it
+    assert cost["co2e_kg"] > 0
+
+    resumed = decompose_to_directory(parent, data, output, **run)  # the same command again
+    assert {label: row["resumed"] for label, row in resumed["modules"].items()} == {
+        "dark": True,
+        "bright": False,
+        "mid": False,
+    }
+    assert weights.stat().st_mtime_ns == saved_at  # skipped, not rebuilt
+    for label in LABELS:
+        name = f"{label}-module"
+        ours, theirs = _module_files(output / name), _module_files(tmp_path / "uninterrupted" / name)
+        assert ours["config"] == theirs["config"], label
+        assert ours["tensors"].keys() == theirs["tensors"].keys()
+        for key, tensor in ours["tensors"].items():
+            assert torch.equal(tensor, theirs["tensors"][key]), (label, key)
+    # The report is the uninterrupted run's, but for which modules were resumed and how long it all took.
+    for report in (resumed, reference):
+        for row in report["modules"].values():
+            del row["resumed"]
+        del report["timings"]
+    assert resumed == reference
+    # The modules built by the rerun record its cost: two modules, the interrupted run's first one its own.
+    built = {
+        label: json.loads((output / f"{label}-module" / "config.json").read_text())["module"]["compute"]
+        for label in LABELS
+    }
+    assert {label: record["modules_built"] for label, record in built.items()} == {"dark": 1, "bright": 2, "mid": 2}
+    assert built["bright"] == built["mid"]  # one run's whole cost, shared by its modules
+
+
+def test_ctrl_c_during_the_decompose_command_says_what_it_kept_and_the_same_command_resumes(tmp_path, capsys):
+    _random_parent().save_pretrained(tmp_path / "parent")
+    image_dataset([30, 220, 128] * 8, [0, 1, 2] * 8, noise=30).to_parquet(str(tmp_path / "train.parquet"))
+    output = tmp_path / "modules"
+    command = ["decompose", str(tmp_path / "parent"), "--dataset", str(tmp_path / "train.parquet"), "--output"]
+    command += [str(output), "--samples-per-class", "4"]
+    # On the module's logger: the command sets up the library's own handlers, and this one must come first.
+    saving = logging.getLogger("hf_modular.decompose.output")
+    stop = _StopAfterSaves(2)
+    saving.addHandler(stop)
+    try:
+        assert main(command) == 130  # the shell's code for Ctrl-C
+    finally:
+        saving.removeHandler(stop)
+    error = capsys.readouterr().err
+    kept = f"interrupted. Rerun the same command to resume: the modules it finished writing are kept (2 in {output})"
+    assert kept in error, error
+    assert sorted(p.name for p in output.iterdir() if not p.name.startswith(".")) == ["bright-module", "dark-module"]
+    assert main(command) == 0
+    report = json.loads((output / "decomposition.json").read_text())
+    assert {label: row["resumed"] for label, row in report["modules"].items()} == {
+        "dark": True,
+        "bright": True,
+        "mid": False,
+    }
+
+
 def test_eval_limit_counts_images_of_the_classes_decomposed(tmp_path, brightness_model, capsys):
     data = dark_bright_dataset()  # 6 dark images first, then 6 bright and 6 mid
     options = {"eval_dataset": data, "classes": ["bright", "mid"], "samples_per_class": 6, "progress": False}

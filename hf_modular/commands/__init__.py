@@ -49,7 +49,17 @@ def interruption_hint(args: argparse.Namespace) -> str:
             return " Rerun the same command to resume from the last completed epoch."
         return " No epoch had finished, so nothing was saved."
     if args.command == "decompose":
-        return " Rerun the same command to resume: the modules it finished writing are kept."
+        # Each module is saved as soon as it is built (`decompose.output._build_and_save`), so what is kept is what
+        # the output holds now; the statistics pass is shared by the modules of a run, so the rerun does it again
+        # for the missing ones.
+        where = ""
+        if getattr(args, "output", None) and Path(args.output).is_dir():
+            modules = [path for path in Path(args.output).glob("*/model.safetensors") if path.parent.name[0] != "."]
+            where = f" ({len(modules)} in {args.output})"
+        return (
+            f" Rerun the same command to resume: the modules it finished writing are kept{where} and skipped; the "
+            "statistics pass and the report are redone for the others."
+        )
     return ""
 
 

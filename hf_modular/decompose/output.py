@@ -5,8 +5,10 @@
       dog-module/
       decomposition.json     per-module binary accuracy, masked fraction, Jaccard; composed vs parent; timings
 
-Each module directory is written atomically, so an interrupted run leaves only complete ones. Running again with
-the same output skips the classes whose module was built from the same parent with the same parameters.
+Each module directory is written atomically as soon as the module is built, so an interrupted run keeps the modules
+it finished, and only complete ones. Running again with the same output skips the classes whose module was built
+from the same parent with the same parameters, builds the others (the statistics pass again, for those classes
+only: its sample plan gives a class the same rows whichever others are planned) and writes the report.
 """
 
 from __future__ import annotations
@@ -200,19 +202,32 @@ def _build_and_save(
     progress: bool,
     options: dict[str, Any],
 ) -> dict[str, float]:
-    """Decompose the classes `todo` and save their modules into `output`; returns the timings for the report."""
+    """Decompose the classes `todo` and save their modules into `output`; returns the timings for the report.
+
+    Each module is saved (atomically) as soon as it is built, so a run stopped after it keeps it and a rerun skips
+    it. Once all are built, their configs get the whole run's cost in place of the cost up to each."""
     logger.info("Decomposing into %d module(s): %s", len(todo), ", ".join(todo))
     started = time.perf_counter()
-    modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, **options)
+    options = dict(options)
+    theirs = options.pop("on_module", None)  # a caller's own callback runs once the module is saved
+
+    def save(label: str, module: ModularResNetForImageClassification) -> None:
+        # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
+        if state.is_main_process:
+            with library_bars_off():  # a few small files: no bar per file
+                module.save_pretrained(output / module_directory_name(label))
+            logger.info("Saved %s (%d of %d)", module_directory_name(label), todo.index(label) + 1, len(todo))
+        if theirs is not None:
+            theirs(label, module)
+
+    modules = decompose(model, dataset, classes=todo, accelerator=state, progress=progress, on_module=save, **options)
     timings = {
         "decompose_seconds": time.perf_counter() - started,
         "statistics_seconds": next(iter(modules.values())).config.provenance.compute["statistics_seconds"],
     }
-    # Every process holds the same modules; the main one writes them (transformers saves weights on rank 0 only).
     if state.is_main_process:
-        with library_bars_off():  # one module after the other, each a few small files: no bar per file
-            for label, module in modules.items():
-                module.save_pretrained(output / module_directory_name(label))
+        for label, module in modules.items():
+            write_card(module.config, output / module_directory_name(label))
     state.wait_for_everyone()
     return timings
 

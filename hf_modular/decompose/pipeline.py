@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ def decompose(
     seed: int = DEFAULT_SEED,
     accelerator: Accelerator | PartialState | None = None,
     progress: bool = True,
+    on_module: Callable[[str, ModularResNetForImageClassification], None] | None = None,
     **strategy_options: Any,
 ) -> dict[str, ModularResNetForImageClassification]:
     """Build one module per class of `model` from the training inputs in `dataset`.
@@ -87,6 +89,10 @@ def decompose(
         accelerator: an `accelerate.Accelerator` or `PartialState` to shard the work across processes (default:
             the state `accelerate launch` / `torchrun` set up, else one process). Every process returns the same
             modules.
+        on_module: called on every process with `(label, module)` as soon as that module is built, before the
+            next one is (`decompose_to_directory` saves it there, so that an interrupted run keeps it). Its
+            `provenance.compute` is then the cost of the run up to that module; the returned modules all hold the
+            whole run's.
 
     Returns:
         `{label: module}` in the order of `classes` (default: the model's class order); each module is a
@@ -144,7 +150,7 @@ def decompose(
         )
         statistics_seconds = compute.wall_seconds_so_far() - statistics_started
         model.eval()  # modules are built where the statistics pass ran, and returned where the parent was
-        built = method.build(
+        built = method.build(  # one module at a time, so that each can be handed on (saved) as soon as it exists
             model,
             observations,
             plan,
@@ -154,38 +160,46 @@ def decompose(
             state=state,
             progress=progress,
         )
-        parent_record = _parent_record(model)
-        dataset_record = _dataset_record(
-            dataset, dataset_source, split, image_column, label_column, dataset_revision, dataset_config
-        )
-    common = {
-        "parent": parent_record,
-        "dataset": dataset_record,
-        "method": MethodRecord(method.name, method.parameters()),
-        "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
-        "compute": {
-            **compute.to_dict(),
+        common = {
+            "parent": _parent_record(model),
+            "dataset": _dataset_record(
+                dataset, dataset_source, split, image_column, label_column, dataset_revision, dataset_config
+            ),
+            "method": MethodRecord(method.name, method.parameters()),
+            "sampling": SamplingRecord(samples_per_class, negatives_ratio, seed),
+            "hf_modular_version": __version__,
+        }
+        cost = {
             "statistics_seconds": statistics_seconds,
-            "modules_built": len(class_indices),
             # The activation strategy's sign test reads values computed in this dtype and autocast.
             "dtype": str(dtype).removeprefix("torch."),
             "mixed_precision": mixed_precision_of(state),
-        },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "hf_modular_version": __version__,
-    }
-    own_samples, negative_samples = plan.own.sum(0), plan.negative.sum(0)
-    modules = {}
-    for m, (class_index, (module, details)) in enumerate(zip(class_indices, built, strict=True)):
-        label = model_labels[class_index]
-        provenance = ModuleProvenance(
-            target_label=label,
-            target_index=class_index,
-            samples=SampleCounts(int(own_samples[m]), int(negative_samples[m])),
-            details=details,
-            **common,
-        )
-        modules[label] = label_module(module.to(device), provenance)
+        }
+        own_samples, negative_samples = plan.own.sum(0), plan.negative.sum(0)
+        modules = {}
+        for m, (class_index, (module, details)) in enumerate(zip(class_indices, built, strict=True)):
+            label = model_labels[class_index]
+            provenance = ModuleProvenance(
+                target_label=label,
+                target_index=class_index,
+                samples=SampleCounts(int(own_samples[m]), int(negative_samples[m])),
+                details=details,
+                # Until the run ends, the cost of the modules built so far: what a module handed on now (and kept
+                # by an interrupted run) records. Replaced below by the whole run's once every module is built.
+                compute={**compute.so_far(), **cost, "modules_built": m + 1},
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                **common,
+            )
+            modules[label] = label_module(module.to(device), provenance)
+            if on_module is not None:
+                on_module(label, modules[label])
+    # The whole decomposition's cost, from reading the data to the last labelled module (all modules, this process;
+    # what `on_module` does, such as saving them, included).
+    whole_run = {**compute.to_dict(), **cost, "modules_built": len(class_indices)}
+    for module in modules.values():
+        info = module.config.provenance
+        info.compute = whole_run
+        module.config.provenance = info
     model.to(device)  # the caller's model goes back where it was
     return modules
 

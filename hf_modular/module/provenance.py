@@ -76,8 +76,9 @@ class ModuleProvenance:
     Attributes:
         target_label, target_index: the module's class, and its index among the parent's classes.
         parent, dataset, method, sampling, samples: where it comes from and how it was built.
-        compute: the whole decomposition's cost (`hf_modular.emissions.ComputeRecord.to_dict()`), shared by the
-            modules of one run.
+        compute: the cost of the decomposition run that built it (`hf_modular.emissions.ComputeRecord.to_dict()`,
+            with `modules_built`, the number of modules the cost covers): the whole run's, shared by its modules; a
+            module kept by an interrupted run has that run's cost up to it (each module is saved once built).
         details: the strategy's own measurements (masked fraction and Jaccard index, or parameter and MAC
             fractions, ...); `Strategy.describe` turns them into words.
         evaluation: measured quality on an evaluation split, when the decomposition had one.

@@ -23,6 +23,7 @@ or its projection shortcut) is removed from the add's output too, so it is gone 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -144,8 +145,7 @@ class ActivationStrategy(Strategy):
         observations: ActivityMaps,
         plan: SamplePlan,
         **context: Any,
-    ) -> list[BuiltModule]:
-        built = []
+    ) -> Iterator[BuiltModule]:
         for module_index, class_index in enumerate(plan.classes):
             spec = self.module_spec(parent, observations, module_index, class_index)
             details = {
@@ -154,8 +154,7 @@ class ActivationStrategy(Strategy):
                 "jaccard_index": jaccard_index(parent, spec.node_keep),
             }
             module = build_module(parent, spec.keep, spec.head_weight, spec.head_bias, head_type=spec.head_type)
-            built.append((module, details))
-        return built
+            yield module, details
 
     @classmethod
     def describe(cls, info: ModuleProvenance) -> ModuleDescription:

@@ -4,7 +4,7 @@ A strategy is a dataclass of its options (each field documented with `metadata={
 into `--option` flags) and three steps:
 
     observations = strategy.observe(parent, dataset, plan, ...)      # the statistics pass (data-parallel)
-    built = strategy.build(parent, observations, plan, ...)          # one (module, details) per planned class
+    built = strategy.build(parent, observations, plan, ...)          # (module, details) per planned class, in turn
     strategy.describe(provenance)                                    # words and figures for cards and reports
 
 The pipeline (`hf_modular.decompose.decompose`) owns everything around them: loading, sampling, labelling,
@@ -15,6 +15,7 @@ provenance, cost. Adding a strategy is one new file with a `@register_strategy` 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,8 +72,13 @@ class Strategy:
         seed: int,
         state: PartialState,
         progress: bool,
-    ) -> list[BuiltModule]:
-        """One module per class of `plan.classes`, in that order, each with a two-way head (own class, rest)."""
+    ) -> Iterator[BuiltModule]:
+        """One module per class of `plan.classes`, in that order, each with a two-way head (own class, rest).
+
+        Yield each module as soon as it is built: the pipeline hands it on (`decompose_to_directory` saves it) before
+        asking for the next, so an interrupted run keeps the modules finished so far. Every process must yield the
+        same modules in the same order (collective operations between them are fine: every process asks for every
+        module)."""
         raise NotImplementedError
 
     @classmethod
@@ -102,6 +108,7 @@ PIPELINE_OPTIONS = (
     "seed",
     "accelerator",
     "progress",
+    "on_module",
     "strategy_options",
     # decompose_to_directory's own
     "output",

@@ -21,6 +21,7 @@ The paper's modules are full-size masked copies of the parent. Here each module 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -204,7 +205,7 @@ class ChannelStrategy(Strategy):
         state: DistributedState,
         progress: bool,
         **context: Any,
-    ) -> list[BuiltModule]:
+    ) -> Iterator[BuiltModule]:
         return build_compact_modules(
             parent, self, observations, plan.classes, dataset, image_column, seed=seed, state=state, progress=progress
         )
@@ -273,9 +274,12 @@ def build_compact_modules(
     seed: int,
     state: DistributedState,
     progress: bool = True,
-) -> list[BuiltModule]:
-    """Prune and (optionally) distill one module per class (classes split across processes); returns (module,
-    details) per class on every process, on the parent's device and in its dtype."""
+) -> Iterator[BuiltModule]:
+    """Prune and (optionally) distill one module per class; yields (module, details) per class, in order, on every
+    process, on the parent's device and in its dtype.
+
+    The classes are built in rounds of one per process (process p builds the p-th class of each round) and each
+    round is exchanged as soon as it is done, so that its modules can be saved before the next round starts."""
     parent = parent.eval()
     start = strategy.shared_steps(parent)
     features, teacher = (None, None)
@@ -285,61 +289,75 @@ def build_compact_modules(
         features, teacher = distillation_data(
             parent, distill_dataset, image_column, start, count=count, mirror=strategy.mirror, seed=seed
         )
-    mine = class_indices[state.process_index :: state.num_processes]
-    built = {}
-    for class_index in progress_bar(
-        mine, desc="compact modules", disable=not progress or not state.is_local_main_process
-    ):
-        m = class_indices.index(class_index)
-        selection = strategy.select(parent, scores, m)
-        module = prune(parent, selection)
-        head_weight, head_bias, head_type = module_head(
-            module.fc.weight.detach(), module.fc.bias.detach(), class_index, strategy.head
-        )
-        module.config.head_type, module.config.head_rows = (
-            head_type,
-            len(head_weight) if head_type == "softmax" else None,
-        )
-        device, dtype = device_and_dtype(module)
-        module.fc = nn.Linear(module.fc.in_features, len(head_weight), device=device, dtype=dtype)
-        with torch.no_grad():
-            module.fc.weight.copy_(head_weight)
-            module.fc.bias.copy_(head_bias)
-        details: dict[str, Any] = {}
-        if strategy.reconstruct:
-            reconstruct(parent, module, selection, start, features[: strategy.reconstruction_images])
-        if strategy.distill_steps > 0:
-            details["distillation_loss"] = distill(
-                module,
-                start,
-                features,
-                teacher[:, class_index],
-                steps=strategy.distill_steps,
-                batch_size=strategy.distill_batch_size,
-                learning_rate=strategy.learning_rate,
-                seed=seed + class_index,
-            )
-        built[class_index] = (
-            {k: v.detach().clone() for k, v in module.state_dict().items()},
-            module.config.to_dict(),
-            details,
-        )
-    if state.num_processes > 1:  # exchanged through the CPU: each process's device is its own
-        on_cpu = {k: ({n: t.cpu() for n, t in tensors.items()}, c, d) for k, (tensors, c, d) in built.items()}
-        built = {k: v for part in gather_in_order(on_cpu, state) for k, v in part.items()}
-    results = []
     example = torch.zeros(1, parent.config.num_channels, parent.config.image_size, parent.config.image_size)
     parent_macs, parent_parameters = count_macs(parent, example), count_parameters(parent)
-    for class_index in class_indices:
-        tensors, config_dict, details = built[class_index]
-        module = rebuild(config_dict, tensors).to(*device_and_dtype(parent))
-        macs, parameters = count_macs(module, example), count_parameters(module)
-        details.update(
-            macs=macs,
-            parameters=parameters,
-            macs_fraction=macs / parent_macs,
-            parameters_fraction=parameters / parent_parameters,
-            shared_steps=start,
+    processes = state.num_processes
+    disable = not progress or not state.is_local_main_process
+    with progress_bar(total=len(class_indices), desc="compact modules", disable=disable) as bar:
+        for first in range(0, len(class_indices), processes):
+            mine = first + state.process_index
+            built = {}
+            if mine < len(class_indices):  # the last round may have fewer classes than processes
+                built[class_indices[mine]] = _compact_module(
+                    parent, strategy, scores, mine, class_indices[mine], start, features, teacher, seed
+                )
+            if processes > 1:  # exchanged through the CPU: each process's device is its own
+                on_cpu = {k: ({n: t.cpu() for n, t in tensors.items()}, c, d) for k, (tensors, c, d) in built.items()}
+                built = {k: v for part in gather_in_order(on_cpu, state) for k, v in part.items()}
+            for class_index in class_indices[first : first + processes]:
+                tensors, config_dict, details = built[class_index]
+                module = rebuild(config_dict, tensors).to(*device_and_dtype(parent))
+                macs, parameters = count_macs(module, example), count_parameters(module)
+                details.update(
+                    macs=macs,
+                    parameters=parameters,
+                    macs_fraction=macs / parent_macs,
+                    parameters_fraction=parameters / parent_parameters,
+                    shared_steps=start,
+                )
+                bar.update(1)
+                yield module, details
+
+
+def _compact_module(
+    parent: ModularResNetForImageClassification,
+    strategy: ChannelStrategy,
+    scores: dict[str, torch.Tensor],
+    m: int,
+    class_index: int,
+    start: int,
+    features: torch.Tensor | None,
+    teacher: torch.Tensor | None,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Module `m` (of the parent's class `class_index`): pruned, given its head, reconstructed and distilled when
+    asked; as (its tensors, its config as a dict, details), which processes can exchange."""
+    selection = strategy.select(parent, scores, m)
+    module = prune(parent, selection)
+    head_weight, head_bias, head_type = module_head(
+        module.fc.weight.detach(), module.fc.bias.detach(), class_index, strategy.head
+    )
+    module.config.head_type, module.config.head_rows = (
+        head_type,
+        len(head_weight) if head_type == "softmax" else None,
+    )
+    device, dtype = device_and_dtype(module)
+    module.fc = nn.Linear(module.fc.in_features, len(head_weight), device=device, dtype=dtype)
+    with torch.no_grad():
+        module.fc.weight.copy_(head_weight)
+        module.fc.bias.copy_(head_bias)
+    details: dict[str, Any] = {}
+    if strategy.reconstruct:
+        reconstruct(parent, module, selection, start, features[: strategy.reconstruction_images])
+    if strategy.distill_steps > 0:
+        details["distillation_loss"] = distill(
+            module,
+            start,
+            features,
+            teacher[:, class_index],
+            steps=strategy.distill_steps,
+            batch_size=strategy.distill_batch_size,
+            learning_rate=strategy.learning_rate,
+            seed=seed + class_index,
         )
-        results.append((module, details))
-    return results
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}, module.config.to_dict(), details
