@@ -81,8 +81,14 @@ def _command_in(argv: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(_command_in(argv)).parse_args(argv)
-    commands = _commands()
+    try:
+        args = build_parser(_command_in(argv)).parse_args(argv)
+        commands = _commands()
+    except KeyboardInterrupt:  # while torch and the libraries load: nothing has started yet
+        if "--debug" in argv:
+            raise
+        print("hf-modular: interrupted while starting; nothing was done.", file=sys.stderr)
+        return 130
     try:
         commands.run(args)
     except KeyboardInterrupt:

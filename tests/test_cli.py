@@ -159,6 +159,28 @@ def test_debug_shows_the_exception(tmp_path):
         main(["--debug", "import", str(tmp_path / "absent.th"), "--output", str(tmp_path / "out")])
 
 
+def test_ctrl_c_while_the_command_starts_says_so_without_a_traceback():
+    import signal
+
+    # -X importtime reports each module once imported: once torch is, main() is still loading the command's code
+    # (transformers, datasets, ours: seconds more).
+    process = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "hf_modular.cli", "info", "no-such-model"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in process.stderr:
+            if line.split("|")[-1].strip() == "torch":
+                break
+        process.send_signal(signal.SIGINT)
+        stderr = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    messages = [line for line in stderr.splitlines() if not line.startswith("import time:")]
+    assert process.returncode == 130, stderr
+    assert messages == ["hf-modular: interrupted while starting; nothing was done."]
+
+
 def test_console_script_help():
     script = Path(sys.executable).with_name("hf-modular")
     executable = str(script) if script.exists() else shutil.which("hf-modular")
