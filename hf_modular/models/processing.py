@@ -60,8 +60,8 @@ def _luminance(image: Any, input_data_format: ChannelDimension | str | None = No
     return to_channel_dimension_format(grey, layout, ChannelDimension.LAST)
 
 
-class GreyscaleViTImageProcessor(ViTImageProcessor):
-    """`ViTImageProcessor` for 1-channel models: converts each image to luminance first."""
+class LuminanceFirst:
+    """Mixin for a transformers image processor of 1-channel models: each image becomes luminance first."""
 
     def process_image(
         self,
@@ -74,17 +74,12 @@ class GreyscaleViTImageProcessor(ViTImageProcessor):
         return super().process_image(_luminance(image, input_data_format), do_convert_rgb, input_data_format, **kwargs)
 
 
-class GreyscaleConvNextImageProcessor(ConvNextImageProcessor):
-    """`ConvNextImageProcessor` for 1-channel models: converts each image to luminance first."""
+class GreyscaleViTImageProcessor(LuminanceFirst, ViTImageProcessor):
+    """`ViTImageProcessor` for 1-channel models: converts each image to luminance first."""
 
-    def process_image(
-        self,
-        image: Any,
-        do_convert_rgb: bool | None = None,
-        input_data_format: ChannelDimension | str | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        return super().process_image(_luminance(image, input_data_format), do_convert_rgb, input_data_format, **kwargs)
+
+class GreyscaleConvNextImageProcessor(LuminanceFirst, ConvNextImageProcessor):
+    """`ConvNextImageProcessor` for 1-channel models: converts each image to luminance first."""
 
 
 def processor_registry_key(processor_class: type[BaseImageProcessor]) -> type[PreTrainedConfig]:
