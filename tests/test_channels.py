@@ -123,6 +123,14 @@ def test_greyscale_processors_convert_every_input_kind_as_the_pil_path_does(stem
         torch.testing.assert_close(process(image, input_data_format="channels_last"), expected, rtol=0, atol=0)
 
 
+def test_greyscale_processors_name_their_keyword_arguments_as_transformers_looks_them_up():
+    import sys
+
+    for processor_class in (GreyscaleViTImageProcessor, GreyscaleConvNextImageProcessor):
+        module = sys.modules[processor_class.__module__]  # transformers' test_valid_kwargs_set looks there
+        assert getattr(module, f"{processor_class.__name__}Kwargs") is processor_class().valid_kwargs
+
+
 def test_rgb_models_keep_transformers_own_processors(tmp_path):
     config = ModularResNetConfig(layers=[1, 1], widths=[4, 8], stem_width=4)
     ModularResNetForImageClassification(config).save_pretrained(tmp_path / "rgb")

@@ -209,6 +209,14 @@ def test_invalid_config_names_the_problem(fields, expected):
         assert fragment in message, (fragment, message)
 
 
+def test_one_number_stands_for_every_channel_as_transformers_processors_take_it(tmp_path):
+    assert ModularResNetConfig(image_mean=0.5, image_std=0.25).image_std == [0.25, 0.25, 0.25]
+    config = ModularResNetConfig(layers=[1], widths=[4], stem_width=4)
+    config.image_std = 1e-10  # as transformers' tests set every `*_std` field before saving
+    ModularResNetForImageClassification(config).save_pretrained(tmp_path / "m")
+    assert ModularResNetConfig.from_pretrained(tmp_path / "m").image_std == [1e-10] * 3
+
+
 def test_valid_single_channel_config():
     config = ModularResNetConfig(num_channels=1, image_mean=[0.5], image_std=[0.25], layers=[1], widths=[4])
     model = ModularResNetForImageClassification(config)

@@ -69,9 +69,13 @@ def test_timm_training_options():
         assert not torch.equal(dropped.train()(images), model.train()(images))
     model.reset_classifier(0, global_pool="")  # timm's "no pooling": the last feature map
     assert model.eval()(images).shape == (4, model.num_features, 8, 8)
-    with pytest.raises(ValueError, match="only without a classifier"):  # as timm's create_classifier refuses it
-        model.reset_classifier(5)
+    with pytest.raises(ValueError, match="only without a classifier"):  # a linear head needs pooled features
+        model.reset_classifier(5, global_pool="")
     assert model.num_classes == 0 and model.eval()(images).dim() == 4  # left as it was
+    model.reset_classifier(5)  # a classifier asked for without naming a pool: pooled again, as timm's tests expect
+    assert model.eval()(images).shape == (4, 5) and not model.fc.training  # the new head follows the model's mode
+    with pytest.raises(AssertionError, match="pools by average"):  # what timm's pooling raises for a type it lacks
+        model.reset_classifier(7, "catavgmax")
     model.reset_classifier(5, global_pool="avg")
     assert model.eval()(images).shape == (4, 5)
     for wrong, message in [
@@ -299,3 +303,4 @@ def test_resolve_data_config_and_export():
     torch.testing.assert_close(exported.module()(x), expected)
     torch.testing.assert_close(traced(x), expected)
     torch.testing.assert_close(graph(x), expected)
+    torch.testing.assert_close(torch.jit.script(graph)(x), expected)  # timm's fx + TorchScript test

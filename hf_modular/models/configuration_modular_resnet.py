@@ -130,7 +130,7 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
         image_size (`int`, defaults to `32`):
             Height and width of the input the model was trained on; the image processor resizes to it.
         image_mean, image_std (`list[float]`):
-            Per-channel normalisation applied to images scaled to [0, 1].
+            Per-channel normalisation applied to images scaled to [0, 1]; one number stands for every channel.
         preset (`str`, *optional*):
             Name of the preset this config was built from (`"modular_resnet20"`, ...). Also the timm architecture
             name written to `config.json`.
@@ -195,8 +195,8 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
     shortcut: str = "A"
     num_channels: int = 3
     image_size: int = 32
-    image_mean: list[float] | tuple[float, ...] = IMAGENET_MEAN
-    image_std: list[float] | tuple[float, ...] = IMAGENET_STD
+    image_mean: list[float] | tuple[float, ...] | float = IMAGENET_MEAN
+    image_std: list[float] | tuple[float, ...] | float = IMAGENET_STD
     preset: str | None = None
     mask_shapes: dict[str, list[int]] | None = None
     stage_channels: list[int] | None = None
@@ -215,7 +215,8 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
         for name in ("stem_width", "num_channels", "image_size"):
             check_number(f"config field `{name}`", getattr(self, name), minimum=1, integer=True)
         self.layers, self.widths = _counts("layers", self.layers), _counts("widths", self.widths)
-        self.image_mean, self.image_std = _numbers("image_mean", self.image_mean), _numbers("image_std", self.image_std)
+        self.image_mean = _numbers("image_mean", self.image_mean, self.num_channels)
+        self.image_std = _numbers("image_std", self.image_std, self.num_channels)
         # As transformers' ResNetConfig: the stages a backbone (`ModularResNetBackbone`, AutoBackbone) can return.
         kwargs.pop("stage_names", None)  # derived from `layers`
         self.stage_names = ["stem", *(f"stage{index}" for index in range(1, len(self.layers) + 1))]
@@ -270,6 +271,8 @@ class ModularResNetConfig(BackboneConfigMixin, PreTrainedConfig):
             )
         if self.block_widths is not None and [len(stage) for stage in self.block_widths] != list(self.layers):
             raise ValueError(f"block_widths needs one width per block: {list(self.layers)} blocks per stage.")
+        for name in ("image_mean", "image_std"):  # also when set after construction
+            setattr(self, name, _numbers(name, getattr(self, name), self.num_channels))
         if len(self.image_mean) != self.num_channels or len(self.image_std) != self.num_channels:
             raise ValueError(
                 f"image_mean and image_std need one value per input channel (num_channels={self.num_channels})."
@@ -381,7 +384,10 @@ def _counts(name: str, values: Any) -> list[int]:
     return list(values)
 
 
-def _numbers(name: str, values: Any) -> list[float]:
+def _numbers(name: str, values: Any, count: int) -> list[float]:
+    """A list of numbers; one number stands for `count` of them (every channel), as transformers' processors take it."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values] * count
     if not isinstance(values, (list, tuple)):
         raise ValueError(f"config field `{name}` must be a list of numbers, got {values!r:.60}.")
     for value in values:

@@ -82,6 +82,12 @@ class GreyscaleConvNextImageProcessor(LuminanceFirst, ConvNextImageProcessor):
     """`ConvNextImageProcessor` for 1-channel models: converts each image to luminance first."""
 
 
+# transformers finds a processor's keyword arguments as `<class name>Kwargs` beside the class (its tests check that
+# `valid_kwargs` is that class): the same as the stock processors'.
+GreyscaleViTImageProcessorKwargs = GreyscaleViTImageProcessor.valid_kwargs
+GreyscaleConvNextImageProcessorKwargs = GreyscaleConvNextImageProcessor.valid_kwargs
+
+
 def processor_registry_key(processor_class: type[BaseImageProcessor]) -> type[PreTrainedConfig]:
     """A config class that exists only to register `processor_class` with `AutoImageProcessor` (which keys its
     registry by config class) without tying it to a model type."""

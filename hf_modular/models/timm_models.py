@@ -6,8 +6,8 @@ network is `ModularResNetForImageClassification` itself, constructed from timm-s
 returning plain logits, so the state dict is the same one transformers saves.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.fx copies `forward`'s annotations into the code it generates, which
+# TorchScript must then resolve (timm's `test_model_forward_fx_torchscript`).
 from typing import Any
 
 import torch
@@ -94,6 +94,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
         """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads. `global_pool`:
         "avg", or "" (no pooling: the features map, with `num_classes=0` only); None keeps the model's."""
         pool = self._pool if global_pool is None else global_pool
+        if global_pool is None and not pool and num_classes > 0:  # a classifier reads pooled features
+            pool = "avg"
         _check_pool(pool, num_classes)  # before anything changes
         self.num_classes = num_classes
         weight = next(self.parameters())  # the new head is made where the model is, in its dtype
@@ -101,7 +103,7 @@ class TimmModularResNet(ModularResNetForImageClassification):
             nn.Linear(self.num_features, num_classes, device=weight.device, dtype=weight.dtype)
             if num_classes > 0
             else nn.Identity()
-        )
+        ).train(self.training)
         self.config.head_type, self.config.head_rows = "linear", None
         if num_classes > 0:
             self.config.num_labels = num_classes  # resets id2label/label2id to LABEL_i names
@@ -113,11 +115,18 @@ class TimmModularResNet(ModularResNetForImageClassification):
         self.global_pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)) if pool else nn.Identity()
 
 
+class UnsupportedPoolError(ValueError, AssertionError):
+    """A `global_pool` a ModularResNet does not take. A ValueError, and an AssertionError as timm's own pooling layers
+    raise for a pool type they lack (timm's tests skip a model on it)."""
+
+
 def _check_pool(pool: str, num_classes: int) -> None:
     """timm's `global_pool` values a ModularResNet takes: "avg", and "" without a classifier."""
     if pool not in ("avg", ""):
-        raise ValueError(f"ModularResNet pools by average (global_pool='avg'), or not at all (''), not {pool!r}.")
-    if pool == "" and num_classes > 0:  # as timm's own classifiers refuse it
+        raise UnsupportedPoolError(
+            f"ModularResNet pools by average (global_pool='avg'), or not at all (''), not {pool!r}."
+        )
+    if pool == "" and num_classes > 0:  # a linear classifier needs pooled (B, num_features) features
         raise ValueError("global_pool='' leaves the features unpooled: only without a classifier (num_classes=0).")
 
 
