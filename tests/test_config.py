@@ -217,6 +217,13 @@ def test_one_number_stands_for_every_channel_as_transformers_processors_take_it(
     assert ModularResNetConfig.from_pretrained(tmp_path / "m").image_std == [1e-10] * 3
 
 
+def test_a_config_changed_after_construction_is_checked_when_a_model_is_built():
+    config = ModularResNetConfig(layers=[1], widths=[4], stem_width=4, head_type="softmax", head_rows=3, num_labels=2)
+    config.num_labels = 1  # as transformers' test_problem_types sets it
+    with pytest.raises(StrictDataclassClassValidationError, match="num_labels must be 2"):
+        ModularResNetForImageClassification(config)
+
+
 def test_valid_single_channel_config():
     config = ModularResNetConfig(num_channels=1, image_mean=[0.5], image_std=[0.25], layers=[1], widths=[4])
     model = ModularResNetForImageClassification(config)

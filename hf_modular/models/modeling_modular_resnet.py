@@ -317,6 +317,7 @@ class ModularResNetModel(ModularResNetPreTrainedModel):
     """The convolutional trunk: (B, num_channels, H, W) -> features (B, num_features, H / s, W / s), pooled (B, F)."""
 
     def __init__(self, config: ModularResNetConfig):
+        config.validate()  # a config changed field by field since it was made is checked before a model is built
         super().__init__(config)
         channels, block_widths = config.channel_counts  # pruned counts for compact modules, else the full ones
         full = config.full_stage_channels
