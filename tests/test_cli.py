@@ -181,6 +181,15 @@ def test_ctrl_c_while_the_command_starts_says_so_without_a_traceback():
     assert messages == ["hf-modular: interrupted while starting; nothing was done."]
 
 
+def test_ctrl_c_before_any_module_was_saved_says_nothing_was_kept(tmp_path):
+    from argparse import Namespace
+
+    from hf_modular.commands import interruption_hint
+
+    hint = interruption_hint(Namespace(command="decompose", output=str(tmp_path / "modules")))
+    assert "No module had been saved yet" in hint and "kept" not in hint
+
+
 def test_console_script_help():
     script = Path(sys.executable).with_name("hf-modular")
     executable = str(script) if script.exists() else shutil.which("hf-modular")

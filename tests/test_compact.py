@@ -137,6 +137,7 @@ def test_compact_modules_are_smaller_and_share_the_parents_prefix(compact, tmp_p
         details = module.config.provenance.details
         assert module.config.is_pruned and module.config.mask_shapes is None
         assert module.config.training is None and module.config.origin is None
+        assert module.config.provenance.parent.origin["source"] == "resnet.th"  # the parent's, named as its parent
         assert count_parameters(module) < count_parameters(parent)
         assert details["macs_fraction"] < 1 and details["shared_steps"] == 4  # all but the last block (the default)
     composed = ComposedModel.from_modules(list(compact.values())).eval()

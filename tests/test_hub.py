@@ -490,6 +490,19 @@ def test_module_card_without_evaluation_has_no_model_index(modules) -> None:
     assert "## Evaluation" not in card.text and 'from_pretrained("org/dark-module")' in card.text
 
 
+def test_a_module_of_imported_weights_names_their_origin_and_takes_their_license(modules) -> None:
+    config = copy.deepcopy(modules["dark"].config)
+    assert "The license is unknown" in module_card(config).text  # a parent with no recorded license
+    origin = {"source": "resnet.th", "format": "CIFAR ResNet checkpoint", "sha256": "ab" * 32, "license": "mit"}
+    info = config.provenance
+    info.parent.origin = origin  # as decompose records an imported parent's `config.origin`
+    config.provenance = info
+    card = module_card(config)
+    assert card.data.license == "mit" and "`mit` (the parent's)" in card.text
+    assert "| Parent imported from | `resnet.th` (sha256 of the file: `" + "ab" * 32 in card.text
+    assert module_card(config, license="apache-2.0").data.license == "apache-2.0"  # one given wins
+
+
 def test_card_templates_ship_in_the_wheel(tmp_path: Path) -> None:
     source = tmp_path / "src"  # build from a copy: the build leaves build/ and *.egg-info behind
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
@@ -683,6 +696,10 @@ def test_cli_push_decompose_push_to_and_card(
     assert out.count("(new commit)") == len(LABELS)
     pinned = [line.split()[1] for line in out.splitlines() if "@" in line]  # as printed, they pin the versions pushed
     assert sorted(hf_modular.ComposedModel.from_modules(pinned).labels) == sorted(LABELS)
+    assert main(["-q", "info", pinned[0], "--json"]) == 0  # the other commands take them too
+    assert json.loads(capsys.readouterr().out)["module"]["target_label"] == sorted(LABELS)[0]
+    assert main(["-q", "info", pinned[0], "--revision", "main"]) == 1
+    assert "pins revision" in capsys.readouterr().err
     assert main(["-q", "push", str(decomposed), "--namespace", DEFAULT_USER]) == 0
     assert capsys.readouterr().out.count("(unchanged)") == len(LABELS)
 

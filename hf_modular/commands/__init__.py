@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import console
+from ..models.loading import split_revision
 from ..train import STATE_FILE
 from . import compose, decompose, evaluate, hub, models, train
 from .errors import message as message  # cli.py prints a failed command's error with it
@@ -52,10 +53,11 @@ def interruption_hint(args: argparse.Namespace) -> str:
         # Each module is saved as soon as it is built (`decompose.output._build_and_save`), so what is kept is what
         # the output holds now; the statistics pass is shared by the modules of a run, so the rerun does it again
         # for the missing ones.
-        where = ""
-        if getattr(args, "output", None) and Path(args.output).is_dir():
-            modules = [path for path in Path(args.output).glob("*/model.safetensors") if path.parent.name[0] != "."]
-            where = f" ({len(modules)} in {args.output})"
+        output = Path(args.output) if getattr(args, "output", None) else None
+        modules = [p for p in output.glob("*/model.safetensors") if p.parent.name[0] != "."] if output else []
+        if output is not None and not modules:
+            return " No module had been saved yet (the statistics pass comes first); the same command starts over."
+        where = f" ({len(modules)} in {args.output})" if modules else ""
         return (
             f" Rerun the same command to resume: the modules it finished writing are kept{where} and skipped; the "
             "statistics pass and the report are redone for the others."
@@ -67,4 +69,6 @@ def run(args: argparse.Namespace) -> None:
     """Run the parsed command: the chosen loudness, a time limit on every Hub request, then the command itself."""
     console.configure(console.QUIET if args.quiet else console.VERBOSE if args.verbose else console.DEFAULT)
     limit_hub_requests(hub_timeout())
+    if hasattr(args, "model") and hasattr(args, "revision"):
+        args.model, args.revision = split_revision(args.model, args.revision)
     args.run(args)

@@ -97,12 +97,7 @@ def load_member(module: Any, **load_kwargs: Any) -> ModularResNetForImageClassif
         if not module.config.is_module:
             raise ValueError("A plain classifier is not a class module; decompose it first (hf_modular.decompose).")
         return module
-    source, revision = str(module), None
-    if not Path(source).exists() and "@" in source:  # "org/name@revision"; a local path may contain '@' itself
-        source, _, revision = source.partition("@")
-    if revision:
-        load_kwargs = {**load_kwargs, "revision": revision}
-    return load_module(source, **load_kwargs)
+    return load_module(module, **load_kwargs)  # "org/name@revision" pins a revision
 
 
 def member_label(module: ModularResNetForImageClassification) -> str:

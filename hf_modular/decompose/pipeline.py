@@ -329,6 +329,7 @@ def _parent_record(model: ModularResNetForImageClassification) -> ParentRecord:
         revision=getattr(model, "source_revision", None),
         # A local parent is named by its directory's name only: provenance is published with the module.
         path=Path(source).resolve().name if source and is_local else None,
+        origin=model.config.origin,
     )
 
 

@@ -27,7 +27,10 @@ TAGS = ["hf-modular", "image-classification"]
 # is a changed copy of its parent's weights that runs on its own ("finetune"; "adapter" would mean weights that need
 # the base model loaded beside them); a composition combines several models into one ("merge").
 MODULE_RELATION, COMPOSED_RELATION = "finetune", "merge"
-UNKNOWN_LICENSE = "The license is unknown: the parent's card states none. Check the parent's terms before reuse."
+UNKNOWN_LICENSE = (
+    "The license is unknown: neither the parent's card nor its recorded origin states one. Check the parent's terms "
+    "before reuse."
+)
 
 
 def template_path(name: str) -> str:
@@ -43,11 +46,13 @@ def module_card(config: PreTrainedConfig, repo_id: str | None = None, *, license
     """The card of a class module, from its config (a `ModularResNetConfig` whose provenance holds the metrics).
 
     `repo_id` is where the module lives (used in the snippets); without it the card refers to a local directory.
+    Without a `license`, the one recorded when the parent's weights were imported (`origin`) is the card's.
     """
     if not getattr(config, "module", None):
         raise ValueError("This config has no `module` section: it is a plain classifier. Use parent_card.")
     info = ModuleProvenance.from_dict(config.module)
     parent = info.parent
+    license = license or (parent.origin or {}).get("license")
     evaluation = info.evaluation
     dataset_name = info.dataset.name_or_path
     hub_dataset = dataset_name if _is_repo_id(dataset_name) else None

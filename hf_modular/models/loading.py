@@ -19,6 +19,17 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".th", ".ckpt"}
 CHECKPOINT_SUFFIXES = (*PICKLE_SUFFIXES, ".tar")  # files that are a checkpoint to convert, not a saved model
 
 
+def split_revision(name: str, revision: str | None) -> tuple[str, str | None]:
+    """`org/name@revision` (as `push` prints it, and `compose` takes it) as the repo id and its revision; a local
+    path, which may hold '@' itself, as it is."""
+    if "@" not in name or Path(name).expanduser().exists():
+        return name, revision
+    repo_id, _, pinned = name.partition("@")
+    if revision is not None and revision != pinned:
+        raise ValueError(f"{name} pins revision {pinned} and --revision asks for {revision}: give one of them.")
+    return repo_id, pinned
+
+
 def check_local_path(name: str | os.PathLike) -> None:
     """Raise FileNotFoundError when `name` can only be a local path and does not exist (it starts like a path, or has
     more parts than a repo id's two), rather than a Hub lookup of a name that is no repo id. `mods/cow-module` might

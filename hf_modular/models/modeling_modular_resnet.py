@@ -49,7 +49,7 @@ from .convert import (
     read_cifar_checkpoint,
     tensors_from_transformers_resnet,
 )
-from .loading import load_checked
+from .loading import load_checked, split_revision
 from .processing import image_processor_for
 
 # torch.fx's check for symbolic tracing alone (`is_fx_tracing`, all older torch has, also answers under torch.export).
@@ -694,11 +694,15 @@ def import_cifar_resnet(
 
 
 def load_module(path_or_repo: str | os.PathLike, **kwargs: Any) -> ModularResNetForImageClassification:
-    """Load a class module (local directory or Hub repo id); `kwargs` go to `from_pretrained` (e.g. `revision`).
+    """Load a class module (local directory, Hub repo id, or `"org/name@revision"` as `hf-modular push` prints it);
+    `kwargs` go to `from_pretrained` (e.g. `revision`).
 
     Raises ValueError when the checkpoint is a plain classifier rather than a module.
     """
-    model = ModularResNetForImageClassification.from_pretrained(path_or_repo, **kwargs)
+    source, revision = split_revision(str(path_or_repo), kwargs.pop("revision", None))
+    if revision is not None:
+        kwargs["revision"] = revision
+    model = ModularResNetForImageClassification.from_pretrained(source, **kwargs)
     if not model.config.is_module:
         raise ValueError(
             f"{path_or_repo} is a plain classifier, not a class module (its config has no `module` section). "

@@ -22,7 +22,8 @@ SCHEMA_VERSION = 3  # 3: `dataset.config_name`
 
 @dataclass
 class ParentRecord:
-    """The classifier a module was decomposed from: its Hub repo and commit, or its local directory's name."""
+    """The classifier a module was decomposed from: its Hub repo and commit, or its local directory's name, and
+    where its weights came from when they were imported (its `config.origin`: source, sha256, license)."""
 
     weights_sha256: str
     architecture: str
@@ -30,6 +31,7 @@ class ParentRecord:
     repo_id: str | None = None
     revision: str | None = None
     path: str | None = None
+    origin: dict[str, Any] | None = None
 
 
 @dataclass
