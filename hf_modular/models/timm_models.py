@@ -92,7 +92,8 @@ class TimmModularResNet(ModularResNetForImageClassification):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh head of `num_classes` outputs (0: none); the config follows, so a save reloads. `global_pool`:
-        "avg", or "" (no pooling: the features map, with `num_classes=0` only); None keeps the model's."""
+        "avg", or "" (no pooling: the features map, with `num_classes=0` only); None keeps the model's, except that
+        a classifier asked for on unpooled features pools them by average again (as timm's ResNet takes it)."""
         pool = self._pool if global_pool is None else global_pool
         if global_pool is None and not pool and num_classes > 0:  # a classifier reads pooled features
             pool = "avg"
