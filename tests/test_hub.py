@@ -634,6 +634,8 @@ def test_incomplete_module_directory_is_a_file_not_found_error(
     with pytest.raises(FileNotFoundError, match="mid-module.*model.safetensors, preprocessor_config.json"):
         push_modules(broken, DEFAULT_USER)
     assert not HfApi().repo_exists(f"{DEFAULT_USER}/mid-module")
+    with pytest.raises(FileNotFoundError, match="No such directory: .*nowhere"):  # a mistyped path, said as such
+        push_directory(tmp_path / "nowhere", f"{DEFAULT_USER}/nowhere")
 
 
 def test_card_template_error_names_the_template(hub_server: HubServer, decomposed: Path, tmp_path: Path) -> None:

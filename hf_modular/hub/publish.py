@@ -115,6 +115,8 @@ def _add_remote_code(staging: Path) -> None:
 
 def check_complete(directory: Path) -> None:
     """Raise FileNotFoundError unless `directory` holds a whole saved model (config, processor and weights)."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"No such directory: {directory}.")
     missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
     if (directory / SHARD_INDEX).is_file():  # sharded weights stand in for a single model.safetensors
         missing = [name for name in missing if name != "model.safetensors"]
