@@ -468,6 +468,9 @@ def test_a_decomposition_output_composes_as_all_its_modules_in_class_order(tmp_p
     assert f"hf-modular compose {tmp_path / 'out'} --output" in capsys.readouterr().err
     assert main(["-q", "compose", str(tmp_path / "out"), "--output", str(tmp_path / "composed")]) == 0
     assert ComposedModel.from_pretrained(tmp_path / "composed").labels == names
+    (tmp_path / "out" / "decomposition.json").unlink()  # as a decomposition stopped before its report leaves it
+    assert main(["-q", "compose", str(tmp_path / "out"), "--output", str(tmp_path / "partial")]) == 1
+    assert "a decomposition that has not finished. Rerun it" in capsys.readouterr().err
 
 
 def test_load_from_a_local_subfolder_with_dtype(tmp_path, modules_a, modules_b):

@@ -136,6 +136,11 @@ def check_saved_model(
                 f"directories, or compose them all and use the composition: `hf-modular compose {source} --output "
                 "DIR` (ComposedModel.from_modules([directory]))."
             )
+        if any(path.parent.name[0] != "." for path in path.glob("*-module/config.json")):  # a run stopped early
+            raise FileNotFoundError(
+                f"{source} holds module directories but no decomposition report: a decomposition that has not "
+                "finished. Rerun it to finish it, or give its *-module directories one by one."
+            )
         raise FileNotFoundError(
             f"{source} has no config.json, so it holds no saved model. Give the directory that save_pretrained or "
             "an hf-modular command wrote."
