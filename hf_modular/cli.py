@@ -19,7 +19,7 @@ from .version import __version__
 COMMANDS = {
     "demo": "train a parent on scikit-learn's digits, decompose it, compose the modules (offline)",
     "train": "train a ModularResNet parent on an image-classification dataset (Accelerate)",
-    "info": "describe a saved model, module or composition (local directory or Hub repo id)",
+    "info": "describe a saved model, module or composition (directory or Hub repo id), or a decomposition's output",
     "import": "convert a CIFAR ResNet checkpoint or a transformers ResNet into a ModularResNet directory",
     "decompose": "decompose a classifier into one module per class (the paper's method, or compact modules)",
     "push": "push every module in a decomposition's output directory to its own Hub repo",

@@ -623,6 +623,11 @@ def test_cli_decompose(tmp_path, brightness_model, capsys):
     assert "composed  top-1" in out and "dark" in out
     module = ModularResNetForImageClassification.from_pretrained(tmp_path / "out" / "dark-module")
     assert module.config.provenance.target_label == "dark"
+    assert main(["info", str(tmp_path / "out")]) == 0  # the output described from its report
+    described = capsys.readouterr().out
+    assert "activation" in described and "dark: dark-module" in described and "composed top-1" in described
+    assert main(["info", str(tmp_path / "out"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((tmp_path / "out" / "decomposition.json").read_text())
     code = main(["decompose", str(tmp_path / "missing"), "--dataset", "x.parquet", "--output", str(tmp_path / "o")])
     assert code == 1
     assert "error" in capsys.readouterr().err

@@ -184,8 +184,9 @@ def test_loading_says_what_a_path_is_when_it_is_no_saved_model(tmp_path, saved, 
             ModularResNetForImageClassification.from_pretrained(argument)
         with pytest.raises((ValueError, OSError), match=re.escape(expected)):
             ComposedModel.from_pretrained(argument)
-        assert main(["info", str(argument)]) == 1
-        assert expected in capsys.readouterr().err
+        if argument != tmp_path / "modules":  # info describes a decomposition's output from its report instead
+            assert main(["info", str(argument)]) == 1
+            assert expected in capsys.readouterr().err
         assert main(["card", str(argument)]) == 1
         assert expected in capsys.readouterr().err
     # A path that can be no repo id and is not there is said to be missing, not looked up on the Hub.

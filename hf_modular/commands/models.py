@@ -23,6 +23,11 @@ CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".tar")
 
 
 def run_info(args: argparse.Namespace) -> None:
+    report = Path(args.model) / REPORT_NAME
+    if report.is_file() and not (Path(args.model) / "config.json").is_file():  # a decomposition's output
+        record = json.loads(report.read_text())  # --json: all of it
+        _print_summary(record if args.json else _decomposition_summary(args.model, record), args.json)
+        return
     try:
         model = load_model(args)
     except OSError as error:
@@ -77,6 +82,28 @@ def run_info(args: argparse.Namespace) -> None:
                     f"{100 * parent_own['accuracy']:.2f}%, {parent_own['ece']:.4f})"
                 )
     _print_summary(summary, json_output=False)
+
+
+def _decomposition_summary(source: str, report: dict[str, Any]) -> dict[str, Any]:
+    """What `decomposition.json` says: the parent, the method, the modules, and how the composition did."""
+    method = report.get("method") or {}
+    evaluation = report.get("evaluation") or {}
+    measured = None
+    if evaluation.get("composed"):
+        measured = (
+            f"composed top-1 {100 * evaluation['composed']['top1']:.2f}% vs parent "
+            f"{100 * evaluation['parent']['top1']:.2f}% on {evaluation.get('images')} images of "
+            f"{evaluation.get('dataset')}, split {evaluation.get('split')}"
+        )
+    modules = report.get("modules") or {}
+    return {
+        "source": source,
+        "decomposition of": report.get("parent"),
+        "method": ", ".join([str(method.get("strategy")), *(f"{k}={v}" for k, v in method.items() if k != "strategy")]),
+        "modules": [f"{label}: {entry.get('directory')}" for label, entry in modules.items()],
+        "evaluation": measured,
+        "compose them": f"hf-modular compose {source} --output DIR",
+    }
 
 
 def _origin_digest(origin: dict[str, Any]) -> str:
@@ -225,7 +252,11 @@ def run_card(args: argparse.Namespace) -> None:
 
 
 def add_info_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("model", metavar="PATH_OR_REPO", help="a model, module or composition: directory or repo id")
+    command.add_argument(
+        "model",
+        metavar="PATH_OR_REPO",
+        help="a model, module or composition (directory or repo id), or a decomposition's output directory",
+    )
     command.add_argument("--revision", default=None, help="Hub branch, tag or commit")
     command.add_argument("--json", action="store_true", help="print JSON")
     add_pickle_option(command)
